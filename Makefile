@@ -1,0 +1,24 @@
+# cookbook: run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+# The lab's control-plane binaries are cached per version set (see lab/bins/).
+LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cookbook/lab
+
+.PHONY: help build test lint lab-bins demo lab bench
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build cookbook and cookbook-lab into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^lab/bins/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once per version set)
+	@bash lab/bins/build.sh
+
+test: lint lab-bins ## run all tests (builds the lab binaries first)
+	$(GO) test -count=1 -timeout 30m ./...
