@@ -1,0 +1,350 @@
+// Package config loads and validates cookbook's YAML configuration: one entry per cluster,
+// with its cloud, its kubeconfig, its SSH settings and its node roles.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Audit says where audit lines ("Added a new k8s worker X to the cluster") go.
+	Audit Audit `json:"audit,omitempty"`
+	// Clusters maps a cluster name (the --cluster-name flag) to its settings.
+	Clusters map[string]*Cluster `json:"clusters"`
+
+	// Path is the file the configuration was loaded from.
+	Path string `json:"-"`
+}
+
+// Audit is the audit sink: a command that receives each line on its standard input
+// (as the existing cookbooks pipe lines to the server admin log), a file the line is
+// appended to, or both.
+type Audit struct {
+	Command []string `json:"command,omitempty"`
+	File    string   `json:"file,omitempty"`
+}
+
+// Cluster is one Kubernetes cluster and the OpenStack project it runs in.
+type Cluster struct {
+	OpenStack  OpenStack  `json:"openstack"`
+	Kubernetes Kubernetes `json:"kubernetes"`
+	// ControlNodes are the hostnames of the control-plane nodes (used to get join commands).
+	ControlNodes []string `json:"controlNodes"`
+	// Domain is the DNS domain of the nodes; a node's FQDN is <hostname>.<domain>.
+	Domain string           `json:"domain"`
+	SSH    SSH              `json:"ssh"`
+	Roles  map[string]*Role `json:"roles"`
+
+	// Name is the cluster's key in Config.Clusters.
+	Name string `json:"-"`
+}
+
+// OpenStack names the cloud (an entry of clouds.yaml) and the project the cluster lives in.
+type OpenStack struct {
+	Cloud   string `json:"cloud"`
+	Project string `json:"project,omitempty"`
+	// CloudsFile is an explicit clouds.yaml; empty means the usual search path.
+	CloudsFile string `json:"cloudsFile,omitempty"`
+}
+
+// Kubernetes says how to reach the cluster's API server.
+type Kubernetes struct {
+	// Kubeconfig is a path; empty means client-go's loading rules ($KUBECONFIG, ~/.kube/config).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Context    string `json:"context,omitempty"`
+}
+
+// SSH holds how cookbook logs into the nodes.
+type SSH struct {
+	User string `json:"user"`
+	Port int    `json:"port,omitempty"`
+	// Sudo runs commands that need root through sudo.
+	Sudo bool `json:"sudo,omitempty"`
+	// JumpHost is a bastion, as [user@]host[:port], used like ssh's ProxyJump.
+	JumpHost string `json:"jumpHost,omitempty"`
+	// KnownHosts are known_hosts files; empty means ~/.ssh/known_hosts.
+	KnownHosts []string `json:"knownHosts,omitempty"`
+	// IdentityFiles are private key files used besides the ssh-agent.
+	IdentityFiles []string `json:"identityFiles,omitempty"`
+	// InsecureIgnoreHostKey turns host key verification off. Never the default; it is
+	// logged loudly on every connection.
+	InsecureIgnoreHostKey bool `json:"insecureIgnoreHostKey,omitempty"`
+}
+
+// Role is a kind of node (worker, worker-nfs, control, ingress, ...).
+type Role struct {
+	// Prefix names the role's servers: <prefix>-<number>, e.g. toolsbeta-test-k8s-worker-7.
+	Prefix         string      `json:"prefix"`
+	Flavor         string      `json:"flavor,omitempty"`
+	Image          string      `json:"image,omitempty"`
+	Network        string      `json:"network,omitempty"`
+	SecurityGroups []string    `json:"securityGroups,omitempty"`
+	ServerGroup    ServerGroup `json:"serverGroup,omitempty"`
+	// KeyName is the Nova key pair injected into new servers.
+	KeyName string            `json:"keyName,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Taints  []Taint           `json:"taints,omitempty"`
+	// ControlPlane marks control-plane roles: they join with the control-plane flags.
+	ControlPlane bool `json:"controlPlane,omitempty"`
+	// ExtraStorage, when set, is a volume prepared before provisioning.
+	ExtraStorage *ExtraStorage `json:"extraStorage,omitempty"`
+	// Provision are commands (argv lists) run on a new node after its first boot, in order.
+	Provision [][]string `json:"provision,omitempty"`
+	// RebootAfterProvision reboots a new node after provisioning, before it joins.
+	RebootAfterProvision bool `json:"rebootAfterProvision,omitempty"`
+}
+
+// ServerGroup is the Nova server group a role's servers are placed in.
+type ServerGroup struct {
+	Name string `json:"name,omitempty"`
+	// Policy is one of affinity, anti-affinity, soft-affinity, soft-anti-affinity.
+	Policy string `json:"policy,omitempty"`
+}
+
+// ExtraStorage is an extra volume mounted on a role's nodes.
+type ExtraStorage struct {
+	Device     string `json:"device"`
+	MountPoint string `json:"mountPoint"`
+}
+
+// Taint is a Kubernetes node taint.
+type Taint struct {
+	Key    string `json:"key"`
+	Value  string `json:"value,omitempty"`
+	Effect string `json:"effect"`
+}
+
+// DefaultPath returns the configuration file to use when --config is not given:
+// $COOKBOOK_CONFIG, else ~/.config/cookbook/config.yaml if it exists, else
+// /etc/cookbook/config.yaml.
+func DefaultPath() string {
+	if p := os.Getenv("COOKBOOK_CONFIG"); p != "" {
+		return p
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		p := filepath.Join(home, ".config", "cookbook", "config.yaml")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "/etc/cookbook/config.yaml"
+}
+
+// Load reads, strictly parses and validates the file at path. Unknown keys are errors.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and validates configuration data; path is used in error messages.
+func Parse(path string, data []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(bytes.TrimSpace(data), &c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.Path = path
+	var errs []error
+	for name, cl := range c.Clusters {
+		if cl == nil {
+			errs = append(errs, fmt.Errorf("clusters.%s: empty", name))
+			continue
+		}
+		cl.Name = name
+		errs = append(errs, cl.validate("clusters."+name)...)
+	}
+	if len(c.Clusters) == 0 {
+		errs = append(errs, errors.New("clusters: at least one cluster is required"))
+	}
+	if len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		sort.Strings(msgs)
+		return nil, fmt.Errorf("config %s: %s", path, strings.Join(msgs, "; "))
+	}
+	return &c, nil
+}
+
+// Cluster returns the named cluster or an error listing the known ones.
+func (c *Config) Cluster(name string) (*Cluster, error) {
+	if cl, ok := c.Clusters[name]; ok {
+		return cl, nil
+	}
+	return nil, fmt.Errorf("cluster %q is not in %s (known: %s)", name, c.Path, strings.Join(sortedKeys(c.Clusters), ", "))
+}
+
+// Role returns the named role or an error listing the known ones.
+func (cl *Cluster) Role(name string) (*Role, error) {
+	if r, ok := cl.Roles[name]; ok {
+		return r, nil
+	}
+	return nil, fmt.Errorf("role %q is not defined for cluster %s (known: %s)", name, cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
+}
+
+// RoleOf returns the role whose prefix the hostname carries (<prefix>-<number>).
+func (cl *Cluster) RoleOf(hostname string) (string, *Role, bool) {
+	for _, name := range sortedKeys(cl.Roles) {
+		r := cl.Roles[name]
+		if rest, ok := strings.CutPrefix(hostname, r.Prefix+"-"); ok && isDigits(rest) {
+			return name, r, true
+		}
+	}
+	return "", nil, false
+}
+
+// FQDN returns hostname.domain (or hostname when no domain is set).
+func (cl *Cluster) FQDN(hostname string) string {
+	if cl.Domain == "" {
+		return hostname
+	}
+	return hostname + "." + cl.Domain
+}
+
+func (cl *Cluster) validate(p string) []error {
+	var errs []error
+	req := func(key, v string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s.%s: required", p, key))
+		}
+	}
+	if err := CheckName(cl.Name); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", p, err))
+	}
+	req("openstack.cloud", cl.OpenStack.Cloud)
+	req("ssh.user", cl.SSH.User)
+	if cl.SSH.Port < 0 || cl.SSH.Port > 65535 {
+		errs = append(errs, fmt.Errorf("%s.ssh.port: %d is not a port number", p, cl.SSH.Port))
+	}
+	if cl.Domain != "" {
+		if err := CheckDomain(cl.Domain); err != nil {
+			errs = append(errs, fmt.Errorf("%s.domain: %w", p, err))
+		}
+	}
+	for i, h := range cl.ControlNodes {
+		if err := CheckHostname(h); err != nil {
+			errs = append(errs, fmt.Errorf("%s.controlNodes[%d]: %w", p, i, err))
+		}
+	}
+	if len(cl.Roles) == 0 {
+		errs = append(errs, fmt.Errorf("%s.roles: at least one role is required", p))
+	}
+	for name, r := range cl.Roles {
+		rp := p + ".roles." + name
+		if r == nil {
+			errs = append(errs, fmt.Errorf("%s: empty", rp))
+			continue
+		}
+		if err := CheckName(name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", rp, err))
+		}
+		if r.Prefix == "" {
+			errs = append(errs, fmt.Errorf("%s.prefix: required", rp))
+		} else if err := CheckHostname(r.Prefix); err != nil {
+			errs = append(errs, fmt.Errorf("%s.prefix: %w", rp, err))
+		}
+		switch r.ServerGroup.Policy {
+		case "", "affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity":
+		default:
+			errs = append(errs, fmt.Errorf("%s.serverGroup.policy: %q is not one of affinity, anti-affinity, soft-affinity, soft-anti-affinity", rp, r.ServerGroup.Policy))
+		}
+		for i, t := range r.Taints {
+			switch t.Effect {
+			case "NoSchedule", "PreferNoSchedule", "NoExecute":
+			default:
+				errs = append(errs, fmt.Errorf("%s.taints[%d].effect: %q is not one of NoSchedule, PreferNoSchedule, NoExecute", rp, i, t.Effect))
+			}
+			if t.Key == "" {
+				errs = append(errs, fmt.Errorf("%s.taints[%d].key: required", rp, i))
+			}
+		}
+		for i, argv := range r.Provision {
+			if len(argv) == 0 || argv[0] == "" {
+				errs = append(errs, fmt.Errorf("%s.provision[%d]: empty command", rp, i))
+			}
+		}
+		if r.ExtraStorage != nil && (r.ExtraStorage.Device == "" || r.ExtraStorage.MountPoint == "") {
+			errs = append(errs, fmt.Errorf("%s.extraStorage: device and mountPoint are required", rp))
+		}
+	}
+	// Two roles sharing a prefix would make "the next worker" ambiguous.
+	seen := map[string]string{}
+	for _, name := range sortedKeys(cl.Roles) {
+		if r := cl.Roles[name]; r != nil && r.Prefix != "" {
+			if other, ok := seen[r.Prefix]; ok {
+				errs = append(errs, fmt.Errorf("%s.roles.%s.prefix: %q is also the prefix of role %s", p, name, r.Prefix, other))
+			}
+			seen[r.Prefix] = name
+		}
+	}
+	return errs
+}
+
+var (
+	labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+)
+
+// CheckHostname reports whether s is a valid RFC 1123 label (what a node's short hostname
+// must be): lowercase letters, digits and '-', at most 63 characters, starting and ending
+// with a letter or digit.
+func CheckHostname(s string) error {
+	if !labelRE.MatchString(s) {
+		return fmt.Errorf("%q is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')", s)
+	}
+	return nil
+}
+
+// CheckName validates a cluster or role name: the same rules as a hostname.
+func CheckName(s string) error {
+	if !labelRE.MatchString(s) {
+		return fmt.Errorf("%q is not a valid name (lowercase letters, digits and '-', at most 63 characters)", s)
+	}
+	return nil
+}
+
+// CheckDomain validates a DNS domain: dot-separated RFC 1123 labels.
+func CheckDomain(s string) error {
+	if len(s) > 253 {
+		return fmt.Errorf("%q is not a valid domain (longer than 253 characters)", s)
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !labelRE.MatchString(l) {
+			return fmt.Errorf("%q is not a valid domain (label %q is not RFC 1123)", s, l)
+		}
+	}
+	return nil
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
