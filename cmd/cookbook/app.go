@@ -1,0 +1,402 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks"
+	"example.com/cookbook/cookbooks/audit"
+	"example.com/cookbook/cookbooks/lock"
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/cookbooks/state"
+	"example.com/cookbook/dryrun"
+)
+
+// continuation tells a cookbook command that it continues (or gives up) a recorded run
+// instead of starting a new one. It travels in the context from `resume` and `abandon`.
+type continuation struct {
+	run     *state.Run
+	abandon bool
+}
+
+type continuationKey struct{}
+
+func newApp(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer) *cli.App {
+	a := &cli.App{
+		Name:                 "cookbook",
+		Usage:                "add, remove, drain and reboot the nodes of Kubernetes clusters on OpenStack",
+		UsageText:            "cookbook [global options] COOKBOOK [options]\n   cookbook add-k8s-node --cluster-name toolsbeta --role worker",
+		EnableBashCompletion: true,
+		Writer:               os.Stdout,
+		ErrWriter:            stderr,
+		HideVersion:          true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "configuration `FILE`", Value: config.DefaultPath(), DefaultText: "$COOKBOOK_CONFIG, else ~/.config/cookbook/config.yaml, else /etc/cookbook/config.yaml"},
+			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "do every read for real and no write; print what each write would be"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug lines"},
+			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "answer yes to confirmations (without it and without a terminal, a confirmation aborts)"},
+			&cli.StringFlag{Name: "state-dir", Usage: "where run records, logs and locks are kept", Value: defaultStateDir(), DefaultText: "$XDG_STATE_HOME/cookbook, else ~/.local/state/cookbook"},
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return cookbooks.BadInputf("%q is not a cookbook or command (see `cookbook list`)", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return cookbooks.BadInput(err)
+		},
+	}
+	app := &app{books: books, stdin: stdin, stderr: stderr, cli: a}
+	a.Commands = []*cli.Command{
+		{Name: "list", Usage: "list the cookbooks", Action: app.list},
+		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
+			Flags: []cli.Flag{&cli.IntFlag{Name: "limit", Value: 20, Usage: "show at most `N` runs"}},
+			Subcommands: []*cli.Command{
+				{Name: "show", Usage: "print every step of a run with status, times and error", ArgsUsage: "ID", Action: app.show},
+			}},
+		{Name: "resume", Usage: "continue a run that failed or was interrupted", ArgsUsage: "ID", Action: app.resume},
+		{Name: "abandon", Usage: "give a run up: undo what its steps declare undoable, release its lock", ArgsUsage: "ID", Action: app.abandon},
+	}
+	for _, cb := range books {
+		a.Commands = append(a.Commands, app.command(cb))
+	}
+	return a
+}
+
+type app struct {
+	books  []cookbooks.Cookbook
+	stdin  io.Reader
+	stderr io.Writer
+	cli    *cli.App
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "cookbook")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "cookbook-state")
+	}
+	return filepath.Join(home, ".local", "state", "cookbook")
+}
+
+func (a *app) list(c *cli.Context) error {
+	w := c.App.Writer
+	for _, cb := range a.books {
+		fmt.Fprintf(w, "%-20s %s\n", cb.Name, cb.Usage)
+	}
+	return nil
+}
+
+func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
+	flags := append([]cli.Flag{}, cb.Flags...)
+	if !cb.ReadOnly {
+		flags = append(flags, &cli.BoolFlag{Name: "new", Usage: "start a new run even if an unfinished run of this cookbook exists for the cluster"})
+	}
+	desc := cb.Usage
+	if cb.Example != "" {
+		desc += "\n\nExample:\n   " + cb.Example
+	}
+	return &cli.Command{
+		Name:        cb.Name,
+		Usage:       cb.Usage,
+		Description: desc,
+		Flags:       flags,
+		Action:      func(c *cli.Context) error { return a.run(c, cb) },
+	}
+}
+
+// recordArgs returns the flags given to a cookbook, to be replayed by resume.
+func recordArgs(c *cli.Context, cb cookbooks.Cookbook) map[string]string {
+	args := map[string]string{}
+	for _, f := range cb.Flags {
+		name := f.Names()[0]
+		if c.IsSet(name) {
+			args[name] = fmt.Sprint(c.Value(name))
+		}
+	}
+	return args
+}
+
+func replayArgs(args map[string]string) []string {
+	var out []string
+	for k, v := range args {
+		out = append(out, "--"+k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func holder() state.Holder {
+	h := state.Holder{PID: os.Getpid()}
+	if u, err := user.Current(); err == nil {
+		h.User = u.Username
+	}
+	h.Host, _ = os.Hostname()
+	return h
+}
+
+// run runs a cookbook: a new run, or the continuation of a recorded one.
+func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
+	ctx := c.Context
+	cont, _ := ctx.Value(continuationKey{}).(*continuation)
+	dry := c.Bool("dry-run")
+	if cont != nil && dry {
+		return cookbooks.BadInputf("--dry-run cannot be used with resume or abandon")
+	}
+	if c.Args().Present() {
+		return cookbooks.BadInputf("unexpected argument %q (cookbook %s takes only flags; see cookbook %s --help)", c.Args().First(), cb.Name, cb.Name)
+	}
+	stateDir := c.String("state-dir")
+	termLog := newLogger(a.stderr, c.Bool("verbose"), false)
+	var logger = slog.New(termLog)
+	if dry {
+		logger = logger.With("mode", "dry-run")
+	}
+	env := &cookbooks.Env{
+		ConfigPath: c.String("config"),
+		DryRun:     dry,
+		Yes:        c.Bool("yes"),
+		Log:        logger,
+		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
+	}
+	job, err := cb.Prepare(c, env)
+	if err != nil {
+		return err
+	}
+
+	// Read-only cookbooks and dry-runs take no lock and keep no state file.
+	if cb.ReadOnly || dry {
+		run := &state.Run{ID: "dry-run", Cookbook: cb.Name, Cluster: job.Cluster, DryRun: true, Holder: holder(), StartedAt: time.Now()}
+		steps, err := job.Plan(ctx, pipeline.NewValues(run.ID, nil, nil))
+		if err != nil {
+			return err
+		}
+		if dry {
+			for i, s := range steps {
+				logger.Debug("plan", "n", i+1, "step", s.Name)
+			}
+		}
+		r := &pipeline.Runner{Log: logger}
+		if err := r.Run(ctx, run, steps); err != nil {
+			return err
+		}
+		if dry {
+			p, skipped := env.Gate.Counts()
+			logger.Info("dry-run finished: nothing was changed", "writes-skipped", skipped, "writes-made", p)
+		}
+		return nil
+	}
+
+	store := &state.Store{Dir: stateDir}
+	locks := &lock.Files{Dir: filepath.Join(stateDir, "locks")}
+	run := &state.Run{
+		ID:        state.NewID(time.Now()),
+		Cookbook:  cb.Name,
+		Cluster:   job.Cluster,
+		Args:      recordArgs(c, cb),
+		Holder:    holder(),
+		StartedAt: time.Now(),
+		Status:    state.Running,
+	}
+	if cont != nil {
+		run = cont.run
+		run.Holder = holder()
+	}
+	l, prev, err := locks.Lock(job.Cluster, lock.Holder{RunID: run.ID, Cookbook: cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	if prev != nil {
+		logger.Warn("took over the lock of a run whose process is gone", "cluster", job.Cluster, "previous", prev.String())
+	}
+
+	if cont == nil {
+		if err := a.refuseUnfinished(c, store, cb, job.Cluster); err != nil {
+			return err
+		}
+		if job.Confirm != nil {
+			q, err := job.Confirm(ctx)
+			if err != nil {
+				return err
+			}
+			if err := a.confirm(env, q); err != nil {
+				return err
+			}
+		}
+	}
+
+	if err := store.Save(run); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(store.LogPath(run.ID), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("open run log: %w", err)
+	}
+	defer logFile.Close()
+	fileLog := newLogger(logFile, true, true)
+	logger = slog.New(fanout{termLog, fileLog}).With("run", run.ID)
+	env.Log = logger
+	env.Gate.Log = logger
+	if cfg, err := env.Config(); err == nil {
+		env.Audit = &audit.Sink{Command: cfg.Audit.Command, File: cfg.Audit.File, Log: logger}
+	}
+
+	runner := &pipeline.Runner{Store: store, Log: logger}
+	if t := newTerminal(a.stdin, a.stderr); t != nil {
+		runner.Prompt = t
+	}
+	if run.Values == nil {
+		run.Values = map[string]json.RawMessage{}
+	}
+	values := pipeline.NewValues(run.ID, run.Values, func() error { return store.Save(run) })
+	steps, err := job.Plan(ctx, values)
+	if err != nil {
+		var in *cookbooks.InputError
+		if cont == nil && errors.As(err, &in) {
+			// Nothing was done: the run never started.
+			_ = os.Remove(store.Path(run.ID))
+			_ = os.Remove(store.LogPath(run.ID))
+			return err
+		}
+		run.Status = state.Failed
+		run.Error = "plan: " + err.Error()
+		_ = store.Save(run)
+		return a.failed(run, fmt.Errorf("plan: %w", err))
+	}
+
+	if cont != nil && cont.abandon {
+		if err := runner.Abandon(ctx, run, steps); err != nil {
+			return fmt.Errorf("abandon run %s: %w", run.ID, err)
+		}
+		logger.Info("run abandoned", "cookbook", cb.Name, "cluster", job.Cluster)
+		return nil
+	}
+	if cont != nil {
+		logger.Info("resuming", "cookbook", cb.Name, "cluster", job.Cluster, "at", currentStep(run))
+	} else {
+		logger.Info("starting", "cookbook", cb.Name, "cluster", job.Cluster, "log", store.LogPath(run.ID))
+	}
+	err = runner.Run(ctx, run, steps)
+	if err != nil {
+		return a.failed(run, err)
+	}
+	logger.Info("finished", "cookbook", cb.Name, "cluster", job.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+	return nil
+}
+
+func currentStep(run *state.Run) string {
+	if s := run.Current(); s != nil {
+		return s.Name
+	}
+	return "end"
+}
+
+// failed prints what failed, where, and how to go on; the returned error carries the code.
+func (a *app) failed(run *state.Run, err error) error {
+	what := "failed"
+	if errors.Is(err, pipeline.ErrInterrupted) {
+		what = "was interrupted"
+	}
+	fmt.Fprintf(a.stderr, "cookbook: run %s %s at step %s: %v\n", run.ID, what, currentStep(run), err)
+	fmt.Fprintf(a.stderr, "cookbook: the state is saved; continue with: cookbook resume %s   (or give up with: cookbook abandon %s)\n", run.ID, run.ID)
+	return &shownError{err: err}
+}
+
+func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string) error {
+	runs, _ := store.List()
+	for _, r := range runs {
+		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Unfinished() {
+			continue
+		}
+		if c.Bool("new") {
+			slog.Default().Debug("ignoring unfinished run", "run", r.ID)
+			continue
+		}
+		return cookbooks.BadInputf("cluster %s has an unfinished %s run %s (status %s at step %s): continue it with `cookbook resume %s`, give it up with `cookbook abandon %s`, or pass --new to start another",
+			cluster, cb.Name, r.ID, r.Status, currentStep(r), r.ID, r.ID)
+	}
+	return nil
+}
+
+func (a *app) confirm(env *cookbooks.Env, question string) error {
+	if question == "" || env.Yes {
+		return nil
+	}
+	t := newTerminal(a.stdin, a.stderr)
+	if t == nil {
+		return cookbooks.BadInputf("%s: no terminal to confirm on; pass --yes to confirm", question)
+	}
+	if !t.Confirm(question) {
+		return cookbooks.BadInputf("not confirmed; nothing was changed")
+	}
+	return nil
+}
+
+func (a *app) find(name string) (cookbooks.Cookbook, bool) {
+	for _, cb := range a.books {
+		if cb.Name == name {
+			return cb, true
+		}
+	}
+	return cookbooks.Cookbook{}, false
+}
+
+// continueRun re-runs the recorded cookbook with its recorded flags and the current
+// global flags, continuing the recorded run.
+func (a *app) continueRun(c *cli.Context, abandon bool) error {
+	id := c.Args().First()
+	if id == "" || c.Args().Len() > 1 {
+		return cookbooks.BadInputf("expected one run id (see `cookbook runs`)")
+	}
+	store := &state.Store{Dir: c.String("state-dir")}
+	run, err := store.Load(id)
+	if err != nil {
+		return cookbooks.BadInput(err)
+	}
+	if !run.Resumable() {
+		verb := "resume"
+		if abandon {
+			verb = "abandon"
+		}
+		return cookbooks.BadInputf("run %s is %s: nothing to %s", id, run.Status, verb)
+	}
+	cb, ok := a.find(run.Cookbook)
+	if !ok {
+		return cookbooks.BadInputf("run %s is of cookbook %q, which this cookbook binary does not have", id, run.Cookbook)
+	}
+	args := []string{"cookbook", "--config", c.String("config"), "--state-dir", c.String("state-dir")}
+	for _, f := range []string{"verbose", "yes"} {
+		if c.Bool(f) {
+			args = append(args, "--"+f)
+		}
+	}
+	args = append(args, cb.Name)
+	args = append(args, replayArgs(run.Args)...)
+	ctx := context.WithValue(c.Context, continuationKey{}, &continuation{run: run, abandon: abandon})
+	return newApp(a.books, a.stdin, a.stderr).RunContext(ctx, args)
+}
+
+func (a *app) resume(c *cli.Context) error  { return a.continueRun(c, false) }
+func (a *app) abandon(c *cli.Context) error { return a.continueRun(c, true) }
+
+func argString(args map[string]string) string {
+	return strings.Join(replayArgs(args), " ")
+}

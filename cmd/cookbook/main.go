@@ -1,0 +1,84 @@
+// Command cookbook runs the jobs ("cookbooks") that operators of Kubernetes clusters on
+// OpenStack use to add, remove, drain and reboot nodes. Run `cookbook --help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"example.com/cookbook/cookbooks"
+	"example.com/cookbook/cookbooks/lock"
+	"example.com/cookbook/cookbooks/pipeline"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailed      = 1
+	exitBadInput    = 2
+	exitLocked      = 3
+	exitInterrupted = 130
+)
+
+func main() {
+	os.Exit(realMain(os.Args, os.Stdin, os.Stderr, cookbooks.All()))
+}
+
+// realMain runs the command line args with the given cookbooks and returns the exit code.
+func realMain(args []string, stdin io.Reader, stderr io.Writer, books []cookbooks.Cookbook) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; !ok {
+			return
+		}
+		fmt.Fprintln(stderr, "cookbook: interrupted: stopping the current step and saving the state (interrupt again to exit at once)")
+		cancel()
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(stderr, "cookbook: second interrupt: exiting now")
+			os.Exit(exitInterrupted)
+		}
+	}()
+
+	app := newApp(books, stdin, stderr)
+	err := app.RunContext(ctx, args)
+	return report(stderr, err)
+}
+
+// report prints err on one line and returns the exit code it stands for.
+func report(stderr io.Writer, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var held *lock.HeldError
+	var in *cookbooks.InputError
+	var shown *shownError
+	code := exitFailed
+	switch {
+	case errors.As(err, &held):
+		code = exitLocked
+	case errors.Is(err, pipeline.ErrInterrupted):
+		code = exitInterrupted
+	case errors.As(err, &in):
+		code = exitBadInput
+	}
+	if errors.As(err, &shown) {
+		return code
+	}
+	fmt.Fprintf(stderr, "cookbook: error: %v\n", err)
+	return code
+}
+
+// shownError is an error whose message was already printed in full.
+type shownError struct{ err error }
+
+func (e *shownError) Error() string { return e.err.Error() }
+func (e *shownError) Unwrap() error { return e.err }

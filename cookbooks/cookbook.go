@@ -1,0 +1,117 @@
+// Package cookbooks holds the jobs operators run. Each cookbook is a pipeline of named
+// steps (package pipeline) and reads like the runbook an operator would write by hand;
+// All lists them in the order `cookbook list` shows them.
+package cookbooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/urfave/cli/v2"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/audit"
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/dryrun"
+)
+
+// Cookbook is one job an operator can run.
+type Cookbook struct {
+	// Name is the command name (kebab-case).
+	Name string
+	// Usage is a one-line description for `cookbook list`.
+	Usage string
+	// Example is shown in `cookbook NAME --help`.
+	Example string
+	// Flags are the cookbook's own flags.
+	Flags []cli.Flag
+	// ReadOnly cookbooks take no lock and write no state file.
+	ReadOnly bool
+	// Prepare validates the flags and returns the job. An error wrapped by BadInput
+	// means bad input: exit 2, nothing changed.
+	Prepare func(c *cli.Context, env *Env) (*Job, error)
+}
+
+// Job is a prepared run of a cookbook.
+type Job struct {
+	// Cluster the job works on; it is locked for the run's life.
+	Cluster string
+	// Confirm, if not empty, is asked (yes/no) before a new run starts, unless --yes.
+	Confirm func(ctx context.Context) (string, error)
+	// Plan returns the steps. It may read the cluster; what it decides is recorded in v
+	// so that a resumed run follows the same plan.
+	Plan func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error)
+}
+
+// Env is what cookbooks get from the command line and the configuration.
+type Env struct {
+	// ConfigPath is the configuration file; it is loaded on first use.
+	ConfigPath string
+	// DryRun is --dry-run: every read for real, no write.
+	DryRun bool
+	// Yes is --yes.
+	Yes bool
+	// Log is the run's logger.
+	Log *slog.Logger
+	// Gate is the dry-run choke point every backend's writes pass through.
+	Gate *dryrun.Gate
+	// Audit receives the lines worth telling the team; nil in dry-run.
+	Audit *audit.Sink
+
+	cfg *config.Config
+}
+
+// Config loads the configuration file once. An error is bad input.
+func (e *Env) Config() (*config.Config, error) {
+	if e.cfg != nil {
+		return e.cfg, nil
+	}
+	cfg, err := config.Load(e.ConfigPath)
+	if err != nil {
+		return nil, BadInput(err)
+	}
+	e.cfg = cfg
+	return cfg, nil
+}
+
+// Cluster returns the named cluster from the configuration. An error is bad input.
+func (e *Env) Cluster(name string) (*config.Cluster, error) {
+	if name == "" {
+		return nil, BadInput(errors.New("--cluster-name is required"))
+	}
+	if err := config.CheckName(name); err != nil {
+		return nil, BadInput(fmt.Errorf("--cluster-name: %w", err))
+	}
+	cfg, err := e.Config()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := cfg.Cluster(name)
+	if err != nil {
+		return nil, BadInput(err)
+	}
+	return cl, nil
+}
+
+// InputError is bad input from the operator: the run exits 2 and changes nothing.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// BadInput marks err as bad input.
+func BadInput(err error) error {
+	if err == nil {
+		return nil
+	}
+	var in *InputError
+	if errors.As(err, &in) {
+		return err
+	}
+	return &InputError{Err: err}
+}
+
+// BadInputf formats a bad-input error.
+func BadInputf(format string, args ...any) error { return BadInput(fmt.Errorf(format, args...)) }

@@ -1,0 +1,257 @@
+// Package state records cookbook runs: one JSON file per run, rewritten atomically after
+// every step change, so that a run killed at any moment can be resumed from its file.
+package state
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// SchemaVersion is the version of the run file format this build reads and writes.
+const SchemaVersion = 1
+
+// Status is the state of a run or of one of its steps.
+type Status string
+
+// Statuses of runs and steps.
+const (
+	Pending     Status = "pending"     // step not started yet
+	Running     Status = "running"     // in progress (or its process died: see Run.Holder)
+	Done        Status = "done"        // finished successfully
+	Skipped     Status = "skipped"     // step skipped (by itself or by the operator)
+	Failed      Status = "failed"      // stopped on an error; resumable
+	Interrupted Status = "interrupted" // stopped by a signal; resumable
+	Abandoned   Status = "abandoned"   // given up by the operator; not resumable
+)
+
+// Finished reports whether a step in this status needs no more work.
+func (s Status) Finished() bool { return s == Done || s == Skipped }
+
+// Run is the record of one cookbook run.
+type Run struct {
+	Schema   int               `json:"schema"`
+	ID       string            `json:"id"`
+	Cookbook string            `json:"cookbook"`
+	Cluster  string            `json:"cluster,omitempty"`
+	Args     map[string]string `json:"args,omitempty"`
+	DryRun   bool              `json:"dryRun,omitempty"`
+	Status   Status            `json:"status"`
+	// Error is why the run stopped, when it failed or was interrupted.
+	Error     string     `json:"error,omitempty"`
+	StartedAt time.Time  `json:"startedAt"`
+	EndedAt   *time.Time `json:"endedAt,omitempty"`
+	// Holder is who runs (or last ran) this run.
+	Holder Holder `json:"holder"`
+	Steps  []Step `json:"steps"`
+	// Values are what steps hand on to later steps, under documented keys.
+	Values map[string]json.RawMessage `json:"values,omitempty"`
+}
+
+// Holder identifies the process running a run.
+type Holder struct {
+	User string `json:"user"`
+	Host string `json:"host"`
+	PID  int    `json:"pid"`
+}
+
+// Step is the record of one step of a run.
+type Step struct {
+	Name        string     `json:"name"`
+	Group       string     `json:"group,omitempty"`
+	Description string     `json:"description,omitempty"`
+	Status      Status     `json:"status"`
+	Attempts    int        `json:"attempts,omitempty"`
+	StartedAt   *time.Time `json:"startedAt,omitempty"`
+	EndedAt     *time.Time `json:"endedAt,omitempty"`
+	Error       string     `json:"error,omitempty"`
+	// Undone is set once the step's undo ran (when the run was abandoned).
+	Undone bool `json:"undone,omitempty"`
+}
+
+// Resumable reports whether `cookbook resume` may continue the run.
+func (r *Run) Resumable() bool {
+	return !r.DryRun && (r.Status == Failed || r.Status == Interrupted || r.Status == Running)
+}
+
+// Unfinished reports whether the run stopped before its end and was not abandoned.
+func (r *Run) Unfinished() bool { return r.Resumable() }
+
+// Current returns the step the run is at: the first step not finished, or nil.
+func (r *Run) Current() *Step {
+	for i := range r.Steps {
+		if !r.Steps[i].Status.Finished() {
+			return &r.Steps[i]
+		}
+	}
+	return nil
+}
+
+// Step returns the record of the named step, or nil.
+func (r *Run) Step(name string) *Step {
+	for i := range r.Steps {
+		if r.Steps[i].Name == name {
+			return &r.Steps[i]
+		}
+	}
+	return nil
+}
+
+// NewID returns a new run id: the start time and a random suffix, sortable by time.
+func NewID(now time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// Store keeps run files in Dir/runs.
+type Store struct {
+	Dir string
+}
+
+// ErrNotFound is returned by Load for an unknown run id.
+var ErrNotFound = errors.New("no such run")
+
+func (s *Store) runsDir() string { return filepath.Join(s.Dir, "runs") }
+
+// Path returns the file of the run with the given id.
+func (s *Store) Path(id string) string { return filepath.Join(s.runsDir(), id+".json") }
+
+// LogPath returns the log file of the run with the given id.
+func (s *Store) LogPath(id string) string { return filepath.Join(s.runsDir(), id+".log") }
+
+// Save writes the run atomically: a temp file in the same directory, fsync, rename,
+// fsync of the directory. The file is readable by its owner only.
+func (s *Store) Save(r *Run) error {
+	if err := checkID(r.ID); err != nil {
+		return err
+	}
+	r.Schema = SchemaVersion
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save run %s: %w", r.ID, err)
+	}
+	if err := os.MkdirAll(s.runsDir(), 0o700); err != nil {
+		return fmt.Errorf("save run %s: %w", r.ID, err)
+	}
+	if err := WriteFileAtomic(s.Path(r.ID), append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// Load reads the run with the given id. A truncated, corrupt or newer-version file is an
+// error that names the file.
+func (s *Store) Load(id string) (*Run, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	return s.load(s.Path(id))
+}
+
+func (s *Store) load(path string) (*Run, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("run %s: %w", strings.TrimSuffix(filepath.Base(path), ".json"), ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	var probe struct {
+		Schema int `json:"schema"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("run file %s is corrupt or truncated (%v); it was left as it is", path, err)
+	}
+	if probe.Schema > SchemaVersion {
+		return nil, fmt.Errorf("run file %s has schema version %d, newer than this cookbook's %d: use a newer cookbook", path, probe.Schema, SchemaVersion)
+	}
+	if probe.Schema < 1 {
+		return nil, fmt.Errorf("run file %s has no schema version: not a cookbook run file", path)
+	}
+	var r Run
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("run file %s is corrupt (%v); it was left as it is", path, err)
+	}
+	return &r, nil
+}
+
+// List returns the runs in the store, newest first. Files that cannot be read are
+// returned as errors alongside the runs that could.
+func (s *Store) List() ([]*Run, []error) {
+	paths, err := filepath.Glob(filepath.Join(s.runsDir(), "*.json"))
+	if err != nil {
+		return nil, []error{err}
+	}
+	var runs []*Run
+	var errs []error
+	for _, p := range paths {
+		r, err := s.load(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		runs = append(runs, r)
+	}
+	sort.Slice(runs, func(i, j int) bool {
+		if !runs[i].StartedAt.Equal(runs[j].StartedAt) {
+			return runs[i].StartedAt.After(runs[j].StartedAt)
+		}
+		return runs[i].ID > runs[j].ID
+	})
+	return runs, errs
+}
+
+func checkID(id string) error {
+	if id == "" || strings.ContainsAny(id, `/\`) || strings.HasPrefix(id, ".") {
+		return fmt.Errorf("%q is not a run id (expected an id as printed by `cookbook runs`)", id)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes data to path so that path holds either its old content or the
+// new one, never a mix: temp file, fsync, rename, fsync of the directory.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
