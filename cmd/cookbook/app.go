@@ -113,13 +113,34 @@ func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
 	if cb.Example != "" {
 		desc += "\n\nExample:\n   " + cb.Example
 	}
+	// The global switches may also follow the cookbook's name.
+	flags = append(flags,
+		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "same as the global --dry-run"},
+		&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
+	)
 	return &cli.Command{
 		Name:        cb.Name,
 		Usage:       cb.Usage,
 		Description: desc,
 		Flags:       flags,
 		Action:      func(c *cli.Context) error { return a.run(c, cb) },
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return cookbooks.BadInput(err)
+		},
 	}
+}
+
+// switchOn reports whether a boolean switch was given, before or after the cookbook name.
+func switchOn(c *cli.Context, name string) bool {
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil || cc.App != nil {
+			if cc.IsSet(name) && cc.Bool(name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // recordArgs returns the flags given to a cookbook, to be replayed by resume.
@@ -156,7 +177,7 @@ func holder() state.Holder {
 func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	ctx := c.Context
 	cont, _ := ctx.Value(continuationKey{}).(*continuation)
-	dry := c.Bool("dry-run")
+	dry := switchOn(c, "dry-run")
 	if cont != nil && dry {
 		return cookbooks.BadInputf("--dry-run cannot be used with resume or abandon")
 	}
@@ -164,7 +185,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return cookbooks.BadInputf("unexpected argument %q (cookbook %s takes only flags; see cookbook %s --help)", c.Args().First(), cb.Name, cb.Name)
 	}
 	stateDir := c.String("state-dir")
-	termLog := newLogger(a.stderr, c.Bool("verbose"), false)
+	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false)
 	var logger = slog.New(termLog)
 	if dry {
 		logger = logger.With("mode", "dry-run")
@@ -172,7 +193,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	env := &cookbooks.Env{
 		ConfigPath: c.String("config"),
 		DryRun:     dry,
-		Yes:        c.Bool("yes"),
+		Yes:        switchOn(c, "yes"),
 		Log:        logger,
 		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
 	}
@@ -384,7 +405,7 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	}
 	args := []string{"cookbook", "--config", c.String("config"), "--state-dir", c.String("state-dir")}
 	for _, f := range []string{"verbose", "yes"} {
-		if c.Bool(f) {
+		if switchOn(c, f) {
 			args = append(args, "--"+f)
 		}
 	}

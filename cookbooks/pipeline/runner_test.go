@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"example.com/cookbook/cookbooks/state"
+)
+
+// answers is a Prompter that gives scripted answers.
+type answers struct {
+	choices []Choice
+	asked   []string
+}
+
+var _ Prompter = (*answers)(nil)
+
+func (a *answers) AfterFailure(_ context.Context, step string, _ error) Choice {
+	a.asked = append(a.asked, step)
+	c := a.choices[0]
+	a.choices = a.choices[1:]
+	return c
+}
+
+// flaky fails its first n calls.
+func flaky(n int, calls *int) Func {
+	return func(context.Context, *Values) error {
+		*calls++
+		if *calls <= n {
+			return errors.New("boom")
+		}
+		return nil
+	}
+}
+
+func TestRetrySkipAbort(t *testing.T) {
+	tests := []struct {
+		name       string
+		choices    []Choice
+		wantErr    bool
+		wantStatus map[string]state.Status
+		wantAfter  int // calls of the step after the flaky one
+	}{
+		{name: "retry until it works", choices: []Choice{Retry, Retry},
+			wantStatus: map[string]state.Status{"a": state.Done, "b": state.Done, "c": state.Done}, wantAfter: 1},
+		{name: "skip the failed step", choices: []Choice{SkipStep},
+			wantStatus: map[string]state.Status{"a": state.Done, "b": state.Skipped, "c": state.Done}, wantAfter: 1},
+		{name: "abort leaves it resumable", choices: []Choice{Retry, Abort}, wantErr: true,
+			wantStatus: map[string]state.Status{"a": state.Done, "b": state.Failed, "c": state.Pending}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var bCalls, cCalls int
+			steps := []Step{
+				{Name: "a", Do: func(context.Context, *Values) error { return nil }},
+				{Name: "b", Do: flaky(2, &bCalls)},
+				{Name: "c", Do: func(context.Context, *Values) error { cCalls++; return nil }},
+			}
+			p := &answers{choices: tt.choices}
+			run := &state.Run{ID: "r1"}
+			err := (&Runner{Prompt: p, Store: &state.Store{Dir: t.TempDir()}}).Run(context.Background(), run, steps)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			var se *StepError
+			if tt.wantErr && (!errors.As(err, &se) || se.Step != "b") {
+				t.Errorf("error %v does not name step b", err)
+			}
+			got := map[string]state.Status{}
+			for _, s := range run.Steps {
+				got[s.Name] = s.Status
+			}
+			if diff := cmp.Diff(tt.wantStatus, got); diff != "" {
+				t.Errorf("statuses (-want +got):\n%s", diff)
+			}
+			if cCalls != tt.wantAfter {
+				t.Errorf("step c ran %d times, want %d", cCalls, tt.wantAfter)
+			}
+		})
+	}
+}
+
+func TestValuesSurviveInStateFile(t *testing.T) {
+	store := &state.Store{Dir: t.TempDir()}
+	key := Key[int]("server-count")
+	run := &state.Run{ID: "r2"}
+	steps := []Step{{Name: "set", Do: func(_ context.Context, v *Values) error {
+		if err := key.Set(v, 7); err != nil {
+			return err
+		}
+		// The value is on disk before the step ends.
+		saved, err := store.Load("r2")
+		if err != nil {
+			return err
+		}
+		if string(saved.Values["server-count"]) != "7" {
+			t.Errorf("saved values = %s", saved.Values)
+		}
+		return nil
+	}}}
+	if err := (&Runner{Store: store}).Run(context.Background(), run, steps); err != nil {
+		t.Fatal(err)
+	}
+	loaded, _ := store.Load("r2")
+	got, err := key.Must(NewValues("r2", loaded.Values, nil))
+	if err != nil || got != 7 {
+		t.Errorf("Must = %d, %v", got, err)
+	}
+	if _, err := Key[string]("missing").Must(NewValues("r2", nil, nil)); err == nil {
+		t.Error("Must of an unset key did not fail")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	do := func(context.Context, *Values) error { return nil }
+	tests := []struct {
+		name  string
+		steps []Step
+		ok    bool
+	}{
+		{"kebab and groups", Steps(One(Step{Name: "pick-name", Do: do}), Group("node-1", "node 1", Step{Name: "drain", Do: do})), true},
+		{"upper case", []Step{{Name: "Drain", Do: do}}, false},
+		{"duplicate", []Step{{Name: "a", Do: do}, {Name: "a", Do: do}}, false},
+		{"no func", []Step{{Name: "a"}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := Validate(tt.steps); (err == nil) != tt.ok {
+				t.Errorf("Validate = %v", err)
+			}
+		})
+	}
+}
+
+func TestResumeWithChangedPlanFails(t *testing.T) {
+	do := func(context.Context, *Values) error { return nil }
+	run := &state.Run{ID: "r3", Steps: []state.Step{{Name: "old", Status: state.Done}}}
+	err := (&Runner{}).Run(context.Background(), run, []Step{{Name: "new", Do: do}})
+	if err == nil {
+		t.Fatal("a run recorded with another plan was resumed")
+	}
+}
