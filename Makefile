@@ -22,3 +22,6 @@ lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once
 
 test: lint lab-bins ## run all tests (builds the lab binaries first)
 	$(GO) test -count=1 -timeout 30m ./...
+
+demo: build ## bring up the lab and run add-k8s-node, roll-reboot and remove-k8s-node against it
+	@bash scripts/demo.sh
