@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the lab's control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok, kwokctl) from the Go module proxy into a cache directory
+# keyed by their versions, and does nothing when they are already there.
+#
+# Each set lives in its own nested module (k8s/, etcd/, kwok/) so the main module never
+# depends on k8s.io/kubernetes, and etcd's dependencies do not clash with Kubernetes'.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/cookbook/lab"
+
+# The versions: lab/bins/versions is the cache key (the lab Go package reads it too);
+# the nested go.mod files must require exactly those versions.
+. "$here/versions"
+k8s_version=$K8S etcd_version=$ETCD kwok_version=$KWOK
+check() {
+  local got
+  got=$(awk -v m="$2" '{ if ($1=="require") { n=$2; v=$3 } else { n=$1; v=$2 } } n==m { print v; exit }' "$here/$1/go.mod")
+  if [ "$got" != "$3" ]; then
+    echo "lab-bins: lab/bins/$1/go.mod requires $2 $got but lab/bins/versions says $3" >&2
+    exit 2
+  fi
+}
+check k8s k8s.io/kubernetes "$k8s_version"
+check etcd go.etcd.io/etcd/server/v3 "$etcd_version"
+check kwok sigs.k8s.io/kwok "$kwok_version"
+key="k8s-${k8s_version}_etcd-${etcd_version}_kwok-${kwok_version}"
+bin="$cache_root/$key/bin"
+
+if [ "${1:-}" = "--print-dir" ]; then
+  echo "$bin"
+  exit 0
+fi
+
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
+missing=()
+for b in "${want[@]}"; do
+  [ -x "$bin/$b" ] || missing+=("$b")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "lab-bins: up to date in $bin"
+  exit 0
+fi
+
+mkdir -p "$cache_root/$key"
+tmp=$(mktemp -d "$cache_root/$key/.build-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+export GOFLAGS="${GOFLAGS:-} -mod=mod"
+export CGO_ENABLED=0
+
+minor=${k8s_version#v1.}; minor=${minor%%.*}
+k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${k8s_version} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=${k8s_version}"
+
+start=$(date +%s)
+step() { echo "lab-bins: [$(( $(date +%s) - start ))s] $*"; }
+
+step "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ${k8s_version} (the long part: ~12 min cold on 2 cores)"
+(cd "$here/k8s" && go build -trimpath -ldflags "$k8s_ldflags" -o "$tmp/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+step "building etcd ${etcd_version}"
+(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+step "building kwok and kwokctl ${kwok_version}"
+(cd "$here/kwok" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${kwok_version#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${k8s_version#v}" -o "$tmp/" \
+  sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl)
+
+# Publish atomically: a half-built cache never looks complete.
+rm -rf "$bin.old"
+[ -d "$bin" ] && mv "$bin" "$bin.old"
+mv "$tmp" "$bin"
+trap - EXIT
+rm -rf "$bin.old"
+step "done: $bin"

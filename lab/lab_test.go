@@ -1,0 +1,196 @@
+package lab
+
+import (
+	"context"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+var cp *ControlPlane
+
+func TestMain(m *testing.M) { os.Exit(RunTests(m, &cp)) }
+
+func TestPinnedVersions(t *testing.T) {
+	v := PinnedVersions()
+	for name, got := range map[string]string{"K8S": v.Kubernetes, "ETCD": v.Etcd, "KWOK": v.Kwok} {
+		if !strings.HasPrefix(got, "v") {
+			t.Errorf("%s version = %q, want vX.Y.Z", name, got)
+		}
+	}
+}
+
+// podsOn returns the pods of the namespace bound to node, by app label.
+func podsOn(t *testing.T, ns, node string) map[string]int {
+	t.Helper()
+	pods, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out[p.Labels["app"]]++
+		}
+	}
+	return out
+}
+
+func allRunning(ctx context.Context, ns string, want int) error {
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		n := 0
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+				n++
+			}
+		}
+		return n >= want, nil
+	})
+}
+
+func TestDrainWithRealKubectl(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	nodes := []string{"drain-1", "drain-2", "drain-3"}
+	for _, n := range nodes {
+		if err := cp.AddNode(ctx, NodeSpec{Name: n, Labels: map[string]string{"test": "drain"}}); err != nil {
+			t.Fatal(err)
+		}
+		defer cp.RemoveNode(ctx, n)
+	}
+	ns := "sample-drain"
+	if err := cp.ApplySampleWorkload(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	// 4 web + 3 api + 2 cache + 3 daemonset + 1 bare + 2 statefulset.
+	if err := allRunning(ctx, ns, 15); err != nil {
+		t.Fatalf("sample workload not running: %v", err)
+	}
+	victim := podsOn(t, ns, "drain-1")
+	t.Logf("pods on drain-1 before: %v", victim)
+
+	// Watch web's pods during the drain: its PDB (maxUnavailable 1) allows at most one
+	// of its 4 pods down at a time.
+	wctx, stop := context.WithCancel(ctx)
+	var mu sync.Mutex
+	minReady := 4
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w, err := cp.Client.CoreV1().Pods(ns).Watch(wctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return
+		}
+		defer w.Stop()
+		running := map[string]bool{}
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			running[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
+			n := 0
+			for _, r := range running {
+				if r {
+					n++
+				}
+			}
+			mu.Lock()
+			if len(running) >= 4 && n < minReady {
+				minReady = n
+			}
+			mu.Unlock()
+		}
+	}()
+	out, err := cp.Kubectl(ctx, "drain", "drain-1", "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=2m")
+	stop()
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("kubectl drain: %v\n%s", err, out)
+	}
+	after := podsOn(t, ns, "drain-1")
+	for app := range after {
+		if app != SampleWorkload.DaemonSet {
+			t.Errorf("pod of %s still on drain-1 after drain: %v", app, after)
+		}
+	}
+	if err := allRunning(ctx, ns, 14); err != nil { // the bare pod is gone for good
+		t.Errorf("evicted pods not rescheduled: %v", err)
+	}
+	if minReady < 3 {
+		t.Errorf("web dropped to %d running pods during the drain; its PDB allows 3", minReady)
+	}
+	n, _ := cp.Client.CoreV1().Nodes().Get(ctx, "drain-1", metav1.GetOptions{})
+	if !n.Spec.Unschedulable {
+		t.Error("kubectl drain did not cordon the node")
+	}
+}
+
+func TestRebootNode(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	if err := cp.AddNode(ctx, NodeSpec{Name: "reboot-1"}); err != nil {
+		t.Fatal(err)
+	}
+	defer cp.RemoveNode(ctx, "reboot-1")
+	before, err := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.RebootNode(ctx, "reboot-1", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, "reboot-1", false, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, "reboot-1", true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+	if after.Status.NodeInfo.BootID == before.Status.NodeInfo.BootID || after.Status.NodeInfo.BootID == "" {
+		t.Errorf("bootID %q -> %q, want a new one", before.Status.NodeInfo.BootID, after.Status.NodeInfo.BootID)
+	}
+	// Still Ready a little later: kwok manages the node again.
+	time.Sleep(2 * time.Second)
+	again, _ := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+	if !IsReady(again) {
+		t.Error("node went NotReady again after its reboot")
+	}
+}
+
+func TestWriteRequestsFromAuditLog(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	since := time.Now()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audit-probe"}}
+	if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := cp.WriteRequests(ctx, since, "")
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs {
+			if e.Verb == "create" && strings.Contains(e.RequestURI, "/namespaces") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("namespace create not in the audit log: %v", err)
+	}
+}

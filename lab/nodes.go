@@ -1,0 +1,226 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	watchtools "k8s.io/client-go/tools/watch"
+)
+
+// KwokAnnotation marks the Nodes kwok manages: it keeps them Ready and runs their pods.
+const KwokAnnotation = "kwok.x-k8s.io/node"
+
+// NodeSpec describes a simulated node.
+type NodeSpec struct {
+	Name          string
+	Labels        map[string]string
+	Taints        []corev1.Taint
+	Unschedulable bool
+	// Pods is the node's pod capacity; 110 if zero.
+	Pods int
+	// KubeletVersion is reported in status.nodeInfo; the lab's Kubernetes version if empty.
+	KubeletVersion string
+	// Address is the node's InternalIP, if any.
+	Address string
+}
+
+// NewBootID returns a random boot id in the kernel's format.
+func NewBootID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return fmt.Sprintf("%s-%s-%s-%s-%s", h[0:8], h[8:12], h[12:16], h[16:20], h[20:32])
+}
+
+// AddNode registers a kwok-managed Node and returns once it is Ready.
+func (cp *ControlPlane) AddNode(ctx context.Context, spec NodeSpec) error {
+	node := NewNode(spec)
+	if _, err := cp.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("add node %s: %w", spec.Name, err)
+	}
+	return cp.WaitNodeReady(ctx, spec.Name, true, time.Minute)
+}
+
+// NewNode returns the Node object a kubelet of this spec would register.
+func NewNode(spec NodeSpec) *corev1.Node {
+	pods := spec.Pods
+	if pods == 0 {
+		pods = 110
+	}
+	version := spec.KubeletVersion
+	if version == "" {
+		version = PinnedVersions().Kubernetes
+	}
+	labels := map[string]string{
+		"kubernetes.io/hostname": spec.Name,
+		"kubernetes.io/os":       "linux",
+		"kubernetes.io/arch":     "amd64",
+		"type":                   "kwok",
+	}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("32"),
+		corev1.ResourceMemory: resource.MustParse("256Gi"),
+		corev1.ResourcePods:   *resource.NewQuantity(int64(pods), resource.DecimalSI),
+	}
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Labels: labels, Annotations: map[string]string{KwokAnnotation: "fake"}},
+		Spec:       corev1.NodeSpec{Taints: spec.Taints, Unschedulable: spec.Unschedulable},
+		Status: corev1.NodeStatus{
+			Capacity:    capacity,
+			Allocatable: capacity,
+			NodeInfo: corev1.NodeSystemInfo{
+				BootID:          NewBootID(),
+				KubeletVersion:  version,
+				OperatingSystem: "linux",
+				Architecture:    "amd64",
+				OSImage:         "Debian GNU/Linux 12 (bookworm)",
+			},
+		},
+	}
+	if spec.Address != "" {
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: spec.Address}, {Type: corev1.NodeHostName, Address: spec.Name}}
+	}
+	return n
+}
+
+// RemoveNode deletes the Node (a no-op if it is gone).
+func (cp *ControlPlane) RemoveNode(ctx context.Context, name string) error {
+	cp.cancelReboot(name)
+	err := cp.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove node %s: %w", name, err)
+	}
+	return nil
+}
+
+// RebootNode simulates a kubelet going down with its host: the node turns NotReady now and,
+// after down, Ready again with a new status.nodeInfo.bootID. It returns at once.
+func (cp *ControlPlane) RebootNode(ctx context.Context, name string, down time.Duration) error {
+	return cp.RebootNodeTo(ctx, name, down, NewBootID())
+}
+
+// RebootNodeTo is RebootNode with the boot id the node reports when it is back (a
+// simulated VM passes its own).
+func (cp *ControlPlane) RebootNodeTo(ctx context.Context, name string, down time.Duration, bootID string) error {
+	if err := cp.SetNodeNotReady(ctx, name); err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	if cancel, ok := cp.reboots[name]; ok {
+		cancel()
+	}
+	rctx, cancel := context.WithCancel(cp.bgCtx)
+	cp.reboots[name] = cancel
+	cp.mu.Unlock()
+	cp.bg.Add(1)
+	go func() {
+		defer cp.bg.Done()
+		t := time.NewTimer(down)
+		defer t.Stop()
+		select {
+		case <-rctx.Done():
+			return
+		case <-t.C:
+		}
+		// The caller's ctx may be gone by now; the lab's own lifetime bounds this.
+		_ = cp.SetNodeReady(rctx, name, bootID)
+	}()
+	return nil
+}
+
+func (cp *ControlPlane) cancelReboot(name string) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cancel, ok := cp.reboots[name]; ok {
+		cancel()
+		delete(cp.reboots, name)
+	}
+}
+
+// SetNodeNotReady makes the node report NotReady, as when its kubelet stops: kwok stops
+// managing it (its annotation is removed) and its Ready condition turns False.
+func (cp *ControlPlane) SetNodeNotReady(ctx context.Context, name string) error {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, KwokAnnotation)
+	if _, err := cp.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("node %s not ready: %w", name, err)
+	}
+	return cp.patchReady(ctx, name, corev1.ConditionFalse, "KubeletNotReady", "kubelet is rebooting", "")
+}
+
+// SetNodeReady makes the node report Ready with the given boot id, and gives it back to
+// kwok.
+func (cp *ControlPlane) SetNodeReady(ctx context.Context, name, bootID string) error {
+	if err := cp.patchReady(ctx, name, corev1.ConditionTrue, "KubeletReady", "kubelet is posting ready status", bootID); err != nil {
+		return err
+	}
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"fake"}}}`, KwokAnnotation)
+	if _, err := cp.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("node %s ready: %w", name, err)
+	}
+	return nil
+}
+
+func (cp *ControlPlane) patchReady(ctx context.Context, name string, status corev1.ConditionStatus, reason, msg, bootID string) error {
+	now := metav1.Now()
+	st := map[string]any{
+		"conditions": []corev1.NodeCondition{{
+			Type: corev1.NodeReady, Status: status, Reason: reason, Message: msg,
+			LastHeartbeatTime: now, LastTransitionTime: now,
+		}},
+	}
+	if bootID != "" {
+		st["nodeInfo"] = map[string]string{"bootID": bootID}
+	}
+	data, err := json.Marshal(map[string]any{"status": st})
+	if err != nil {
+		return err
+	}
+	// A strategic merge patch merges conditions by type, keeping the others.
+	if _, err := cp.Client.CoreV1().Nodes().PatchStatus(ctx, name, data); err != nil {
+		return fmt.Errorf("patch status of node %s: %w", name, err)
+	}
+	return nil
+}
+
+// WaitNodeReady waits until the node's Ready condition is (ready) or is not (!ready) True.
+func (cp *ControlPlane) WaitNodeReady(ctx context.Context, name string, ready bool, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	lw := &listWatch{cp: cp, sel: sel}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Node{}, nil, func(ev watch.Event) (bool, error) {
+		n, ok := ev.Object.(*corev1.Node)
+		if !ok {
+			return false, nil
+		}
+		return IsReady(n) == ready, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for node %s ready=%v: %w", name, ready, err)
+	}
+	return nil
+}
+
+// IsReady reports whether the node's Ready condition is True.
+func IsReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,44 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+)
+
+// RunTests is a TestMain helper: it starts one control plane for the test package if the
+// lab binaries are there, runs the tests, and stops it. Tests call Need first.
+//
+//	var cp *lab.ControlPlane
+//	func TestMain(m *testing.M) { os.Exit(lab.RunTests(m, &cp)) }
+func RunTests(m *testing.M, cp **ControlPlane) int {
+	if dir, ok := BinDir(); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		c, err := StartControlPlane(ctx, Options{Name: fmt.Sprintf("test-%d", os.Getpid()), BinDir: dir})
+		cancel()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "lab: cannot start the control plane: %v\n", err)
+			return 1
+		}
+		*cp = c
+		defer c.Stop()
+	}
+	return m.Run()
+}
+
+// Need skips the test when no control plane runs (the lab binaries are missing), or fails
+// it under CI=true, where they must be there.
+func Need(t testing.TB, cp *ControlPlane) {
+	t.Helper()
+	if cp != nil {
+		return
+	}
+	dir, _ := BinDir()
+	msg := fmt.Sprintf("lab binaries missing in %s: run `make lab-bins` to run this test against a real kube-apiserver", dir)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
