@@ -1,0 +1,495 @@
+package k8sops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/kubectl/pkg/drain"
+)
+
+// DrainOptions say which pods a drain may remove and how.
+type DrainOptions struct {
+	// Force evicts pods that no controller will replace (bare pods).
+	Force bool
+	// DeleteEmptyDirData evicts pods with emptyDir volumes, whose data is lost.
+	DeleteEmptyDirData bool
+	// DisableEviction deletes pods instead of evicting them, bypassing disruption
+	// budgets: an explicit operator choice, never automatic.
+	DisableEviction bool
+	// GracePeriodSeconds overrides the pods' own termination grace periods when >= 0;
+	// nil respects each pod's own.
+	GracePeriodSeconds *int64
+	// Timeout bounds the whole drain; 10 minutes if zero.
+	Timeout time.Duration
+}
+
+// DefaultDrainTimeout is the drain timeout when none is given.
+const DefaultDrainTimeout = 10 * time.Minute
+
+// DrainPlan says what a drain of a node would do now.
+type DrainPlan struct {
+	Node string
+	// Evict are the pods (namespace/name) the drain removes.
+	Evict []string
+	// Skipped says which pods stay and why, as kubectl's drain filters put it
+	// ("ignoring DaemonSet-managed Pods: ...").
+	Skipped []string
+	// Blocking are the pods that stop the drain unless a flag allows them, with the flag.
+	Blocking []string
+	// PDBs are the disruption budgets that select pods to evict, with their state now.
+	PDBs []PDBState
+
+	pods []corev1.Pod
+}
+
+// PDBState is a disruption budget as a drain sees it.
+type PDBState struct {
+	Namespace, Name string
+	// DisruptionsAllowed is the budget's status now.
+	DisruptionsAllowed int32
+	// Pods are the pods to evict that it selects.
+	Pods []string
+}
+
+// WouldBlock reports whether the budget does not allow evicting all its pods on the
+// node at once now: the drain will wait on it.
+func (p PDBState) WouldBlock() bool { return int(p.DisruptionsAllowed) < len(p.Pods) }
+
+func (p PDBState) String() string {
+	return fmt.Sprintf("%s/%s (allows %d disruption(s), selects %s)", p.Namespace, p.Name, p.DisruptionsAllowed, strings.Join(p.Pods, ", "))
+}
+
+func podKey(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
+
+// PlanDrain computes what draining the node would do now, with kubectl's drain filters:
+// DaemonSet and mirror pods stay; pods with emptyDir volumes need DeleteEmptyDirData;
+// pods without a controller need Force.
+func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*DrainPlan, error) {
+	h := &drain.Helper{
+		Ctx: ctx, Client: o.Client,
+		Force: opts.Force, DeleteEmptyDirData: opts.DeleteEmptyDirData,
+		IgnoreAllDaemonSets: true, GracePeriodSeconds: -1,
+		Out: io.Discard, ErrOut: io.Discard,
+	}
+	list, errs := h.GetPodsForDeletion(node)
+	if list == nil {
+		return nil, fmt.Errorf("list pods of node %s: %w", node, errors.Join(errs...))
+	}
+	plan := &DrainPlan{Node: node, pods: list.Pods()}
+	for _, p := range plan.pods {
+		plan.Evict = append(plan.Evict, podKey(&p))
+	}
+	for _, w := range strings.Split(list.Warnings(), "\n") {
+		if w = strings.TrimSpace(w); w != "" {
+			plan.Skipped = append(plan.Skipped, w)
+		}
+	}
+	for _, e := range errs {
+		for _, line := range strings.Split(e.Error(), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				plan.Blocking = append(plan.Blocking, line)
+			}
+		}
+	}
+	pdbs, err := o.pdbsFor(ctx, plan.pods)
+	if err != nil {
+		return nil, err
+	}
+	plan.PDBs = pdbs
+	return plan, nil
+}
+
+// pdbsFor lists the budgets of the pods' namespaces and returns those selecting them.
+func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod) ([]PDBState, error) {
+	byNS := map[string][]corev1.Pod{}
+	for _, p := range pods {
+		byNS[p.Namespace] = append(byNS[p.Namespace], p)
+	}
+	var out []PDBState
+	for ns, nsPods := range byNS {
+		list, err := o.Client.PolicyV1().PodDisruptionBudgets(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("list disruption budgets of %s: %w", ns, err)
+		}
+		for i := range list.Items {
+			pdb := &list.Items[i]
+			st := PDBState{Namespace: ns, Name: pdb.Name, DisruptionsAllowed: pdb.Status.DisruptionsAllowed}
+			for j := range nsPods {
+				if selects(pdb, &nsPods[j]) {
+					st.Pods = append(st.Pods, nsPods[j].Name)
+				}
+			}
+			if len(st.Pods) > 0 {
+				out = append(out, st)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name })
+	return out, nil
+}
+
+func selects(pdb *policyv1.PodDisruptionBudget, p *corev1.Pod) bool {
+	if pdb.Namespace != p.Namespace || pdb.Spec.Selector == nil {
+		return false
+	}
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || sel.Empty() {
+		return false
+	}
+	return sel.Matches(labels.Set(p.Labels))
+}
+
+// Log writes the plan to the log: what goes, what stays and why, what would block.
+func (o *Ops) logPlan(plan *DrainPlan) {
+	l := o.log().With("node", plan.Node)
+	l.Info(fmt.Sprintf("drain plan: %d pod(s) to evict", len(plan.Evict)), "pods", strings.Join(plan.Evict, " "))
+	for _, s := range plan.Skipped {
+		l.Info("stays: " + s)
+	}
+	for _, b := range plan.Blocking {
+		l.Warn("blocks the drain: " + b)
+	}
+	for _, p := range plan.PDBs {
+		if p.WouldBlock() {
+			l.Info("disruption budget would block now: " + p.String())
+		} else {
+			l.Debug("disruption budget allows it now: " + p.String())
+		}
+	}
+}
+
+// Drain evicts every pod of the node that may go, all at once, and waits until they are
+// gone. An eviction refused by a disruption budget is retried as soon as the budget's
+// status allows it (its changes are watched), never on a timer. Pods that block the
+// drain without Force or DeleteEmptyDirData make it fail before anything is evicted. In
+// dry-run it logs the plan: the pods that would go, those that stay and why, and the
+// budgets that would block now. The node should be cordoned first.
+func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
+	plan, err := o.PlanDrain(ctx, node, opts)
+	if err != nil {
+		return err
+	}
+	o.logPlan(plan)
+	if len(plan.Blocking) > 0 {
+		return fmt.Errorf("drain %s: %s", node, strings.Join(plan.Blocking, "; "))
+	}
+	if len(plan.pods) == 0 {
+		return nil
+	}
+	how := "evict"
+	if opts.DisableEviction {
+		how = "delete (eviction disabled: disruption budgets bypassed)"
+	}
+	if o.Gate.Enabled() {
+		return o.Gate.Write(ctx, fmt.Sprintf("%s %d pod(s) from node %s: %s", how, len(plan.Evict), node, strings.Join(plan.Evict, " ")), func(context.Context) error { return nil })
+	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = DefaultDrainTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := &drainer{ops: o, node: node, opts: opts, waiting: map[string]string{}, remaining: map[types.UID]string{}}
+	return d.run(ctx, plan)
+}
+
+// drainer is one drain in progress.
+type drainer struct {
+	ops  *Ops
+	node string
+	opts DrainOptions
+
+	mu        sync.Mutex
+	changed   chan struct{}                            // closed and replaced when a budget changes
+	pdbs      map[string]*policyv1.PodDisruptionBudget // namespace/name -> latest
+	waiting   map[string]string                        // pod -> why it waits
+	remaining map[types.UID]string                     // pods not gone yet
+	gone      chan struct{}                            // closed when remaining is empty
+}
+
+func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
+	d.changed = make(chan struct{})
+	d.pdbs = map[string]*policyv1.PodDisruptionBudget{}
+	d.gone = make(chan struct{})
+	for _, p := range plan.pods {
+		d.remaining[p.UID] = podKey(&p)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	if err := d.watchPods(ctx, stop); err != nil {
+		return err
+	}
+	if err := d.watchPDBs(ctx, plan.pods, stop); err != nil {
+		return err
+	}
+
+	errc := make(chan error, len(plan.pods))
+	for i := range plan.pods {
+		p := plan.pods[i]
+		go func() { errc <- d.remove(ctx, &p) }()
+	}
+	ticker := time.NewTicker(d.ops.reportEvery())
+	defer ticker.Stop()
+	for {
+		select {
+		case err := <-errc:
+			if err != nil && ctx.Err() == nil {
+				return fmt.Errorf("drain %s: %w", d.node, err)
+			}
+		case <-d.gone:
+			d.ops.log().Info("all evicted pods are gone", "node", d.node)
+			return nil
+		case <-ticker.C:
+			d.report()
+		case <-ctx.Done():
+			return fmt.Errorf("drain %s: %w: %s", d.node, ErrTimeout, d.stillThere())
+		}
+	}
+}
+
+// remove evicts (or deletes) one pod, waiting on its budgets while they refuse.
+func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
+	key := podKey(p)
+	del := metav1.DeleteOptions{GracePeriodSeconds: d.opts.GracePeriodSeconds, Preconditions: &metav1.Preconditions{UID: &p.UID}}
+	for {
+		ch := d.changedChan()
+		var err error
+		if d.opts.DisableEviction {
+			err = d.ops.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, del)
+		} else {
+			ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, DeleteOptions: &del}
+			err = d.ops.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, ev)
+		}
+		switch {
+		case err == nil:
+			d.setWaiting(key, "")
+			d.ops.log().Debug("evicted", "pod", key, "node", d.node)
+			return nil
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			// Gone already, or replaced by another pod of the same name.
+			d.setWaiting(key, "")
+			return nil
+		case apierrors.IsTooManyRequests(err):
+			d.setWaiting(key, d.blockers(p))
+			if !d.waitBudget(ctx, p, ch) {
+				return ctx.Err()
+			}
+		default:
+			return fmt.Errorf("evict %s: %w", key, err)
+		}
+	}
+}
+
+func (d *drainer) changedChan() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.changed
+}
+
+// waitBudget waits until every budget selecting p allows a disruption. ch is the change
+// channel from before the refused eviction, so a change in between is not missed.
+func (d *drainer) waitBudget(ctx context.Context, p *corev1.Pod, ch chan struct{}) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ch:
+		}
+		d.mu.Lock()
+		ch = d.changed
+		ok := true
+		for _, pdb := range d.pdbs {
+			if selects(pdb, p) && pdb.Status.DisruptionsAllowed < 1 {
+				ok = false
+			}
+		}
+		d.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+}
+
+// blockers names the budgets refusing p's eviction.
+func (d *drainer) blockers(p *corev1.Pod) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, pdb := range d.pdbs {
+		if selects(pdb, p) {
+			out = append(out, fmt.Sprintf("PDB %s/%s allows %d disruption(s) (%d/%d healthy)", pdb.Namespace, pdb.Name,
+				pdb.Status.DisruptionsAllowed, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy))
+		}
+	}
+	if len(out) == 0 {
+		return "eviction refused (429)"
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
+func (d *drainer) setWaiting(pod, why string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if why == "" {
+		delete(d.waiting, pod)
+	} else {
+		d.waiting[pod] = why
+	}
+}
+
+// report logs which pods wait on which budget: at most once per report interval.
+func (d *drainer) report() {
+	d.mu.Lock()
+	byWhy := map[string][]string{}
+	for pod, why := range d.waiting {
+		byWhy[why] = append(byWhy[why], pod)
+	}
+	left := len(d.remaining)
+	d.mu.Unlock()
+	for why, pods := range byWhy {
+		sort.Strings(pods)
+		d.ops.log().Info("waiting on disruption budget", "node", d.node, "budget", why, "pods", strings.Join(pods, " "))
+	}
+	if len(byWhy) == 0 {
+		d.ops.log().Info("waiting for evicted pods to terminate", "node", d.node, "left", left)
+	}
+}
+
+// stillThere names the pods not gone and what holds each.
+func (d *drainer) stillThere() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, pod := range d.remaining {
+		why := d.waiting[pod]
+		if why == "" {
+			why = "evicted, still terminating"
+		}
+		out = append(out, pod+" ("+why+")")
+	}
+	sort.Strings(out)
+	return fmt.Sprintf("%d pod(s) still on the node: %s", len(out), strings.Join(out, "; "))
+}
+
+// watchPods watches the node's pods (only them) and closes d.gone when every pod to
+// evict is deleted.
+func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
+	f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "spec.nodeName=" + d.node
+	}))
+	inf := f.Core().V1().Pods().Informer()
+	present := func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if len(d.remaining) == 0 {
+			select {
+			case <-d.gone:
+			default:
+				close(d.gone)
+			}
+		}
+	}
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				d.mu.Lock()
+				delete(d.remaining, p.UID)
+				d.mu.Unlock()
+				present()
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("watch pods of %s: %w", d.node, err)
+	}
+	f.Start(stop)
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return fmt.Errorf("watch pods of %s: %w", d.node, ctx.Err())
+	}
+	// Pods deleted before the watch started are gone too.
+	d.mu.Lock()
+	listed := map[types.UID]bool{}
+	for _, obj := range inf.GetStore().List() {
+		listed[obj.(*corev1.Pod).UID] = true
+	}
+	for uid := range d.remaining {
+		if !listed[uid] {
+			delete(d.remaining, uid)
+		}
+	}
+	d.mu.Unlock()
+	present()
+	return nil
+}
+
+// watchPDBs watches the budgets of the namespaces of the pods and signals every change.
+func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan struct{}) error {
+	if d.opts.DisableEviction {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, p := range pods {
+		if seen[p.Namespace] {
+			continue
+		}
+		seen[p.Namespace] = true
+		f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithNamespace(p.Namespace))
+		inf := f.Policy().V1().PodDisruptionBudgets().Informer()
+		update := func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			pdb, ok := obj.(*policyv1.PodDisruptionBudget)
+			if !ok {
+				return
+			}
+			d.mu.Lock()
+			d.pdbs[pdb.Namespace+"/"+pdb.Name] = pdb
+			close(d.changed)
+			d.changed = make(chan struct{})
+			d.mu.Unlock()
+		}
+		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    update,
+			UpdateFunc: func(_, obj any) { update(obj) },
+			DeleteFunc: func(obj any) {
+				if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = t.Obj
+				}
+				if pdb, ok := obj.(*policyv1.PodDisruptionBudget); ok {
+					d.mu.Lock()
+					delete(d.pdbs, pdb.Namespace+"/"+pdb.Name)
+					close(d.changed)
+					d.changed = make(chan struct{})
+					d.mu.Unlock()
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("watch disruption budgets of %s: %w", p.Namespace, err)
+		}
+		f.Start(stop)
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return fmt.Errorf("watch disruption budgets of %s: %w", p.Namespace, ctx.Err())
+		}
+	}
+	return nil
+}

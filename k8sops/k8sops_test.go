@@ -1,0 +1,386 @@
+package k8sops
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/dryrun"
+	"example.com/cookbook/lab"
+)
+
+var cp *lab.ControlPlane
+
+func TestMain(m *testing.M) { os.Exit(lab.RunTests(m, &cp)) }
+
+// newOps returns Ops talking to the lab as user agent ua, logging into buf.
+func newOps(t *testing.T, ua string, dry bool) (*Ops, *bytes.Buffer) {
+	t.Helper()
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.UserAgent = ua
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return &Ops{Client: c, Gate: &dryrun.Gate{DryRun: dry, Log: log}, Log: log, ReportEvery: 500 * time.Millisecond}, &buf
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func addNodes(t *testing.T, names ...string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, n := range names {
+		if err := cp.AddNode(ctx, lab.NodeSpec{Name: n}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cp.RemoveNode(context.Background(), n) })
+	}
+}
+
+func running(t *testing.T, ns string, want int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		n := 0
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+				n++
+			}
+		}
+		return n >= want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d pods not running in %s: %v", want, ns, err)
+	}
+}
+
+func podsOn(t *testing.T, ns, node string) map[string]int {
+	t.Helper()
+	pods, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out[p.Labels["app"]]++
+		}
+	}
+	return out
+}
+
+// minRunning watches the pods of app in ns and records the fewest Running at once
+// (once all want of them were seen), until stop is called.
+func minRunning(t *testing.T, ns, app string, want int) (stop func() int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := cp.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		t.Fatal(err)
+	}
+	min := want
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		up := map[string]bool{}
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			up[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
+			n := 0
+			for _, r := range up {
+				if r {
+					n++
+				}
+			}
+			if len(up) >= want && n < min {
+				min = n
+			}
+		}
+	}()
+	return func() int { cancel(); w.Stop(); <-done; return min }
+}
+
+func TestCordonRecordsPriorState(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "cordon-1")
+	if err := cp.AddNode(ctx, lab.NodeSpec{Name: "cordon-2", Unschedulable: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.RemoveNode(context.Background(), "cordon-2") })
+	o, _ := newOps(t, "cookbook-test-cordon", false)
+	was, err := o.Cordon(ctx, "cordon-1")
+	if err != nil || was {
+		t.Fatalf("Cordon(cordon-1) = %v, %v; want false (was schedulable)", was, err)
+	}
+	if n, _ := o.Node(ctx, "cordon-1"); !n.Spec.Unschedulable {
+		t.Error("cordon-1 not cordoned")
+	}
+	was, err = o.Cordon(ctx, "cordon-2")
+	if err != nil || !was {
+		t.Fatalf("Cordon(cordon-2) = %v, %v; want true (an admin had cordoned it)", was, err)
+	}
+	if err := o.Uncordon(ctx, "cordon-1"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := o.Node(ctx, "cordon-1"); n.Spec.Unschedulable {
+		t.Error("cordon-1 still cordoned")
+	}
+}
+
+func TestDrainSampleWorkload(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "sample-1", "sample-2", "sample-3")
+	ns := "drain-sample"
+	if err := cp.ApplySampleWorkload(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 15)
+	// Put the bare pod and one cache (emptyDir) pod on the node to drain, to be sure.
+	victim := "sample-1"
+	before := podsOn(t, ns, victim)
+	t.Logf("on %s before: %v", victim, before)
+
+	o, logs := newOps(t, "cookbook-test-drain", false)
+	if _, err := o.Cordon(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	if before["cache"] > 0 || before["debug-shell"] > 0 {
+		err := o.Drain(ctx, victim, DrainOptions{Timeout: time.Minute})
+		if err == nil {
+			t.Fatal("drain without --force/--delete-emptydir-data succeeded with a bare or emptyDir pod on the node")
+		}
+		if before["debug-shell"] > 0 && !strings.Contains(err.Error(), "debug-shell") {
+			t.Errorf("error does not name the bare pod: %v", err)
+		}
+		if got := podsOn(t, ns, victim); got["web"] != before["web"] {
+			t.Errorf("a refused drain evicted pods: %v -> %v", before, got)
+		}
+	}
+	stopWeb := minRunning(t, ns, "web", 4)
+	stopAPI := minRunning(t, ns, "api", 3)
+	err := o.Drain(ctx, victim, DrainOptions{Force: true, DeleteEmptyDirData: true, Timeout: 2 * time.Minute})
+	webMin, apiMin := stopWeb(), stopAPI()
+	if err != nil {
+		t.Fatalf("drain: %v\n%s", err, logs)
+	}
+	after := podsOn(t, ns, victim)
+	for app, n := range after {
+		if app != "node-agent" {
+			t.Errorf("%d pod(s) of %s still on %s", n, app, victim)
+		}
+	}
+	if after["node-agent"] != 1 {
+		t.Errorf("the DaemonSet pod must stay: %v", after)
+	}
+	if webMin < 3 || apiMin < 2 {
+		t.Errorf("a PDB was violated: web fell to %d running (needs 3), api to %d (needs 2)", webMin, apiMin)
+	}
+	if !strings.Contains(logs.String(), "ignoring DaemonSet-managed Pods") {
+		t.Errorf("the log does not say why the DaemonSet pod stays:\n%s", logs)
+	}
+}
+
+func TestDrainBlockedByPDBTimesOutNamingIt(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "stuck-1")
+	ns := "drain-stuck"
+	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	one := intstr.FromInt32(1)
+	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 1)
+	o, logs := newOps(t, "cookbook-test-stuck", false)
+	// Wait until the disruption controller has computed the budget.
+	wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "singleton", metav1.GetOptions{})
+		return err == nil && p.Status.ObservedGeneration > 0 && p.Status.CurrentHealthy == 1, nil
+	})
+	if _, err := o.Cordon(ctx, "stuck-1"); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := o.PlanDrain(ctx, "stuck-1", DrainOptions{})
+	if err != nil || len(plan.PDBs) != 1 || !plan.PDBs[0].WouldBlock() {
+		t.Fatalf("plan = %+v, %v; want the singleton PDB to block", plan, err)
+	}
+	err = o.Drain(ctx, "stuck-1", DrainOptions{Timeout: 3 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "PDB drain-stuck/singleton allows 0 disruption(s)") {
+		t.Fatalf("error = %v, want it to name the blocking PDB", err)
+	}
+	if n := strings.Count(logs.String(), "waiting on disruption budget"); n == 0 || n > 10 {
+		t.Errorf("%d 'waiting on disruption budget' lines in 3s; want a few, not one per retry:\n%s", n, logs)
+	}
+	// The operator's explicit choice: delete, bypassing the budget.
+	if err := o.Drain(ctx, "stuck-1", DrainOptions{DisableEviction: true, Timeout: time.Minute}); err != nil {
+		t.Fatalf("drain with eviction disabled: %v", err)
+	}
+}
+
+func TestWaits(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "wait-1")
+	o, logs := newOps(t, "cookbook-test-wait", false)
+	old, err := o.BootID(ctx, "wait-1")
+	if err != nil || old == "" {
+		t.Fatalf("BootID = %q, %v", old, err)
+	}
+	if err := o.WaitReady(ctx, "wait-1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.RebootNode(ctx, "wait-1", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.WaitNotReady(ctx, "wait-1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.WaitRebooted(ctx, "wait-1", old, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "reason=KubeletNotReady") {
+		t.Errorf("the wait did not report the node's condition reason:\n%s", logs)
+	}
+	err = o.WaitRebooted(ctx, "wait-1", "something-else-"+old, time.Second)
+	if err == nil {
+		t.Log("(a node Ready with a different boot id passes at once, as it should)")
+	}
+	if err := o.WaitNotReady(ctx, "wait-1", time.Second); err == nil || !strings.Contains(err.Error(), "Ready=True") {
+		t.Errorf("timeout error = %v, want it to say how the node stands", err)
+	}
+	if err := o.DeleteNode(ctx, "wait-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.WaitGone(ctx, "wait-1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLabelsAndTaintsAreIdempotent(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "label-1")
+	o, _ := newOps(t, "cookbook-test-label", false)
+	labels := map[string]string{"toolforge.org/nfs-mounted": "true"}
+	taints := []config.Taint{{Key: "ingress", Value: "true", Effect: "NoSchedule"}}
+	since := time.Now()
+	for i := 0; i < 2; i++ {
+		if err := o.ApplyLabels(ctx, "label-1", labels); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.ApplyTaints(ctx, "label-1", taints); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, _ := o.Node(ctx, "label-1")
+	if n.Labels["toolforge.org/nfs-mounted"] != "true" || len(n.Spec.Taints) != 1 || n.Spec.Taints[0].Key != "ingress" {
+		t.Errorf("labels %v taints %v", n.Labels, n.Spec.Taints)
+	}
+	time.Sleep(time.Second) // the audit log is written asynchronously
+	writes, err := cp.WriteRequests(ctx, since, "cookbook-test-label")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(writes) != 2 {
+		t.Errorf("%d write requests for applying labels and taints twice, want 2 (the second time is a no-op): %+v", len(writes), writes)
+	}
+}
+
+func TestHealthGate(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "gate-1", "gate-2")
+	o, _ := newOps(t, "cookbook-test-gate", false)
+	if err := o.WaitHealthy(ctx, GateOptions{Handled: []string{"gate-1"}, Interval: 200 * time.Millisecond, Timeout: 30 * time.Second}); err != nil {
+		t.Fatalf("healthy cluster failed the gate: %v", err)
+	}
+	if err := cp.SetNodeNotReady(ctx, "gate-2"); err != nil {
+		t.Fatal(err)
+	}
+	err := o.WaitHealthy(ctx, GateOptions{Interval: 200 * time.Millisecond, Timeout: 2 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "node gate-2 is not Ready") {
+		t.Fatalf("gate error = %v, want it to name gate-2", err)
+	}
+	// A node the run is handling may be down.
+	if err := o.WaitHealthy(ctx, GateOptions{Handling: []string{"gate-2"}, Interval: 200 * time.Millisecond, Timeout: 30 * time.Second}); err != nil {
+		t.Fatalf("gate with gate-2 excluded: %v", err)
+	}
+}
+
+func TestDryRunMakesNoWrite(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "dry-1", "dry-2")
+	ns := "drain-dry"
+	if err := cp.ApplySampleWorkload(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 10)
+	o, logs := newOps(t, "cookbook-test-dry", true)
+	since := time.Now()
+	before := podsOn(t, ns, "dry-1")
+	if _, err := o.Cordon(ctx, "dry-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Drain(ctx, "dry-1", DrainOptions{Force: true, DeleteEmptyDirData: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.ApplyLabels(ctx, "dry-1", map[string]string{"a": "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.DeleteNode(ctx, "dry-1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	writes, err := cp.WriteRequests(ctx, since, "cookbook-test-dry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(writes) != 0 {
+		t.Errorf("dry-run made %d write request(s): %+v", len(writes), writes)
+	}
+	if got := podsOn(t, ns, "dry-1"); len(got) != len(before) {
+		t.Errorf("pods changed in dry-run: %v -> %v", before, got)
+	}
+	for _, want := range []string{"DRY-RUN: would cordon node dry-1", "DRY-RUN: would evict", "drain plan:", "DRY-RUN: would delete node dry-1"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("dry-run log lacks %q", want)
+		}
+	}
+}
