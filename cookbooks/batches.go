@@ -115,4 +115,3 @@ func batchNames(b []rollNode) string {
 	}
 	return strings.Join(names, ", ")
 }
-

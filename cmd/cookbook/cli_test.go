@@ -16,13 +16,17 @@ import (
 
 	"example.com/cookbook/cookbooks"
 	"example.com/cookbook/cookbooks/state"
+	"example.com/cookbook/lab"
 )
+
+// cp is the lab control plane shared by the tests that need a real cluster.
+var cp *lab.ControlPlane
 
 func TestMain(m *testing.M) {
 	if os.Getenv("COOKBOOK_TEST_CHILD") == "1" {
 		os.Exit(realMain(os.Args, os.Stdin, os.Stderr, append(cookbooks.All(), toy())))
 	}
-	os.Exit(m.Run())
+	os.Exit(lab.RunTests(m, &cp))
 }
 
 const toyConfig = `

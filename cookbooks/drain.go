@@ -1,0 +1,132 @@
+package cookbooks
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"example.com/cookbook/cookbooks/pipeline"
+)
+
+func clusterFlag() cli.Flag {
+	return &cli.StringFlag{Name: "cluster-name", Usage: "the cluster, as named in the configuration", Required: true}
+}
+
+// Drain cordons a node and evicts its pods.
+func Drain() Cookbook {
+	return Cookbook{
+		Name:    "drain",
+		Usage:   "cordon a node and evict its pods, respecting PodDisruptionBudgets",
+		Example: "cookbook drain --cluster-name toolsbeta --hostname-to-drain toolsbeta-test-k8s-worker-nfs-1",
+		Flags: append([]cli.Flag{
+			clusterFlag(),
+			&cli.StringFlag{Name: "hostname-to-drain", Usage: "the node to drain", Required: true},
+		}, drainFlags()...),
+		Prepare: func(c *cli.Context, env *Env) (*Job, error) {
+			cl, err := env.Cluster(c.String("cluster-name"))
+			if err != nil {
+				return nil, err
+			}
+			node, err := hostnameFlag(c, "hostname-to-drain")
+			if err != nil {
+				return nil, err
+			}
+			opts, err := drainOptions(c)
+			if err != nil {
+				return nil, err
+			}
+			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+				k, err := env.Kube(cl)
+				if err != nil {
+					return nil, err
+				}
+				if err := requireNode(ctx, k, node); err != nil {
+					return nil, err
+				}
+				return pipeline.Steps(
+					pipeline.Group(node, "node "+node, append(cordonSteps(k, node), drainStep(k, node, opts))...),
+					pipeline.One(auditStep(env, fmt.Sprintf("Drained k8s node %s of cluster %s", node, cl.Name))),
+				), nil
+			}}, nil
+		},
+	}
+}
+
+// Cordon marks a node unschedulable.
+func Cordon() Cookbook {
+	return oneNodeCookbook("cordon", "mark a node unschedulable (new pods are not scheduled there)", "cordon",
+		func(env *Env, clName, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error) {
+			return func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+				cl, _ := env.Cluster(clName)
+				k, err := env.Kube(cl)
+				if err != nil {
+					return nil, err
+				}
+				if err := requireNode(ctx, k, node); err != nil {
+					return nil, err
+				}
+				return pipeline.Steps(
+					pipeline.Group(node, "node "+node, cordonSteps(k, node)...),
+					pipeline.One(auditStep(env, fmt.Sprintf("Cordoned k8s node %s of cluster %s", node, clName))),
+				), nil
+			}
+		})
+}
+
+// Uncordon marks a node schedulable again.
+func Uncordon() Cookbook {
+	return oneNodeCookbook("uncordon", "mark a node schedulable again", "uncordon",
+		func(env *Env, clName, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error) {
+			return func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+				cl, _ := env.Cluster(clName)
+				k, err := env.Kube(cl)
+				if err != nil {
+					return nil, err
+				}
+				if err := requireNode(ctx, k, node); err != nil {
+					return nil, err
+				}
+				return pipeline.Steps(
+					pipeline.Group(node, "node "+node, uncordonStep(k, node, true)),
+					pipeline.One(auditStep(env, fmt.Sprintf("Uncordoned k8s node %s of cluster %s", node, clName))),
+				), nil
+			}
+		})
+}
+
+func oneNodeCookbook(name, usage, verb string, plan func(env *Env, cluster, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error)) Cookbook {
+	return Cookbook{
+		Name:    name,
+		Usage:   usage,
+		Example: fmt.Sprintf("cookbook %s --cluster-name toolsbeta --hostname toolsbeta-test-k8s-worker-nfs-1", name),
+		Flags:   []cli.Flag{clusterFlag(), &cli.StringFlag{Name: "hostname", Usage: "the node to " + verb, Required: true}},
+		Prepare: func(c *cli.Context, env *Env) (*Job, error) {
+			cl, err := env.Cluster(c.String("cluster-name"))
+			if err != nil {
+				return nil, err
+			}
+			node, err := hostnameFlag(c, "hostname")
+			if err != nil {
+				return nil, err
+			}
+			return &Job{Cluster: cl.Name, Plan: plan(env, cl.Name, node)}, nil
+		},
+	}
+}
+
+// auditStep sends a line to the audit sinks (nothing in dry-run).
+func auditStep(env *Env, line string) pipeline.Step {
+	return pipeline.Step{
+		Name: "audit",
+		Desc: pipeline.Text("tell the team: " + line),
+		Do: func(ctx context.Context, v *pipeline.Values) error {
+			if env.DryRun {
+				env.Log.Info("DRY-RUN: would send audit line: " + line)
+				return nil
+			}
+			env.Audit.Send(ctx, line)
+			return nil
+		},
+	}
+}
