@@ -1,0 +1,83 @@
+package cloud
+
+import (
+	"encoding/json"
+	"math/rand"
+	"net/http"
+	"strings"
+)
+
+// Faults are injected failures, for tests and rehearsals. Set them with SetFaults or
+// POST /_lab/faults (the same JSON); GET /_lab/faults shows them.
+type Faults struct {
+	// Rules apply to requests whose method and path match.
+	Rules []FaultRule `json:"rules,omitempty"`
+	// ErrorServers go to ERROR when created ("by name").
+	ErrorServers []string `json:"errorServers,omitempty"`
+	// StuckServers stay in BUILD forever.
+	StuckServers []string `json:"stuckServers,omitempty"`
+}
+
+// FaultRule is a failure or delay on matching requests.
+type FaultRule struct {
+	// Method ("" for any) and PathPrefix ("/compute/v2.1/servers"; "" for any).
+	Method     string `json:"method,omitempty"`
+	PathPrefix string `json:"pathPrefix,omitempty"`
+	// ErrorRate is the fraction of matching requests that fail (0..1).
+	ErrorRate float64 `json:"errorRate,omitempty"`
+	// Status of a failure; 503 if zero.
+	Status int `json:"status,omitempty"`
+	// After fails a request after handling it (its response is lost), as a network
+	// failure can.
+	After bool `json:"after,omitempty"`
+	// LatencyMillis delays every matching request.
+	LatencyMillis int `json:"latencyMillis,omitempty"`
+}
+
+// SetFaults replaces the injected faults.
+func (c *Cloud) SetFaults(f Faults) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.faults = f
+}
+
+// Faults returns the injected faults.
+func (c *Cloud) Faults() Faults {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.faults
+}
+
+func (c *Cloud) postFaults(w http.ResponseWriter, r *http.Request) {
+	var f Faults
+	if err := json.NewDecoder(r.Body).Decode(&f); err != nil {
+		http.Error(w, "bad faults JSON: "+err.Error(), 400)
+		return
+	}
+	c.SetFaults(f)
+	reply(w, 200, f)
+}
+
+// faultFor returns the rule matching the request and whether it fails now. Callers hold mu.
+func (c *Cloud) faultFor(method, path string) (FaultRule, bool) {
+	for _, r := range c.faults.Rules {
+		if (r.Method == "" || strings.EqualFold(r.Method, method)) && strings.HasPrefix(path, r.PathPrefix) {
+			return r, r.ErrorRate > 0 && rand.Float64() < r.ErrorRate
+		}
+	}
+	return FaultRule{}, false
+}
+
+// applyServerFaults marks a new server to fail or hang. Callers hold mu.
+func (c *Cloud) applyServerFaults(s *Server) {
+	for _, n := range c.faults.ErrorServers {
+		if n == s.Name {
+			s.Status, s.Fault = "ERROR", "Injected fault: instance failed to spawn"
+		}
+	}
+	for _, n := range c.faults.StuckServers {
+		if n == s.Name {
+			s.Stuck = true
+		}
+	}
+}
