@@ -1,0 +1,157 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// defaultPrograms succeed with no output: what provisioning and package steps run.
+var defaultPrograms = []string{"apt-get", "mkdir", "mkfs.ext4", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
+
+// exec runs one command line; drop means the session ends without an exit status.
+func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
+	f := v.fleet
+	argv, err := splitWords(line)
+	if err != nil || len(argv) == 0 {
+		fmt.Fprintf(stderr, "bash: syntax error: %v\n", err)
+		f.record(v.Name, argv, 2)
+		return 2, false
+	}
+	args := argv
+	if args[0] == "sudo" {
+		args = args[1:]
+		for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+			if args[0] == "--" {
+				args = args[1:]
+				break
+			}
+			args = args[1:]
+		}
+	}
+	code, drop = v.run(args, stdout, stderr)
+	f.record(v.Name, argv, code)
+	return code, drop
+}
+
+func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
+	f := v.fleet
+	if len(args) == 0 {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := strings.Join(args, " ")
+	switch {
+	case cmd == "hostname":
+		fmt.Fprintln(stdout, v.Name)
+	case cmd == "hostname -f":
+		if f.Domain != "" {
+			fmt.Fprintln(stdout, v.Name+"."+f.Domain)
+		} else {
+			fmt.Fprintln(stdout, v.Name)
+		}
+	case cmd == "cat /proc/sys/kernel/random/boot_id":
+		fmt.Fprintln(stdout, v.BootID())
+	case args[0] == "uptime":
+		fmt.Fprintf(stdout, " %s up 3 min,  1 user,  load average: 0.08, 0.03, 0.01\n", time.Now().Format("15:04:05"))
+	case cmd == "systemctl reboot" || cmd == "reboot" || strings.HasPrefix(cmd, "shutdown -r"):
+		if f.HangReboot[v.Name] {
+			time.Sleep(time.Hour) // never returns within any sane timeout
+			return 1, false
+		}
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			v.reboot()
+		}()
+		return 0, true
+	case cmd == "kubeadm token create --print-join-command":
+		if f.Cluster == nil {
+			fmt.Fprintln(stderr, "error: no control plane on this host")
+			return 1, false
+		}
+		join, err := f.Cluster.JoinCommand(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "failed to create or upload the bootstrap token: %v\n", err)
+			return 1, false
+		}
+		fmt.Fprintln(stdout, join)
+	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
+		return v.join(ctx, args[2:], stdout, stderr), false
+	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
+		v.mu.Lock()
+		joined := v.joined
+		v.joined = false
+		v.mu.Unlock()
+		if joined && f.Cluster != nil {
+			_ = f.Cluster.KubeletDown(ctx, v.Name)
+		}
+		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
+	case cmd == "kubeadm upgrade node":
+		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
+	case cmd == "systemctl restart kubelet":
+	case contains(defaultPrograms, args[0]) || contains(f.Programs, args[0]):
+		if args[0] == "apt-get" && len(args) > 1 {
+			fmt.Fprintf(stdout, "Reading package lists... Done\n")
+		}
+	default:
+		fmt.Fprintf(stderr, "bash: %s: command not found\n", args[0])
+		return 127, false
+	}
+	return 0, false
+}
+
+// join parses kubeadm join's arguments and registers the node.
+func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f := v.fleet
+	token, control := "", false
+	for i := 0; i < len(args); i++ {
+		switch {
+		case args[i] == "--token" && i+1 < len(args):
+			token = args[i+1]
+			i++
+		case strings.HasPrefix(args[i], "--token="):
+			token = strings.TrimPrefix(args[i], "--token=")
+		case args[i] == "--control-plane":
+			control = true
+		}
+	}
+	if token == "" {
+		fmt.Fprintln(stderr, "error execution phase preflight: --token is required")
+		return 1
+	}
+	if f.Cluster == nil {
+		fmt.Fprintln(stderr, "error execution phase preflight: cannot reach the API server")
+		return 1
+	}
+	v.mu.Lock()
+	joined := v.joined
+	v.mu.Unlock()
+	if joined {
+		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists")
+		return 1
+	}
+	if err := f.Cluster.Join(ctx, v.Name, token, control); err != nil {
+		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
+		return 1
+	}
+	if err := f.Cluster.KubeletUp(ctx, v.Name, v.BootID()); err != nil {
+		fmt.Fprintf(stderr, "error execution phase kubelet-start: %v\n", err)
+		return 1
+	}
+	v.mu.Lock()
+	v.joined = true
+	v.mu.Unlock()
+	fmt.Fprintln(stdout, "This node has joined the cluster:\n* Certificate signing request was sent to apiserver and a response was received.\n* The Kubelet was informed of the new secure connection details.")
+	return 0
+}
+
+// MarkJoined records that the VM is a node of the cluster already (a lab built with its
+// nodes registered).
+func (v *VM) MarkJoined() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.joined = true
+}

@@ -1,0 +1,428 @@
+// Package vm is the lab's simulated VMs: each server of the lab cloud gets an SSH server
+// (golang.org/x/crypto/ssh) on its own loopback address, with its own host key, that runs
+// a fixed set of commands with realistic output: hostname, boot id, reboots that drop the
+// session and come back with a new boot id, kubeadm token/join/reset against the lab's
+// Kubernetes control plane, apt-get and the provisioning commands of the cluster config.
+package vm
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"example.com/cookbook/lab/cloud"
+)
+
+// Cluster is the Kubernetes side of the simulated VMs.
+type Cluster interface {
+	// JoinCommand creates a bootstrap token and returns the kubeadm join command line.
+	JoinCommand(ctx context.Context) (string, error)
+	// Join checks the token and registers the VM's Node (Ready).
+	Join(ctx context.Context, node, token string, controlPlane bool) error
+	// KubeletDown makes the node NotReady (reboot, kubeadm reset).
+	KubeletDown(ctx context.Context, node string) error
+	// KubeletUp makes a registered node Ready again with the boot id.
+	KubeletUp(ctx context.Context, node, bootID string) error
+}
+
+// Fleet runs the simulated VMs. It implements cloud.Machines.
+type Fleet struct {
+	// Port is the SSH port of every VM (distinct loopback addresses share it).
+	Port int
+	// Domain makes `hostname -f` print name.domain.
+	Domain string
+	// OperatorKeys are accepted on every VM besides the server's key pair.
+	OperatorKeys []string
+	// Users that may log in; any user if empty.
+	Users []string
+	// Cluster, if set, backs kubeadm and the kubelet.
+	Cluster Cluster
+	// DownTime is how long a reboot keeps the VM down; 2s if zero.
+	DownTime time.Duration
+	// Programs are extra commands (argv[0]) that succeed, for provisioning steps.
+	Programs []string
+	// HangReboot makes `systemctl reboot` hang on these VMs (by name), to test the
+	// hard-reboot fallback.
+	HangReboot map[string]bool
+	// Log receives lines; nil discards.
+	Log *slog.Logger
+
+	mu      sync.Mutex
+	vms     map[string]*VM
+	history []Record
+}
+
+var _ cloud.Machines = (*Fleet)(nil)
+
+// Record is a command a VM ran.
+type Record struct {
+	Time     time.Time
+	VM       string
+	Argv     []string
+	ExitCode int
+}
+
+// VM is one simulated VM.
+type VM struct {
+	ID, Name, Address string
+	fleet             *Fleet
+	signer            ssh.Signer
+	authorized        map[string]bool
+
+	mu       sync.Mutex
+	bootID   string
+	ln       net.Listener
+	conns    map[net.Conn]bool
+	up       bool
+	joined   bool
+	gen      int
+	stopping bool
+}
+
+func (f *Fleet) log() *slog.Logger {
+	if f.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return f.Log
+}
+
+func (f *Fleet) downTime() time.Duration {
+	if f.DownTime > 0 {
+		return f.DownTime
+	}
+	return 2 * time.Second
+}
+
+// Boot implements cloud.Machines: it starts the VM's SSH server and returns its host key
+// fingerprint line as cloud-init prints it.
+func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	v := &VM{ID: m.ID, Name: m.Name, Address: m.Address, fleet: f, signer: signer, authorized: map[string]bool{}, conns: map[net.Conn]bool{}}
+	for _, k := range append(append([]string{}, m.AuthorizedKeys...), f.OperatorKeys...) {
+		pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
+		if err == nil {
+			v.authorized[string(pk.Marshal())] = true
+		}
+	}
+	f.mu.Lock()
+	if f.vms == nil {
+		f.vms = map[string]*VM{}
+	}
+	if old, ok := f.vms[m.ID]; ok {
+		old.stop()
+	}
+	f.vms[m.ID] = v
+	f.mu.Unlock()
+	if err := v.start(newBootID()); err != nil {
+		return nil, err
+	}
+	return []string{v.HostKeyLine()}, nil
+}
+
+// HostKeyLine is the VM's host key as cloud-init prints it.
+func (v *VM) HostKeyLine() string {
+	return fmt.Sprintf("256 %s root@%s (ED25519)", ssh.FingerprintSHA256(v.signer.PublicKey()), v.Name)
+}
+
+// PublicKey is the VM's host key.
+func (v *VM) PublicKey() ssh.PublicKey { return v.signer.PublicKey() }
+
+// BootID is the VM's current boot id.
+func (v *VM) BootID() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.bootID
+}
+
+// Reboot implements cloud.Machines.
+func (f *Fleet) Reboot(ctx context.Context, id string, hard bool) error {
+	v := f.VM(id)
+	if v == nil {
+		return fmt.Errorf("no VM %s", id)
+	}
+	v.reboot()
+	return nil
+}
+
+// Delete implements cloud.Machines.
+func (f *Fleet) Delete(ctx context.Context, id string) error {
+	f.mu.Lock()
+	v := f.vms[id]
+	delete(f.vms, id)
+	f.mu.Unlock()
+	if v != nil {
+		v.mu.Lock()
+		joined := v.joined
+		v.mu.Unlock()
+		v.stop()
+		if joined && f.Cluster != nil {
+			_ = f.Cluster.KubeletDown(ctx, v.Name)
+		}
+	}
+	return nil
+}
+
+// VM returns the VM of a server id, or nil.
+func (f *Fleet) VM(id string) *VM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.vms[id]
+}
+
+// ByName returns the VM of that name, or nil.
+func (f *Fleet) ByName(name string) *VM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, v := range f.vms {
+		if v.Name == name {
+			return v
+		}
+	}
+	return nil
+}
+
+// History returns every command run, in order.
+func (f *Fleet) History() []Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Record(nil), f.history...)
+}
+
+// Close stops every VM.
+func (f *Fleet) Close() {
+	f.mu.Lock()
+	vms := f.vms
+	f.vms = nil
+	f.mu.Unlock()
+	for _, v := range vms {
+		v.stop()
+	}
+}
+
+func (f *Fleet) record(vm string, argv []string, code int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.history = append(f.history, Record{Time: time.Now(), VM: vm, Argv: argv, ExitCode: code})
+}
+
+func newBootID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func (v *VM) start(bootID string) error {
+	addr := net.JoinHostPort(v.Address, strconv.Itoa(v.fleet.Port))
+	var ln net.Listener
+	var err error
+	// The port may still be held by the previous incarnation for a moment.
+	for i := 0; i < 50; i++ {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("vm %s: listen on %s: %w", v.Name, addr, err)
+	}
+	v.mu.Lock()
+	v.ln, v.up, v.bootID = ln, true, bootID
+	v.gen++
+	v.mu.Unlock()
+	go v.serve(ln)
+	return nil
+}
+
+// stop takes the VM down: its listener and every session.
+func (v *VM) stop() {
+	v.mu.Lock()
+	v.up = false
+	v.gen++
+	ln := v.ln
+	v.ln = nil
+	conns := v.conns
+	v.conns = map[net.Conn]bool{}
+	v.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	for c := range conns {
+		c.Close()
+	}
+}
+
+// reboot takes the VM down now and brings it back with a new boot id after DownTime.
+func (v *VM) reboot() {
+	v.mu.Lock()
+	if !v.up {
+		v.mu.Unlock()
+		return
+	}
+	joined := v.joined
+	v.mu.Unlock()
+	v.stop()
+	v.mu.Lock()
+	gen := v.gen
+	v.mu.Unlock()
+	f := v.fleet
+	if joined && f.Cluster != nil {
+		_ = f.Cluster.KubeletDown(context.Background(), v.Name)
+	}
+	f.log().Info("vm rebooting", "vm", v.Name)
+	go func() {
+		time.Sleep(f.downTime())
+		v.mu.Lock()
+		stale := v.gen != gen || f.VM(v.ID) != v
+		v.mu.Unlock()
+		if stale {
+			return
+		}
+		id := newBootID()
+		if err := v.start(id); err != nil {
+			f.log().Error("vm did not come back", "vm", v.Name, "err", err)
+			return
+		}
+		if joined && f.Cluster != nil {
+			_ = f.Cluster.KubeletUp(context.Background(), v.Name, id)
+		}
+		f.log().Info("vm back", "vm", v.Name, "boot_id", id)
+	}()
+}
+
+func (v *VM) serve(ln net.Listener) {
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if len(v.fleet.Users) > 0 && !contains(v.fleet.Users, meta.User()) {
+				return nil, fmt.Errorf("user %s not allowed", meta.User())
+			}
+			if v.authorized[string(key.Marshal())] {
+				return nil, nil
+			}
+			return nil, errors.New("key not authorized")
+		},
+	}
+	cfg.AddHostKey(v.signer)
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		v.mu.Lock()
+		if !v.up {
+			v.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		v.conns[nc] = true
+		v.mu.Unlock()
+		go v.handle(nc, cfg)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *VM) handle(nc net.Conn, cfg *ssh.ServerConfig) {
+	defer func() {
+		v.mu.Lock()
+		delete(v.conns, nc)
+		v.mu.Unlock()
+		nc.Close()
+	}()
+	sc, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	if err != nil {
+		return
+	}
+	defer sc.Close()
+	go func() {
+		for r := range reqs {
+			if r.WantReply {
+				r.Reply(r.Type == "keepalive@openssh.com", nil)
+			}
+		}
+	}()
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			nch.Reject(ssh.UnknownChannelType, "only sessions")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		go v.session(ch, creqs)
+	}
+}
+
+type exitStatus struct{ Status uint32 }
+
+func (v *VM) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
+	defer ch.Close()
+	for r := range reqs {
+		switch r.Type {
+		case "exec":
+			var p struct{ Command string }
+			if err := ssh.Unmarshal(r.Payload, &p); err != nil {
+				r.Reply(false, nil)
+				return
+			}
+			r.Reply(true, nil)
+			code, drop := v.exec(p.Command, ch, ch.Stderr())
+			if drop {
+				return // the session drops without an exit status, as in a reboot
+			}
+			ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{uint32(code)}))
+			return
+		case "env", "pty-req":
+			r.Reply(true, nil)
+		case "shell":
+			r.Reply(false, nil)
+		default:
+			if r.WantReply {
+				r.Reply(false, nil)
+			}
+		}
+	}
+}
+
+// Joined reports whether the VM ran kubeadm join.
+func (v *VM) Joined() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.joined
+}
+
+// Names returns the names of the running VMs, sorted.
+func (f *Fleet) Names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, v := range f.vms {
+		out = append(out, v.Name)
+	}
+	sort.Strings(out)
+	return out
+}

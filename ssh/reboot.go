@@ -1,0 +1,106 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// BootID reads the host's boot id (/proc/sys/kernel/random/boot_id).
+func (c *Client) BootID(ctx context.Context, host string) (string, error) {
+	res, err := c.Run(ctx, host, Command{Argv: []string{"cat", "/proc/sys/kernel/random/boot_id"}, ReadOnly: true, Timeout: 30 * time.Second})
+	if err != nil {
+		return "", fmt.Errorf("read boot id of %s: %w", host, err)
+	}
+	id := strings.TrimSpace(res.Stdout)
+	if id == "" {
+		return "", fmt.Errorf("read boot id of %s: empty", host)
+	}
+	return id, nil
+}
+
+// ErrRebootNotIssued means the soft reboot could not be started: the caller may fall
+// back to a hard reboot through OpenStack.
+var ErrRebootNotIssued = errors.New("reboot could not be issued")
+
+// IssueReboot asks the host to reboot (systemctl reboot). The session dropping is the
+// expected answer.
+func (c *Client) IssueReboot(ctx context.Context, host string) error {
+	timeout := c.RebootTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	_, err := c.Run(ctx, host, Command{Argv: []string{"systemctl", "reboot"}, Timeout: timeout})
+	c.dropHost(host)
+	if err == nil || dropped(err) {
+		return nil
+	}
+	return fmt.Errorf("%w on %s: %v", ErrRebootNotIssued, host, err)
+}
+
+func dropped(err error) bool {
+	var missing *ssh.ExitMissingError
+	return errors.As(err, &missing) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "EOF")
+}
+
+func (c *Client) dropHost(host string) {
+	c.mu.Lock()
+	cl, ok := c.conns[host]
+	delete(c.conns, host)
+	c.mu.Unlock()
+	if ok {
+		cl.Close()
+	}
+}
+
+// ErrNotBack means the host did not come back with a new boot id in time.
+var ErrNotBack = errors.New("host did not come back with a new boot id")
+
+// WaitRebooted waits until the host answers SSH with a boot id other than oldBootID.
+func (c *Client) WaitRebooted(ctx context.Context, host, oldBootID string, timeout time.Duration) (string, error) {
+	if c.gate.Enabled() {
+		return oldBootID, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last error
+	for {
+		c.dropHost(host)
+		id, err := c.BootID(ctx, host)
+		if err == nil && id != oldBootID {
+			c.log.Info("host is back with a new boot id", "host", host, "boot_id", id)
+			return id, nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("boot id still %s", id)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w: %s after %s (last: %v)", ErrNotBack, host, timeout, last)
+		case <-t.C:
+		}
+	}
+}
+
+// Reboot reboots the host and proves it: the boot id is read first, the reboot issued,
+// and the host must answer with another boot id within timeout. A returned
+// ErrRebootNotIssued or ErrNotBack lets the caller fall back to a hard reboot.
+func (c *Client) Reboot(ctx context.Context, host string, timeout time.Duration) (string, error) {
+	old, err := c.BootID(ctx, host)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrRebootNotIssued, err)
+	}
+	if err := c.IssueReboot(ctx, host); err != nil {
+		return "", err
+	}
+	return c.WaitRebooted(ctx, host, old, timeout)
+}

@@ -1,0 +1,210 @@
+package ssh
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/dryrun"
+	"example.com/cookbook/lab/cloud"
+	"example.com/cookbook/lab/vm"
+)
+
+// operatorKey writes a new ed25519 key to dir and returns its path and public key line.
+func operatorKey(t *testing.T, dir string) (string, string, ssh.Signer) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "id_ed25519")
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, _ := ssh.NewPublicKey(pub)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	return path, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))), signer
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+var vmCounter atomic.Int32
+
+// newVM boots a simulated VM and returns the fleet, the VM and a client pinned to it.
+func newVM(t *testing.T, name string, fleetOpts func(*vm.Fleet)) (*vm.Fleet, *vm.VM, *Client, *dryrun.Gate) {
+	t.Helper()
+	t.Setenv("SSH_AUTH_SOCK", "")
+	dir := t.TempDir()
+	keyPath, pubLine, _ := operatorKey(t, dir)
+	f := &vm.Fleet{Port: freePort(t), DownTime: 300 * time.Millisecond}
+	if fleetOpts != nil {
+		fleetOpts(f)
+	}
+	t.Cleanup(f.Close)
+	addr := fmt.Sprintf("127.43.%d.%d", 1+os.Getpid()%200, 10+vmCounter.Add(1))
+	id := fmt.Sprintf("id-%s", name)
+	lines, err := f.Boot(context.Background(), cloud.Machine{ID: id, Name: name, Address: addr, AuthorizedKeys: []string{pubLine}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &dryrun.Gate{}
+	c, err := New(config.SSH{User: "root", Port: f.Port, IdentityFiles: []string{keyPath}}, gate, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Shutdown() })
+	fp := strings.Fields(lines[0])[1]
+	c.Pin(addr, []string{fp})
+	return f, f.VM(id), c, gate
+}
+
+func TestCommandsOnSimulatedVM(t *testing.T) {
+	f, v, c, _ := newVM(t, "tb-worker-1", func(f *vm.Fleet) { f.Domain = "lab.example" })
+	ctx := context.Background()
+	host := v.Address
+	tests := []struct {
+		name       string
+		cmd        Command
+		wantOut    string
+		wantStatus int
+	}{
+		{"hostname", Command{Argv: []string{"hostname"}, ReadOnly: true}, "tb-worker-1\n", 0},
+		{"fqdn", Command{Argv: []string{"hostname", "-f"}, ReadOnly: true}, "tb-worker-1.lab.example\n", 0},
+		{"sudo", Command{Argv: []string{"hostname"}, Sudo: true, ReadOnly: true}, "tb-worker-1\n", 0},
+		{"unknown", Command{Argv: []string{"frobnicate", "--now"}}, "", 127},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := c.Run(ctx, host, tt.cmd)
+			if tt.wantStatus != 0 {
+				var ee *ExitError
+				if !errors.As(err, &ee) || ee.Status != tt.wantStatus || !strings.Contains(ee.Error(), "command not found") || !strings.Contains(ee.Error(), host) {
+					t.Fatalf("err = %v, want exit %d naming host and stderr", err, tt.wantStatus)
+				}
+				return
+			}
+			if err != nil || res.Stdout != tt.wantOut {
+				t.Fatalf("got %q, %v", res.Stdout, err)
+			}
+		})
+	}
+	// Arguments with spaces, quotes and $(...) arrive literally.
+	argv := []string{"mkdir", "-p", "/srv/a b", `it's "quoted"`, "$(rm -rf /)", "`id`"}
+	if _, err := c.Run(ctx, host, Command{Argv: argv}); err != nil {
+		t.Fatal(err)
+	}
+	h := f.History()
+	if diff := cmp.Diff(argv, h[len(h)-1].Argv); diff != "" {
+		t.Errorf("argv on the VM (-want +got):\n%s", diff)
+	}
+}
+
+func TestTimeoutAndCancel(t *testing.T) {
+	_, v, c, _ := newVM(t, "tb-hang-1", func(f *vm.Fleet) { f.HangReboot = map[string]bool{"tb-hang-1": true} })
+	start := time.Now()
+	_, err := c.Run(context.Background(), v.Address, Command{Argv: []string{"systemctl", "reboot"}, Timeout: 300 * time.Millisecond})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want a deadline error", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
+	_, err = c.Run(ctx, v.Address, Command{Argv: []string{"systemctl", "reboot"}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want cancellation", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("timeouts took %s", d)
+	}
+}
+
+func TestHostKeyPinning(t *testing.T) {
+	_, v, c, _ := newVM(t, "tb-pin-1", nil)
+	ctx := context.Background()
+	if _, err := c.Run(ctx, v.Address, Command{Argv: []string{"hostname"}, ReadOnly: true}); err != nil {
+		t.Fatalf("pinned key refused: %v", err)
+	}
+	c.Close()
+	c.Pin(v.Address, []string{"SHA256:somebodyElsesKey"})
+	_, err := c.Run(ctx, v.Address, Command{Argv: []string{"hostname"}, ReadOnly: true})
+	var hk *HostKeyError
+	if !errors.As(err, &hk) || !strings.Contains(err.Error(), v.Address) || !strings.Contains(err.Error(), "SHA256:somebodyElsesKey") || !strings.Contains(err.Error(), ssh.FingerprintSHA256(v.PublicKey())) {
+		t.Fatalf("err = %v, want a host key error naming the host and both fingerprints", err)
+	}
+}
+
+func TestRebootProvenByBootID(t *testing.T) {
+	_, v, c, _ := newVM(t, "tb-reboot-1", nil)
+	ctx := context.Background()
+	old, err := c.BootID(ctx, v.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Reboot(ctx, v.Address, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == old || got != v.BootID() {
+		t.Errorf("boot id %s -> %s (VM says %s)", old, got, v.BootID())
+	}
+}
+
+func TestHardRebootFallback(t *testing.T) {
+	f, v, c, _ := newVM(t, "tb-stuck-1", func(f *vm.Fleet) { f.HangReboot = map[string]bool{"tb-stuck-1": true} })
+	ctx := context.Background()
+	old, _ := c.BootID(ctx, v.Address)
+	c.RebootTimeout = 300 * time.Millisecond
+	err := c.IssueReboot(ctx, v.Address)
+	if !errors.Is(err, ErrRebootNotIssued) {
+		t.Fatalf("err = %v, want ErrRebootNotIssued so the caller can hard-reboot", err)
+	}
+	// The caller's fallback: an OpenStack hard reboot (here, what the cloud would do).
+	if err := f.Reboot(ctx, v.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitRebooted(ctx, v.Address, old, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDryRunRunsOnlyReads(t *testing.T) {
+	f, v, c, gate := newVM(t, "tb-dry-1", nil)
+	gate.DryRun = true
+	ctx := context.Background()
+	if _, err := c.Run(ctx, v.Address, Command{Argv: []string{"hostname"}, ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Run(ctx, v.Address, Command{Argv: []string{"apt-get", "upgrade", "-y"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.History() {
+		if r.Argv[0] != "hostname" {
+			t.Errorf("dry-run ran %v", r.Argv)
+		}
+	}
+}
