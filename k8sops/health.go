@@ -84,7 +84,7 @@ func (o *Ops) WaitHealthy(ctx context.Context, opts GateOptions) error {
 	if timeout == 0 {
 		timeout = 5 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	deadline, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -92,28 +92,32 @@ func (o *Ops) WaitHealthy(ctx context.Context, opts GateOptions) error {
 	var last []string
 	lastReport := time.Now()
 	for {
-		bad, err := o.Health(ctx, opts)
-		if err != nil && ctx.Err() == nil {
+		// Each check has its own bound, so the gate's deadline cuts no check short.
+		checkCtx, cancelCheck := context.WithTimeout(ctx, 30*time.Second)
+		bad, err := o.Health(checkCtx, opts)
+		cancelCheck()
+		if err != nil {
 			return err
 		}
-		if err == nil {
-			last = bad
-			if len(bad) == 0 {
-				good++
-				if good >= need {
-					o.log().Info("cluster healthy", "checks", good)
-					return nil
-				}
-			} else {
-				good = 0
-				if time.Since(lastReport) >= o.reportEvery() {
-					o.log().Info("waiting for the cluster to be healthy", "unhealthy", strings.Join(bad, "; "))
-					lastReport = time.Now()
-				}
+		last = bad
+		if len(bad) == 0 {
+			good++
+			if good >= need {
+				o.log().Info("cluster healthy", "checks", good)
+				return nil
+			}
+		} else {
+			good = 0
+			if time.Since(lastReport) >= o.reportEvery() {
+				o.log().Info("waiting for the cluster to be healthy", "unhealthy", strings.Join(bad, "; "))
+				lastReport = time.Now()
 			}
 		}
 		select {
-		case <-ctx.Done():
+		case <-deadline.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("health gate: %w", ctx.Err())
+			}
 			return fmt.Errorf("health gate: %w after %s: %s", ErrTimeout, timeout, strings.Join(last, "; "))
 		case <-ticker.C:
 		}

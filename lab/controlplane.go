@@ -118,6 +118,10 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 		"--kube-audit-policy", policy,
 		"--kubeconfig", cp.Kubeconfig,
 		"--disable-qps-limits",
+		// kwok manages only the Nodes carrying its annotation, so that a node whose
+		// annotation is removed can be made NotReady (a simulated reboot).
+		"--extra-args", "kwok-controller=manage-all-nodes=false",
+		"--extra-args", "kwok-controller=manage-nodes-with-annotation-selector="+KwokAnnotation+"=fake",
 		"--quiet-pull",
 		"--wait", "2m",
 	)

@@ -152,13 +152,40 @@ func (cp *ControlPlane) cancelReboot(name string) {
 }
 
 // SetNodeNotReady makes the node report NotReady, as when its kubelet stops: kwok stops
-// managing it (its annotation is removed) and its Ready condition turns False.
+// managing it (its annotation is removed) and its Ready condition turns False. kwok may
+// still be acting on the node for a moment, so the condition is set until it holds.
 func (cp *ControlPlane) SetNodeNotReady(ctx context.Context, name string) error {
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, KwokAnnotation)
 	if _, err := cp.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("node %s not ready: %w", name, err)
 	}
-	return cp.patchReady(ctx, name, corev1.ConditionFalse, "KubeletNotReady", "kubelet is rebooting", "")
+	for attempt := 0; attempt < 20; attempt++ {
+		if err := cp.patchReady(ctx, name, corev1.ConditionFalse, "KubeletNotReady", "kubelet is rebooting", ""); err != nil {
+			return err
+		}
+		if err := sleep(ctx, 250*time.Millisecond); err != nil {
+			return err
+		}
+		n, err := cp.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("node %s not ready: %w", name, err)
+		}
+		if !IsReady(n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("node %s not ready: kwok kept it Ready", name)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // SetNodeReady makes the node report Ready with the given boot id, and gives it back to
