@@ -93,7 +93,7 @@ func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*D
 	for _, p := range plan.pods {
 		plan.Evict = append(plan.Evict, podKey(&p))
 	}
-	for _, w := range strings.Split(list.Warnings(), "\n") {
+	for _, w := range strings.FieldsFunc(list.Warnings(), func(r rune) bool { return r == '\n' || r == ';' }) {
 		if w = strings.TrimSpace(w); w != "" {
 			plan.Skipped = append(plan.Skipped, w)
 		}
