@@ -25,7 +25,7 @@ import (
 )
 
 // operatorKey writes a new ed25519 key to dir and returns its path and public key line.
-func operatorKey(t *testing.T, dir string) (string, string, ssh.Signer) {
+func operatorKey(t *testing.T, dir string) (string, string, ed25519.PrivateKey) {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -39,9 +39,9 @@ func operatorKey(t *testing.T, dir string) (string, string, ssh.Signer) {
 	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	sshPub, _ := ssh.NewPublicKey(pub)
-	signer, _ := ssh.NewSignerFromKey(priv)
-	return path, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))), signer
+	return path, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))), priv
 }
 
 func freePort(t *testing.T) int {
