@@ -79,6 +79,9 @@ type SSH struct {
 	// InsecureIgnoreHostKey turns host key verification off. Never the default; it is
 	// logged loudly on every connection.
 	InsecureIgnoreHostKey bool `json:"insecureIgnoreHostKey,omitempty"`
+	// ConnectTo is what cookbook connects to: "fqdn" (hostname.domain, the default) or
+	// "address" (the server's address as OpenStack reports it).
+	ConnectTo string `json:"connectTo,omitempty"`
 }
 
 // Role is a kind of node (worker, worker-nfs, control, ingress, ...).
@@ -228,6 +231,11 @@ func (cl *Cluster) validate(p string) []error {
 	req("ssh.user", cl.SSH.User)
 	if cl.SSH.Port < 0 || cl.SSH.Port > 65535 {
 		errs = append(errs, fmt.Errorf("%s.ssh.port: %d is not a port number", p, cl.SSH.Port))
+	}
+	switch cl.SSH.ConnectTo {
+	case "", "fqdn", "address":
+	default:
+		errs = append(errs, fmt.Errorf("%s.ssh.connectTo: %q is not one of fqdn, address", p, cl.SSH.ConnectTo))
 	}
 	if cl.Domain != "" {
 		if err := CheckDomain(cl.Domain); err != nil {

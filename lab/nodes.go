@@ -33,6 +33,8 @@ type NodeSpec struct {
 	KubeletVersion string
 	// Address is the node's InternalIP, if any.
 	Address string
+	// BootID is reported in status.nodeInfo; a random one if empty.
+	BootID string
 }
 
 // NewBootID returns a random boot id in the kernel's format.
@@ -57,6 +59,10 @@ func NewNode(spec NodeSpec) *corev1.Node {
 	pods := spec.Pods
 	if pods == 0 {
 		pods = 110
+	}
+	bootID := spec.BootID
+	if bootID == "" {
+		bootID = NewBootID()
 	}
 	version := spec.KubeletVersion
 	if version == "" {
@@ -83,7 +89,7 @@ func NewNode(spec NodeSpec) *corev1.Node {
 			Capacity:    capacity,
 			Allocatable: capacity,
 			NodeInfo: corev1.NodeSystemInfo{
-				BootID:          NewBootID(),
+				BootID:          bootID,
 				KubeletVersion:  version,
 				OperatingSystem: "linux",
 				Architecture:    "amd64",

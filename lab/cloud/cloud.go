@@ -58,6 +58,9 @@ type Options struct {
 	StateFile string
 	// Log receives one line per request; nil discards.
 	Log *slog.Logger
+	// Admin are extra read-only handlers under /_lab/ (path -> handler), e.g. the VMs'
+	// command history.
+	Admin map[string]http.HandlerFunc
 }
 
 // Quota is the project's quota.

@@ -187,6 +187,21 @@ func (c *Cloud) Groups() []ServerGroup {
 	return out
 }
 
+// AddGroup creates a server group directly (for building a lab) and returns it.
+func (c *Cloud) AddGroup(name, policy string) ServerGroup {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, g := range c.st.Groups {
+		if g.Name == name {
+			return *g
+		}
+	}
+	g := &ServerGroup{ID: newID(), Name: name, Policy: policy}
+	c.st.Groups[g.ID] = g
+	c.persist()
+	return *g
+}
+
 // AddServer puts an ACTIVE server straight into the cloud (for building a lab), booting
 // its VM. It returns the server.
 func (c *Cloud) AddServer(ctx context.Context, s Server) (Server, error) {

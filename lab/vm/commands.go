@@ -9,7 +9,7 @@ import (
 )
 
 // defaultPrograms succeed with no output: what provisioning and package steps run.
-var defaultPrograms = []string{"apt-get", "mkdir", "mkfs.ext4", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
+var defaultPrograms = []string{"apt-get", "mkdir", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
 
 // exec runs one command line; drop means the session ends without an exit status.
 func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
@@ -89,6 +89,22 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			_ = f.Cluster.KubeletDown(ctx, v.Name)
 		}
 		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
+	case args[0] == "blkid" && len(args) == 2:
+		v.mu.Lock()
+		ok := v.formatted[args[1]]
+		v.mu.Unlock()
+		if !ok {
+			return 2, false
+		}
+		fmt.Fprintf(stdout, "%s: LABEL=\"extra\" TYPE=\"ext4\"\n", args[1])
+	case args[0] == "mkfs.ext4" && len(args) >= 2:
+		v.mu.Lock()
+		if v.formatted == nil {
+			v.formatted = map[string]bool{}
+		}
+		v.formatted[args[len(args)-1]] = true
+		v.mu.Unlock()
+		fmt.Fprintf(stdout, "Creating filesystem with 5242880 4k blocks\nWriting superblocks and filesystem accounting information: done\n")
 	case cmd == "kubeadm upgrade node":
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 	case cmd == "systemctl restart kubelet":

@@ -79,14 +79,14 @@ type VM struct {
 	signer            ssh.Signer
 	authorized        map[string]bool
 
-	mu       sync.Mutex
-	bootID   string
-	ln       net.Listener
-	conns    map[net.Conn]bool
-	up       bool
-	joined   bool
-	gen      int
-	stopping bool
+	mu        sync.Mutex
+	bootID    string
+	ln        net.Listener
+	conns     map[net.Conn]bool
+	up        bool
+	joined    bool
+	gen       int
+	formatted map[string]bool
 }
 
 func (f *Fleet) log() *slog.Logger {

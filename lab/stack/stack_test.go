@@ -1,0 +1,71 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/lab"
+	"example.com/cookbook/ssh"
+)
+
+func TestUpDown(t *testing.T) {
+	if _, ok := lab.BinDir(); !ok {
+		lab.Need(t, nil)
+	}
+	ctx := context.Background()
+	s, err := Up(ctx, Options{Dir: t.TempDir(), Controls: 1, Workers: 2, NFSWorkers: 1, RebootDownTime: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Down()
+	nodes, err := s.CP.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes.Items) != 4 {
+		t.Fatalf("%d nodes, want 4", len(nodes.Items))
+	}
+	for _, n := range nodes.Items {
+		if !lab.IsReady(&n) {
+			t.Errorf("node %s not Ready", n.Name)
+		}
+	}
+	cfg, err := config.Load(s.ConfigPath)
+	if err != nil {
+		t.Fatalf("the lab's config does not load: %v", err)
+	}
+	cl, _ := cfg.Cluster("toolsbeta")
+	if len(cl.ControlNodes) != 1 {
+		t.Errorf("control nodes = %v", cl.ControlNodes)
+	}
+	// The lab's key and known_hosts reach a VM over real SSH, with the real ssh command too.
+	srv := s.Cloud.Servers()[0]
+	c, err := ssh.New(cl.SSH, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Shutdown()
+	res, err := c.Run(ctx, srv.Address, ssh.Command{Argv: []string{"hostname"}, ReadOnly: true})
+	if err != nil || strings.TrimSpace(res.Stdout) != srv.Name {
+		t.Fatalf("hostname over ssh = %q, %v", res.Stdout, err)
+	}
+	if _, err := exec.LookPath("ssh"); err == nil {
+		out, err := exec.Command("ssh", "-i", s.KeyPath, "-o", "UserKnownHostsFile="+s.KnownHostsPath, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+			"-p", fmt.Sprint(cl.SSH.Port), "root@"+srv.Address, "cat", "/proc/sys/kernel/random/boot_id").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != s.Fleet.VM(srv.ID).BootID() {
+			t.Errorf("OpenSSH ssh: %q, %v", out, err)
+		}
+	}
+	if env := s.Env(); !strings.Contains(env, "COOKBOOK_CONFIG="+s.ConfigPath) {
+		t.Errorf("Env() = %s", env)
+	}
+	_ = os.Getenv
+}
