@@ -342,6 +342,10 @@ type Command struct {
 	Sudo bool
 	// Timeout bounds the command; 5 minutes if zero.
 	Timeout time.Duration
+	// Secret commands (a kubeadm join with its token) are logged as LogAs, and their
+	// output is not streamed to the log.
+	Secret bool
+	LogAs  string
 }
 
 // Result is what a command produced.
@@ -372,19 +376,26 @@ func (c *Client) Run(ctx context.Context, host string, cmd Command) (Result, err
 	if cmd.Sudo || c.cfg.Sudo {
 		line = "sudo -n -- " + line
 	}
+	shown := line
+	if cmd.Secret {
+		shown = cmd.LogAs
+		if shown == "" {
+			shown = cmd.Argv[0] + " [arguments hidden]"
+		}
+	}
 	if cmd.ReadOnly {
-		return c.run(ctx, host, line, cmd.Timeout)
+		return c.run(ctx, host, line, shown, cmd.Timeout, cmd.Secret)
 	}
 	var res Result
-	err := c.gate.Write(ctx, fmt.Sprintf("run on %s: %s", host, line), func(ctx context.Context) error {
+	err := c.gate.Write(ctx, fmt.Sprintf("run on %s: %s", host, shown), func(ctx context.Context) error {
 		var err error
-		res, err = c.run(ctx, host, line, cmd.Timeout)
+		res, err = c.run(ctx, host, line, shown, cmd.Timeout, cmd.Secret)
 		return err
 	}, "host", host)
 	return res, err
 }
 
-func (c *Client) run(ctx context.Context, host, line string, timeout time.Duration) (Result, error) {
+func (c *Client) run(ctx context.Context, host, line, shown string, timeout time.Duration, secret bool) (Result, error) {
 	if timeout == 0 {
 		timeout = 5 * time.Minute
 	}
@@ -411,11 +422,11 @@ func (c *Client) run(ctx context.Context, host, line string, timeout time.Durati
 	errR, _ := sess.StderrPipe()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go c.stream(&wg, host, "stdout", outR, &stdout)
-	go c.stream(&wg, host, "stderr", errR, &stderr)
-	c.log.Debug("ssh run", "host", host, "cmd", line)
+	go c.stream(&wg, host, "stdout", outR, &stdout, secret)
+	go c.stream(&wg, host, "stderr", errR, &stderr, secret)
+	c.log.Debug("ssh run", "host", host, "cmd", shown)
 	if err := sess.Start(line); err != nil {
-		return Result{}, fmt.Errorf("ssh %s: start `%s`: %w", host, line, err)
+		return Result{}, fmt.Errorf("ssh %s: start `%s`: %w", host, shown, err)
 	}
 	done := make(chan error, 1)
 	go func() { wg.Wait(); done <- sess.Wait() }()
@@ -424,7 +435,7 @@ func (c *Client) run(ctx context.Context, host, line string, timeout time.Durati
 	case <-ctx.Done():
 		_ = sess.Signal(ssh.SIGKILL)
 		sess.Close()
-		return Result{Stdout: stdout.String(), Stderr: stderr.String(), ExitStatus: -1}, fmt.Errorf("%s: `%s`: %w", host, line, ctx.Err())
+		return Result{Stdout: stdout.String(), Stderr: stderr.String(), ExitStatus: -1}, fmt.Errorf("%s: `%s`: %w", host, shown, ctx.Err())
 	}
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
 	var exit *ssh.ExitError
@@ -433,21 +444,27 @@ func (c *Client) run(ctx context.Context, host, line string, timeout time.Durati
 		return res, nil
 	case errors.As(err, &exit):
 		res.ExitStatus = exit.ExitStatus()
-		return res, &ExitError{Host: host, Command: line, Status: res.ExitStatus, StderrTail: tail(res.Stderr, 5)}
+		e := &ExitError{Host: host, Command: shown, Status: res.ExitStatus, StderrTail: tail(res.Stderr, 5)}
+		if secret {
+			e.StderrTail = "[output hidden]"
+		}
+		return res, e
 	default:
 		res.ExitStatus = -1
-		return res, fmt.Errorf("%s: `%s`: %w", host, line, err)
+		return res, fmt.Errorf("%s: `%s`: %w", host, shown, err)
 	}
 }
 
 // stream copies r into buf and logs each line prefixed with the host.
-func (c *Client) stream(wg *sync.WaitGroup, host, name string, r io.Reader, buf *bytes.Buffer) {
+func (c *Client) stream(wg *sync.WaitGroup, host, name string, r io.Reader, buf *bytes.Buffer, secret bool) {
 	defer wg.Done()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		buf.WriteString(sc.Text() + "\n")
-		c.log.Debug(host+": "+sc.Text(), "stream", name)
+		if !secret {
+			c.log.Debug(host+": "+sc.Text(), "stream", name)
+		}
 	}
 }
 

@@ -1,0 +1,73 @@
+package cookbooks
+
+import (
+	"context"
+	"fmt"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/k8sops"
+	"example.com/cookbook/openstack"
+	"example.com/cookbook/ssh"
+)
+
+// Cloud returns the OpenStack client of the cluster, with the run's gate and log.
+func (e *Env) Cloud(ctx context.Context, cl *config.Cluster) (*openstack.Client, error) {
+	c, err := openstack.New(ctx, openstack.Options{
+		Cloud: cl.OpenStack.Cloud, CloudsFile: cl.OpenStack.CloudsFile, Project: cl.OpenStack.Project,
+		Gate: e.Gate, Log: e.Log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
+	}
+	return c, nil
+}
+
+// SSH returns the SSH client of the cluster, with the run's gate and log.
+func (e *Env) SSH(cl *config.Cluster) (*ssh.Client, error) {
+	c, err := ssh.New(cl.SSH, e.Gate, e.Log)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
+	}
+	return c, nil
+}
+
+// clients are the three backends of the node cookbooks, for one cluster.
+type clients struct {
+	env   *Env
+	cl    *config.Cluster
+	cloud *openstack.Client
+	ssh   *ssh.Client
+	kube  *k8sops.Ops
+}
+
+func newClients(ctx context.Context, env *Env, cl *config.Cluster) (*clients, error) {
+	cloud, err := env.Cloud(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	sshc, err := env.SSH(cl)
+	if err != nil {
+		return nil, err
+	}
+	k, err := env.Kube(cl)
+	if err != nil {
+		return nil, err
+	}
+	return &clients{env: env, cl: cl, cloud: cloud, ssh: sshc, kube: k}, nil
+}
+
+// target is what SSH connects to for a node: its FQDN, or the address OpenStack reports
+// when the cluster says ssh.connectTo: address.
+func (c *clients) target(ctx context.Context, node string) (string, error) {
+	if c.cl.SSH.ConnectTo != "address" {
+		return c.cl.FQDN(node), nil
+	}
+	srv, err := c.cloud.ServerByName(ctx, node)
+	if err != nil {
+		return "", err
+	}
+	if srv.Address == "" {
+		return "", fmt.Errorf("server %s has no address yet", node)
+	}
+	return srv.Address, nil
+}
