@@ -3,8 +3,12 @@ package cookbooks
 // All returns every cookbook, in the order `cookbook list` shows them.
 func All() []Cookbook {
 	return []Cookbook{
-		Drain(),    // cordon + drain one node
-		Cordon(),   // cordon one node
-		Uncordon(), // uncordon one node
+		AddNode(),    // create a server of a role and join it
+		RemoveNode(), // drain a node, remove it, delete its server
+		RollReboot(), // reboot nodes in batches, proven, with health gates
+		Drain(),      // cordon + drain one node
+		Cordon(),     // cordon one node
+		Uncordon(),   // uncordon one node
+		ListNodes(),  // servers and nodes side by side (read-only)
 	}
 }

@@ -3,6 +3,7 @@ package cookbooks
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/k8sops"
@@ -27,6 +28,9 @@ func (e *Env) SSH(cl *config.Cluster) (*ssh.Client, error) {
 	c, err := ssh.New(cl.SSH, e.Gate, e.Log)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
+	}
+	if e.StateDir != "" {
+		c.Learned = filepath.Join(e.StateDir, "known_hosts")
 	}
 	return c, nil
 }

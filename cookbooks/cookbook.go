@@ -59,6 +59,9 @@ type Env struct {
 	Gate *dryrun.Gate
 	// Audit receives the lines worth telling the team; nil in dry-run.
 	Audit *audit.Sink
+	// StateDir is --state-dir: run records, locks, and the host keys learned from new
+	// servers' consoles (known_hosts).
+	StateDir string
 
 	cfg *config.Config
 }

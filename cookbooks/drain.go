@@ -116,9 +116,12 @@ func oneNodeCookbook(name, usage, verb string, plan func(env *Env, cluster, node
 }
 
 // auditStep sends a line to the audit sinks (nothing in dry-run).
-func auditStep(env *Env, line string) pipeline.Step {
+func auditStep(env *Env, line string) pipeline.Step { return auditStepNamed("audit", env, line) }
+
+// auditStepNamed is auditStep under another step name.
+func auditStepNamed(name string, env *Env, line string) pipeline.Step {
 	return pipeline.Step{
-		Name: "audit",
+		Name: name,
 		Desc: pipeline.Text("tell the team: " + line),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
 			if env.DryRun {

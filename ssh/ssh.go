@@ -40,6 +40,10 @@ type Client struct {
 	KeepAlive time.Duration
 	// RebootTimeout bounds issuing a reboot; 30s if zero.
 	RebootTimeout time.Duration
+	// Learned is a known_hosts file of keys learned through pins (a new server's
+	// console): they are written there after a verified connection, and trusted on
+	// later runs. Empty learns nothing.
+	Learned string
 
 	mu    sync.Mutex
 	pins  map[string][]string
@@ -120,10 +124,11 @@ func (c *Client) hostKeyCallback(host string) (ssh.HostKeyCallback, error) {
 	pins := c.pins[host]
 	c.mu.Unlock()
 	if len(pins) > 0 {
-		return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		return func(hostname string, _ net.Addr, key ssh.PublicKey) error {
 			got := ssh.FingerprintSHA256(key)
 			for _, p := range pins {
 				if p == got {
+					c.learn(hostname, key)
 					return nil
 				}
 			}
@@ -139,6 +144,9 @@ func (c *Client) hostKeyCallback(host string) (ssh.HostKeyCallback, error) {
 	files := c.cfg.KnownHosts
 	if len(files) == 0 {
 		files = []string{"~/.ssh/known_hosts"}
+	}
+	if c.Learned != "" {
+		files = append(files, c.Learned)
 	}
 	var existing []string
 	for _, f := range files {
@@ -169,6 +177,30 @@ func (c *Client) hostKeyCallback(host string) (ssh.HostKeyCallback, error) {
 		}
 		return err
 	}, nil
+}
+
+// learn records a host key verified by a pin in the Learned known_hosts file.
+func (c *Client) learn(hostport string, key ssh.PublicKey) {
+	if c.Learned == "" || c.gate.Enabled() {
+		return
+	}
+	line := knownhosts.Line([]string{knownhosts.Normalize(hostport)}, key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if data, err := os.ReadFile(c.Learned); err == nil && strings.Contains(string(data), line) {
+		return
+	}
+	f, err := os.OpenFile(c.Learned, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		c.log.Warn("cannot record the host key", "file", c.Learned, "err", err)
+		return
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintln(f, line); err != nil {
+		c.log.Warn("cannot record the host key", "file", c.Learned, "err", err)
+		return
+	}
+	c.log.Info("recorded the host key verified from the console", "host", hostport, "file", c.Learned)
 }
 
 func (c *Client) port() int {

@@ -192,6 +192,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 	env := &cookbooks.Env{
 		ConfigPath: c.String("config"),
+		StateDir:   stateDir,
 		DryRun:     dry,
 		Yes:        switchOn(c, "yes"),
 		Log:        logger,

@@ -1,0 +1,277 @@
+// Command cookbook-lab runs the project's lab: a real Kubernetes control plane with
+// simulated kubelets, a simulated OpenStack cloud whose servers are VMs answering SSH,
+// shaped as the toolsbeta cluster, so that every cookbook can run end to end on one
+// machine.
+//
+//	cookbook-lab up [--workers N] [--dir DIR] [--detach]
+//	cookbook-lab status [--dir DIR]
+//	cookbook-lab down [--dir DIR]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/charmbracelet/log"
+	"github.com/urfave/cli/v2"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/k8sops"
+	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/stack"
+	"example.com/cookbook/lab/vm"
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "cookbook-lab",
+		Usage: "run the lab: a toolsbeta cluster on this machine (Kubernetes control plane, simulated OpenStack, VMs over SSH)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "dir", Value: ".lab", Usage: "where the lab keeps its files"},
+		},
+		Commands: []*cli.Command{
+			{Name: "up", Usage: "start the lab (in the foreground; Ctrl-C stops it) and print the export line for cookbook", Action: up, Flags: []cli.Flag{
+				&cli.IntFlag{Name: "workers", Value: 4, Usage: "number of workers"},
+				&cli.IntFlag{Name: "nfs-workers", Value: 2, Usage: "number of NFS workers"},
+				&cli.IntFlag{Name: "controls", Value: 3, Usage: "number of control nodes"},
+				&cli.IntFlag{Name: "ssh-port", Usage: "port of the VMs' SSH servers (default: a free one)"},
+				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
+				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
+				&cli.BoolFlag{Name: "no-sample-workload", Usage: "do not apply the sample workload"},
+			}},
+			{Name: "down", Usage: "stop a detached lab", Action: down},
+			{Name: "status", Usage: "show servers, nodes, pods per node and the last commands the VMs ran", Action: status},
+		},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "cookbook-lab: error: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// state is what a running lab writes to DIR/lab.json.
+type state struct {
+	PID        int    `json:"pid"`
+	CloudURL   string `json:"cloudURL"`
+	Kubeconfig string `json:"kubeconfig"`
+	Env        string `json:"env"`
+}
+
+func dirOf(c *cli.Context) (string, error) {
+	return filepath.Abs(c.String("dir"))
+}
+
+func ensureBins() error {
+	if _, ok := lab.BinDir(); ok {
+		return nil
+	}
+	script := filepath.Join("lab", "bins", "build.sh")
+	if _, err := os.Stat(script); err != nil {
+		dir, _ := lab.BinDir()
+		return fmt.Errorf("lab binaries missing in %s: run `make lab-bins` in the cookbook source tree", dir)
+	}
+	fmt.Fprintln(os.Stderr, "cookbook-lab: building the lab binaries first (make lab-bins; ~15 minutes cold)")
+	cmd := exec.Command("bash", script)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd.Run()
+}
+
+func up(c *cli.Context) error {
+	dir, err := dirOf(c)
+	if err != nil {
+		return err
+	}
+	if err := ensureBins(); err != nil {
+		return err
+	}
+	if old, err := readState(dir); err == nil && alive(old.PID) {
+		return fmt.Errorf("a lab is already running from %s (pid %d): cookbook-lab down --dir %s", dir, old.PID, dir)
+	}
+	if c.Bool("detach") {
+		return detach(c, dir)
+	}
+	logger := log.NewWithOptions(os.Stderr, log.Options{ReportTimestamp: true, TimeFormat: time.TimeOnly, Prefix: "lab"})
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	fmt.Fprintf(os.Stderr, "cookbook-lab: starting afresh in %s (a lab does not keep its servers and nodes across down/up)\n", dir)
+	start := time.Now()
+	s, err := stack.Up(ctx, stack.Options{
+		Dir: dir, Workers: orNone(c.Int("workers")), NFSWorkers: orNone(c.Int("nfs-workers")), Controls: orNone(c.Int("controls")),
+		SSHPort: c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), Log: slog.New(logger),
+	})
+	if err != nil {
+		return err
+	}
+	defer s.Down()
+	st := state{PID: os.Getpid(), CloudURL: s.Cloud.URL, Kubeconfig: s.CP.Kubeconfig, Env: s.Env()}
+	data, _ := json.MarshalIndent(st, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "lab.json"), data, 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(dir, "lab.json"))
+	fmt.Printf("lab up in %s: cluster %s, OpenStack API %s, kubectl at %s/kubectl\n", time.Since(start).Round(time.Second), s.Cluster, s.Cloud.AuthURL(), s.CP.BinDir)
+	fmt.Println(s.Env())
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "cookbook-lab: stopping")
+	return nil
+}
+
+func orNone(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// detach starts `up` again in a session of its own and returns once the lab is up.
+func detach(c *cli.Context, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	logPath := filepath.Join(dir, "lab.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--detach" && a != "-detach" {
+			args = append(args, a)
+		}
+	}
+	_ = os.Remove(filepath.Join(dir, "lab.json"))
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if st, err := readState(dir); err == nil && st.PID == cmd.Process.Pid {
+			fmt.Printf("lab running in the background (pid %d, log %s); stop it with: cookbook-lab down --dir %s\n", st.PID, logPath, dir)
+			fmt.Println(st.Env)
+			return nil
+		}
+		select {
+		case err := <-exited:
+			out, _ := os.ReadFile(logPath)
+			return fmt.Errorf("the lab did not start (%v):\n%s", err, out)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func readState(dir string) (state, error) {
+	var st state
+	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(data, &st)
+}
+
+func alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+func down(c *cli.Context) error {
+	dir, err := dirOf(c)
+	if err != nil {
+		return err
+	}
+	st, err := readState(dir)
+	if err != nil || !alive(st.PID) {
+		fmt.Printf("no lab running from %s\n", dir)
+		return nil
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop lab pid %d: %w", st.PID, err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for alive(st.PID) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the lab (pid %d) did not stop within 2 minutes", st.PID)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Printf("lab stopped (pid %d)\n", st.PID)
+	return nil
+}
+
+func status(c *cli.Context) error {
+	dir, err := dirOf(c)
+	if err != nil {
+		return err
+	}
+	st, err := readState(dir)
+	if err != nil || !alive(st.PID) {
+		return fmt.Errorf("no lab running from %s: cookbook-lab up --dir %s", dir, dir)
+	}
+	ctx := c.Context
+	fmt.Printf("lab pid %d, OpenStack API %s\n%s\n\n", st.PID, st.CloudURL, st.Env)
+	client, err := k8sops.NewClient(st.Kubeconfig, "")
+	if err != nil {
+		return err
+	}
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	perNode := map[string]int{}
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodRunning {
+			perNode[p.Spec.NodeName]++
+		}
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tSTATUS\tSCHEDULING\tBOOT ID\tRUNNING PODS")
+	for _, n := range nodes.Items {
+		ready, sched := "NotReady", "schedulable"
+		if k8sops.IsReady(&n) {
+			ready = "Ready"
+		}
+		if n.Spec.Unschedulable {
+			sched = "cordoned"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.8s\t%d\n", n.Name, ready, sched, n.Status.NodeInfo.BootID, perNode[n.Name])
+	}
+	w.Flush()
+	resp, err := http.Get(st.CloudURL + "/_lab/commands")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var hist []vm.Record
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, &hist); err != nil {
+		return fmt.Errorf("commands: %w", err)
+	}
+	fmt.Println("\nlast commands run on the VMs:")
+	if len(hist) > 15 {
+		hist = hist[len(hist)-15:]
+	}
+	for _, r := range hist {
+		fmt.Printf("  %s  %-40s exit %-3d %s\n", r.Time.Format(time.TimeOnly), r.VM, r.ExitCode, strings.Join(r.Argv, " "))
+	}
+	return nil
+}
