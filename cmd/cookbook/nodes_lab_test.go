@@ -318,7 +318,12 @@ func crash(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.D
 	t.Helper()
 	kills := 0
 	id := ""
-	for attempt := 0; attempt < 200; attempt++ {
+	last := ""
+	before := map[string]bool{}
+	for _, r := range w.runs() {
+		before[r.ID] = true
+	}
+	for attempt := 0; attempt < 50; attempt++ {
 		var cmd *exec.Cmd
 		if id == "" {
 			cmd = w.command(args...)
@@ -345,9 +350,12 @@ func crash(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.D
 		} else {
 			err = <-done
 		}
+		last = out.String()
 		runs := w.runs() // fails the test if a state file is unreadable
-		if id == "" && len(runs) > 0 {
-			id = runs[0].ID
+		for _, r := range runs {
+			if id == "" && !before[r.ID] {
+				id = r.ID
+			}
 		}
 		if err == nil {
 			return kills, id
@@ -361,7 +369,7 @@ func crash(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.D
 			}
 		}
 	}
-	t.Fatalf("%v did not finish", args)
+	t.Fatalf("%v did not finish; last attempt:\n%s", args, last)
 	return kills, id
 }
 
@@ -383,8 +391,8 @@ func TestCrashAndResume(t *testing.T) {
 
 	t.Run("add-k8s-node", func(t *testing.T) {
 		total := 0
-		for i := 2; total < 20 && i < 10; i++ {
-			k, _ := crash(t, w, rng, 6, 3*time.Second, "add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+		for i := 2; total < 20 && i < 20; i++ {
+			k, _ := crash(t, w, rng, 6, 1500*time.Millisecond, "add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
 			total += k
 			name := fmt.Sprintf("%s-worker-%d", prefix, i)
 			n := nodeOf(t, s, name)
