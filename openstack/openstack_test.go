@@ -75,7 +75,11 @@ type lockedBuf struct {
 	b  *bytes.Buffer
 }
 
-func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
 
 func (e *env) client(t *testing.T, cloudName string, dry bool) *Client {
 	return e.clientWithRetries(t, cloudName, dry, 0)
