@@ -109,7 +109,13 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 	if err := cp.startWatchdog(); err != nil {
 		return nil, err
 	}
-	err := cp.kwokctl(ctx, opts.Log, "create", "cluster", "--runtime", "binary",
+	// kwokctl picks free ports as it goes: two clusters created at the same moment (test
+	// packages run in parallel) could pick the same one. Creations are serialised.
+	unlock, err := lockFile(filepath.Join(filepath.Dir(bin), "create.lock"))
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	err = cp.kwokctl(ctx, opts.Log, "create", "cluster", "--runtime", "binary",
 		"--kube-apiserver-binary", filepath.Join(bin, "kube-apiserver"),
 		"--kube-controller-manager-binary", filepath.Join(bin, "kube-controller-manager"),
 		"--kube-scheduler-binary", filepath.Join(bin, "kube-scheduler"),
@@ -125,6 +131,7 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 		"--quiet-pull",
 		"--wait", "2m",
 	)
+	unlock()
 	if err != nil {
 		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
@@ -149,7 +156,30 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 		cp.Stop()
 		return nil, fmt.Errorf("start control plane: waiting for the default service account: %w", err)
 	}
+	// Ready also means kwok runs the nodes: a probe node must turn Ready.
+	probe := "lab-probe-" + strconv.Itoa(os.Getpid())
+	if err := cp.AddNode(ctx, NodeSpec{Name: probe}); err != nil {
+		cp.Stop()
+		return nil, fmt.Errorf("start control plane: kwok does not manage nodes: %w", err)
+	}
+	if err := cp.RemoveNode(ctx, probe); err != nil {
+		cp.Stop()
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
 	return cp, nil
+}
+
+// lockFile takes an exclusive flock on path and returns its release.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
 func (cp *ControlPlane) kwokctl(ctx context.Context, log *os.File, args ...string) error {

@@ -51,7 +51,7 @@ func (cp *ControlPlane) AddNode(ctx context.Context, spec NodeSpec) error {
 	if _, err := cp.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("add node %s: %w", spec.Name, err)
 	}
-	return cp.WaitNodeReady(ctx, spec.Name, true, time.Minute)
+	return cp.WaitNodeReady(ctx, spec.Name, true, 30*time.Second)
 }
 
 // NewNode returns the Node object a kubelet of this spec would register.
