@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/k8sops"
 )
 
 func clusterFlag() cli.Flag {
@@ -55,52 +56,24 @@ func Drain() Cookbook {
 
 // Cordon marks a node unschedulable.
 func Cordon() Cookbook {
-	return oneNodeCookbook("cordon", "mark a node unschedulable (new pods are not scheduled there)", "cordon",
-		func(env *Env, clName, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error) {
-			return func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
-				cl, _ := env.Cluster(clName)
-				k, err := env.Kube(cl)
-				if err != nil {
-					return nil, err
-				}
-				if err := requireNode(ctx, k, node); err != nil {
-					return nil, err
-				}
-				return pipeline.Steps(
-					pipeline.Group(node, "node "+node, cordonSteps(k, node)...),
-					pipeline.One(auditStep(env, fmt.Sprintf("Cordoned k8s node %s of cluster %s", node, clName))),
-				), nil
-			}
-		})
+	return oneNodeCookbook("cordon", "mark a node unschedulable (new pods are not scheduled there)", "Cordoned",
+		func(k *k8sops.Ops, node string) []pipeline.Step { return cordonSteps(k, node) })
 }
 
 // Uncordon marks a node schedulable again.
 func Uncordon() Cookbook {
-	return oneNodeCookbook("uncordon", "mark a node schedulable again", "uncordon",
-		func(env *Env, clName, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error) {
-			return func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
-				cl, _ := env.Cluster(clName)
-				k, err := env.Kube(cl)
-				if err != nil {
-					return nil, err
-				}
-				if err := requireNode(ctx, k, node); err != nil {
-					return nil, err
-				}
-				return pipeline.Steps(
-					pipeline.Group(node, "node "+node, uncordonStep(k, node, true)),
-					pipeline.One(auditStep(env, fmt.Sprintf("Uncordoned k8s node %s of cluster %s", node, clName))),
-				), nil
-			}
-		})
+	return oneNodeCookbook("uncordon", "mark a node schedulable again", "Uncordoned",
+		func(k *k8sops.Ops, node string) []pipeline.Step { return []pipeline.Step{uncordonStep(k, node, true)} })
 }
 
-func oneNodeCookbook(name, usage, verb string, plan func(env *Env, cluster, node string) func(context.Context, *pipeline.Values) ([]pipeline.Step, error)) Cookbook {
+// oneNodeCookbook is a cookbook of --cluster-name and --hostname whose steps act on that
+// node, followed by the audit line "<did> k8s node H of cluster C".
+func oneNodeCookbook(name, usage, did string, steps func(k *k8sops.Ops, node string) []pipeline.Step) Cookbook {
 	return Cookbook{
 		Name:    name,
 		Usage:   usage,
 		Example: fmt.Sprintf("cookbook %s --cluster-name toolsbeta --hostname toolsbeta-test-k8s-worker-nfs-1", name),
-		Flags:   []cli.Flag{clusterFlag(), &cli.StringFlag{Name: "hostname", Usage: "the node to " + verb, Required: true}},
+		Flags:   []cli.Flag{clusterFlag(), &cli.StringFlag{Name: "hostname", Usage: "the node to " + name, Required: true}},
 		Prepare: func(c *cli.Context, env *Env) (*Job, error) {
 			cl, err := env.Cluster(c.String("cluster-name"))
 			if err != nil {
@@ -110,7 +83,19 @@ func oneNodeCookbook(name, usage, verb string, plan func(env *Env, cluster, node
 			if err != nil {
 				return nil, err
 			}
-			return &Job{Cluster: cl.Name, Plan: plan(env, cl.Name, node)}, nil
+			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+				k, err := env.Kube(cl)
+				if err != nil {
+					return nil, err
+				}
+				if err := requireNode(ctx, k, node); err != nil {
+					return nil, err
+				}
+				return pipeline.Steps(
+					pipeline.Group(node, "node "+node, steps(k, node)...),
+					pipeline.One(auditStep(env, fmt.Sprintf("%s k8s node %s of cluster %s", did, node, cl.Name))),
+				), nil
+			}}, nil
 		},
 	}
 }

@@ -409,17 +409,7 @@ func (c *Cloud) createServer(w http.ResponseWriter, r *http.Request) {
 		novaError(w, 400, fmt.Sprintf("Invalid key_name provided."))
 		return
 	}
-	// Quota.
-	used := Quota{}
-	for _, s := range c.st.Servers {
-		used.Instances++
-		for _, f := range c.st.Flavors {
-			if f.ID == s.FlavorID {
-				used.Cores += f.VCPUs
-				used.RAM += f.RAM
-			}
-		}
-	}
+	used := c.usage()
 	q := c.opts.Quota
 	for _, chk := range []struct {
 		name             string
@@ -750,7 +740,19 @@ func (c *Cloud) deleteGroup(w http.ResponseWriter, r *http.Request) {
 func (c *Cloud) limits(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	used := Quota{}
+	used := c.usage()
+	q := c.opts.Quota
+	reply(w, 200, map[string]any{"limits": map[string]any{"rate": []any{}, "absolute": map[string]int{
+		"maxTotalInstances": q.Instances, "totalInstancesUsed": used.Instances,
+		"maxTotalCores": q.Cores, "totalCoresUsed": used.Cores,
+		"maxTotalRAMSize": q.RAM, "totalRAMUsed": used.RAM,
+		"maxServerGroups": 10, "totalServerGroupsUsed": len(c.st.Groups), "maxServerGroupMembers": 10,
+	}}})
+}
+
+// usage is what the project's servers use of its quota. Callers hold mu.
+func (c *Cloud) usage() Quota {
+	var used Quota
 	for _, s := range c.st.Servers {
 		used.Instances++
 		for _, f := range c.st.Flavors {
@@ -760,13 +762,7 @@ func (c *Cloud) limits(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	q := c.opts.Quota
-	reply(w, 200, map[string]any{"limits": map[string]any{"rate": []any{}, "absolute": map[string]int{
-		"maxTotalInstances": q.Instances, "totalInstancesUsed": used.Instances,
-		"maxTotalCores": q.Cores, "totalCoresUsed": used.Cores,
-		"maxTotalRAMSize": q.RAM, "totalRAMUsed": used.RAM,
-		"maxServerGroups": 10, "totalServerGroupsUsed": len(c.st.Groups), "maxServerGroupMembers": 10,
-	}}})
+	return used
 }
 
 // --- Glance and Neutron ---
