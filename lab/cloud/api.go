@@ -29,6 +29,9 @@ func (c *Cloud) routes() http.Handler {
 	mux.HandleFunc("GET "+n+"/flavors", c.auth(c.listFlavors))
 	mux.HandleFunc("GET "+n+"/flavors/detail", c.auth(c.listFlavors))
 	mux.HandleFunc("GET "+n+"/flavors/{id}", c.auth(c.getFlavor))
+	mux.HandleFunc("GET "+n+"/flavors/{id}/os-extra_specs", c.auth(func(w http.ResponseWriter, r *http.Request) {
+		reply(w, 200, map[string]any{"extra_specs": map[string]string{}})
+	}))
 	mux.HandleFunc("GET "+n+"/os-keypairs", c.auth(c.listKeyPairs))
 	mux.HandleFunc("POST "+n+"/os-keypairs", c.auth(c.createKeyPair))
 	mux.HandleFunc("GET "+n+"/os-server-groups", c.auth(c.listGroups))
@@ -615,7 +618,7 @@ func (c *Cloud) listFlavors(w http.ResponseWriter, r *http.Request) {
 	defer c.mu.Unlock()
 	out := []any{}
 	for _, f := range c.st.Flavors {
-		out = append(out, map[string]any{"id": f.ID, "name": f.Name, "vcpus": f.VCPUs, "ram": f.RAM, "disk": f.Disk, "OS-FLV-EXT-DATA:ephemeral": 0, "swap": "", "rxtx_factor": 1.0, "os-flavor-access:is_public": true, "links": []any{}})
+		out = append(out, map[string]any{"id": f.ID, "name": f.Name, "vcpus": f.VCPUs, "ram": f.RAM, "disk": f.Disk, "OS-FLV-EXT-DATA:ephemeral": 0, "swap": "", "rxtx_factor": 1.0, "os-flavor-access:is_public": true, "extra_specs": map[string]string{}, "description": nil, "links": []any{}})
 	}
 	reply(w, 200, map[string]any{"flavors": out})
 }
