@@ -5,7 +5,7 @@ BIN := bin
 # The lab's control-plane binaries are cached per version set (see lab/bins/).
 LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cookbook/lab
 
-.PHONY: help build test lint lab-bins demo lab bench
+.PHONY: help build test lint lab-bins lab demo bench
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once
 
 test: lint lab-bins ## run all tests (builds the lab binaries first)
 	$(GO) test -count=1 -timeout 30m ./...
+
+lab: build lab-bins ## run the lab in the foreground (Ctrl-C stops it); prints the export line for cookbook
+	bin/cookbook-lab up
 
 demo: build ## bring up the lab and run add-k8s-node, roll-reboot and remove-k8s-node against it
 	@bash scripts/demo.sh
