@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -65,70 +64,28 @@ func addNodes(t *testing.T, names ...string) {
 
 func running(t *testing.T, ns string, want int) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		n := 0
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-				n++
-			}
-		}
-		return n >= want, nil
-	})
-	if err != nil {
-		t.Fatalf("%d pods not running in %s: %v", want, ns, err)
+	if err := cp.WaitPodsRunning(context.Background(), ns, want, 2*time.Minute); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func podsOn(t *testing.T, ns, node string) map[string]int {
 	t.Helper()
-	pods, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	out, err := cp.PodsOn(context.Background(), ns, node)
 	if err != nil {
 		t.Fatal(err)
-	}
-	out := map[string]int{}
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
-			out[p.Labels["app"]]++
-		}
 	}
 	return out
 }
 
-// minRunning watches the pods of app in ns and records the fewest Running at once
-// (once all want of them were seen), until stop is called.
+// minRunning records the fewest running pods of app at once; see lab.WatchFewestRunning.
 func minRunning(t *testing.T, ns, app string, want int) (stop func() int) {
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := cp.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	t.Helper()
+	stop, err := cp.WatchFewestRunning(context.Background(), ns, app, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	min := want
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		up := map[string]bool{}
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			up[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
-			n := 0
-			for _, r := range up {
-				if r {
-					n++
-				}
-			}
-			if len(up) >= want && n < min {
-				min = n
-			}
-		}
-	}()
-	return func() int { cancel(); w.Stop(); <-done; return min }
+	return stop
 }
 
 func TestCordonRecordsPriorState(t *testing.T) {

@@ -4,14 +4,12 @@ import (
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 )
 
 var cp *ControlPlane
@@ -30,33 +28,11 @@ func TestPinnedVersions(t *testing.T) {
 // podsOn returns the pods of the namespace bound to node, by app label.
 func podsOn(t *testing.T, ns, node string) map[string]int {
 	t.Helper()
-	pods, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	out, err := cp.PodsOn(context.Background(), ns, node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
-			out[p.Labels["app"]]++
-		}
-	}
 	return out
-}
-
-func allRunning(ctx context.Context, ns string, want int) error {
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		n := 0
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-				n++
-			}
-		}
-		return n >= want, nil
-	})
 }
 
 func TestDrainWithRealKubectl(t *testing.T) {
@@ -74,7 +50,7 @@ func TestDrainWithRealKubectl(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 4 web + 3 api + 2 cache + 3 daemonset + 1 bare + 2 statefulset.
-	if err := allRunning(ctx, ns, 15); err != nil {
+	if err := cp.WaitPodsRunning(ctx, ns, 15, 2*time.Minute); err != nil {
 		t.Fatalf("sample workload not running: %v", err)
 	}
 	victim := podsOn(t, ns, "drain-1")
@@ -82,41 +58,12 @@ func TestDrainWithRealKubectl(t *testing.T) {
 
 	// Watch web's pods during the drain: its PDB (maxUnavailable 1) allows at most one
 	// of its 4 pods down at a time.
-	wctx, stop := context.WithCancel(ctx)
-	var mu sync.Mutex
-	minReady := 4
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		w, err := cp.Client.CoreV1().Pods(ns).Watch(wctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil {
-			return
-		}
-		defer w.Stop()
-		running := map[string]bool{}
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			running[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
-			n := 0
-			for _, r := range running {
-				if r {
-					n++
-				}
-			}
-			mu.Lock()
-			if len(running) >= 4 && n < minReady {
-				minReady = n
-			}
-			mu.Unlock()
-		}
-	}()
+	stopWatch, err := cp.WatchFewestRunning(ctx, ns, "web", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := cp.Kubectl(ctx, "drain", "drain-1", "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=2m")
-	stop()
-	wg.Wait()
+	minReady := stopWatch()
 	if err != nil {
 		t.Fatalf("kubectl drain: %v\n%s", err, out)
 	}
@@ -126,7 +73,7 @@ func TestDrainWithRealKubectl(t *testing.T) {
 			t.Errorf("pod of %s still on drain-1 after drain: %v", app, after)
 		}
 	}
-	if err := allRunning(ctx, ns, 14); err != nil { // the bare pod is gone for good
+	if err := cp.WaitPodsRunning(ctx, ns, 14, 2*time.Minute); err != nil { // the bare pod is gone for good
 		t.Errorf("evicted pods not rescheduled: %v", err)
 	}
 	if minReady < 3 {

@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
@@ -66,21 +65,8 @@ func nonDaemonPodsOn(t *testing.T, node string) []string {
 
 func waitRunning(t *testing.T, ns string, want int) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		n := 0
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-				n++
-			}
-		}
-		return n >= want, nil
-	})
-	if err != nil {
-		t.Fatalf("pods of %s not running: %v", ns, err)
+	if err := cp.WaitPodsRunning(context.Background(), ns, want, 2*time.Minute); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -282,34 +282,12 @@ func TestRollRebootAllWorkers(t *testing.T) {
 
 // minRunningPods records the fewest running pods of app at once, once want were seen.
 func minRunningPods(t *testing.T, s *stack.Stack, ns, app string, want int) func() int {
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := s.CP.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	t.Helper()
+	stop, err := s.CP.WatchFewestRunning(context.Background(), ns, app, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	min := want
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		up := map[string]bool{}
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			up[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
-			n := 0
-			for _, u := range up {
-				if u {
-					n++
-				}
-			}
-			if len(up) >= want && n < min {
-				min = n
-			}
-		}
-	}()
-	return func() int { cancel(); <-done; return min }
+	return stop
 }
 
 // crash runs args, killing the process with SIGKILL at seeded random moments and
