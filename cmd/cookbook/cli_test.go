@@ -40,13 +40,13 @@ clusters:
 
 // world is a state dir, a config and a toy work dir for one test.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	stateDir string
 	config   string
 	dir      string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	root := t.TempDir()
 	w := &world{t: t, stateDir: filepath.Join(root, "state"), config: filepath.Join(root, "config.yaml"), dir: filepath.Join(root, "work")}

@@ -18,7 +18,7 @@ import (
 )
 
 // labWorld is a world whose cluster lab1 is the lab control plane.
-func labWorld(t *testing.T) *world {
+func labWorld(t testing.TB) *world {
 	t.Helper()
 	lab.Need(t, cp)
 	w := newWorld(t)
