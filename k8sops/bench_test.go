@@ -3,7 +3,6 @@ package k8sops
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,10 +37,6 @@ func BenchmarkDrain(b *testing.B) {
 			b.ReportMetric(ours.Seconds()/float64(b.N), "cookbook-s/drain")
 			b.ReportMetric(theirs.Seconds()/float64(b.N), "kubectl-s/drain")
 			b.ReportMetric(ours.Seconds()/theirs.Seconds(), "ratio")
-			var ru syscall.Rusage
-			if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-				b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB") // the whole benchmark process, lab clients included
-			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
