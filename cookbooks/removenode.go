@@ -157,6 +157,10 @@ func RemoveNode() Cookbook {
 						}
 						return cs.cloud.WaitGone(ctx, srv.ID, timeout)
 					}},
+					pipeline.Step{Name: "forget-host-key", Desc: pipeline.Textf("forget the SSH host key learned for %s", node), Do: func(ctx context.Context, v *pipeline.Values) error {
+						// The next server of this name or address has a new key.
+						return cs.ssh.Forget(ctx, cs.cl.FQDN(node), srv.Address)
+					}},
 				)
 				role := roleName
 				steps = append(steps, auditStep(env, fmt.Sprintf("Removed k8s %s %s from the cluster %s", role, cl.FQDN(node), cl.Name)))

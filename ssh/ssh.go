@@ -179,30 +179,6 @@ func (c *Client) hostKeyCallback(host string) (ssh.HostKeyCallback, error) {
 	}, nil
 }
 
-// learn records a host key verified by a pin in the Learned known_hosts file.
-func (c *Client) learn(hostport string, key ssh.PublicKey) {
-	if c.Learned == "" || c.gate.Enabled() {
-		return
-	}
-	line := knownhosts.Line([]string{knownhosts.Normalize(hostport)}, key)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if data, err := os.ReadFile(c.Learned); err == nil && strings.Contains(string(data), line) {
-		return
-	}
-	f, err := os.OpenFile(c.Learned, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		c.log.Warn("cannot record the host key", "file", c.Learned, "err", err)
-		return
-	}
-	defer f.Close()
-	if _, err := fmt.Fprintln(f, line); err != nil {
-		c.log.Warn("cannot record the host key", "file", c.Learned, "err", err)
-		return
-	}
-	c.log.Info("recorded the host key verified from the console", "host", hostport, "file", c.Learned)
-}
-
 func (c *Client) port() int {
 	if c.cfg.Port != 0 {
 		return c.cfg.Port

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -151,6 +152,25 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Errorf("audit log:\n%s", audit)
 	}
 
+	// The host key pinned from worker-2's console was learned; removing worker-2 forgets
+	// it, and the next server of that name is trusted with its own key only.
+	worker2 := prefix + "-worker-2"
+	first := learnedKeys(t, w, s, worker2)
+	if len(first) != 1 {
+		t.Fatalf("learned keys of %s after add-k8s-node: %v", worker2, first)
+	}
+	wantCode(t, w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", worker2, "--force", "--delete-emptydir-data"), 0)
+	if left := learnedLines(t, w, first[0].host); len(left) != 0 {
+		t.Errorf("known_hosts still has %s after its removal: %v", worker2, left)
+	}
+	wantCode(t, w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker"), 0)
+	second := learnedKeys(t, w, s, worker2)
+	if len(second) != 1 || second[0].line == first[0].line {
+		t.Fatalf("learned keys of the new %s: %v (the old server's: %v)", worker2, second, first)
+	}
+	// A later run, without a pin, connects to it through the learned key.
+	wantCode(t, w.run("roll-reboot", "--cluster-name", "toolsbeta", "--hostname-list", worker2, "--force", "--delete-emptydir-data"), 0)
+
 	// Remove: without a terminal and without --yes, the confirmation aborts.
 	r = w.run("remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
 	wantCode(t, r, 2)
@@ -177,6 +197,47 @@ func TestAddAndRemoveNodes(t *testing.T) {
 	if !strings.Contains(r.stderr, "would leave 0 node(s) of role worker") {
 		t.Errorf("refusal:\n%s", r.stderr)
 	}
+}
+
+type learned struct{ host, line string }
+
+// learnedKeys returns the lines of the run's learned known_hosts for server name's
+// address (the lab cluster connects to addresses).
+func learnedKeys(t *testing.T, w *world, s *stack.Stack, name string) []learned {
+	t.Helper()
+	addr := ""
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			addr = srv.Address
+		}
+	}
+	if addr == "" {
+		t.Fatalf("server %s has no address", name)
+	}
+	var out []learned
+	for _, l := range learnedLines(t, w, addr) {
+		out = append(out, learned{host: addr, line: l})
+	}
+	return out
+}
+
+// learnedLines returns the learned known_hosts lines whose host field names addr (on any port).
+func learnedLines(t *testing.T, w *world, addr string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(w.stateDir, "known_hosts"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		host, _, _ := strings.Cut(l, " ")
+		for _, h := range strings.Split(host, ",") {
+			if h == addr || strings.HasPrefix(h, "["+addr+"]:") {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
 }
 
 // watchCluster records, while a rolling job runs, the most nodes unschedulable at once and
