@@ -42,8 +42,12 @@ func (t *terminal) Confirm(question string) bool {
 
 // AfterFailure implements pipeline.Prompter.
 func (t *terminal) AfterFailure(ctx context.Context, step string, err error) pipeline.Choice {
+	what := err.Error()
+	if !strings.Contains(what, step) {
+		what = fmt.Sprintf("step %s: %s", step, what)
+	}
 	for ctx.Err() == nil {
-		switch t.ask(fmt.Sprintf("step %s failed: %v\n[r]etry, [s]kip this step, or [a]bort (resumable)? ", step, err)) {
+		switch t.ask(fmt.Sprintf("FAILED %s\n[r]etry, [s]kip this step, or [a]bort (resumable)? ", what)) {
 		case "r", "retry":
 			return pipeline.Retry
 		case "s", "skip":
