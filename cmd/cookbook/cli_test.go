@@ -367,8 +367,30 @@ func TestLockAcrossProcessesAndSignal(t *testing.T) {
 	if run.Status != state.Interrupted || run.Step("item-1/mark").Status != state.Interrupted {
 		t.Fatalf("run after SIGTERM: status %s, step %+v", run.Status, run.Step("item-1/mark"))
 	}
+	// SIGHUP (the operator's ssh session dropped): the same, and the resume finishes it.
+	a = w.command("resume", run.ID)
+	aErr.Reset()
+	a.Stderr = &aErr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Process.Kill()
+	w.waitFor(func(r *state.Run) bool {
+		return r.Status == state.Running && r.Step("item-1/mark").Status == state.Running
+	})
+	a.Process.Signal(syscall.SIGHUP)
+	err = a.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+		t.Fatalf("hung-up run exited with %v, want 130; stderr:\n%s", err, aErr.String())
+	}
+	if run = w.runs()[0]; run.Status != state.Interrupted {
+		t.Fatalf("run after SIGHUP: status %s", run.Status)
+	}
 	os.Remove(hold)
 	wantCode(t, w.run("resume", run.ID), 0)
+	if len(w.markers()) != 4 {
+		t.Errorf("markers after resume: %v", w.markers())
+	}
 }
 
 // TestKillNineAndResume kills the cookbook process at random moments (between and

@@ -34,13 +34,16 @@ func realMain(args []string, stdin io.Reader, stderr io.Writer, books []cookbook
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	// SIGHUP: the operator's terminal or ssh session went away; the run stops as if
+	// interrupted, saved and resumable, rather than dying inside a step.
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	go func() {
-		if _, ok := <-sigs; !ok {
+		sig, ok := <-sigs
+		if !ok {
 			return
 		}
-		fmt.Fprintln(stderr, "cookbook: interrupted: stopping the current step and saving the state (interrupt again to exit at once)")
+		fmt.Fprintf(stderr, "cookbook: %s: stopping the current step and saving the state (interrupt again to exit at once)\n", sig)
 		cancel()
 		if _, ok := <-sigs; ok {
 			fmt.Fprintln(stderr, "cookbook: second interrupt: exiting now")
