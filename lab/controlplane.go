@@ -199,16 +199,18 @@ func (cp *ControlPlane) kwokctl(ctx context.Context, log *os.File, args ...strin
 // startWatchdog starts a process, in a session of its own, that deletes the cluster and
 // its files when this process dies.
 func (cp *ControlPlane) startWatchdog() error {
+	// The work dir is passed in the environment, not as an argument: pkill -f matches
+	// command lines, and the watchdog must not kill itself before it removes the files.
 	script := `while kill -0 "$1" 2>/dev/null; do sleep 1; done
 "$2" --name "$3" delete cluster >/dev/null 2>&1
-pkill -9 -f -- "$4" >/dev/null 2>&1
-[ "$5" = yes ] && rm -rf "$6"
+pkill -9 -f -- "$KWOK_WORKDIR" >/dev/null 2>&1
+[ "$4" = yes ] && rm -rf "$5"
 exit 0`
 	own := "no"
 	if cp.ownDir {
 		own = "yes"
 	}
-	cmd := exec.Command("sh", "-c", script, "lab-watchdog", strconv.Itoa(os.Getpid()), filepath.Join(cp.BinDir, "kwokctl"), cp.Name, cp.workDir, own, cp.Dir)
+	cmd := exec.Command("sh", "-c", script, "lab-watchdog", strconv.Itoa(os.Getpid()), filepath.Join(cp.BinDir, "kwokctl"), cp.Name, own, cp.Dir)
 	cmd.Env = append(os.Environ(), "KWOK_WORKDIR="+cp.workDir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -1,9 +1,14 @@
 package lab
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,7 +19,101 @@ import (
 
 var cp *ControlPlane
 
-func TestMain(m *testing.M) { os.Exit(RunTests(m, &cp)) }
+func TestMain(m *testing.M) {
+	if os.Getenv("LAB_TEST_OWNER") == "1" {
+		ownerMain()
+	}
+	os.Exit(RunTests(m, &cp))
+}
+
+// ownerMain is the child of TestKilledOwnerLeavesNothing: it starts a control plane,
+// prints its directory and waits to be killed.
+func ownerMain() {
+	c, err := StartControlPlane(context.Background(), Options{Name: fmt.Sprintf("owner-%d", os.Getpid())})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("DIR %s\n", c.Dir)
+	select {}
+}
+
+// processesUnder returns the processes whose command line names dir.
+func processesUnder(dir string) []string {
+	var out []string
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range cmdlines {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		line := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(line, dir) {
+			out = append(out, filepath.Base(filepath.Dir(f))+": "+line)
+		}
+	}
+	return out
+}
+
+// waitNothingUnder waits until no process names dir and dir is gone.
+func waitNothingUnder(t *testing.T, dir string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		procs := processesUnder(dir)
+		_, statErr := os.Stat(dir)
+		if len(procs) == 0 && os.IsNotExist(statErr) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s after %s: processes %v, directory still there: %v", dir, timeout, procs, statErr == nil)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestStopLeavesNothing(t *testing.T) {
+	Need(t, cp)
+	c, err := StartControlPlane(context.Background(), Options{Name: fmt.Sprintf("stop-%d", os.Getpid())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(processesUnder(c.Dir)) < 4 {
+		t.Fatalf("control plane processes: %v", processesUnder(c.Dir))
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitNothingUnder(t, c.Dir, 5*time.Second)
+}
+
+// TestKilledOwnerLeavesNothing kills, with SIGKILL, a process that started a control plane:
+// its watchdog removes every process and file.
+func TestKilledOwnerLeavesNothing(t *testing.T) {
+	Need(t, cp)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "LAB_TEST_OWNER=1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	dir, ok := strings.CutPrefix(strings.TrimSpace(line), "DIR ")
+	if err != nil || !ok || dir == "" {
+		t.Fatalf("child printed %q: %v", line, err)
+	}
+	if procs := processesUnder(dir); len(procs) < 4 {
+		t.Fatalf("control plane processes of the child: %v", procs)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	waitNothingUnder(t, dir, 30*time.Second)
+}
 
 func TestPinnedVersions(t *testing.T) {
 	v := PinnedVersions()
