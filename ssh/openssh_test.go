@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,6 +86,8 @@ LogLevel DEBUG1
 	cmd := exec.Command(sshdPath, "-D", "-e", "-f", cfgFile)
 	logs := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
+	// A test binary killed before its cleanup takes sshd with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

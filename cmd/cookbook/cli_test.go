@@ -69,6 +69,8 @@ func (w *world) command(args ...string) *exec.Cmd {
 	full := append([]string{"--config", w.config, "--state-dir", w.stateDir}, args...)
 	cmd := exec.Command(os.Args[0], full...)
 	cmd.Env = append(os.Environ(), "COOKBOOK_TEST_CHILD=1")
+	// A test binary killed before its cleanup takes its cookbook children with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
