@@ -58,11 +58,30 @@ func TestUpDown(t *testing.T) {
 		t.Fatalf("hostname over ssh = %q, %v", res.Stdout, err)
 	}
 	if _, err := exec.LookPath("ssh"); err == nil {
-		out, err := exec.Command("ssh", "-i", s.KeyPath, "-o", "UserKnownHostsFile="+s.KnownHostsPath, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-			"-p", fmt.Sprint(cl.SSH.Port), "root@"+srv.Address, "cat", "/proc/sys/kernel/random/boot_id").CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != s.Fleet.VM(srv.ID).BootID() {
-			t.Errorf("OpenSSH ssh: %q, %v", out, err)
+		openssh := func(args ...string) (string, error) {
+			out, err := exec.Command("ssh", append([]string{"-i", s.KeyPath, "-o", "UserKnownHostsFile=" + s.KnownHostsPath, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+				"-o", "ConnectTimeout=2", "-p", fmt.Sprint(cl.SSH.Port), "root@" + srv.Address}, args...)...).CombinedOutput()
+			return strings.TrimSpace(string(out)), err
 		}
+		before, err := openssh("cat", "/proc/sys/kernel/random/boot_id")
+		if err != nil || before != s.Fleet.VM(srv.ID).BootID() {
+			t.Fatalf("OpenSSH ssh: %q, %v", before, err)
+		}
+		// The VM reboots: the session drops, SSH is down a while, then answers with a new boot id.
+		openssh("sudo", "systemctl", "reboot")
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			after, err := openssh("cat", "/proc/sys/kernel/random/boot_id")
+			if err == nil && after != before {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new boot id over OpenSSH after a reboot: %q, %v", after, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	} else {
+		t.Log("OpenSSH client not installed: the real ssh command is not tried (.ci/run installs it)")
 	}
 	if env := s.Env(); !strings.Contains(env, "COOKBOOK_CONFIG="+s.ConfigPath) {
 		t.Errorf("Env() = %s", env)
