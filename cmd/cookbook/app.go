@@ -105,7 +105,20 @@ func (a *app) list(c *cli.Context) error {
 }
 
 func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
-	flags := append([]cli.Flag{}, cb.Flags...)
+	// Required flags are checked here rather than by urfave/cli, which prints the whole
+	// help and exits 1: a missing flag is bad input, one line and exit 2.
+	var flags []cli.Flag
+	var required []string
+	for _, f := range cb.Flags {
+		if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
+			c := *sf
+			c.Required = false
+			c.Usage += " (required)"
+			required = append(required, c.Name)
+			f = &c
+		}
+		flags = append(flags, f)
+	}
 	if !cb.ReadOnly {
 		flags = append(flags, &cli.BoolFlag{Name: "new", Usage: "start a new run even if an unfinished run of this cookbook exists for the cluster"})
 	}
@@ -124,7 +137,18 @@ func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
 		Usage:       cb.Usage,
 		Description: desc,
 		Flags:       flags,
-		Action:      func(c *cli.Context) error { return a.run(c, cb) },
+		Action: func(c *cli.Context) error {
+			var missing []string
+			for _, name := range required {
+				if !c.IsSet(name) {
+					missing = append(missing, "--"+name)
+				}
+			}
+			if len(missing) > 0 {
+				return cookbooks.BadInputf("missing %s (see `cookbook %s --help`)", strings.Join(missing, ", "), cb.Name)
+			}
+			return a.run(c, cb)
+		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return cookbooks.BadInput(err)
 		},

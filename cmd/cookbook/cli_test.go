@@ -275,6 +275,8 @@ func TestBadInput(t *testing.T) {
 		{"missing config", []string{"--config", "/nonexistent.yaml", "toy", "--cluster-name", "lab1", "--dir", w.dir}, "/nonexistent.yaml"},
 		{"confirmation without terminal", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--confirm"}, "pass --yes to confirm"},
 		{"unknown run", []string{"resume", "20260101-000000-abcdef"}, "no such run"},
+		{"missing flags", []string{"toy"}, "missing --cluster-name, --dir (see `cookbook toy --help`)"},
+		{"bad duration", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--step-time", "5"}, `invalid value "5" for flag -step-time`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -282,6 +284,9 @@ func TestBadInput(t *testing.T) {
 			wantCode(t, r, 2)
 			if !strings.Contains(r.stderr, tt.want) {
 				t.Errorf("stderr %q does not contain %q", r.stderr, tt.want)
+			}
+			if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); len(lines) != 1 {
+				t.Errorf("want a one-line error, got %d lines:\n%s", len(lines), r.stderr)
 			}
 			if len(w.markers()) != 0 || len(w.runs()) != 0 {
 				t.Error("bad input changed something")
