@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -57,8 +58,8 @@ func newApp(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer) *cli.
 			}
 			return cli.ShowAppHelp(c)
 		},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return cookbooks.BadInput(err)
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return cookbooks.BadInput(explainUsage("", c.App.Flags, err))
 		},
 	}
 	app := &app{books: books, stdin: stdin, stderr: stderr, cli: a}
@@ -150,9 +151,35 @@ func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
 			return a.run(c, cb)
 		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return cookbooks.BadInput(err)
+			return cookbooks.BadInput(explainUsage(cb.Name, flags, err))
 		},
 	}
+}
+
+// explainUsage rewrites urfave/cli's usage errors the way cookbook's own read: the flag
+// with its two dashes, the bad value, and what was expected.
+func explainUsage(command string, flags []cli.Flag, err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown flag --%s (see `%s --help`)", name, strings.TrimSpace("cookbook "+command))
+	}
+	value, rest, ok := strings.Cut(strings.TrimPrefix(msg, "invalid value "), " for flag -")
+	if !strings.HasPrefix(msg, "invalid value ") || !ok {
+		return err
+	}
+	name, _, _ := strings.Cut(rest, ":")
+	for _, f := range flags {
+		if !slices.Contains(f.Names(), name) {
+			continue
+		}
+		switch f.(type) {
+		case *cli.DurationFlag:
+			return fmt.Errorf("--%s: %s is not a duration (expected one such as 90s, 10m or 1h30m)", name, value)
+		case *cli.IntFlag, *cli.UintFlag, *cli.Int64Flag:
+			return fmt.Errorf("--%s: %s is not a whole number", name, value)
+		}
+	}
+	return err
 }
 
 // switchOn reports whether a boolean switch was given, before or after the cookbook name.

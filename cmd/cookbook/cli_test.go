@@ -269,14 +269,15 @@ func TestBadInput(t *testing.T) {
 		{"unknown cluster", []string{"toy", "--cluster-name", "nope", "--dir", w.dir}, `cluster "nope" is not in`},
 		{"bad cluster name", []string{"toy", "--cluster-name", "a;b", "--dir", w.dir}, `--cluster-name: "a;b" is not a valid name`},
 		{"bad number", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--items", "0"}, "--items: 0 is not a positive number"},
-		{"unknown flag", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--itmes", "3"}, "flag provided but not defined: -itmes"},
+		{"not a number", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--items", "three"}, `--items: "three" is not a whole number`},
+		{"unknown flag", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--itmes", "3"}, "unknown flag --itmes (see `cookbook toy --help`)"},
 		{"unknown cookbook", []string{"add-k8s-nod"}, `"add-k8s-nod" is not a cookbook or command`},
 		{"bad config", []string{"--config", bad, "toy", "--cluster-name", "lab1", "--dir", w.dir}, `unknown field "prefx"`},
 		{"missing config", []string{"--config", "/nonexistent.yaml", "toy", "--cluster-name", "lab1", "--dir", w.dir}, "/nonexistent.yaml"},
 		{"confirmation without terminal", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--confirm"}, "pass --yes to confirm"},
 		{"unknown run", []string{"resume", "20260101-000000-abcdef"}, "no such run"},
 		{"missing flags", []string{"toy"}, "missing --cluster-name, --dir (see `cookbook toy --help`)"},
-		{"bad duration", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--step-time", "5"}, `invalid value "5" for flag -step-time`},
+		{"bad duration", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--step-time", "5"}, `--step-time: "5" is not a duration (expected one such as 90s, 10m or 1h30m)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
