@@ -54,7 +54,7 @@ func AddNode() Cookbook {
 			}
 			a := &adder{env: env, cl: cl, roleName: roleName, role: role, timeout: c.Duration("timeout"),
 				flavor: c.String("flavor"), image: c.String("image"), network: c.String("network")}
-			return &Job{Cluster: cl.Name, Plan: a.plan}, nil
+			return &Job{Cluster: cl.Name, Check: a.check, Plan: a.plan}, nil
 		},
 	}
 }
@@ -69,12 +69,49 @@ type adder struct {
 	c                      *clients
 }
 
-func (a *adder) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+// check looks up the flavor, image and network given as flags before the run starts: a
+// name that matches nothing, or several things, is bad input.
+func (a *adder) check(ctx context.Context) error {
+	if a.flavor == "" && a.image == "" && a.network == "" {
+		return nil
+	}
+	if err := a.clients(ctx); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		flag, ref string
+		lookup    func(context.Context, string) (openstack.Ref, error)
+	}{{"flavor", a.flavor, a.c.cloud.Flavor}, {"image", a.image, a.c.cloud.Image}, {"network", a.network, a.c.cloud.Network}} {
+		if f.ref == "" {
+			continue
+		}
+		if _, err := f.lookup(ctx, f.ref); err != nil {
+			var amb *openstack.LookupError
+			if errors.As(err, &amb) {
+				return BadInputf("--%s: %v", f.flag, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *adder) clients(ctx context.Context) error {
+	if a.c != nil {
+		return nil
+	}
 	c, err := newClients(ctx, a.env, a.cl)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.c = c
+	return nil
+}
+
+func (a *adder) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+	if err := a.clients(ctx); err != nil {
+		return nil, err
+	}
 	name := func(v *pipeline.Values) string {
 		n, _ := keyHostname.Get(v)
 		return n

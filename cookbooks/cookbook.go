@@ -38,6 +38,9 @@ type Cookbook struct {
 type Job struct {
 	// Cluster the job works on; it is locked for the run's life.
 	Cluster string
+	// Check, if not nil, validates the input against the cluster with reads only, before a
+	// new run (or a dry-run) starts: it returns BadInput errors, and nothing is recorded.
+	Check func(ctx context.Context) error
 	// Confirm, if not empty, is asked (yes/no) before a new run starts, unless --yes.
 	Confirm func(ctx context.Context) (string, error)
 	// Plan returns the steps. It may read the cluster; what it decides is recorded in v

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
@@ -133,10 +134,12 @@ func hostnameFlag(c *cli.Context, name string) (string, error) {
 	return h, nil
 }
 
-// requireNode checks that the node exists; a missing node is bad input.
+// requireNode checks that the node exists; a missing node is bad input, a cluster that
+// cannot be asked is not.
 func requireNode(ctx context.Context, k *k8sops.Ops, node string) error {
-	if _, err := k.Node(ctx, node); err != nil {
-		return BadInputf("node %s: %w", node, err)
+	_, err := k.Node(ctx, node)
+	if apierrors.IsNotFound(err) {
+		return BadInputf("no node %s in the cluster", node)
 	}
-	return nil
+	return err
 }

@@ -142,14 +142,40 @@ func names(list []Server) []string {
 // ErrNotFound is wrapped by lookups that found nothing.
 var ErrNotFound = errors.New("not found")
 
+// LookupError is a lookup by name or id that found nothing, or more than one thing.
+type LookupError struct {
+	Kind, Ref string
+	// Found are the matches (name and id), when there are several.
+	Found []string
+	// Known are the names there are, when nothing matched (at most 20).
+	Known []string
+}
+
+func (e *LookupError) Error() string {
+	if len(e.Found) > 1 {
+		return fmt.Sprintf("%s %q: %d match, expected one: %s", e.Kind, e.Ref, len(e.Found), strings.Join(e.Found, ", "))
+	}
+	msg := fmt.Sprintf("%s %q: %v", e.Kind, e.Ref, ErrNotFound)
+	if len(e.Known) > 0 {
+		msg += fmt.Sprintf(" (there are: %s)", strings.Join(e.Known, ", "))
+	}
+	return msg
+}
+
+// Unwrap makes a lookup that found nothing match ErrNotFound.
+func (e *LookupError) Unwrap() error {
+	if len(e.Found) == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
 func exactlyOne(kind, ref string, found []string) error {
 	switch len(found) {
 	case 1:
 		return nil
-	case 0:
-		return fmt.Errorf("%s %q: %w", kind, ref, ErrNotFound)
 	default:
-		return fmt.Errorf("%s %q: %d match, expected one: %s", kind, ref, len(found), strings.Join(found, ", "))
+		return &LookupError{Kind: kind, Ref: ref, Found: found}
 	}
 }
 
@@ -175,6 +201,16 @@ func pick(kind, ref string, all []Ref) (Ref, error) {
 		found = append(found, r.Name+" ("+r.ID+")")
 	}
 	if err := exactlyOne(kind, ref, found); err != nil {
+		var le *LookupError
+		if errors.As(err, &le) && len(found) == 0 {
+			for _, r := range all {
+				if len(le.Known) == 20 {
+					le.Known = append(le.Known, "...")
+					break
+				}
+				le.Known = append(le.Known, r.Name)
+			}
+		}
 		return Ref{}, err
 	}
 	return match[0], nil

@@ -36,7 +36,14 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "cookbook-lab: error: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "cookbook-lab",
 		Usage: "run the lab: a toolsbeta cluster on this machine (Kubernetes control plane, simulated OpenStack, VMs over SSH)",
 		Flags: []cli.Flag{
@@ -51,14 +58,11 @@ func main() {
 				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
 				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
 				&cli.BoolFlag{Name: "no-sample-workload", Usage: "do not apply the sample workload"},
+				dirFlag(),
 			}},
-			{Name: "down", Usage: "stop a detached lab", Action: down},
-			{Name: "status", Usage: "show servers, nodes, pods per node and the last commands the VMs ran", Action: status},
+			{Name: "down", Usage: "stop a detached lab", Action: down, Flags: []cli.Flag{dirFlag()}},
+			{Name: "status", Usage: "show servers, nodes, pods per node and the last commands the VMs ran", Action: status, Flags: []cli.Flag{dirFlag()}},
 		},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "cookbook-lab: error: %v\n", err)
-		os.Exit(1)
 	}
 }
 
@@ -70,8 +74,20 @@ type state struct {
 	Env        string `json:"env"`
 }
 
+// dirFlag lets --dir follow the command too (cookbook-lab down --dir DIR), as the lab's
+// own messages print it.
+func dirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "dir", Usage: "where the lab keeps its files", DefaultText: ".lab, or the --dir given before the command"}
+}
+
+// dirOf returns the lab directory: --dir after the command, else before it, else .lab.
 func dirOf(c *cli.Context) (string, error) {
-	return filepath.Abs(c.String("dir"))
+	for _, ctx := range c.Lineage() {
+		if d := ctx.String("dir"); d != "" {
+			return filepath.Abs(d)
+		}
+	}
+	return filepath.Abs(".lab")
 }
 
 func ensureBins() error {

@@ -253,6 +253,11 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if err != nil {
 		return err
 	}
+	if job.Check != nil && cont == nil {
+		if err := job.Check(ctx); err != nil {
+			return err
+		}
+	}
 
 	// Read-only cookbooks and dry-runs take no lock and keep no state file.
 	if cb.ReadOnly || dry {

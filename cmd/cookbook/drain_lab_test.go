@@ -99,7 +99,7 @@ func TestDrainCookbook(t *testing.T) {
 	// Unknown node: bad input, nothing changed.
 	r = w.run("drain", "--cluster-name", "lab1", "--hostname-to-drain", "cb-drain-9")
 	wantCode(t, r, 2)
-	if !strings.Contains(r.stderr, "cb-drain-9") || len(w.runs()) != 0 {
+	if !strings.Contains(r.stderr, "no node cb-drain-9 in the cluster") || len(w.runs()) != 0 {
 		t.Errorf("unknown node: %s", r.stderr)
 	}
 

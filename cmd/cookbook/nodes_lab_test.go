@@ -101,6 +101,13 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Fatalf("dry-run: %d cloud writes; output:\n%s", s.Cloud.TotalWrites()-before, r.stderr)
 	}
 
+	// A flavor that does not exist is bad input: exit 2, the flavors there are, no run.
+	r = w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--flavor", "g9.huge")
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, `--flavor: flavor "g9.huge": not found (there are: `) || len(w.runs()) != 0 || s.Cloud.TotalWrites() != before {
+		t.Fatalf("bad flavor: %d runs, %d cloud writes:\n%s", len(w.runs()), s.Cloud.TotalWrites()-before, r.stderr)
+	}
+
 	for _, role := range []string{"worker", "worker-nfs"} {
 		r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", role)
 		wantCode(t, r, 0)
