@@ -131,7 +131,19 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 			}
 		}
 		if len(out) == 0 {
-			return nil, BadInputf("no node of cluster %s matches the selection", cl.Name)
+			sel := "--all"
+			switch {
+			case c.Bool("all-workers"):
+				sel = "--all-workers"
+			case c.Bool("all-nfs-workers"):
+				sel = "--all-nfs-workers"
+			case c.IsSet("role"):
+				sel = "--role " + c.String("role")
+				if role, err := cl.Role(c.String("role")); err == nil {
+					sel += fmt.Sprintf(" (its nodes are named %s-N)", role.Prefix)
+				}
+			}
+			return nil, BadInputf("no node of cluster %s matches %s", cl.Name, sel)
 		}
 		return out, nil
 	}

@@ -101,6 +101,13 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Fatalf("dry-run: %d cloud writes; output:\n%s", s.Cloud.TotalWrites()-before, r.stderr)
 	}
 
+	// A role without nodes selects nothing to reboot: bad input that says so.
+	r = w.run("--dry-run", "roll-reboot", "--cluster-name", "toolsbeta", "--role", "ingress")
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "no node of cluster toolsbeta matches --role ingress (its nodes are named "+prefix+"-ingress-N)") {
+		t.Errorf("roll-reboot of an empty role:\n%s", r.stderr)
+	}
+
 	// A flavor that does not exist is bad input: exit 2, the flavors there are, no run.
 	r = w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--flavor", "g9.huge")
 	wantCode(t, r, 2)
