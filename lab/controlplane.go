@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,8 +32,8 @@ type Options struct {
 	Name string
 	// BinDir holds the binaries; BinDir() if empty.
 	BinDir string
-	// Log receives kwokctl's output; nil discards it.
-	Log *os.File
+	// Log receives kwokctl's output; nil discards it (its last lines are in errors).
+	Log io.Writer
 }
 
 // ControlPlane is a running lab control plane.
@@ -51,7 +52,7 @@ type ControlPlane struct {
 
 	ownDir   bool
 	workDir  string
-	watchdog *exec.Cmd
+	watchdog *watchdog
 	stopOnce sync.Once
 	stopErr  error
 
@@ -62,9 +63,10 @@ type ControlPlane struct {
 	bgStop  context.CancelFunc
 }
 
+// auditPolicy records the metadata of every write request, once it completed.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
-omitStages: ["RequestReceived"]
+omitStages: ["RequestReceived", "ResponseStarted", "Panic"]
 rules:
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
@@ -72,27 +74,32 @@ rules:
 `
 
 // StartControlPlane starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-// the kwok controller with kwokctl's binary runtime, and returns once the API server
-// answers. A watchdog process tears everything down if the calling process dies without
-// calling Stop (a killed test binary leaves nothing behind).
-func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error) {
+// the kwok controller with kwokctl's binary runtime from the lab binaries (nothing is
+// downloaded), and returns once the API server answers, the default service account exists
+// and kwok runs nodes. A watchdog process tears everything down if the calling process dies
+// without calling Stop (a killed test binary leaves nothing behind). What a previous,
+// killed, owner of the same Dir left running is killed first.
+func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	bin := opts.BinDir
 	if bin == "" {
 		var ok bool
 		if bin, ok = BinDir(); !ok {
-			return nil, fmt.Errorf("lab binaries missing in %s: run `make lab-bins`", bin)
+			return nil, fmt.Errorf("start control plane: lab binaries missing in %s: run `make lab-bins`", bin)
 		}
 	}
-	cp := &ControlPlane{BinDir: bin, Dir: opts.Dir, Name: opts.Name, reboots: map[string]context.CancelFunc{}}
+	cp = &ControlPlane{BinDir: bin, Dir: opts.Dir, Name: opts.Name, reboots: map[string]context.CancelFunc{}}
 	if cp.Name == "" {
 		cp.Name = "lab"
 	}
 	if cp.Dir == "" {
-		d, err := os.MkdirTemp("", "cookbook-lab-")
+		sweepTemp(ctx)
+		d, err := os.MkdirTemp("", tempPrefix)
 		if err != nil {
 			return nil, fmt.Errorf("start control plane: %w", err)
 		}
 		cp.Dir, cp.ownDir = d, true
+	} else if cp.Dir, err = filepath.Abs(cp.Dir); err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	cp.workDir = filepath.Join(cp.Dir, "kwok")
 	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
@@ -100,18 +107,35 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 	if err := os.MkdirAll(cp.workDir, 0o700); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
+	if err := cleanLeftovers(ctx, cp.Dir, cp.workDir); err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	if err := writeOwner(cp.Dir); err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	removeDir := ""
+	if cp.ownDir {
+		removeDir = cp.Dir
+	}
+	if cp.watchdog, err = startWatchdog(cp.workDir, removeDir); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+	// A cluster of the same name left in the work dir is removed first.
+	if err := cp.kwokctl(ctx, opts.Log, "delete", "cluster"); err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
 	policy := filepath.Join(cp.Dir, "audit-policy.yaml")
 	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	// A cluster of the same name left by a killed process is removed first.
-	_ = cp.kwokctl(ctx, opts.Log, "delete", "cluster")
-	if err := cp.startWatchdog(); err != nil {
-		return nil, err
-	}
 	// kwokctl picks free ports as it goes: two clusters created at the same moment (test
 	// packages run in parallel) could pick the same one. Creations are serialised.
-	unlock, err := lockFile(filepath.Join(filepath.Dir(bin), "create.lock"))
+	unlock, err := lockFile(ctx, filepath.Join(filepath.Dir(bin), "create.lock"))
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
@@ -124,6 +148,9 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 		"--kube-audit-policy", policy,
 		"--kubeconfig", cp.Kubeconfig,
 		"--disable-qps-limits",
+		// The node lifecycle controller notices a Ready node (and lifts its not-ready
+		// taint) within a second rather than five.
+		"--extra-args", "kube-controller-manager=node-monitor-period=1s",
 		// kwok manages only the Nodes carrying its annotation, so that a node whose
 		// annotation is removed can be made NotReady (a simulated reboot).
 		"--extra-args", "kwok-controller=manage-all-nodes=false",
@@ -133,18 +160,15 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 	)
 	unlock()
 	if err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
 	if err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	cfg.QPS, cfg.Burst = 200, 400
 	cp.RESTConfig = cfg
 	if cp.Client, err = kubernetes.NewForConfig(cfg); err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	// Ready means: the API answers and the default service account can be used.
@@ -153,42 +177,57 @@ func StartControlPlane(ctx context.Context, opts Options) (*ControlPlane, error)
 		return err == nil, nil
 	})
 	if err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: waiting for the default service account: %w", err)
 	}
 	// Ready also means kwok runs the nodes: a probe node must turn Ready.
 	probe := "lab-probe-" + strconv.Itoa(os.Getpid())
 	if err := cp.AddNode(ctx, NodeSpec{Name: probe}); err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: kwok does not manage nodes: %w", err)
 	}
 	if err := cp.RemoveNode(ctx, probe); err != nil {
-		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	return cp, nil
 }
 
-// lockFile takes an exclusive flock on path and returns its release.
-func lockFile(path string) (func(), error) {
+// lockFile takes an exclusive flock on path, waiting as long as ctx allows, and returns
+// its release.
+func lockFile(ctx context.Context, path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
 	}
-	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
-func (cp *ControlPlane) kwokctl(ctx context.Context, log *os.File, args ...string) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(cp.BinDir, "kwokctl"), append([]string{"--name", cp.Name}, args...)...)
+// command returns a command that is killed when this process dies.
+func command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+func (cp *ControlPlane) kwokctl(ctx context.Context, log io.Writer, args ...string) error {
+	cmd := command(ctx, filepath.Join(cp.BinDir, "kwokctl"), append([]string{"--name", cp.Name}, args...)...)
 	cmd.Env = append(os.Environ(), "KWOK_WORKDIR="+cp.workDir, "KWOK_KUBECTL_BINARY="+filepath.Join(cp.BinDir, "kubectl"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if log != nil {
-		cmd.Stdout, cmd.Stderr = log, log
+		w := io.MultiWriter(&out, log)
+		cmd.Stdout, cmd.Stderr = w, w
 	}
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("kwokctl %s: %w: %s", strings.Join(args[:2], " "), err, lastLines(out.String(), 15))
@@ -196,47 +235,27 @@ func (cp *ControlPlane) kwokctl(ctx context.Context, log *os.File, args ...strin
 	return nil
 }
 
-// startWatchdog starts a process, in a session of its own, that deletes the cluster and
-// its files when this process dies.
-func (cp *ControlPlane) startWatchdog() error {
-	// The work dir is passed in the environment, not as an argument: pkill -f matches
-	// command lines, and the watchdog must not kill itself before it removes the files.
-	script := `while kill -0 "$1" 2>/dev/null; do sleep 1; done
-"$2" --name "$3" delete cluster >/dev/null 2>&1
-pkill -9 -f -- "$KWOK_WORKDIR" >/dev/null 2>&1
-[ "$4" = yes ] && rm -rf "$5"
-exit 0`
-	own := "no"
-	if cp.ownDir {
-		own = "yes"
-	}
-	cmd := exec.Command("sh", "-c", script, "lab-watchdog", strconv.Itoa(os.Getpid()), filepath.Join(cp.BinDir, "kwokctl"), cp.Name, own, cp.Dir)
-	cmd.Env = append(os.Environ(), "KWOK_WORKDIR="+cp.workDir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start lab watchdog: %w", err)
-	}
-	cp.watchdog = cmd
-	return nil
-}
-
-// Stop deletes the cluster: every process is stopped and, when the control plane made its
-// own directory, the files are removed.
+// Stop deletes the cluster: every process is stopped (kwokctl stops them, what is left is
+// killed) and, when the control plane made its own directory, the files are removed.
 func (cp *ControlPlane) Stop() error {
 	cp.stopOnce.Do(func() {
 		cp.bgStop()
 		cp.bg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		pids := pidFiles(cp.workDir)
 		err := cp.kwokctl(ctx, nil, "delete", "cluster")
-		// Anything still running from the work dir is killed.
-		_ = exec.Command("pkill", "-9", "-f", "--", cp.workDir).Run()
+		err = errors.Join(err, reap(ctx, cp.workDir, pids))
 		if cp.watchdog != nil {
-			_ = cp.watchdog.Process.Kill()
-			_ = cp.watchdog.Wait()
+			err = errors.Join(err, cp.watchdog.fire(ctx))
 		}
 		if cp.ownDir {
 			err = errors.Join(err, os.RemoveAll(cp.Dir))
+		} else {
+			err = errors.Join(err, os.Remove(filepath.Join(cp.Dir, ownerFile)))
+		}
+		if err != nil {
+			err = fmt.Errorf("stop control plane: %w", err)
 		}
 		cp.stopErr = err
 	})
@@ -245,36 +264,67 @@ func (cp *ControlPlane) Stop() error {
 
 // AuditEvent is a write request recorded by the API server's audit log.
 type AuditEvent struct {
-	Verb       string    `json:"verb"`
-	RequestURI string    `json:"requestURI"`
-	UserAgent  string    `json:"userAgent"`
-	Code       int       `json:"code"`
-	Time       time.Time `json:"time"`
+	Verb       string
+	RequestURI string
+	UserAgent  string
+	User       string // the authenticated user name
+	// Resource, Subresource, Namespace and Name identify the object written.
+	Resource, Subresource, Namespace, Name string
+	Code                                   int // the HTTP status of the response
+	Time                                   time.Time
 }
 
-// WriteRequests returns the write requests (create, update, patch, delete) the API server
-// completed since the given time whose user agent contains userAgent ("" for all).
+// AuditLog is the path of the API server's audit log.
+func (cp *ControlPlane) AuditLog() string {
+	return filepath.Join(cp.workDir, "clusters", cp.Name, "logs", "audit.log")
+}
+
+// WriteRequests returns the write requests (verbs create, update, patch, delete and
+// deletecollection) the API server completed at or after since whose user agent contains
+// userAgent ("" for all), in the order they completed, from the audit log.
 func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, userAgent string) ([]AuditEvent, error) {
-	path := filepath.Join(cp.workDir, "clusters", cp.Name, "logs", "audit.log")
-	f, err := os.Open(path)
+	f, err := os.Open(cp.AuditLog())
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	defer f.Close()
+	evs, err := writeRequests(ctx, f, since, userAgent)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	return evs, nil
+}
+
+// writeRequests reads an audit log (one JSON event a line) and returns the completed write
+// requests at or after since whose user agent contains userAgent.
+func writeRequests(ctx context.Context, r io.Reader, since time.Time, userAgent string) ([]AuditEvent, error) {
 	var out []AuditEvent
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
+	for n := 0; sc.Scan(); n++ {
+		if n%1000 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		var ev struct {
-			Stage          string    `json:"stage"`
-			Verb           string    `json:"verb"`
-			RequestURI     string    `json:"requestURI"`
-			UserAgent      string    `json:"userAgent"`
+			Stage     string `json:"stage"`
+			Verb      string `json:"verb"`
+			URI       string `json:"requestURI"`
+			UserAgent string `json:"userAgent"`
+			User      struct {
+				Username string `json:"username"`
+			} `json:"user"`
+			ObjectRef struct {
+				Resource    string `json:"resource"`
+				Subresource string `json:"subresource"`
+				Namespace   string `json:"namespace"`
+				Name        string `json:"name"`
+			} `json:"objectRef"`
 			StageTimestamp time.Time `json:"stageTimestamp"`
 			ResponseStatus struct {
 				Code int `json:"code"`
 			} `json:"responseStatus"`
 		}
+		// A line cut short (the API server is writing it) is skipped.
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || ev.Stage != "ResponseComplete" {
 			continue
 		}
@@ -286,14 +336,19 @@ func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, user
 		if ev.StageTimestamp.Before(since) || !strings.Contains(ev.UserAgent, userAgent) {
 			continue
 		}
-		out = append(out, AuditEvent{Verb: ev.Verb, RequestURI: ev.RequestURI, UserAgent: ev.UserAgent, Code: ev.ResponseStatus.Code, Time: ev.StageTimestamp})
+		out = append(out, AuditEvent{
+			Verb: ev.Verb, RequestURI: ev.URI, UserAgent: ev.UserAgent, User: ev.User.Username,
+			Resource: ev.ObjectRef.Resource, Subresource: ev.ObjectRef.Subresource,
+			Namespace: ev.ObjectRef.Namespace, Name: ev.ObjectRef.Name,
+			Code: ev.ResponseStatus.Code, Time: ev.StageTimestamp,
+		})
 	}
 	return out, sc.Err()
 }
 
 // Kubectl runs the lab's kubectl against the control plane and returns its combined output.
 func (cp *ControlPlane) Kubectl(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(cp.BinDir, "kubectl"), append([]string{"--kubeconfig", cp.Kubeconfig}, args...)...)
+	cmd := command(ctx, filepath.Join(cp.BinDir, "kubectl"), append([]string{"--kubeconfig", cp.Kubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, lastLines(string(out), 10))

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,27 +18,64 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 )
 
 var cp *ControlPlane
 
+// helperEnv makes the test binary, run by TestKilledOwnerLeavesNothing, start a control
+// plane, print where it lives and wait to be killed instead of running tests.
+const helperEnv = "LAB_TEST_HELPER_START"
+
 func TestMain(m *testing.M) {
-	if os.Getenv("LAB_TEST_OWNER") == "1" {
-		ownerMain()
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(helperStart())
 	}
 	os.Exit(RunTests(m, &cp))
 }
 
-// ownerMain is the child of TestKilledOwnerLeavesNothing: it starts a control plane,
-// prints its directory and waits to be killed.
-func ownerMain() {
-	c, err := StartControlPlane(context.Background(), Options{Name: fmt.Sprintf("owner-%d", os.Getpid())})
+// helperStart starts a control plane, prints its dir, work dir, apiserver address and
+// pids on one line, and blocks until killed.
+func helperStart() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := StartControlPlane(ctx, Options{Name: "killed"})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fmt.Println("ERROR", err)
+		return 1
 	}
-	fmt.Printf("DIR %s\n", c.Dir)
+	fmt.Println("STARTED", c.Dir, c.workDir, hostPort(c), pidList(pidFiles(c.workDir)))
 	select {}
+}
+
+func hostPort(c *ControlPlane) string {
+	u, err := url.Parse(c.RESTConfig.Host)
+	if err != nil {
+		return c.RESTConfig.Host
+	}
+	return u.Host
+}
+
+func pidList(pids []int) string {
+	var s []string
+	for _, p := range pids {
+		s = append(s, strconv.Itoa(p))
+	}
+	return strings.Join(s, ",")
+}
+
+func TestPinnedVersions(t *testing.T) {
+	v := PinnedVersions()
+	for name, got := range map[string]string{"K8S": v.Kubernetes, "ETCD": v.Etcd, "KWOK": v.Kwok} {
+		if !strings.HasPrefix(got, "v") {
+			t.Errorf("%s version = %q, want vX.Y.Z", name, got)
+		}
+	}
+	dir, _ := BinDir()
+	key := fmt.Sprintf("k8s-%s_etcd-%s_kwok-%s", v.Kubernetes, v.Etcd, v.Kwok)
+	if os.Getenv("COOKBOOK_LAB_BIN") == "" && !strings.HasSuffix(dir, "/cookbook/lab/"+key+"/bin") {
+		t.Errorf("BinDir() = %s, want .../cookbook/lab/%s/bin", dir, key)
+	}
 }
 
 // processesUnder returns the processes whose command line names dir.
@@ -55,45 +95,62 @@ func processesUnder(dir string) []string {
 	return out
 }
 
-// waitNothingUnder waits until no process names dir and dir is gone.
-func waitNothingUnder(t *testing.T, dir string, timeout time.Duration) {
+// gone waits until no process of pids runs from workDir, no process at all (the watchdog
+// included) names dir on its command line, the address refuses connections and dir does
+// not exist.
+func gone(t *testing.T, within time.Duration, dir, workDir, addr string, pids []int) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		procs := processesUnder(dir)
-		_, statErr := os.Stat(dir)
-		if len(procs) == 0 && os.IsNotExist(statErr) {
-			return
+	var left string
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, within, true, func(context.Context) (bool, error) {
+		for _, p := range pids {
+			if ours(p, workDir) {
+				left = fmt.Sprintf("process %d still runs", p)
+				return false, nil
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s after %s: processes %v, directory still there: %v", dir, timeout, procs, statErr == nil)
+		if procs := processesUnder(dir); len(procs) > 0 {
+			left = fmt.Sprintf("processes still name %s: %v", dir, procs)
+			return false, nil
 		}
-		time.Sleep(100 * time.Millisecond)
+		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			conn.Close()
+			left = addr + " still accepts connections"
+			return false, nil
+		}
+		if _, err := os.Stat(dir); err == nil {
+			left = dir + " still exists"
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("after %v: %s", within, left)
 	}
 }
 
 func TestStopLeavesNothing(t *testing.T) {
 	Need(t, cp)
-	c, err := StartControlPlane(context.Background(), Options{Name: fmt.Sprintf("stop-%d", os.Getpid())})
+	ctx := context.Background()
+	c, err := StartControlPlane(ctx, Options{Name: "stop-probe", BinDir: cp.BinDir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(processesUnder(c.Dir)) < 4 {
-		t.Fatalf("control plane processes: %v", processesUnder(c.Dir))
+	pids := pidFiles(c.workDir)
+	if len(pids) < 5 {
+		t.Errorf("pids %v: want etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok-controller", pids)
 	}
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitNothingUnder(t, c.Dir, 5*time.Second)
+	gone(t, 5*time.Second, c.Dir, c.workDir, hostPort(c), pids)
 }
 
-// TestKilledOwnerLeavesNothing kills, with SIGKILL, a process that started a control plane:
-// its watchdog removes every process and file.
 func TestKilledOwnerLeavesNothing(t *testing.T) {
 	Need(t, cp)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "LAB_TEST_OWNER=1")
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -101,37 +158,22 @@ func TestKilledOwnerLeavesNothing(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	dir, ok := strings.CutPrefix(strings.TrimSpace(line), "DIR ")
-	if err != nil || !ok || dir == "" {
-		t.Fatalf("child printed %q: %v", line, err)
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	f := strings.Fields(line)
+	if len(f) != 5 || f[0] != "STARTED" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("helper: %q", line)
 	}
-	if procs := processesUnder(dir); len(procs) < 4 {
-		t.Fatalf("control plane processes of the child: %v", procs)
+	var pids []int
+	for _, p := range strings.Split(f[4], ",") {
+		n, _ := strconv.Atoi(p)
+		pids = append(pids, n)
 	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	waitNothingUnder(t, dir, 30*time.Second)
-}
-
-func TestPinnedVersions(t *testing.T) {
-	v := PinnedVersions()
-	for name, got := range map[string]string{"K8S": v.Kubernetes, "ETCD": v.Etcd, "KWOK": v.Kwok} {
-		if !strings.HasPrefix(got, "v") {
-			t.Errorf("%s version = %q, want vX.Y.Z", name, got)
-		}
-	}
-}
-
-// podsOn returns the pods of the namespace bound to node, by app label.
-func podsOn(t *testing.T, ns, node string) map[string]int {
-	t.Helper()
-	out, err := cp.PodsOn(context.Background(), ns, node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	// SIGKILL: the owner gets no chance to clean up; its watchdog must.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	gone(t, 15*time.Second, f[1], f[2], f[3], pids)
 }
 
 func TestDrainWithRealKubectl(t *testing.T) {
@@ -142,7 +184,7 @@ func TestDrainWithRealKubectl(t *testing.T) {
 		if err := cp.AddNode(ctx, NodeSpec{Name: n, Labels: map[string]string{"test": "drain"}}); err != nil {
 			t.Fatal(err)
 		}
-		defer cp.RemoveNode(ctx, n)
+		t.Cleanup(func() { cp.RemoveNode(context.Background(), n) })
 	}
 	ns := "sample-drain"
 	if err := cp.ApplySampleWorkload(ctx, ns); err != nil {
@@ -152,35 +194,114 @@ func TestDrainWithRealKubectl(t *testing.T) {
 	if err := cp.WaitPodsRunning(ctx, ns, 15, 2*time.Minute); err != nil {
 		t.Fatalf("sample workload not running: %v", err)
 	}
-	victim := podsOn(t, ns, "drain-1")
-	t.Logf("pods on drain-1 before: %v", victim)
+	before := podsOn(t, ns, "drain-1")
+	t.Logf("pods on drain-1 before the drain: %v", before)
 
-	// Watch web's pods during the drain: its PDB (maxUnavailable 1) allows at most one
-	// of its 4 pods down at a time.
-	stopWatch, err := cp.WatchFewestRunning(ctx, ns, "web", 4)
+	// During the drain, web (PDB maxUnavailable 1, 4 replicas) never has fewer than 3
+	// pods Running, api (PDB minAvailable 2) never fewer than 2.
+	stopWeb, err := cp.WatchFewestRunning(ctx, ns, "web", 4)
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopAPI, err := cp.WatchFewestRunning(ctx, ns, "api", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
 	out, err := cp.Kubectl(ctx, "drain", "drain-1", "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=2m")
-	minReady := stopWatch()
+	fewestWeb, fewestAPI := stopWeb(), stopAPI()
 	if err != nil {
 		t.Fatalf("kubectl drain: %v\n%s", err, out)
 	}
-	after := podsOn(t, ns, "drain-1")
-	for app := range after {
+	t.Logf("kubectl drain took %v", time.Since(start).Round(time.Millisecond))
+	if fewestWeb < 3 {
+		t.Errorf("web dropped to %d running pods during the drain; its PDB allows 3", fewestWeb)
+	}
+	if fewestAPI < 2 {
+		t.Errorf("api dropped to %d running pods during the drain; its PDB allows 2", fewestAPI)
+	}
+	for app := range podsOn(t, ns, "drain-1") {
 		if app != SampleWorkload.DaemonSet {
-			t.Errorf("pod of %s still on drain-1 after drain: %v", app, after)
+			t.Errorf("a pod of %s is still on drain-1 after the drain", app)
 		}
 	}
-	if err := cp.WaitPodsRunning(ctx, ns, 14, 2*time.Minute); err != nil { // the bare pod is gone for good
-		t.Errorf("evicted pods not rescheduled: %v", err)
+	n, err := cp.Client.CoreV1().Nodes().Get(ctx, "drain-1", metav1.GetOptions{})
+	if err != nil || !n.Spec.Unschedulable {
+		t.Errorf("kubectl drain did not cordon the node (%v)", err)
 	}
-	if minReady < 3 {
-		t.Errorf("web dropped to %d running pods during the drain; its PDB allows 3", minReady)
+
+	// Every controller's pods run again, on the other nodes; the bare pod, if it was on
+	// drain-1, is gone for good.
+	want := map[string]int{SampleWorkload.StatefulSet: 2}
+	for d, r := range SampleWorkload.Deployments {
+		want[d] = int(r)
 	}
-	n, _ := cp.Client.CoreV1().Nodes().Get(ctx, "drain-1", metav1.GetOptions{})
-	if !n.Spec.Unschedulable {
-		t.Error("kubectl drain did not cordon the node")
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		got := map[string]int{}
+		for _, node := range nodes[1:] {
+			for app, k := range podsOn(t, ns, node) {
+				got[app] += k
+			}
+		}
+		for app, k := range want {
+			if got[app] != k {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("evicted pods not rescheduled on drain-2 and drain-3: %v", err)
+	}
+}
+
+// podsOn returns the Running pods of the namespace bound to node, by app label.
+func podsOn(t *testing.T, ns, node string) map[string]int {
+	t.Helper()
+	pods, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+			out[p.Labels["app"]]++
+		}
+	}
+	return out
+}
+
+func TestAddNodeLabelsTaints(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	taint := corev1.Taint{Key: "dedicated", Value: "ingress", Effect: corev1.TaintEffectNoSchedule}
+	spec := NodeSpec{Name: "spec-1", Labels: map[string]string{"role": "ingress"}, Taints: []corev1.Taint{taint}, Unschedulable: true}
+	if err := cp.AddNode(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.RemoveNode(context.Background(), "spec-1") })
+	n, err := cp.Client.CoreV1().Nodes().Get(ctx, "spec-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsReady(n) || n.Labels["role"] != "ingress" || !n.Spec.Unschedulable {
+		t.Errorf("node: ready=%v labels=%v unschedulable=%v", IsReady(n), n.Labels, n.Spec.Unschedulable)
+	}
+	found := false
+	for _, tt := range n.Spec.Taints {
+		found = found || (tt.Key == taint.Key && tt.Value == taint.Value && tt.Effect == taint.Effect)
+	}
+	if !found {
+		t.Errorf("taints %v, want %v among them", n.Spec.Taints, taint)
+	}
+	if err := cp.RemoveNode(ctx, "spec-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Client.CoreV1().Nodes().Get(ctx, "spec-1", metav1.GetOptions{}); err == nil {
+		t.Error("node still there after RemoveNode")
+	}
+	if err := cp.RemoveNode(ctx, "spec-1"); err != nil {
+		t.Errorf("RemoveNode of a missing node: %v", err)
 	}
 }
 
@@ -190,11 +311,12 @@ func TestRebootNode(t *testing.T) {
 	if err := cp.AddNode(ctx, NodeSpec{Name: "reboot-1"}); err != nil {
 		t.Fatal(err)
 	}
-	defer cp.RemoveNode(ctx, "reboot-1")
+	t.Cleanup(func() { cp.RemoveNode(context.Background(), "reboot-1") })
 	before, err := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	if err := cp.RebootNode(ctx, "reboot-1", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -204,15 +326,29 @@ func TestRebootNode(t *testing.T) {
 	if err := cp.WaitNodeReady(ctx, "reboot-1", true, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("node back Ready after %v, want at least the 2s down time", d)
+	}
+	after, err := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if after.Status.NodeInfo.BootID == before.Status.NodeInfo.BootID || after.Status.NodeInfo.BootID == "" {
 		t.Errorf("bootID %q -> %q, want a new one", before.Status.NodeInfo.BootID, after.Status.NodeInfo.BootID)
 	}
-	// Still Ready a little later: kwok manages the node again.
-	time.Sleep(2 * time.Second)
-	again, _ := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
-	if !IsReady(again) {
-		t.Error("node went NotReady again after its reboot")
+	// Still Ready, with the same boot id, a while later: kwok manages the node again.
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err := cp.Client.CoreV1().Nodes().Get(ctx, "reboot-1", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if !IsReady(n) || n.Status.NodeInfo.BootID != after.Status.NodeInfo.BootID {
+			return false, fmt.Errorf("node ready=%v bootID=%s after its reboot", IsReady(n), n.Status.NodeInfo.BootID)
+		}
+		return false, nil
+	})
+	if !wait.Interrupted(err) {
+		t.Error(err)
 	}
 }
 
@@ -220,23 +356,39 @@ func TestWriteRequestsFromAuditLog(t *testing.T) {
 	Need(t, cp)
 	ctx := context.Background()
 	since := time.Now()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audit-probe"}}
-	if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+	cfg := *cp.RESTConfig
+	cfg.UserAgent = "lab-audit-probe/1.0"
+	c, err := kubernetes.NewForConfig(&cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		evs, err := cp.WriteRequests(ctx, since, "")
-		if err != nil {
-			return false, err
-		}
-		for _, e := range evs {
-			if e.Verb == "create" && strings.Contains(e.RequestURI, "/namespaces") {
-				return true, nil
-			}
-		}
-		return false, nil
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audit-probe"}}
+	if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Reads are not write requests.
+	if _, err := c.CoreV1().Namespaces().Get(ctx, "audit-probe", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CoreV1().Namespaces().Delete(ctx, "audit-probe", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var evs []AuditEvent
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err = cp.WriteRequests(ctx, since, "lab-audit-probe")
+		return len(evs) >= 2, err
 	})
 	if err != nil {
-		t.Fatalf("namespace create not in the audit log: %v", err)
+		t.Fatalf("write requests %+v: %v", evs, err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.Verb+" "+e.Resource+"/"+e.Name)
+	}
+	if want := "create namespaces/audit-probe,delete namespaces/audit-probe"; strings.Join(got, ",") != want {
+		t.Errorf("write requests = %v, want %s", got, want)
+	}
+	if later, err := cp.WriteRequests(ctx, time.Now(), "lab-audit-probe"); err != nil || len(later) != 0 {
+		t.Errorf("write requests after now = %v, %v; want none", later, err)
 	}
 }

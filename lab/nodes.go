@@ -45,13 +45,33 @@ func NewBootID() string {
 	return fmt.Sprintf("%s-%s-%s-%s-%s", h[0:8], h[8:12], h[12:16], h[16:20], h[20:32])
 }
 
-// AddNode registers a kwok-managed Node and returns once it is Ready.
+// AddNode registers a kwok-managed Node and returns once it is Ready and the node
+// lifecycle controller has lifted the taints a new node starts with, so that the
+// scheduler can use it at once.
 func (cp *ControlPlane) AddNode(ctx context.Context, spec NodeSpec) error {
 	node := NewNode(spec)
 	if _, err := cp.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("add node %s: %w", spec.Name, err)
 	}
-	return cp.WaitNodeReady(ctx, spec.Name, true, 30*time.Second)
+	err := cp.waitNode(ctx, spec.Name, 30*time.Second, func(n *corev1.Node) bool {
+		return IsReady(n) && !hasLifecycleTaint(n)
+	})
+	if err != nil {
+		return fmt.Errorf("add node %s: wait until Ready: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// hasLifecycleTaint reports whether the node carries a taint the node lifecycle controller
+// puts on nodes that are not (or not yet) Ready.
+func hasLifecycleTaint(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		switch t.Key {
+		case corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable:
+			return true
+		}
+	}
+	return false
 }
 
 // NewNode returns the Node object a kubelet of this spec would register.
@@ -231,21 +251,23 @@ func (cp *ControlPlane) patchReady(ctx context.Context, name string, status core
 
 // WaitNodeReady waits until the node's Ready condition is (ready) or is not (!ready) True.
 func (cp *ControlPlane) WaitNodeReady(ctx context.Context, name string, ready bool, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &listWatch{cp: cp, sel: sel}
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Node{}, nil, func(ev watch.Event) (bool, error) {
-		n, ok := ev.Object.(*corev1.Node)
-		if !ok {
-			return false, nil
-		}
-		return IsReady(n) == ready, nil
-	})
+	err := cp.waitNode(ctx, name, timeout, func(n *corev1.Node) bool { return IsReady(n) == ready })
 	if err != nil {
 		return fmt.Errorf("wait for node %s ready=%v: %w", name, ready, err)
 	}
 	return nil
+}
+
+// waitNode watches the node until cond holds.
+func (cp *ControlPlane) waitNode(ctx context.Context, name string, timeout time.Duration, cond func(*corev1.Node) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	lw := &listWatch{cp: cp, sel: fields.OneTermEqualSelector("metadata.name", name).String()}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Node{}, nil, func(ev watch.Event) (bool, error) {
+		n, ok := ev.Object.(*corev1.Node)
+		return ok && cond(n), nil
+	})
+	return err
 }
 
 // IsReady reports whether the node's Ready condition is True.
