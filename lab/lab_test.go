@@ -44,7 +44,7 @@ func helperStart() int {
 		fmt.Println("ERROR", err)
 		return 1
 	}
-	fmt.Println("STARTED", c.Dir, c.workDir, hostPort(c), pidList(pidFiles(c.workDir)))
+	fmt.Println("STARTED", c.Dir, c.workDir, hostPort(c), pidList(pidFiles(c.workDir)), c.watchdog.cmd.Process.Pid)
 	select {}
 }
 
@@ -147,6 +147,38 @@ func TestStopLeavesNothing(t *testing.T) {
 
 func TestKilledOwnerLeavesNothing(t *testing.T) {
 	Need(t, cp)
+	h := startHelper(t)
+	// SIGKILL: the owner gets no chance to clean up; its watchdog must.
+	h.kill()
+	gone(t, 15*time.Second, h.dir, h.workDir, h.addr, h.pids)
+}
+
+func TestLeftoversSweptOnStart(t *testing.T) {
+	Need(t, cp)
+	h := startHelper(t)
+	// The watchdog dies first, then its owner: the next start of a control plane in a
+	// temp dir cleans up.
+	if err := syscall.Kill(h.watchdog, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h.kill()
+	if !ours(h.pids[0], h.workDir) {
+		t.Fatalf("process %d gone before the sweep", h.pids[0])
+	}
+	sweepTemp(context.Background())
+	gone(t, 5*time.Second, h.dir, h.workDir, h.addr, h.pids)
+}
+
+// helper is a test binary running helperStart.
+type helper struct {
+	cmd                *exec.Cmd
+	dir, workDir, addr string
+	pids               []int
+	watchdog           int
+}
+
+func startHelper(t *testing.T) *helper {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
@@ -158,22 +190,27 @@ func TestKilledOwnerLeavesNothing(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	h := &helper{cmd: cmd}
+	t.Cleanup(h.kill)
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	f := strings.Fields(line)
-	if len(f) != 5 || f[0] != "STARTED" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	if len(f) != 6 || f[0] != "STARTED" {
 		t.Fatalf("helper: %q", line)
 	}
-	var pids []int
+	h.dir, h.workDir, h.addr = f[1], f[2], f[3]
 	for _, p := range strings.Split(f[4], ",") {
 		n, _ := strconv.Atoi(p)
-		pids = append(pids, n)
+		h.pids = append(h.pids, n)
 	}
-	// SIGKILL: the owner gets no chance to clean up; its watchdog must.
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	gone(t, 15*time.Second, f[1], f[2], f[3], pids)
+	h.watchdog, _ = strconv.Atoi(f[5])
+	return h
+}
+
+func (h *helper) kill() {
+	if h.cmd.ProcessState == nil {
+		_ = h.cmd.Process.Kill()
+		_ = h.cmd.Wait()
+	}
 }
 
 func TestDrainWithRealKubectl(t *testing.T) {

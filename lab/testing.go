@@ -56,8 +56,11 @@ func Need(t testing.TB, cp *ControlPlane) {
 	if cp != nil {
 		return
 	}
-	dir, _ := BinDir()
+	dir, ok := BinDir()
 	msg := fmt.Sprintf("lab binaries missing in %s: run `make lab-bins` to run this test against a real kube-apiserver", dir)
+	if ok {
+		msg = "no lab control plane: the test package's TestMain must call lab.RunTests"
+	}
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}
