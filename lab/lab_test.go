@@ -131,17 +131,21 @@ func gone(t *testing.T, within time.Duration, dir, workDir, addr string, pids []
 func TestStopLeavesNothing(t *testing.T) {
 	Need(t, cp)
 	ctx := context.Background()
+	start := time.Now()
 	c, err := StartControlPlane(ctx, Options{Name: "stop-probe", BinDir: cp.BinDir})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("control plane ready in %v", time.Since(start).Round(time.Millisecond))
 	pids := pidFiles(c.workDir)
 	if len(pids) < 5 {
 		t.Errorf("pids %v: want etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok-controller", pids)
 	}
+	start = time.Now()
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("stopped in %v", time.Since(start).Round(time.Millisecond))
 	gone(t, 5*time.Second, c.Dir, c.workDir, hostPort(c), pids)
 }
 
@@ -217,8 +221,10 @@ func TestDrainWithRealKubectl(t *testing.T) {
 	Need(t, cp)
 	ctx := context.Background()
 	nodes := []string{"drain-1", "drain-2", "drain-3"}
-	for _, n := range nodes {
-		if err := cp.AddNode(ctx, NodeSpec{Name: n, Labels: map[string]string{"test": "drain"}}); err != nil {
+	for i, n := range nodes {
+		// Everything lands on drain-1 first, so that the drain has to go through the PDBs.
+		spec := NodeSpec{Name: n, Labels: map[string]string{"test": "drain"}, Unschedulable: i > 0}
+		if err := cp.AddNode(ctx, spec); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cp.RemoveNode(context.Background(), n) })
@@ -233,6 +239,14 @@ func TestDrainWithRealKubectl(t *testing.T) {
 	}
 	before := podsOn(t, ns, "drain-1")
 	t.Logf("pods on drain-1 before the drain: %v", before)
+	if before["web"] != 4 || before["api"] != 3 {
+		t.Fatalf("want all of web and api on drain-1, got %v", before)
+	}
+	for _, n := range nodes[1:] {
+		if _, err := cp.Kubectl(ctx, "uncordon", n); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// During the drain, web (PDB maxUnavailable 1, 4 replicas) never has fewer than 3
 	// pods Running, api (PDB minAvailable 2) never fewer than 2.
@@ -250,7 +264,7 @@ func TestDrainWithRealKubectl(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl drain: %v\n%s", err, out)
 	}
-	t.Logf("kubectl drain took %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("kubectl drain took %v; fewest Running during it: web %d (PDB maxUnavailable 1 of 4), api %d (PDB minAvailable 2)", time.Since(start).Round(time.Millisecond), fewestWeb, fewestAPI)
 	if fewestWeb < 3 {
 		t.Errorf("web dropped to %d running pods during the drain; its PDB allows 3", fewestWeb)
 	}
