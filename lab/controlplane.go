@@ -104,15 +104,19 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 	cp.workDir = filepath.Join(cp.Dir, "kwok")
 	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
 	cp.bgCtx, cp.bgStop = context.WithCancel(context.Background())
-	if err := os.MkdirAll(cp.workDir, 0o700); err != nil {
+	if err := cp.own(ctx); err != nil {
+		cp.bgStop()
+		if cp.ownDir {
+			os.RemoveAll(cp.Dir)
+		}
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	if err := cleanLeftovers(ctx, cp.Dir, cp.workDir); err != nil {
-		return nil, fmt.Errorf("start control plane: %w", err)
-	}
-	if err := writeOwner(cp.Dir); err != nil {
-		return nil, fmt.Errorf("start control plane: %w", err)
-	}
+	// From here on, the directory is ours and Stop cleans up.
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
 	removeDir := ""
 	if cp.ownDir {
 		removeDir = cp.Dir
@@ -120,11 +124,6 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 	if cp.watchdog, err = startWatchdog(cp.workDir, removeDir); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			cp.Stop()
-		}
-	}()
 	// A cluster of the same name left in the work dir is removed first.
 	if err := cp.kwokctl(ctx, opts.Log, "delete", "cluster"); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
@@ -188,6 +187,19 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	return cp, nil
+}
+
+// own makes the control plane's directory ours: what a dead owner left running there is
+// killed, and this process is recorded as the owner. A directory a live process owns is
+// an error.
+func (cp *ControlPlane) own(ctx context.Context) error {
+	if err := os.MkdirAll(cp.workDir, 0o700); err != nil {
+		return err
+	}
+	if err := cleanLeftovers(ctx, cp.Dir, cp.workDir); err != nil {
+		return err
+	}
+	return writeOwner(cp.Dir)
 }
 
 // lockFile takes an exclusive flock on path, waiting as long as ctx allows, and returns

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,5 +182,24 @@ func TestNeedWithoutControlPlane(t *testing.T) {
 	})
 	if !skipped {
 		t.Error("Need(t, nil) did not skip")
+	}
+}
+
+func TestStartRefusesDirOfLiveOwner(t *testing.T) {
+	dir := t.TempDir()
+	start, err := procStart(1)
+	if err != nil {
+		t.Skip("no /proc/1/stat:", err)
+	}
+	owner := "1 " + start + "\n"
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(owner), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = StartControlPlane(context.Background(), Options{Dir: dir, BinDir: "/nonexistent"})
+	if err == nil || !strings.Contains(err.Error(), "in use by process 1") {
+		t.Fatalf("start in a dir owned by pid 1: %v, want an error saying it is in use", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, ownerFile)); string(b) != owner {
+		t.Errorf("owner file rewritten to %q", b)
 	}
 }
