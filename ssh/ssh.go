@@ -106,7 +106,19 @@ func expandHome(p string) string {
 func (c *Client) Pin(host string, fingerprints []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.pins[host] = fingerprints
+	c.pins[host] = append([]string(nil), fingerprints...)
+}
+
+// Pins returns a copy of every pin, host -> fingerprints, for the caller's run state
+// (restored with Pin on resume).
+func (c *Client) Pins() map[string][]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string][]string, len(c.pins))
+	for h, fps := range c.pins {
+		out[h] = append([]string(nil), fps...)
+	}
+	return out
 }
 
 // HostKeyError is a host key that does not match what was expected.

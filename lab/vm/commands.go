@@ -59,8 +59,8 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		fmt.Fprintf(stdout, " %s up 3 min,  1 user,  load average: 0.08, 0.03, 0.01\n", time.Now().Format("15:04:05"))
 	case cmd == "systemctl reboot" || cmd == "reboot" || strings.HasPrefix(cmd, "shutdown -r"):
 		if f.HangReboot[v.Name] {
-			time.Sleep(time.Hour) // never returns within any sane timeout
-			return 1, false
+			<-v.downChan() // hangs until a hard reboot (or Delete, Close) stops the VM
+			return 1, true
 		}
 		go func() {
 			time.Sleep(50 * time.Millisecond)
@@ -68,6 +68,13 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		}()
 		return 0, true
 	case cmd == "kubeadm token create --print-join-command":
+		v.mu.Lock()
+		control := v.control
+		v.mu.Unlock()
+		if !control {
+			fmt.Fprintln(stderr, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher")
+			return 1, false
+		}
 		if f.Cluster == nil {
 			fmt.Fprintln(stderr, "error: no control plane on this host")
 			return 1, false
@@ -149,7 +156,7 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists")
 		return 1
 	}
-	if err := f.Cluster.Join(ctx, v.Name, token, control); err != nil {
+	if err := f.Cluster.Join(ctx, JoinRequest{Node: v.Name, Token: token, ControlPlane: control, Address: v.Address, BootID: v.BootID()}); err != nil {
 		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
 		return 1
 	}
@@ -159,6 +166,7 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	v.mu.Lock()
 	v.joined = true
+	v.control = v.control || control
 	v.mu.Unlock()
 	fmt.Fprintln(stdout, "This node has joined the cluster:\n* Certificate signing request was sent to apiserver and a response was received.\n* The Kubelet was informed of the new secure connection details.")
 	return 0

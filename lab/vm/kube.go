@@ -63,8 +63,9 @@ func (k *KubeCluster) JoinCommand(ctx context.Context) (string, error) {
 }
 
 // Join checks the token against the bootstrap token Secrets and registers the Node.
-func (k *KubeCluster) Join(ctx context.Context, node, token string, controlPlane bool) error {
-	id, secret, ok := strings.Cut(token, ".")
+func (k *KubeCluster) Join(ctx context.Context, j JoinRequest) error {
+	node := j.Node
+	id, secret, ok := strings.Cut(j.Token, ".")
 	if !ok {
 		return fmt.Errorf("token %q is not of the form [a-z0-9]{6}.[a-z0-9]{16}", "******")
 	}
@@ -78,8 +79,8 @@ func (k *KubeCluster) Join(ctx context.Context, node, token string, controlPlane
 	if exp, err := time.Parse(time.RFC3339, string(s.Data["expiration"])); err == nil && time.Now().After(exp) {
 		return fmt.Errorf("bootstrap token %s expired at %s", id, exp)
 	}
-	spec := lab.NodeSpec{Name: node, KubeletVersion: k.KubeletVersion}
-	if controlPlane {
+	spec := lab.NodeSpec{Name: node, KubeletVersion: k.KubeletVersion, Address: j.Address, BootID: j.BootID}
+	if j.ControlPlane {
 		spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
 		spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
 	}

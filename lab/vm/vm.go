@@ -28,11 +28,25 @@ type Cluster interface {
 	// JoinCommand creates a bootstrap token and returns the kubeadm join command line.
 	JoinCommand(ctx context.Context) (string, error)
 	// Join checks the token and registers the VM's Node (Ready).
-	Join(ctx context.Context, node, token string, controlPlane bool) error
+	Join(ctx context.Context, j JoinRequest) error
 	// KubeletDown makes the node NotReady (reboot, kubeadm reset).
 	KubeletDown(ctx context.Context, node string) error
 	// KubeletUp makes a registered node Ready again with the boot id.
 	KubeletUp(ctx context.Context, node, bootID string) error
+}
+
+// JoinRequest is what a `kubeadm join` on a VM asks of the cluster.
+type JoinRequest struct {
+	// Node is the VM's hostname, the Node's name.
+	Node string
+	// Token is the bootstrap token of the command line (id.secret).
+	Token string
+	// ControlPlane is set by --control-plane.
+	ControlPlane bool
+	// Address is the VM's address, reported as the Node's InternalIP.
+	Address string
+	// BootID is the VM's boot id, reported in status.nodeInfo.bootID.
+	BootID string
 }
 
 // Fleet runs the simulated VMs. It implements cloud.Machines.
@@ -52,8 +66,12 @@ type Fleet struct {
 	// Programs are extra commands (argv[0]) that succeed, for provisioning steps.
 	Programs []string
 	// HangReboot makes `systemctl reboot` hang on these VMs (by name), to test the
-	// hard-reboot fallback.
+	// hard-reboot fallback: the session stays open until the VM is rebooted hard.
 	HangReboot map[string]bool
+	// IsControlPlane tells which booted machines are control-plane hosts (they can run
+	// `kubeadm token create`). Nil means Metadata["cookbook-role"] == "control". A VM
+	// that joins with --control-plane, or is marked with MarkControlPlane, is one too.
+	IsControlPlane func(m cloud.Machine) bool
 	// Log receives lines; nil discards.
 	Log *slog.Logger
 
@@ -86,6 +104,8 @@ type VM struct {
 	up        bool
 	joined    bool
 	gen       int
+	down      chan struct{} // closed when the current incarnation stops
+	control   bool
 	formatted map[string]bool
 }
 
@@ -115,6 +135,11 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 		return nil, err
 	}
 	v := &VM{ID: m.ID, Name: m.Name, Address: m.Address, fleet: f, signer: signer, authorized: map[string]bool{}, conns: map[net.Conn]bool{}}
+	if f.IsControlPlane != nil {
+		v.control = f.IsControlPlane(m)
+	} else {
+		v.control = m.Metadata["cookbook-role"] == "control"
+	}
 	for _, k := range append(append([]string{}, m.AuthorizedKeys...), f.OperatorKeys...) {
 		pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
 		if err == nil {
@@ -244,6 +269,7 @@ func (v *VM) start(bootID string) error {
 	}
 	v.mu.Lock()
 	v.ln, v.up, v.bootID = ln, true, bootID
+	v.down = make(chan struct{})
 	v.gen++
 	v.mu.Unlock()
 	go v.serve(ln)
@@ -253,6 +279,9 @@ func (v *VM) start(bootID string) error {
 // stop takes the VM down: its listener and every session.
 func (v *VM) stop() {
 	v.mu.Lock()
+	if v.up {
+		close(v.down)
+	}
 	v.up = false
 	v.gen++
 	ln := v.ln
@@ -406,6 +435,20 @@ func (v *VM) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			}
 		}
 	}
+}
+
+// MarkControlPlane makes the VM a control-plane host (it can run kubeadm token create).
+func (v *VM) MarkControlPlane() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.control = true
+}
+
+// downChan is closed when the VM's current incarnation stops.
+func (v *VM) downChan() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.down
 }
 
 // Joined reports whether the VM ran kubeadm join.

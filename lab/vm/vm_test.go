@@ -1,0 +1,513 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/cloud"
+)
+
+// cp is the lab control plane of this test package, nil when its binaries are missing.
+var cp *lab.ControlPlane
+
+func TestMain(m *testing.M) { os.Exit(lab.RunTests(m, &cp)) }
+
+func TestSplitWords(t *testing.T) {
+	tests := []struct {
+		name string
+		line string
+		want []string
+	}{
+		{"plain", "hostname -f", []string{"hostname", "-f"}},
+		{"single quotes", `mkdir -p '/srv/a b'`, []string{"mkdir", "-p", "/srv/a b"}},
+		{"escaped quote", `echo 'it'\''s'`, []string{"echo", "it's"}},
+		{"dollar stays literal", `echo '$(rm -rf /)' '` + "`id`'", []string{"echo", "$(rm -rf /)", "`id`"}},
+		{"double quotes", `echo "a \"b\" \$c"`, []string{"echo", `a "b" $c`}},
+		{"empty argument", `printf '%s' ''`, []string{"printf", "%s", ""}},
+		{"backslash", `echo a\ b`, []string{"echo", "a b"}},
+		{"extra blanks", "  uptime \t ", []string{"uptime"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := splitWords(tt.line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("splitWords(%q) (-want +got):\n%s", tt.line, diff)
+			}
+		})
+	}
+	if _, err := splitWords(`echo 'open`); err == nil {
+		t.Error("an unterminated quote is accepted")
+	}
+}
+
+// operator is the lab operator's key pair.
+type operator struct {
+	keyFile string
+	pubLine string
+	signer  ssh.Signer
+}
+
+func newOperator(t *testing.T) operator {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return operator{keyFile: keyFile, pubLine: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))), signer: signer}
+}
+
+var addrCounter atomic.Int32
+
+// newAddress returns a loopback address no other test (of this or a concurrent run) uses.
+func newAddress() string {
+	return fmt.Sprintf("127.44.%d.%d", 1+os.Getpid()%250, 10+addrCounter.Add(1))
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// newFleet returns a fleet that accepts op's key, closed at the end of the test.
+func newFleet(t *testing.T, op operator) *Fleet {
+	t.Helper()
+	f := &Fleet{Port: freePort(t), Domain: "lab.example", OperatorKeys: []string{op.pubLine}, DownTime: 300 * time.Millisecond, Programs: []string{"run-provision"}}
+	t.Cleanup(f.Close)
+	return f
+}
+
+func boot(t *testing.T, f *Fleet, name string, metadata map[string]string) *VM {
+	t.Helper()
+	id := "id-" + name
+	lines, err := f.Boot(context.Background(), cloud.Machine{ID: id, Name: name, Address: newAddress(), Metadata: metadata})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := f.VM(id)
+	want := fmt.Sprintf("256 %s root@%s (ED25519)", ssh.FingerprintSHA256(v.PublicKey()), name)
+	if len(lines) != 1 || lines[0] != want {
+		t.Fatalf("host key lines %q, want [%q]", lines, want)
+	}
+	return v
+}
+
+// dial connects with x/crypto/ssh, verifying the VM's host key.
+func dial(t *testing.T, f *Fleet, v *VM, op operator) (*ssh.Client, error) {
+	t.Helper()
+	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(op.signer)}, HostKeyCallback: ssh.FixedHostKey(v.PublicKey()), Timeout: 5 * time.Second}
+	return ssh.Dial("tcp", net.JoinHostPort(v.Address, strconv.Itoa(f.Port)), cfg)
+}
+
+// run runs one command line in a new session and returns stdout, stderr and the exit code.
+func run(t *testing.T, cl *ssh.Client, line string) (string, string, int) {
+	t.Helper()
+	sess, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	var out, errb bytes.Buffer
+	sess.Stdout, sess.Stderr = &out, &errb
+	err = sess.Run(line)
+	var ee *ssh.ExitError
+	switch {
+	case err == nil:
+		return out.String(), errb.String(), 0
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitStatus()
+	default:
+		t.Fatalf("%s: %v", line, err)
+		return "", "", 0
+	}
+}
+
+func TestCommands(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-worker-1", nil)
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	tests := []struct {
+		name     string
+		line     string
+		wantOut  string // a substring of stdout
+		wantErr  string // a substring of stderr
+		wantCode int
+	}{
+		{"hostname", "hostname", "tb-worker-1\n", "", 0},
+		{"fqdn", "hostname -f", "tb-worker-1.lab.example\n", "", 0},
+		{"boot id", "cat /proc/sys/kernel/random/boot_id", v.BootID() + "\n", "", 0},
+		{"uptime", "uptime", "load average", "", 0},
+		{"sudo prefix", "sudo -n -- hostname", "tb-worker-1\n", "", 0},
+		{"apt-get", "sudo apt-get install -y 'kubeadm=1.33.*'", "Reading package lists", "", 0},
+		{"kubeadm upgrade node", "kubeadm upgrade node", "successfully completed", "", 0},
+		{"restart kubelet", "systemctl restart kubelet", "", "", 0},
+		{"provisioning program", "run-provision --role worker", "", "", 0},
+		{"token on a worker", "kubeadm token create --print-join-command", "", "admin.conf", 1},
+		{"join without token", "kubeadm join 127.0.0.1:6443", "", "--token is required", 1},
+		{"unknown", "frobnicate --now", "", "bash: frobnicate: command not found", 127},
+		{"bad quoting", "echo 'open", "", "syntax error", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := run(t, cl, tt.line)
+			if code != tt.wantCode || !strings.Contains(out, tt.wantOut) || !strings.Contains(errs, tt.wantErr) {
+				t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q", tt.line, code, out, errs, tt.wantCode, tt.wantOut, tt.wantErr)
+			}
+		})
+	}
+	h := f.History()
+	if len(h) != len(tests) {
+		t.Fatalf("history has %d records, want %d", len(h), len(tests))
+	}
+	if diff := cmp.Diff([]string{"sudo", "apt-get", "install", "-y", "kubeadm=1.33.*"}, h[5].Argv); diff != "" {
+		t.Errorf("recorded argv (-want +got):\n%s", diff)
+	}
+	for i, r := range h {
+		if r.VM != "tb-worker-1" || r.ExitCode != tests[i].wantCode || r.Time.IsZero() {
+			t.Errorf("record %d = %+v", i, r)
+		}
+	}
+}
+
+func TestAuthorizedKeys(t *testing.T) {
+	op, server, stranger := newOperator(t), newOperator(t), newOperator(t)
+	f := newFleet(t, op)
+	id := "id-tb-keys-1"
+	if _, err := f.Boot(context.Background(), cloud.Machine{ID: id, Name: "tb-keys-1", Address: newAddress(), AuthorizedKeys: []string{server.pubLine}}); err != nil {
+		t.Fatal(err)
+	}
+	v := f.VM(id)
+	tests := []struct {
+		name string
+		key  operator
+		ok   bool
+	}{
+		{"operator key", op, true},
+		{"server key pair", server, true},
+		{"stranger", stranger, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl, err := dial(t, f, v, tt.key)
+			if err == nil {
+				cl.Close()
+			}
+			if (err == nil) != tt.ok {
+				t.Errorf("dial: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+// waitBootID polls read until it returns a boot id other than old.
+func waitBootID(t *testing.T, old string, timeout time.Duration, read func() (string, error)) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		id, err := read()
+		if err == nil && id != "" && id != old {
+			return id
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no new boot id after %s (last error: %v)", timeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+func TestRebootXCrypto(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-reboot-1", nil)
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := run(t, cl, "cat /proc/sys/kernel/random/boot_id")
+	old = strings.TrimSpace(old)
+	sess, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sess.Run("sudo systemctl reboot")
+	var missing *ssh.ExitMissingError
+	if err == nil || (!errors.As(err, &missing) && !strings.Contains(err.Error(), "EOF")) {
+		t.Errorf("reboot: %v, want the session to drop without an exit status", err)
+	}
+	cl.Close()
+	// SSH goes down (the reboot starts a moment after the session dropped) ...
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		cl, err := dial(t, f, v, op)
+		if err != nil {
+			break
+		}
+		cl.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("SSH is still up 2s after the reboot")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// ... and comes back with a new boot id.
+	got := waitBootID(t, old, 10*time.Second, func() (string, error) {
+		cl, err := dial(t, f, v, op)
+		if err != nil {
+			return "", err
+		}
+		defer cl.Close()
+		out, _, _ := run(t, cl, "cat /proc/sys/kernel/random/boot_id")
+		return strings.TrimSpace(out), nil
+	})
+	if got != v.BootID() {
+		t.Errorf("boot id %s, the VM says %s", got, v.BootID())
+	}
+}
+
+func TestHangRebootUntilHardReboot(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.HangReboot = map[string]bool{"tb-stuck-1": true}
+	v := boot(t, f, "tb-stuck-1", nil)
+	old := v.BootID()
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sess, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Run("systemctl reboot") }()
+	select {
+	case err := <-done:
+		t.Fatalf("a hanging reboot returned: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := f.Reboot(context.Background(), v.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hanging session did not end with the hard reboot")
+	}
+	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
+}
+
+// openssh runs the OpenSSH client on the VM with strict host key checking.
+func openssh(t *testing.T, f *Fleet, v *VM, op operator, knownHosts, line string) (string, int) {
+	t.Helper()
+	cmd := exec.Command("ssh", "-F", "none", "-i", op.keyFile, "-p", strconv.Itoa(f.Port),
+		"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile="+knownHosts, "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
+		"root@"+v.Address, line)
+	cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out.String(), 0
+	case errors.As(err, &ee):
+		return out.String() + errb.String(), ee.ExitCode()
+	default:
+		t.Fatalf("ssh: %v", err)
+		return "", 0
+	}
+}
+
+func TestOpenSSHClientSurvivesReboot(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		msg := "the OpenSSH client is not installed (apt-get install openssh-client)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-openssh-1", nil)
+	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
+	line := fmt.Sprintf("[%s]:%d %s", v.Address, f.Port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
+	if err := os.WriteFile(knownHosts, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := openssh(t, f, v, op, knownHosts, "hostname -f")
+	if code != 0 || out != "tb-openssh-1.lab.example\n" {
+		t.Fatalf("hostname -f: exit %d, %q", code, out)
+	}
+	// OpenSSH quotes nothing: the caller's quoting arrives as written.
+	out, code = openssh(t, f, v, op, knownHosts, "mkdir -p '/srv/with space' 'it'\\''s'")
+	if code != 0 {
+		t.Fatalf("mkdir: exit %d, %s", code, out)
+	}
+	h := f.History()
+	if diff := cmp.Diff([]string{"mkdir", "-p", "/srv/with space", "it's"}, h[len(h)-1].Argv); diff != "" {
+		t.Errorf("argv on the VM (-want +got):\n%s", diff)
+	}
+	if out, code = openssh(t, f, v, op, knownHosts, "no-such-tool"); code != 127 || !strings.Contains(out, "command not found") {
+		t.Errorf("unknown command: exit %d, %q", code, out)
+	}
+	old, _ := openssh(t, f, v, op, knownHosts, "cat /proc/sys/kernel/random/boot_id")
+	old = strings.TrimSpace(old)
+	if _, code = openssh(t, f, v, op, knownHosts, "sudo systemctl reboot"); code != 255 {
+		t.Errorf("reboot: ssh exit %d, want 255 (the connection dropped)", code)
+	}
+	got := waitBootID(t, old, 15*time.Second, func() (string, error) {
+		out, code := openssh(t, f, v, op, knownHosts, "cat /proc/sys/kernel/random/boot_id")
+		if code != 0 {
+			return "", fmt.Errorf("exit %d: %s", code, out)
+		}
+		return strings.TrimSpace(out), nil
+	})
+	if got != v.BootID() {
+		t.Errorf("boot id %s, the VM says %s", got, v.BootID())
+	}
+	// A replaced host key is refused by OpenSSH too.
+	other := boot(t, newFleet(t, op), "tb-openssh-2", nil)
+	bad := fmt.Sprintf("[%s]:%d %s", v.Address, f.Port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(other.PublicKey()))))
+	if err := os.WriteFile(knownHosts, []byte(bad+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code = openssh(t, f, v, op, knownHosts, "hostname"); code != 255 || !strings.Contains(out, "HOST IDENTIFICATION HAS CHANGED") {
+		t.Errorf("changed host key: exit %d, %q", code, out)
+	}
+}
+
+// TestKubeadmJoin joins a fresh VM with a token from a control VM against the lab's
+// kube-apiserver, then reboots it and removes it.
+func TestKubeadmJoin(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.Cluster = &KubeCluster{CP: cp}
+	control := boot(t, f, "tb-vmtest-control-1", map[string]string{"cookbook-role": "control"})
+	worker := boot(t, f, "tb-vmtest-worker-1", nil)
+	t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), worker.Name) })
+
+	ccl, err := dial(t, f, control, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ccl.Close()
+	join, errs, code := run(t, ccl, "sudo kubeadm token create --print-join-command")
+	if code != 0 {
+		t.Fatalf("token create: exit %d: %s", code, errs)
+	}
+	words := strings.Fields(join)
+	if len(words) != 7 || words[0] != "kubeadm" || words[1] != "join" || words[3] != "--token" || !strings.HasPrefix(words[6], "sha256:") {
+		t.Fatalf("join command %q", join)
+	}
+	tokenID, _, _ := strings.Cut(words[4], ".")
+	if _, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tokenID, metav1.GetOptions{}); err != nil {
+		t.Fatalf("no bootstrap token Secret: %v", err)
+	}
+
+	wcl, err := dial(t, f, worker, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(join, words[4], tokenID+".0000000000000000", 1)
+	if _, errs, code := run(t, wcl, "sudo "+bad); code != 1 || !strings.Contains(errs, "wrong secret") {
+		t.Errorf("join with a wrong token: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, wcl, "sudo "+join); code != 0 {
+		t.Fatalf("join: exit %d: %s", code, errs)
+	}
+	wcl.Close()
+	if err := cp.WaitNodeReady(ctx, worker.Name, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	n, err := cp.Client.CoreV1().Nodes().Get(ctx, worker.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Annotations[lab.KwokAnnotation] != "fake" || n.Status.NodeInfo.BootID != worker.BootID() || n.Labels["kubernetes.io/hostname"] != worker.Name || n.Status.NodeInfo.KubeletVersion == "" {
+		t.Errorf("node %s: annotations %v, labels %v, nodeInfo %+v; want kwok-managed with boot id %s", n.Name, n.Annotations, n.Labels, n.Status.NodeInfo, worker.BootID())
+	}
+
+	// A reboot takes the Node NotReady, and it comes back with the VM's new boot id.
+	old := worker.BootID()
+	if err := f.Reboot(ctx, worker.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, worker.Name, false, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, worker.Name, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	newID := waitBootID(t, old, 10*time.Second, func() (string, error) { return worker.BootID(), nil })
+	if n, err = cp.Client.CoreV1().Nodes().Get(ctx, worker.Name, metav1.GetOptions{}); err != nil || n.Status.NodeInfo.BootID != newID {
+		t.Errorf("node boot id after the reboot: %v, %v; want %s", n.Status.NodeInfo.BootID, err, newID)
+	}
+
+	// kubeadm reset leaves the Node NotReady; the cookbook deletes the object.
+	wcl, err = dial(t, f, worker, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wcl.Close()
+	if _, errs, code := run(t, wcl, "sudo kubeadm reset -f"); code != 0 {
+		t.Fatalf("reset: exit %d: %s", code, errs)
+	}
+	if err := cp.WaitNodeReady(ctx, worker.Name, false, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if worker.Joined() {
+		t.Error("the VM still counts as joined after kubeadm reset")
+	}
+}
