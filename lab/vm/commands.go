@@ -88,12 +88,19 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
 		return v.join(ctx, args[2:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
+		v.kubelet.Lock()
 		v.mu.Lock()
 		joined := v.joined
 		v.joined = false
 		v.mu.Unlock()
+		var err error
 		if joined && f.Cluster != nil {
-			_ = f.Cluster.KubeletDown(ctx, v.Name)
+			err = f.Cluster.KubeletDown(ctx, v.Name)
+		}
+		v.kubelet.Unlock()
+		if err != nil {
+			fmt.Fprintf(stderr, "[reset] Stopping the kubelet service failed: %v\n", err)
+			return 1, false
 		}
 		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
 	case args[0] == "blkid" && len(args) == 2:
@@ -149,6 +156,8 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "error execution phase preflight: cannot reach the API server")
 		return 1
 	}
+	v.kubelet.Lock()
+	defer v.kubelet.Unlock()
 	v.mu.Lock()
 	joined := v.joined
 	v.mu.Unlock()

@@ -97,6 +97,12 @@ type VM struct {
 	signer            ssh.Signer
 	authorized        map[string]bool
 
+	// kubelet serialises what the VM's kubelet does to its Node (join, reboot, reset,
+	// delete), so that the last thing done to the VM is what its Node shows: a kubeadm
+	// reset run as soon as SSH answers after a reboot is not undone by the kubelet of that
+	// boot coming up a moment later.
+	kubelet sync.Mutex
+
 	mu        sync.Mutex
 	bootID    string
 	ln        net.Listener
@@ -193,6 +199,8 @@ func (f *Fleet) Delete(ctx context.Context, id string) error {
 	delete(f.vms, id)
 	f.mu.Unlock()
 	if v != nil {
+		v.kubelet.Lock()
+		defer v.kubelet.Unlock()
 		v.mu.Lock()
 		joined := v.joined
 		v.mu.Unlock()
@@ -299,6 +307,8 @@ func (v *VM) stop() {
 
 // reboot takes the VM down now and brings it back with a new boot id after DownTime.
 func (v *VM) reboot() {
+	v.kubelet.Lock()
+	defer v.kubelet.Unlock()
 	v.mu.Lock()
 	if !v.up {
 		v.mu.Unlock()
@@ -312,11 +322,17 @@ func (v *VM) reboot() {
 	v.mu.Unlock()
 	f := v.fleet
 	if joined && f.Cluster != nil {
-		_ = f.Cluster.KubeletDown(context.Background(), v.Name)
+		if err := f.Cluster.KubeletDown(context.Background(), v.Name); err != nil {
+			f.log().Warn("node not taken down for the reboot", "vm", v.Name, "err", err)
+		}
 	}
 	f.log().Info("vm rebooting", "vm", v.Name)
 	go func() {
 		time.Sleep(f.downTime())
+		// Held until the kubelet is up: a command run over SSH as soon as the VM answers
+		// (kubeadm reset) acts on the Node after it.
+		v.kubelet.Lock()
+		defer v.kubelet.Unlock()
 		v.mu.Lock()
 		stale := v.gen != gen || f.VM(v.ID) != v
 		v.mu.Unlock()
@@ -329,7 +345,9 @@ func (v *VM) reboot() {
 			return
 		}
 		if joined && f.Cluster != nil {
-			_ = f.Cluster.KubeletUp(context.Background(), v.Name, id)
+			if err := f.Cluster.KubeletUp(context.Background(), v.Name, id); err != nil {
+				f.log().Warn("node not back after the reboot", "vm", v.Name, "err", err)
+			}
 		}
 		f.log().Info("vm back", "vm", v.Name, "boot_id", id)
 	}()
