@@ -221,13 +221,19 @@ func (c *Client) conn(ctx context.Context, host string) (*ssh.Client, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(c.port()))
 	var raw net.Conn
 	if c.cfg.JumpHost != "" {
-		jump, err := c.jumpClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		raw, err = jump.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("ssh %s via %s: %w", host, c.cfg.JumpHost, err)
+		// A bastion connection that died since it was made is dropped and dialled again once.
+		for try := 0; ; try++ {
+			jump, err := c.jumpClient(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if raw, err = jump.DialContext(ctx, "tcp", addr); err == nil {
+				break
+			}
+			if try > 0 || ctx.Err() != nil {
+				return nil, fmt.Errorf("ssh %s via %s: %w", host, c.cfg.JumpHost, err)
+			}
+			c.dropJump(jump)
 		}
 	} else {
 		d := net.Dialer{Timeout: c.dialTimeout()}
@@ -236,12 +242,10 @@ func (c *Client) conn(ctx context.Context, host string) (*ssh.Client, error) {
 			return nil, fmt.Errorf("ssh %s: %w", host, err)
 		}
 	}
-	cc, chans, reqs, err := ssh.NewClientConn(raw, addr, cfg)
+	cl, err := c.handshake(ctx, raw, addr, cfg)
 	if err != nil {
-		raw.Close()
 		return nil, fmt.Errorf("ssh %s: %w", host, err)
 	}
-	cl := ssh.NewClient(cc, chans, reqs)
 	c.mu.Lock()
 	c.conns[host] = cl
 	c.mu.Unlock()
@@ -316,15 +320,50 @@ func (c *Client) jumpClient(ctx context.Context) (*ssh.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ssh jump host %s: %w", c.cfg.JumpHost, err)
 	}
-	cc, chans, reqs, err := ssh.NewClientConn(raw, addr, &ssh.ClientConfig{User: user, Auth: c.auth, HostKeyCallback: cb, Timeout: c.dialTimeout()})
+	jump, err := c.handshake(ctx, raw, addr, &ssh.ClientConfig{User: user, Auth: c.auth, HostKeyCallback: cb, Timeout: c.dialTimeout()})
 	if err != nil {
-		raw.Close()
 		return nil, fmt.Errorf("ssh jump host %s: %w", c.cfg.JumpHost, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.jump = ssh.NewClient(cc, chans, reqs)
+	if c.jump != nil { // another goroutine connected meanwhile
+		jump.Close()
+		return c.jump, nil
+	}
+	c.jump = jump
 	return c.jump, nil
+}
+
+func (c *Client) dropJump(jump *ssh.Client) {
+	c.mu.Lock()
+	if c.jump == jump {
+		c.jump = nil
+	}
+	c.mu.Unlock()
+	jump.Close()
+}
+
+// handshake runs the SSH handshake on raw, bounded by the dial timeout and ctx: a host
+// that accepts TCP and then says nothing, as one going down for a reboot may, would
+// otherwise hold it forever. raw is closed on failure.
+func (c *Client) handshake(ctx context.Context, raw net.Conn, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	hctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+	defer cancel()
+	// Closing raw is what interrupts a handshake on any net.Conn, also a channel
+	// through a jump host, which has no deadlines.
+	stop := context.AfterFunc(hctx, func() { raw.Close() })
+	cc, chans, reqs, err := ssh.NewClientConn(raw, addr, cfg)
+	if !stop() {
+		if err == nil {
+			cc.Close()
+		}
+		return nil, fmt.Errorf("handshake: %w", hctx.Err())
+	}
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return ssh.NewClient(cc, chans, reqs), nil
 }
 
 // Close closes every connection. Call it at the end of a step.
@@ -380,6 +419,9 @@ type ExitError struct {
 	Status        int
 	StderrTail    string
 }
+
+// ExitStatus is the command's exit status.
+func (e *ExitError) ExitStatus() int { return e.Status }
 
 func (e *ExitError) Error() string {
 	msg := fmt.Sprintf("%s: `%s` exited with status %d", e.Host, e.Command, e.Status)

@@ -208,3 +208,61 @@ func TestDryRunRunsOnlyReads(t *testing.T) {
 		}
 	}
 }
+
+func TestSilentHostTimesOut(t *testing.T) {
+	t.Setenv("SSH_AUTH_SOCK", "")
+	keyPath, _, _ := operatorKey(t, t.TempDir())
+	// A host that accepts TCP and never speaks SSH.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	accepting := make(chan struct{})
+	defer func() {
+		ln.Close()
+		<-accepting // held is the accept loop's until it returns
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		defer close(accepting)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	tests := []struct {
+		name    string
+		dial    time.Duration
+		timeout time.Duration
+		want    error
+	}{
+		{"dial timeout", 200 * time.Millisecond, time.Minute, context.DeadlineExceeded},
+		{"command timeout", time.Minute, 200 * time.Millisecond, context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := New(config.SSH{User: "root", Port: port, IdentityFiles: []string{keyPath}}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Shutdown()
+			c.DialTimeout = tt.dial
+			c.Pin("127.0.0.1", []string{"SHA256:whatever"})
+			start := time.Now()
+			_, err = c.Run(context.Background(), "127.0.0.1", Command{Argv: []string{"hostname"}, ReadOnly: true, Timeout: tt.timeout})
+			if !errors.Is(err, tt.want) {
+				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %s", d)
+			}
+		})
+	}
+}
