@@ -45,33 +45,16 @@ func NewBootID() string {
 	return fmt.Sprintf("%s-%s-%s-%s-%s", h[0:8], h[8:12], h[12:16], h[16:20], h[20:32])
 }
 
-// AddNode registers a kwok-managed Node and returns once it is Ready and the node
-// lifecycle controller has lifted the taints a new node starts with, so that the
-// scheduler can use it at once.
+// AddNode registers a kwok-managed Node and returns once it is Ready.
 func (cp *ControlPlane) AddNode(ctx context.Context, spec NodeSpec) error {
 	node := NewNode(spec)
 	if _, err := cp.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("add node %s: %w", spec.Name, err)
 	}
-	err := cp.waitNode(ctx, spec.Name, 30*time.Second, func(n *corev1.Node) bool {
-		return IsReady(n) && !hasLifecycleTaint(n)
-	})
-	if err != nil {
-		return fmt.Errorf("add node %s: wait until Ready: %w", spec.Name, err)
+	if err := cp.WaitNodeReady(ctx, spec.Name, true, 30*time.Second); err != nil {
+		return fmt.Errorf("add node %s: %w", spec.Name, err)
 	}
 	return nil
-}
-
-// hasLifecycleTaint reports whether the node carries a taint the node lifecycle controller
-// puts on nodes that are not (or not yet) Ready.
-func hasLifecycleTaint(n *corev1.Node) bool {
-	for _, t := range n.Spec.Taints {
-		switch t.Key {
-		case corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable:
-			return true
-		}
-	}
-	return false
 }
 
 // NewNode returns the Node object a kubelet of this spec would register.
