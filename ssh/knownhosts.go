@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"example.com/cookbook/cookbooks/state"
 )
 
 // learn records a host key verified by a pin in the Learned known_hosts file, in place
@@ -122,21 +123,8 @@ func (c *Client) rewriteLearned(edit func([]string) []string) (bool, error) {
 	for _, l := range edited {
 		buf.WriteString(l + "\n")
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.Learned), ".known_hosts-*")
-	if err != nil {
+	if err := state.WriteFileAtomic(c.Learned, buf.Bytes(), 0o600); err != nil {
 		return false, err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(buf.Bytes()); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Close(); err != nil {
-		return false, err
-	}
-	return true, os.Rename(tmp.Name(), c.Learned)
+	return true, nil
 }

@@ -82,10 +82,10 @@ func (w *world) interactive(t *testing.T, dialog []answer, args ...string) (int,
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	seen := 0
+	read := 0 // how much of stderr the questions answered so far took
 	for _, a := range dialog {
 		deadline := time.Now().Add(30 * time.Second)
-		for strings.Count(stderr.String(), a.prompt) <= seen {
+		for !strings.Contains(stderr.String()[read:], a.prompt) {
 			if time.Now().After(deadline) {
 				cmd.Process.Kill()
 				<-done
@@ -93,15 +93,13 @@ func (w *world) interactive(t *testing.T, dialog []answer, args ...string) (int,
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		seen = strings.Count(stderr.String(), a.prompt)
+		out := stderr.String()
+		read += strings.Index(out[read:], a.prompt) + len(a.prompt)
 		if a.before != nil {
 			a.before()
 		}
 		if _, err := master.WriteString(a.text + "\n"); err != nil {
 			t.Fatal(err)
-		}
-		if a.prompt != dialog[len(dialog)-1].prompt {
-			seen = 0 // a different prompt comes next
 		}
 	}
 	err := <-done
