@@ -394,7 +394,8 @@ func (a *adder) join(ctx context.Context, v *pipeline.Values) error {
 	if n, err := a.c.kube.Node(ctx, name); err == nil && n != nil {
 		return pipeline.Skip("node %s is registered already", name)
 	}
-	if dryNew(a.env, v) {
+	if a.env.DryRun {
+		// Asking a control node for a join command creates a token: a write.
 		a.env.Log.Info("DRY-RUN: would get a join command from a control node and run kubeadm join on " + name)
 		return nil
 	}
@@ -433,6 +434,13 @@ func (a *adder) waitReady(ctx context.Context, v *pipeline.Values) error {
 		return pipeline.Skip("dry-run: the node does not exist")
 	}
 	name, _ := keyHostname.Get(v)
+	if a.env.DryRun {
+		// A rehearsal does not wait for what a skipped write (the join) would have done.
+		n, err := a.c.kube.Node(ctx, name)
+		if err != nil || n == nil {
+			return pipeline.Skip("dry-run: node %s has not joined the cluster", name)
+		}
+	}
 	return a.c.kube.WaitReady(ctx, name, a.timeout)
 }
 
@@ -441,6 +449,12 @@ func (a *adder) labelsTaints(ctx context.Context, v *pipeline.Values) error {
 	if dryNew(a.env, v) {
 		a.env.Log.Info("DRY-RUN: would label and taint node "+name, "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
 		return nil
+	}
+	if a.env.DryRun {
+		if n, err := a.c.kube.Node(ctx, name); err != nil || n == nil {
+			a.env.Log.Info("DRY-RUN: would label and taint node "+name+" once it has joined", "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
+			return nil
+		}
 	}
 	if err := a.c.kube.ApplyLabels(ctx, name, a.role.Labels); err != nil {
 		return err

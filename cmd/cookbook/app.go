@@ -27,15 +27,19 @@ import (
 )
 
 // continuation tells a cookbook command that it continues (or gives up) a recorded run
-// instead of starting a new one. It travels in the context from `resume` and `abandon`.
+// instead of starting a new one: `resume` and `abandon` build an app that carries one.
 type continuation struct {
 	run     *state.Run
 	abandon bool
 }
 
-type continuationKey struct{}
-
 func newApp(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer) *cli.App {
+	return newAppFor(books, stdin, stderr, nil)
+}
+
+// newAppFor returns the command line application; cont, when not nil, is the recorded run
+// the cookbook command continues or abandons.
+func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, cont *continuation) *cli.App {
 	a := &cli.App{
 		Name:                 "cookbook",
 		Usage:                "add, remove, drain and reboot the nodes of Kubernetes clusters on OpenStack",
@@ -62,7 +66,7 @@ func newApp(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer) *cli.
 			return cookbooks.BadInput(explainUsage("", c.App.Flags, err))
 		},
 	}
-	app := &app{books: books, stdin: stdin, stderr: stderr, cli: a}
+	app := &app{books: books, stdin: stdin, stderr: stderr, cli: a, cont: cont}
 	a.Commands = []*cli.Command{
 		{Name: "list", Usage: "list the cookbooks", Action: app.list},
 		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
@@ -84,6 +88,7 @@ type app struct {
 	stdin  io.Reader
 	stderr io.Writer
 	cli    *cli.App
+	cont   *continuation // the run that resume or abandon continues; nil for a new run
 }
 
 func defaultStateDir() string {
@@ -227,11 +232,8 @@ func holder() state.Holder {
 // run runs a cookbook: a new run, or the continuation of a recorded one.
 func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	ctx := c.Context
-	cont, _ := ctx.Value(continuationKey{}).(*continuation)
+	cont := a.cont
 	dry := switchOn(c, "dry-run")
-	if cont != nil && dry {
-		return cookbooks.BadInputf("--dry-run cannot be used with resume or abandon")
-	}
 	if c.Args().Present() {
 		return cookbooks.BadInputf("unexpected argument %q (cookbook %s takes only flags; see cookbook %s --help)", c.Args().First(), cb.Name, cb.Name)
 	}
@@ -257,6 +259,12 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		if err := job.Check(ctx); err != nil {
 			return err
 		}
+	}
+
+	// A rehearsed resume or abandon reads for real and writes nothing: no lock, no state
+	// file, no log file.
+	if cont != nil && dry {
+		return a.rehearse(ctx, env, job, cont)
 	}
 
 	// Read-only cookbooks and dry-runs take no lock and keep no state file.
@@ -361,7 +369,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 
 	if cont != nil && cont.abandon {
-		if err := runner.Abandon(ctx, run, steps); err != nil {
+		if _, err := runner.Abandon(ctx, run, steps); err != nil {
 			return fmt.Errorf("abandon run %s: %w", run.ID, err)
 		}
 		logger.Info("run abandoned", "cookbook", cb.Name, "cluster", job.Cluster)
@@ -461,15 +469,63 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 		return cookbooks.BadInputf("run %s is of cookbook %q, which this cookbook binary does not have", id, run.Cookbook)
 	}
 	args := []string{"cookbook", "--config", c.String("config"), "--state-dir", c.String("state-dir")}
-	for _, f := range []string{"verbose", "yes"} {
+	for _, f := range []string{"dry-run", "verbose", "yes"} {
 		if switchOn(c, f) {
 			args = append(args, "--"+f)
 		}
 	}
 	args = append(args, cb.Name)
 	args = append(args, replayArgs(run.Args)...)
-	ctx := context.WithValue(c.Context, continuationKey{}, &continuation{run: run, abandon: abandon})
-	return newApp(a.books, a.stdin, a.stderr).RunContext(ctx, args)
+	return newAppFor(a.books, a.stdin, a.stderr, &continuation{run: run, abandon: abandon}).RunContext(c.Context, args)
+}
+
+// rehearse is `cookbook --dry-run resume|abandon ID`: the recorded run is continued (or
+// given up) on a copy, with every read for real and every write logged as
+// "DRY-RUN: would ...". The run file, the lock and the log file are not touched.
+func (a *app) rehearse(ctx context.Context, env *cookbooks.Env, job *cookbooks.Job, cont *continuation) error {
+	run, err := copyRun(cont.run)
+	if err != nil {
+		return err
+	}
+	log := env.Log
+	steps, err := job.Plan(ctx, pipeline.NewValues(run.ID, run.Values, nil))
+	if err != nil {
+		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
+	}
+	runner := &pipeline.Runner{Log: log}
+	if cont.abandon {
+		log.Info("DRY-RUN: rehearsing the abandon of run "+run.ID+": the undo of its started steps, last first", "cookbook", run.Cookbook, "cluster", run.Cluster)
+		undos, err := runner.Abandon(ctx, run, steps)
+		if err != nil {
+			return fmt.Errorf("dry-run of the abandon of run %s: %w", run.ID, err)
+		}
+		if len(undos) == 0 {
+			log.Info("DRY-RUN: abandon would undo nothing (no started step has an undo) and mark the run abandoned")
+		} else {
+			log.Info(fmt.Sprintf("DRY-RUN: abandon would undo %d step(s) and mark the run abandoned: %s", len(undos), strings.Join(undos, ", ")))
+		}
+	} else {
+		log.Info("DRY-RUN: rehearsing the resume of run "+run.ID, "cookbook", run.Cookbook, "cluster", run.Cluster, "at", currentStep(run))
+		if err := runner.Run(ctx, run, steps); err != nil {
+			return fmt.Errorf("dry-run of the resume of run %s: %w", run.ID, err)
+		}
+	}
+	performed, skipped := env.Gate.Counts()
+	log.Info("dry-run finished: nothing was changed; run "+run.ID+" is as it was", "writes-skipped", skipped, "writes-made", performed)
+	return nil
+}
+
+// copyRun returns a deep copy of run, so that a rehearsal cannot change the record.
+func copyRun(run *state.Run) (*state.Run, error) {
+	data, err := json.Marshal(run)
+	if err != nil {
+		return nil, fmt.Errorf("copy run %s: %w", run.ID, err)
+	}
+	var out state.Run
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, fmt.Errorf("copy run %s: %w", run.ID, err)
+	}
+	return &out, nil
 }
 
 func (a *app) resume(c *cli.Context) error  { return a.continueRun(c, false) }

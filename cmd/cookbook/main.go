@@ -33,27 +33,40 @@ func main() {
 func realMain(args []string, stdin io.Reader, stderr io.Writer, books []cookbooks.Cookbook) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	sigs := make(chan os.Signal, 2)
+	sigs := make(chan os.Signal, 4)
 	// SIGHUP: the operator's terminal or ssh session went away; the run stops as if
 	// interrupted, saved and resumable, rather than dying inside a step.
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	go func() {
-		sig, ok := <-sigs
-		if !ok {
-			return
-		}
-		fmt.Fprintf(stderr, "cookbook: %s: stopping the current step and saving the state (interrupt again to exit at once)\n", sig)
-		cancel()
-		if _, ok := <-sigs; ok {
-			fmt.Fprintln(stderr, "cookbook: second interrupt: exiting now")
-			os.Exit(exitInterrupted)
-		}
-	}()
+	// A terminal or pipe that is gone must not end a long run: writes to it fail and the
+	// run goes on (its log file has every line).
+	signal.Ignore(syscall.SIGPIPE)
+	go stopOnSignal(sigs, stderr, cancel, func() { os.Exit(exitInterrupted) })
 
 	app := newApp(books, stdin, stderr)
 	err := app.RunContext(ctx, args)
 	return report(stderr, err)
+}
+
+// stopOnSignal cancels the run at the first signal, so that the current step is cancelled
+// and the state saved. A closed tmux window or ssh session delivers SIGHUP more than once
+// (the terminal's hangup, then the shell forwarding it) and a SIGTERM may follow: those
+// are the same request to stop cleanly. Only a second SIGINT, an operator pressing Ctrl-C
+// again, exits at once.
+func stopOnSignal(sigs <-chan os.Signal, stderr io.Writer, cancel func(), exitNow func()) {
+	sig, ok := <-sigs
+	if !ok {
+		return
+	}
+	fmt.Fprintf(stderr, "cookbook: %s: stopping the current step and saving the state (press Ctrl-C again to exit at once)\n", sig)
+	cancel()
+	for sig := range sigs {
+		if sig == os.Interrupt {
+			fmt.Fprintln(stderr, "cookbook: second interrupt: exiting now")
+			exitNow()
+			return
+		}
+	}
 }
 
 // report prints err on one line and returns the exit code it stands for.

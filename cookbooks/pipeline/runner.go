@@ -230,11 +230,11 @@ func groupIndex(steps []Step) map[string][2]int {
 }
 
 // Abandon gives the run up: the undo of every step that started (done, or stopped half
-// way) runs in reverse order, then the run is saved as abandoned. An undo that fails
-// stops the abandon, which can be tried again.
-func (r *Runner) Abandon(ctx context.Context, run *state.Run, steps []Step) error {
+// way) runs in reverse order, then the run is saved as abandoned. It returns the names of
+// the steps it undid. An undo that fails stops the abandon, which can be tried again.
+func (r *Runner) Abandon(ctx context.Context, run *state.Run, steps []Step) (undone []string, err error) {
 	if err := Reconcile(run, steps); err != nil {
-		return err
+		return nil, err
 	}
 	v := NewValues(run.ID, run.Values, func() error { return r.save(run) })
 	for i := len(steps) - 1; i >= 0; i-- {
@@ -244,15 +244,16 @@ func (r *Runner) Abandon(ctx context.Context, run *state.Run, steps []Step) erro
 		}
 		r.log().Info("undo", "step", s.Name)
 		if err := s.Undo(ctx, v); err != nil {
-			return fmt.Errorf("undo %s: %w", s.Name, err)
+			return undone, fmt.Errorf("undo %s: %w", s.Name, err)
 		}
+		undone = append(undone, s.Name)
 		rec.Undone = true
 		if err := r.save(run); err != nil {
-			return err
+			return undone, err
 		}
 	}
 	run.Status = state.Abandoned
 	now := r.now()
 	run.EndedAt = &now
-	return r.save(run)
+	return undone, r.save(run)
 }
