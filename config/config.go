@@ -6,11 +6,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
 )
@@ -143,20 +146,109 @@ func DefaultPath() string {
 	return "/etc/cookbook/config.yaml"
 }
 
+// MaxSize is the largest configuration file Load and Parse accept.
+const MaxSize = 1 << 20
+
 // Load reads, strictly parses and validates the file at path. Unknown keys are errors.
+// Only a regular file (or a symbolic link to one) of at most MaxSize bytes is read: a
+// named pipe, a device, a socket or a directory is refused before it is opened, so
+// that loading never blocks.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, err
 	}
 	return Parse(path, data)
 }
 
-// Parse parses and validates configuration data; path is used in error messages.
+func readRegular(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if err := checkFile(path, fi); err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK: should the file have been replaced by a named pipe since the Stat,
+	// the open does not wait for a writer; the Stat of the open file then refuses it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if err := checkFile(path, fi); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("config %s: is larger than %s (it grew while being read)", path, sizeText(MaxSize))
+	}
+	return data, nil
+}
+
+// checkFile refuses what is not a regular file of at most MaxSize bytes.
+func checkFile(path string, fi os.FileInfo) error {
+	var what string
+	switch m := fi.Mode(); {
+	case m.IsRegular():
+		if fi.Size() > MaxSize {
+			return tooLarge(path, fi.Size())
+		}
+		return nil
+	case m.IsDir():
+		what = "a directory"
+	case m&os.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		what = "a socket"
+	case m&os.ModeCharDevice != 0:
+		what = "a character device"
+	case m&os.ModeDevice != 0:
+		what = "a block device"
+	default:
+		what = fmt.Sprintf("not a regular file (mode %s)", m)
+	}
+	return fmt.Errorf("config %s: is %s, expected a regular file", path, what)
+}
+
+func tooLarge(path string, size int64) error {
+	return fmt.Errorf("config %s: is %s (%d bytes), larger than the %s limit", path, sizeText(size), size, sizeText(MaxSize))
+}
+
+// sizeText writes a size in KiB, MiB or GiB with one decimal.
+func sizeText(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + " GiB"
+	case n >= 1<<20:
+		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB"
+	case n >= 1<<10:
+		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}
+
+// Parse parses and validates configuration data; path is used in error messages. Errors
+// are one line naming the YAML path of the problem: an unknown key (with the nearest
+// known one), a value of the wrong type, a duplicate key (with both lines), a YAML
+// syntax error (with its line), or what the validation found.
 func Parse(path string, data []byte) (*Config, error) {
+	if len(data) > MaxSize {
+		return nil, tooLarge(path, int64(len(data)))
+	}
 	var c Config
+	if msg := checkYAML(data, &c); msg != "" {
+		return nil, fmt.Errorf("config %s: %s", path, msg)
+	}
 	if err := yaml.UnmarshalStrict(bytes.TrimSpace(data), &c); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		// checkYAML should have found it; still one line.
+		return nil, fmt.Errorf("config %s: %s", path, oneLine(err.Error()))
 	}
 	c.Path = path
 	var errs []error

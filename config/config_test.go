@@ -58,7 +58,7 @@ clusters:
 		{name: "missing prefix", yaml: strings.Replace(good, "{prefix: toolsbeta-test-k8s-worker}", "{flavor: x}", 1),
 			wantErr: "clusters.toolsbeta.roles.worker.prefix: required"},
 		{name: "unknown key", yaml: strings.Replace(good, "{prefix:", "{prefx: a, prefix:", 1),
-			wantErr: `unknown field "prefx"`},
+			wantErr: `clusters.toolsbeta.roles.worker.prefx: unknown key (did you mean "prefix"?)`},
 		{name: "bad policy", yaml: strings.Replace(good, "{prefix: toolsbeta-test-k8s-worker}", "{prefix: w, serverGroup: {policy: spread}}", 1),
 			wantErr: `clusters.toolsbeta.roles.worker.serverGroup.policy: "spread" is not one of`},
 		{name: "bad hostname", yaml: strings.Replace(good, "ssh:", "controlNodes: [Bad_Host]\n    ssh:", 1),
