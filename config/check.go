@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // maxErrors is how many problems of the YAML structure one error message lists.
@@ -23,7 +24,13 @@ const maxQuoted = 60
 func checkYAML(data []byte, v any) string {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return oneLine(strings.TrimPrefix(err.Error(), "yaml: "))
+		// The YAML 1.1 parser of the final decode gives the line of the problem where
+		// this one often gives the line of the mapping or list around it.
+		if _, err1 := sigsyaml.YAMLToJSON(data); err1 != nil {
+			err = err1
+		}
+		msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
+		return oneLine(strings.TrimPrefix(msg, "yaml: "))
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return "" // empty: the validation says what is missing

@@ -99,3 +99,145 @@ func TestCheckHostname(t *testing.T) {
 		}
 	}
 }
+
+// base is a valid configuration whose lines the cases below edit; ssh.user is on line 6.
+const base = `clusters:
+  toolsbeta:
+    openstack:
+      cloud: c
+    ssh:
+      user: root
+      port: 22
+      sudo: true
+    controlNodes: [toolsbeta-control-1]
+    roles:
+      worker:
+        prefix: toolsbeta-test-k8s-worker
+        serverGroup: {name: g, policy: anti-affinity}
+        labels: {a.example/b: "true"}
+        taints: [{key: k, effect: NoSchedule}]
+`
+
+// edit replaces old (which must be in base) with new.
+func edit(t *testing.T, old, new string) string {
+	t.Helper()
+	if !strings.Contains(base, old) {
+		t.Fatalf("%q is not in the base configuration", old)
+	}
+	return strings.Replace(base, old, new, 1)
+}
+
+func TestParseMessages(t *testing.T) {
+	long := strings.Repeat("x", 1000000)
+	tests := []struct {
+		name string
+		old  string // edit base: replace old by new
+		new  string
+		yaml string // or use this document
+		want string // the whole message after "config test.yaml: "; "" is no error
+	}{
+		{name: "valid", old: "", new: ""},
+
+		// Unknown keys, at several depths, with a suggestion when one is close.
+		{name: "unknown top-level key", old: "clusters:", new: "clustrs:",
+			want: `clustrs: unknown key (did you mean "clusters"?)`},
+		{name: "unknown cluster key", old: "    controlNodes:", new: "    domian: x\n    controlNodes:",
+			want: `clusters.toolsbeta.domian: unknown key (did you mean "domain"?)`},
+		{name: "unknown ssh key", old: "user: root", new: "usr: root",
+			want: `clusters.toolsbeta.ssh.usr: unknown key (did you mean "user"?)`},
+		{name: "unknown role key", old: "        prefix:", new: "        flavour: big\n        prefix:",
+			want: `clusters.toolsbeta.roles.worker.flavour: unknown key (did you mean "flavor"?)`},
+		{name: "unknown key in a list item", old: "{key: k, effect: NoSchedule}", new: "{key: k, efect: NoSchedule}",
+			want: `clusters.toolsbeta.roles.worker.taints[0].efect: unknown key (did you mean "effect"?)`},
+		{name: "unknown key differs in case", old: "      sudo: true", new: "      INSECUREIGNOREHOSTKEY: true",
+			want: `clusters.toolsbeta.ssh.INSECUREIGNOREHOSTKEY: unknown key (did you mean "insecureIgnoreHostKey"?)`},
+		{name: "unknown key far from any", old: "      cloud: c", new: "      cloud: c\n      region: eqiad",
+			want: `clusters.toolsbeta.openstack.region: unknown key (known keys: cloud, project, cloudsFile)`},
+		{name: "cluster, role and label names are not keys",
+			old: "      worker:", new: "      anything-goes:\n        prefix: p\n        labels: {whatever: x}\n      worker:"},
+
+		// Types, in YAML words.
+		{name: "not a whole number", old: "port: 22", new: "port: abc",
+			want: `clusters.toolsbeta.ssh.port: "abc" is not a whole number`},
+		{name: "fraction", old: "port: 22", new: "port: 22.5",
+			want: `clusters.toolsbeta.ssh.port: "22.5" is not a whole number`},
+		{name: "quoted number", old: "port: 22", new: `port: "22"`,
+			want: `clusters.toolsbeta.ssh.port: "22" is not a whole number (remove the quotes)`},
+		{name: "not a boolean", old: "sudo: true", new: "sudo: maybe",
+			want: `clusters.toolsbeta.ssh.sudo: "maybe" is not true or false`},
+		{name: "yes is a boolean", old: "sudo: true", new: "sudo: yes"},
+		{name: "list for a string", old: "user: root", new: "user: [root]",
+			want: `clusters.toolsbeta.ssh.user: found a list, expected a string`},
+		{name: "string for a list", old: "[toolsbeta-control-1]", new: "toolsbeta-control-1",
+			want: `clusters.toolsbeta.controlNodes: "toolsbeta-control-1" is not a list`},
+		{name: "list for a mapping", old: "    openstack:\n      cloud: c", new: "    openstack: [c]",
+			want: `clusters.toolsbeta.openstack: found a list, expected a mapping`},
+		{name: "document is a list", yaml: "- a\n- b\n", want: `found a list, expected a mapping`},
+		{name: "numbers are strings where strings are wanted", old: "cloud: c", new: "cloud: 42"},
+
+		// Duplicates: the key path and both lines.
+		{name: "duplicate key", old: "      port: 22", new: "      port: 22\n      user: admin",
+			want: `clusters.toolsbeta.ssh.user: duplicate key (lines 6 and 8)`},
+		{name: "duplicate cluster", yaml: base + "  toolsbeta: {}\n",
+			want: `clusters.toolsbeta: duplicate key (lines 2 and 16)`},
+
+		// Long values are cut; errors are one line.
+		{name: "long value", old: "port: 22", new: "port: " + long,
+			want: `clusters.toolsbeta.ssh.port: "` + strings.Repeat("x", 60) + `"... is not a whole number`},
+		{name: "multi-line value", old: "port: 22", new: "port: |\n        a\n        b",
+			want: `clusters.toolsbeta.ssh.port: "a\nb\n" is not a whole number`},
+		{name: "long unknown key", old: "user: root", new: "user: root\n      " + long[:1000] + ": 1",
+			want: `clusters.toolsbeta.ssh."` + strings.Repeat("x", 60) + `"...: unknown key (known keys: user, port, sudo, jumpHost, knownHosts, identityFiles, insecureIgnoreHostKey, connectTo)`},
+
+		// Syntax errors keep their line.
+		{name: "syntax error", old: "port: 22", new: "port: [22",
+			want: `line 7: did not find expected ',' or ']'`},
+		{name: "tab", old: "      port: 22", new: "\tport: 22",
+			want: `line 7: found a tab character that violates indentation`},
+		{name: "bad indentation", old: "      port: 22", new: "      port: 22\n     bad: 1",
+			want: `line 7: did not find expected key`}, // the parser reports the line before
+
+		// Anchors, aliases and merges are followed.
+		{name: "merge", yaml: "defaults: &d {}\n", want: `defaults: unknown key (known keys: audit, clusters)`},
+		{name: "merged ssh settings", old: "    ssh:\n      user: root", new: "    ssh:\n      <<: {user: root, prot: 2}",
+			want: `clusters.toolsbeta.ssh.prot: unknown key (did you mean "port"?)`},
+		{name: "alias bomb", yaml: "a: &a [x, x, x, x, x, x, x, x, x, x]\n" +
+			"b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n" +
+			"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n" +
+			"d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n" +
+			"e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n" +
+			"f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+			want: `a: unknown key (known keys: audit, clusters); b: unknown key (known keys: audit, clusters); ` +
+				`c: unknown key (known keys: audit, clusters); d: unknown key (known keys: audit, clusters); ` +
+				`e: unknown key (known keys: audit, clusters); and 1 more`},
+
+		// The validation's messages are kept.
+		{name: "validation", old: "cloud: c", new: "cloud: ''",
+			want: `clusters.toolsbeta.openstack.cloud: required`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := tt.yaml
+			if data == "" {
+				data = edit(t, tt.old, tt.new)
+			}
+			_, err := Parse("test.yaml", []byte(data))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error, want %q", tt.want)
+			}
+			got := err.Error()
+			if want := "config test.yaml: " + tt.want; got != want {
+				t.Errorf("error\n got %.500q\nwant %q", got, want)
+			}
+			if strings.Contains(got, "\n") || len(got) > 500 {
+				t.Errorf("error is not one short line: %.500q", got)
+			}
+		})
+	}
+}
