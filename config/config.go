@@ -221,15 +221,18 @@ func tooLarge(path string, size int64) error {
 	return fmt.Errorf("config %s: is %s (%d bytes), larger than the %s limit", path, sizeText(size), size, sizeText(MaxSize))
 }
 
-// sizeText writes a size in KiB, MiB or GiB with one decimal.
+// sizeText writes a size in KiB, MiB or GiB with one decimal (none when it is 0).
 func sizeText(n int64) string {
+	unit := func(u int64, name string) string {
+		return strings.TrimSuffix(strconv.FormatFloat(float64(n)/float64(u), 'f', 1, 64), ".0") + " " + name
+	}
 	switch {
 	case n >= 1<<30:
-		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + " GiB"
+		return unit(1<<30, "GiB")
 	case n >= 1<<20:
-		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB"
+		return unit(1<<20, "MiB")
 	case n >= 1<<10:
-		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + " KiB"
+		return unit(1<<10, "KiB")
 	}
 	return strconv.FormatInt(n, 10) + " bytes"
 }

@@ -1,8 +1,16 @@
 package config
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestLoadExample(t *testing.T) {
@@ -239,5 +247,105 @@ func TestParseMessages(t *testing.T) {
 				t.Errorf("error is not one short line: %.500q", got)
 			}
 		})
+	}
+}
+
+func TestLoadFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string) string { return filepath.Join(dir, name) }
+	write := func(name string, data []byte) string {
+		if err := os.WriteFile(file(name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file(name)
+	}
+	good := write("good.yaml", []byte(base))
+	big := write("big.yaml", nil)
+	if err := os.Truncate(big, 10<<20); err != nil {
+		t.Fatal(err)
+	}
+	justTooBig := write("just-too-big.yaml", make([]byte, MaxSize+1))
+	if err := syscall.Mkfifo(file("fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", file("sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := os.Symlink(good, file("link-to-good")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(file("fifo"), file("link-to-fifo")); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name string
+		path string
+		want string // the whole message; "" is no error
+	}{
+		{name: "regular file", path: good},
+		{name: "symlink to a regular file", path: file("link-to-good")},
+		{name: "FIFO", path: file("fifo"), want: "config " + file("fifo") + ": is a named pipe (FIFO), expected a regular file"},
+		{name: "symlink to a FIFO", path: file("link-to-fifo"),
+			want: "config " + file("link-to-fifo") + ": is a named pipe (FIFO), expected a regular file"},
+		{name: "directory", path: dir, want: "config " + dir + ": is a directory, expected a regular file"},
+		{name: "socket", path: file("sock"), want: "config " + file("sock") + ": is a socket, expected a regular file"},
+		{name: "device", path: "/dev/null", want: "config /dev/null: is a character device, expected a regular file"},
+		{name: "10 MiB", path: big, want: "config " + big + ": is 10 MiB (10485760 bytes), larger than the 1 MiB limit"},
+		{name: "1 MiB and a byte", path: justTooBig,
+			want: "config " + justTooBig + ": is 1 MiB (1048577 bytes), larger than the 1 MiB limit"},
+		{name: "missing", path: file("missing.yaml"), want: "read config: stat " + file("missing.yaml") + ": no such file or directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := os.Stat(tt.path); errors.Is(err, fs.ErrNotExist) && tt.name == "device" {
+				t.Skip("no /dev/null here")
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := Load(tt.path)
+				done <- err
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Load did not return within 5s")
+			}
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("error\n got %v\nwant %s", err, tt.want)
+			}
+		})
+	}
+	if _, err := Load(file("missing.yaml")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a missing file's error %v is not fs.ErrNotExist", err)
+	}
+}
+
+// TestParseLimits feeds Parse more than Load would ever read: the size is refused, and a
+// huge value in an error is cut.
+func TestParseLimits(t *testing.T) {
+	huge := strings.Repeat("x", 10<<20)
+	data := edit(t, "port: 22", "port: "+huge)
+	_, err := Parse("test.yaml", []byte(data))
+	if want := fmt.Sprintf("config test.yaml: is 10 MiB (%d bytes), larger than the 1 MiB limit", len(data)); err == nil || err.Error() != want {
+		t.Errorf("error\n got %.300v\nwant %s", err, want)
+	}
+	if got, want := quote(huge), `"`+strings.Repeat("x", 60)+`"...`; got != want {
+		t.Errorf("quote(10 MB) = %.300q, want %q", got, want)
+	}
+	if got, want := quote("é\n"+strings.Repeat("é", 100)), `"é\n`+strings.Repeat("é", 58)+`"...`; got != want {
+		t.Errorf("quote cuts runes: got %q, want %q", got, want)
+	}
+	if got := oneLine("line 1\nline 2 " + huge); strings.Contains(got, "\n") || len(got) > 310 {
+		t.Errorf("oneLine = %.400q", got)
 	}
 }
