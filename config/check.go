@@ -1,7 +1,10 @@
 package config
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strconv"
 	"strings"
@@ -22,8 +25,21 @@ const maxQuoted = 60
 // of the wrong type or a duplicate key is reported with its YAML path before the data is
 // decoded. It returns one line; "" means no problem was found.
 func checkYAML(data []byte, v any) string {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	var doc, next yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	err := dec.Decode(&doc)
+	if err == nil {
+		if err = dec.Decode(&next); err == nil && len(next.Content) > 0 && next.Content[0].ShortTag() != "!!null" {
+			return fmt.Sprintf("line %d: a second YAML document (after ---) would be ignored", next.Content[0].Line)
+		}
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		return "" // empty: the validation says what is missing
+	}
+	if err != nil {
 		// The YAML 1.1 parser of the final decode gives the line of the problem where
 		// this one often gives the line of the mapping or list around it.
 		if _, err1 := sigsyaml.YAMLToJSON(data); err1 != nil {

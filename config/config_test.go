@@ -205,6 +205,11 @@ func TestParseMessages(t *testing.T) {
 		{name: "bad indentation", old: "      port: 22", new: "      port: 22\n     bad: 1",
 			want: `line 7: did not find expected key`}, // the parser reports the line before
 
+		// One document only.
+		{name: "second document", yaml: base + "---\nclusters: {}\n", want: `line 17: a second YAML document (after ---) would be ignored`},
+		{name: "document markers", yaml: "---\n" + base + "---\n...\n"},
+		{name: "only a comment", yaml: "# nothing yet\n", want: `clusters: at least one cluster is required`},
+
 		// Anchors, aliases and merges are followed.
 		{name: "merge", yaml: "defaults: &d {}\n", want: `defaults: unknown key (known keys: audit, clusters)`},
 		{name: "merged ssh settings", old: "    ssh:\n      user: root", new: "    ssh:\n      <<: {user: root, prot: 2}",
