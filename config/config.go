@@ -257,11 +257,11 @@ func Parse(path string, data []byte) (*Config, error) {
 	var errs []error
 	for name, cl := range c.Clusters {
 		if cl == nil {
-			errs = append(errs, fmt.Errorf("clusters.%s: empty", name))
+			errs = append(errs, fmt.Errorf("%s: empty", join("clusters", name)))
 			continue
 		}
 		cl.Name = name
-		errs = append(errs, cl.validate("clusters."+name)...)
+		errs = append(errs, cl.validate(join("clusters", name))...)
 	}
 	if len(c.Clusters) == 0 {
 		errs = append(errs, errors.New("clusters: at least one cluster is required"))
@@ -272,6 +272,9 @@ func Parse(path string, data []byte) (*Config, error) {
 			msgs[i] = e.Error()
 		}
 		sort.Strings(msgs)
+		if n := len(msgs) - maxErrors; n > 0 {
+			msgs = append(msgs[:maxErrors], fmt.Sprintf("and %d more", n))
+		}
 		return nil, fmt.Errorf("config %s: %s", path, strings.Join(msgs, "; "))
 	}
 	return &c, nil
@@ -282,7 +285,7 @@ func (c *Config) Cluster(name string) (*Cluster, error) {
 	if cl, ok := c.Clusters[name]; ok {
 		return cl, nil
 	}
-	return nil, fmt.Errorf("cluster %q is not in %s (known: %s)", name, c.Path, strings.Join(sortedKeys(c.Clusters), ", "))
+	return nil, fmt.Errorf("cluster %s is not in %s (known: %s)", quote(name), c.Path, strings.Join(sortedKeys(c.Clusters), ", "))
 }
 
 // Role returns the named role or an error listing the known ones.
@@ -290,7 +293,7 @@ func (cl *Cluster) Role(name string) (*Role, error) {
 	if r, ok := cl.Roles[name]; ok {
 		return r, nil
 	}
-	return nil, fmt.Errorf("role %q is not defined for cluster %s (known: %s)", name, cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
+	return nil, fmt.Errorf("role %s is not defined for cluster %s (known: %s)", quote(name), cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
 }
 
 // RoleOf returns the role whose prefix the hostname carries (<prefix>-<number>).
@@ -330,7 +333,7 @@ func (cl *Cluster) validate(p string) []error {
 	switch cl.SSH.ConnectTo {
 	case "", "fqdn", "address":
 	default:
-		errs = append(errs, fmt.Errorf("%s.ssh.connectTo: %q is not one of fqdn, address", p, cl.SSH.ConnectTo))
+		errs = append(errs, fmt.Errorf("%s.ssh.connectTo: %s is not one of fqdn, address", p, quote(cl.SSH.ConnectTo)))
 	}
 	if cl.Domain != "" {
 		if err := CheckDomain(cl.Domain); err != nil {
@@ -346,7 +349,7 @@ func (cl *Cluster) validate(p string) []error {
 		errs = append(errs, fmt.Errorf("%s.roles: at least one role is required", p))
 	}
 	for name, r := range cl.Roles {
-		rp := p + ".roles." + name
+		rp := join(p+".roles", name)
 		if r == nil {
 			errs = append(errs, fmt.Errorf("%s: empty", rp))
 			continue
@@ -362,13 +365,13 @@ func (cl *Cluster) validate(p string) []error {
 		switch r.ServerGroup.Policy {
 		case "", "affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity":
 		default:
-			errs = append(errs, fmt.Errorf("%s.serverGroup.policy: %q is not one of affinity, anti-affinity, soft-affinity, soft-anti-affinity", rp, r.ServerGroup.Policy))
+			errs = append(errs, fmt.Errorf("%s.serverGroup.policy: %s is not one of affinity, anti-affinity, soft-affinity, soft-anti-affinity", rp, quote(r.ServerGroup.Policy)))
 		}
 		for i, t := range r.Taints {
 			switch t.Effect {
 			case "NoSchedule", "PreferNoSchedule", "NoExecute":
 			default:
-				errs = append(errs, fmt.Errorf("%s.taints[%d].effect: %q is not one of NoSchedule, PreferNoSchedule, NoExecute", rp, i, t.Effect))
+				errs = append(errs, fmt.Errorf("%s.taints[%d].effect: %s is not one of NoSchedule, PreferNoSchedule, NoExecute", rp, i, quote(t.Effect)))
 			}
 			if t.Key == "" {
 				errs = append(errs, fmt.Errorf("%s.taints[%d].key: required", rp, i))
@@ -388,7 +391,7 @@ func (cl *Cluster) validate(p string) []error {
 	for _, name := range sortedKeys(cl.Roles) {
 		if r := cl.Roles[name]; r != nil && r.Prefix != "" {
 			if other, ok := seen[r.Prefix]; ok {
-				errs = append(errs, fmt.Errorf("%s.roles.%s.prefix: %q is also the prefix of role %s", p, name, r.Prefix, other))
+				errs = append(errs, fmt.Errorf("%s.prefix: %s is also the prefix of role %s", join(p+".roles", name), quote(r.Prefix), other))
 			}
 			seen[r.Prefix] = name
 		}
@@ -405,7 +408,7 @@ var (
 // with a letter or digit.
 func CheckHostname(s string) error {
 	if !labelRE.MatchString(s) {
-		return fmt.Errorf("%q is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')", s)
+		return fmt.Errorf("%s is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')", quote(s))
 	}
 	return nil
 }
@@ -413,7 +416,7 @@ func CheckHostname(s string) error {
 // CheckName validates a cluster or role name: the same rules as a hostname.
 func CheckName(s string) error {
 	if !labelRE.MatchString(s) {
-		return fmt.Errorf("%q is not a valid name (lowercase letters, digits and '-', at most 63 characters)", s)
+		return fmt.Errorf("%s is not a valid name (lowercase letters, digits and '-', at most 63 characters)", quote(s))
 	}
 	return nil
 }
@@ -421,11 +424,11 @@ func CheckName(s string) error {
 // CheckDomain validates a DNS domain: dot-separated RFC 1123 labels.
 func CheckDomain(s string) error {
 	if len(s) > 253 {
-		return fmt.Errorf("%q is not a valid domain (longer than 253 characters)", s)
+		return fmt.Errorf("%s is not a valid domain (longer than 253 characters)", quote(s))
 	}
 	for _, l := range strings.Split(s, ".") {
 		if !labelRE.MatchString(l) {
-			return fmt.Errorf("%q is not a valid domain (label %q is not RFC 1123)", s, l)
+			return fmt.Errorf("%s is not a valid domain (label %s is not RFC 1123)", quote(s), quote(l))
 		}
 	}
 	return nil

@@ -227,6 +227,14 @@ func TestParseMessages(t *testing.T) {
 		// The validation's messages are kept.
 		{name: "validation", old: "cloud: c", new: "cloud: ''",
 			want: `clusters.toolsbeta.openstack.cloud: required`},
+		{name: "validation cuts values", old: "[toolsbeta-control-1]", new: "[" + long[:5000] + "]",
+			want: `clusters.toolsbeta.controlNodes[0]: "` + strings.Repeat("x", 60) + `"... is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')`},
+		{name: "odd cluster name", old: "  toolsbeta:", new: "  tools beta:",
+			want: `clusters."tools beta": "tools beta" is not a valid name (lowercase letters, digits and '-', at most 63 characters)`},
+		{name: "many validation errors", yaml: "clusters: {a: {}, b: {}, c: {}}",
+			want: `clusters.a.openstack.cloud: required; clusters.a.roles: at least one role is required; ` +
+				`clusters.a.ssh.user: required; clusters.b.openstack.cloud: required; ` +
+				`clusters.b.roles: at least one role is required; and 4 more`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
