@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -148,8 +150,10 @@ func (s *Store) Save(r *Run) error {
 	return nil
 }
 
-// Load reads the run with the given id. A truncated, corrupt or newer-version file is an
-// error that names the file.
+// Load reads the run with the given id. A truncated, corrupt or newer-version file, a file
+// its group or others may read or write, and a file whose record lacks its id, cookbook,
+// status or start time, or records another id or an unknown status, are one-line errors
+// that name the file; the file is left as it is.
 func (s *Store) Load(id string) (*Run, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
@@ -158,12 +162,13 @@ func (s *Store) Load(id string) (*Run, error) {
 }
 
 func (s *Store) load(path string) (*Run, error) {
-	data, err := os.ReadFile(path)
+	id := strings.TrimSuffix(filepath.Base(path), ".json")
+	data, err := readPrivate(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("run %s: %w", strings.TrimSuffix(filepath.Base(path), ".json"), ErrNotFound)
+		return nil, fmt.Errorf("run %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read run file: %w", err)
+		return nil, err
 	}
 	var probe struct {
 		Schema int `json:"schema"`
@@ -181,7 +186,74 @@ func (s *Store) load(path string) (*Run, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("run file %s is corrupt (%v); it was left as it is", path, err)
 	}
+	if err := r.check(id); err != nil {
+		return nil, fmt.Errorf("run file %s: %w", path, err)
+	}
 	return &r, nil
+}
+
+// readPrivate reads a run file, refusing one that its group or others may read or
+// write: run files may hold host details. The file is refused, not rewritten.
+func readPrivate(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		how := "readable by others"
+		if perm&0o044 == 0 {
+			how = "writable by others"
+		}
+		return nil, fmt.Errorf("run file %s has mode %04o (%s; it may hold host details): run chmod 600 %s", path, perm, how, path)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	return data, nil
+}
+
+// statuses are the known statuses, in the order they are listed to the operator.
+var statuses = []Status{Pending, Running, Done, Skipped, Failed, Interrupted, Abandoned}
+
+// check reports the first problem of a run read from the file of run id: a recorded id
+// that is not the file's, missing required fields, an unknown status.
+func (r *Run) check(id string) error {
+	var missing []string
+	if r.ID == "" {
+		missing = append(missing, `"id"`)
+	}
+	if r.Cookbook == "" {
+		missing = append(missing, `"cookbook"`)
+	}
+	if r.Status == "" {
+		missing = append(missing, `"status"`)
+	}
+	if r.StartedAt.IsZero() {
+		missing = append(missing, `"startedAt"`)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	if r.ID != id {
+		return fmt.Errorf("records id %q, expected %q", r.ID, id)
+	}
+	if !slices.Contains(statuses, r.Status) {
+		names := make([]string, len(statuses))
+		for i, st := range statuses {
+			names[i] = string(st)
+		}
+		return fmt.Errorf("unknown status %q, expected one of %s", r.Status, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // List returns the runs in the store, newest first. Files that cannot be read are
