@@ -15,7 +15,10 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // SchemaVersion is the version of the run file format this build reads and writes.
@@ -280,6 +283,79 @@ func (s *Store) List() ([]*Run, []error) {
 		return runs[i].ID > runs[j].ID
 	})
 	return runs, errs
+}
+
+// CheckDir reports, before anything is written, whether dir can serve as the state
+// directory: an existing directory this process can write to, or a path that does not
+// exist yet whose nearest existing ancestor is such a directory, so that it can be
+// created. It creates nothing. The error is one line that names dir and what was expected.
+func CheckDir(dir string) error {
+	if dir == "" {
+		return errors.New("--state-dir is empty: expected a directory path")
+	}
+	p := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(p)
+		if err == nil {
+			return checkAncestor(dir, p, fi)
+		}
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, reason(err))
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, reason(err))
+		}
+		p = parent
+	}
+}
+
+// checkAncestor checks p, the nearest existing path to dir (dir itself, or an ancestor).
+func checkAncestor(dir, p string, fi fs.FileInfo) error {
+	self := p == filepath.Clean(dir)
+	if !fi.IsDir() {
+		if self {
+			return fmt.Errorf("--state-dir %s: is a %s, expected a directory", dir, kind(fi.Mode()))
+		}
+		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is a %s)", dir, p, kind(fi.Mode()))
+	}
+	if err := unix.Access(p, unix.W_OK|unix.X_OK); err != nil {
+		if self {
+			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, reason(err))
+		}
+		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, reason(err), p)
+	}
+	return nil
+}
+
+// reason returns the system's reason for err without the operation and path around it.
+func reason(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// kind names the type of file of mode m, for an operator.
+func kind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "file that is not a directory"
 }
 
 func checkID(id string) error {

@@ -3,9 +3,12 @@ package state
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // writeRun writes content as the file of run id in a new store, with the given mode.
@@ -129,4 +132,70 @@ func TestSaveLoad(t *testing.T) {
 	if got.ID != r.ID || got.Cookbook != "toy" || got.Status != Running || !got.StartedAt.Equal(start) {
 		t.Errorf("Load: %+v, want %+v", got, r)
 	}
+}
+
+func TestCheckDir(t *testing.T) {
+	root := os.Geteuid() == 0
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	locked := filepath.Join(base, "locked")
+	if err := os.Mkdir(locked, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		dir    string
+		want   string // the error; "" for none
+		asUser bool   // root bypasses permissions: skip when root
+	}{
+		{name: "empty", dir: "", want: "--state-dir is empty: expected a directory path"},
+		{name: "existing dir", dir: base},
+		{name: "existing dir, trailing slash", dir: base + "/"},
+		{name: "new dir", dir: filepath.Join(base, "new")},
+		{name: "new nested dir", dir: filepath.Join(base, "new", "er", "est")},
+		{name: "regular file", dir: file,
+			want: "--state-dir " + file + ": is a regular file, expected a directory"},
+		{name: "under a regular file", dir: filepath.Join(file, "sub"),
+			want: "--state-dir " + file + "/sub: cannot be created: not a directory (" + file + " is a regular file)"},
+		{name: "deep under a regular file", dir: filepath.Join(file, "sub", "sub"),
+			want: "--state-dir " + file + "/sub/sub: cannot be created: not a directory (" + file + " is a regular file)"},
+		{name: "not writable", dir: locked, asUser: true,
+			want: "--state-dir " + locked + ": is not writable by this process: permission denied, expected a writable directory"},
+		{name: "under a dir not writable", dir: filepath.Join(locked, "sub"), asUser: true,
+			want: "--state-dir " + locked + "/sub: cannot be created: permission denied (" + locked + " is not writable by this process)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.asUser && root {
+				t.Skip("running as root, which bypasses permissions: the cases under a regular file stand in for it")
+			}
+			before := entries(t, base)
+			err := CheckDir(tc.dir)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("CheckDir(%q): %v", tc.dir, err)
+			case tc.want != "" && (err == nil || err.Error() != tc.want):
+				t.Errorf("CheckDir(%q):\n got %v\nwant %s", tc.dir, err, tc.want)
+			}
+			if diff := cmp.Diff(before, entries(t, base)); diff != "" {
+				t.Errorf("CheckDir(%q) created or removed files (-before +after):\n%s", tc.dir, diff)
+			}
+		})
+	}
+}
+
+// entries returns the paths under dir, to check that nothing was created.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, _ os.DirEntry, err error) error {
+		names = append(names, p)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }
