@@ -6,11 +6,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
 )
@@ -143,30 +146,122 @@ func DefaultPath() string {
 	return "/etc/cookbook/config.yaml"
 }
 
+// MaxSize is the largest configuration file Load and Parse accept.
+const MaxSize = 1 << 20
+
 // Load reads, strictly parses and validates the file at path. Unknown keys are errors.
+// Only a regular file (or a symbolic link to one) of at most MaxSize bytes is read: a
+// named pipe, a device, a socket or a directory is refused before it is opened, so
+// that loading never blocks.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, err
 	}
 	return Parse(path, data)
 }
 
-// Parse parses and validates configuration data; path is used in error messages.
+func readRegular(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if err := checkFile(path, fi); err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK: should the file have been replaced by a named pipe since the Stat,
+	// the open does not wait for a writer; the Stat of the open file then refuses it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if err := checkFile(path, fi); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("config %s: is larger than %s (it grew while being read)", path, sizeText(MaxSize))
+	}
+	return data, nil
+}
+
+// checkFile refuses what is not a regular file of at most MaxSize bytes.
+func checkFile(path string, fi os.FileInfo) error {
+	var what string
+	switch m := fi.Mode(); {
+	case m.IsRegular():
+		if fi.Size() > MaxSize {
+			return tooLarge(path, fi.Size())
+		}
+		return nil
+	case m.IsDir():
+		what = "a directory"
+	case m&os.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		what = "a socket"
+	case m&os.ModeCharDevice != 0:
+		what = "a character device"
+	case m&os.ModeDevice != 0:
+		what = "a block device"
+	default:
+		what = fmt.Sprintf("not a regular file (mode %s)", m)
+	}
+	return fmt.Errorf("config %s: is %s, expected a regular file", path, what)
+}
+
+func tooLarge(path string, size int64) error {
+	return fmt.Errorf("config %s: is %s (%d bytes), larger than the %s limit", path, sizeText(size), size, sizeText(MaxSize))
+}
+
+// sizeText writes a size in KiB, MiB or GiB with one decimal (none when it is 0).
+func sizeText(n int64) string {
+	unit := func(u int64, name string) string {
+		return strings.TrimSuffix(strconv.FormatFloat(float64(n)/float64(u), 'f', 1, 64), ".0") + " " + name
+	}
+	switch {
+	case n >= 1<<30:
+		return unit(1<<30, "GiB")
+	case n >= 1<<20:
+		return unit(1<<20, "MiB")
+	case n >= 1<<10:
+		return unit(1<<10, "KiB")
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}
+
+// Parse parses and validates configuration data; path is used in error messages. Errors
+// are one line naming the YAML path of the problem: an unknown key (with the nearest
+// known one), a value of the wrong type, a duplicate key (with both lines), a YAML
+// syntax error (with its line), or what the validation found.
 func Parse(path string, data []byte) (*Config, error) {
+	if len(data) > MaxSize {
+		return nil, tooLarge(path, int64(len(data)))
+	}
 	var c Config
+	if msg := checkYAML(data, &c); msg != "" {
+		return nil, fmt.Errorf("config %s: %s", path, msg)
+	}
 	if err := yaml.UnmarshalStrict(bytes.TrimSpace(data), &c); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		// checkYAML should have found it; still one line.
+		return nil, fmt.Errorf("config %s: %s", path, oneLine(err.Error()))
 	}
 	c.Path = path
 	var errs []error
 	for name, cl := range c.Clusters {
 		if cl == nil {
-			errs = append(errs, fmt.Errorf("clusters.%s: empty", name))
+			errs = append(errs, fmt.Errorf("%s: empty", join("clusters", name)))
 			continue
 		}
 		cl.Name = name
-		errs = append(errs, cl.validate("clusters."+name)...)
+		errs = append(errs, cl.validate(join("clusters", name))...)
 	}
 	if len(c.Clusters) == 0 {
 		errs = append(errs, errors.New("clusters: at least one cluster is required"))
@@ -177,6 +272,9 @@ func Parse(path string, data []byte) (*Config, error) {
 			msgs[i] = e.Error()
 		}
 		sort.Strings(msgs)
+		if n := len(msgs) - maxErrors; n > 0 {
+			msgs = append(msgs[:maxErrors], fmt.Sprintf("and %d more", n))
+		}
 		return nil, fmt.Errorf("config %s: %s", path, strings.Join(msgs, "; "))
 	}
 	return &c, nil
@@ -187,7 +285,7 @@ func (c *Config) Cluster(name string) (*Cluster, error) {
 	if cl, ok := c.Clusters[name]; ok {
 		return cl, nil
 	}
-	return nil, fmt.Errorf("cluster %q is not in %s (known: %s)", name, c.Path, strings.Join(sortedKeys(c.Clusters), ", "))
+	return nil, fmt.Errorf("cluster %s is not in %s (known: %s)", quote(name), c.Path, strings.Join(sortedKeys(c.Clusters), ", "))
 }
 
 // Role returns the named role or an error listing the known ones.
@@ -195,7 +293,7 @@ func (cl *Cluster) Role(name string) (*Role, error) {
 	if r, ok := cl.Roles[name]; ok {
 		return r, nil
 	}
-	return nil, fmt.Errorf("role %q is not defined for cluster %s (known: %s)", name, cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
+	return nil, fmt.Errorf("role %s is not defined for cluster %s (known: %s)", quote(name), cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
 }
 
 // RoleOf returns the role whose prefix the hostname carries (<prefix>-<number>).
@@ -235,7 +333,7 @@ func (cl *Cluster) validate(p string) []error {
 	switch cl.SSH.ConnectTo {
 	case "", "fqdn", "address":
 	default:
-		errs = append(errs, fmt.Errorf("%s.ssh.connectTo: %q is not one of fqdn, address", p, cl.SSH.ConnectTo))
+		errs = append(errs, fmt.Errorf("%s.ssh.connectTo: %s is not one of fqdn, address", p, quote(cl.SSH.ConnectTo)))
 	}
 	if cl.Domain != "" {
 		if err := CheckDomain(cl.Domain); err != nil {
@@ -251,7 +349,7 @@ func (cl *Cluster) validate(p string) []error {
 		errs = append(errs, fmt.Errorf("%s.roles: at least one role is required", p))
 	}
 	for name, r := range cl.Roles {
-		rp := p + ".roles." + name
+		rp := join(p+".roles", name)
 		if r == nil {
 			errs = append(errs, fmt.Errorf("%s: empty", rp))
 			continue
@@ -267,13 +365,13 @@ func (cl *Cluster) validate(p string) []error {
 		switch r.ServerGroup.Policy {
 		case "", "affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity":
 		default:
-			errs = append(errs, fmt.Errorf("%s.serverGroup.policy: %q is not one of affinity, anti-affinity, soft-affinity, soft-anti-affinity", rp, r.ServerGroup.Policy))
+			errs = append(errs, fmt.Errorf("%s.serverGroup.policy: %s is not one of affinity, anti-affinity, soft-affinity, soft-anti-affinity", rp, quote(r.ServerGroup.Policy)))
 		}
 		for i, t := range r.Taints {
 			switch t.Effect {
 			case "NoSchedule", "PreferNoSchedule", "NoExecute":
 			default:
-				errs = append(errs, fmt.Errorf("%s.taints[%d].effect: %q is not one of NoSchedule, PreferNoSchedule, NoExecute", rp, i, t.Effect))
+				errs = append(errs, fmt.Errorf("%s.taints[%d].effect: %s is not one of NoSchedule, PreferNoSchedule, NoExecute", rp, i, quote(t.Effect)))
 			}
 			if t.Key == "" {
 				errs = append(errs, fmt.Errorf("%s.taints[%d].key: required", rp, i))
@@ -293,7 +391,7 @@ func (cl *Cluster) validate(p string) []error {
 	for _, name := range sortedKeys(cl.Roles) {
 		if r := cl.Roles[name]; r != nil && r.Prefix != "" {
 			if other, ok := seen[r.Prefix]; ok {
-				errs = append(errs, fmt.Errorf("%s.roles.%s.prefix: %q is also the prefix of role %s", p, name, r.Prefix, other))
+				errs = append(errs, fmt.Errorf("%s.prefix: %s is also the prefix of role %s", join(p+".roles", name), quote(r.Prefix), other))
 			}
 			seen[r.Prefix] = name
 		}
@@ -310,7 +408,7 @@ var (
 // with a letter or digit.
 func CheckHostname(s string) error {
 	if !labelRE.MatchString(s) {
-		return fmt.Errorf("%q is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')", s)
+		return fmt.Errorf("%s is not a valid hostname (RFC 1123 label: a-z, 0-9 and '-', at most 63 characters, no leading or trailing '-')", quote(s))
 	}
 	return nil
 }
@@ -318,7 +416,7 @@ func CheckHostname(s string) error {
 // CheckName validates a cluster or role name: the same rules as a hostname.
 func CheckName(s string) error {
 	if !labelRE.MatchString(s) {
-		return fmt.Errorf("%q is not a valid name (lowercase letters, digits and '-', at most 63 characters)", s)
+		return fmt.Errorf("%s is not a valid name (lowercase letters, digits and '-', at most 63 characters)", quote(s))
 	}
 	return nil
 }
@@ -326,11 +424,11 @@ func CheckName(s string) error {
 // CheckDomain validates a DNS domain: dot-separated RFC 1123 labels.
 func CheckDomain(s string) error {
 	if len(s) > 253 {
-		return fmt.Errorf("%q is not a valid domain (longer than 253 characters)", s)
+		return fmt.Errorf("%s is not a valid domain (longer than 253 characters)", quote(s))
 	}
 	for _, l := range strings.Split(s, ".") {
 		if !labelRE.MatchString(l) {
-			return fmt.Errorf("%q is not a valid domain (label %q is not RFC 1123)", s, l)
+			return fmt.Errorf("%s is not a valid domain (label %s is not RFC 1123)", quote(s), quote(l))
 		}
 	}
 	return nil

@@ -8,12 +8,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // SchemaVersion is the version of the run file format this build reads and writes.
@@ -148,8 +153,10 @@ func (s *Store) Save(r *Run) error {
 	return nil
 }
 
-// Load reads the run with the given id. A truncated, corrupt or newer-version file is an
-// error that names the file.
+// Load reads the run with the given id. A truncated, corrupt or newer-version file, a file
+// its group or others may read or write, and a file whose record lacks its id, cookbook,
+// status or start time, or records another id or an unknown status, are one-line errors
+// that name the file; the file is left as it is.
 func (s *Store) Load(id string) (*Run, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
@@ -158,12 +165,13 @@ func (s *Store) Load(id string) (*Run, error) {
 }
 
 func (s *Store) load(path string) (*Run, error) {
-	data, err := os.ReadFile(path)
+	id := strings.TrimSuffix(filepath.Base(path), ".json")
+	data, err := readPrivate(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("run %s: %w", strings.TrimSuffix(filepath.Base(path), ".json"), ErrNotFound)
+		return nil, fmt.Errorf("run %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read run file: %w", err)
+		return nil, err
 	}
 	var probe struct {
 		Schema int `json:"schema"`
@@ -181,7 +189,74 @@ func (s *Store) load(path string) (*Run, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("run file %s is corrupt (%v); it was left as it is", path, err)
 	}
+	if err := r.check(id); err != nil {
+		return nil, fmt.Errorf("run file %s: %w", path, err)
+	}
 	return &r, nil
+}
+
+// readPrivate reads a run file, refusing one that its group or others may read or
+// write: run files may hold host details. The file is refused, not rewritten.
+func readPrivate(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		how := "readable by others"
+		if perm&0o044 == 0 {
+			how = "writable by others"
+		}
+		return nil, fmt.Errorf("run file %s has mode %04o (%s; it may hold host details): run chmod 600 %s", path, perm, how, path)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read run file: %w", err)
+	}
+	return data, nil
+}
+
+// statuses are the known statuses, in the order they are listed to the operator.
+var statuses = []Status{Pending, Running, Done, Skipped, Failed, Interrupted, Abandoned}
+
+// check reports the first problem of a run read from the file of run id: a recorded id
+// that is not the file's, missing required fields, an unknown status.
+func (r *Run) check(id string) error {
+	var missing []string
+	if r.ID == "" {
+		missing = append(missing, `"id"`)
+	}
+	if r.Cookbook == "" {
+		missing = append(missing, `"cookbook"`)
+	}
+	if r.Status == "" {
+		missing = append(missing, `"status"`)
+	}
+	if r.StartedAt.IsZero() {
+		missing = append(missing, `"startedAt"`)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	if r.ID != id {
+		return fmt.Errorf("records id %q, expected %q", r.ID, id)
+	}
+	if !slices.Contains(statuses, r.Status) {
+		names := make([]string, len(statuses))
+		for i, st := range statuses {
+			names[i] = string(st)
+		}
+		return fmt.Errorf("unknown status %q, expected one of %s", r.Status, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // List returns the runs in the store, newest first. Files that cannot be read are
@@ -208,6 +283,79 @@ func (s *Store) List() ([]*Run, []error) {
 		return runs[i].ID > runs[j].ID
 	})
 	return runs, errs
+}
+
+// CheckDir reports, before anything is written, whether dir can serve as the state
+// directory: an existing directory this process can write to, or a path that does not
+// exist yet whose nearest existing ancestor is such a directory, so that it can be
+// created. It creates nothing. The error is one line that names dir and what was expected.
+func CheckDir(dir string) error {
+	if dir == "" {
+		return errors.New("--state-dir is empty: expected a directory path")
+	}
+	p := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(p)
+		if err == nil {
+			return checkAncestor(dir, p, fi)
+		}
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, reason(err))
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, reason(err))
+		}
+		p = parent
+	}
+}
+
+// checkAncestor checks p, the nearest existing path to dir (dir itself, or an ancestor).
+func checkAncestor(dir, p string, fi fs.FileInfo) error {
+	self := p == filepath.Clean(dir)
+	if !fi.IsDir() {
+		if self {
+			return fmt.Errorf("--state-dir %s: is a %s, expected a directory", dir, kind(fi.Mode()))
+		}
+		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is a %s)", dir, p, kind(fi.Mode()))
+	}
+	if err := unix.Access(p, unix.W_OK|unix.X_OK); err != nil {
+		if self {
+			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, reason(err))
+		}
+		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, reason(err), p)
+	}
+	return nil
+}
+
+// reason returns the system's reason for err without the operation and path around it.
+func reason(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// kind names the type of file of mode m, for an operator.
+func kind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "file that is not a directory"
 }
 
 func checkID(id string) error {
