@@ -67,6 +67,14 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 		},
 	}
 	app := &app{books: books, stdin: stdin, stderr: stderr, cli: a, cont: cont}
+	// resume and abandon take the global switches after their name too.
+	switches := func() []cli.Flag {
+		return []cli.Flag{
+			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "rehearse: every read for real, no write, the run file untouched"},
+			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
+		}
+	}
 	a.Commands = []*cli.Command{
 		{Name: "list", Usage: "list the cookbooks", Action: app.list},
 		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
@@ -74,9 +82,22 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			Subcommands: []*cli.Command{
 				{Name: "show", Usage: "print every step of a run with status, times and error", ArgsUsage: "ID", Action: app.show},
 			}},
-		{Name: "resume", Usage: "continue a run that failed or was interrupted", ArgsUsage: "ID", Action: app.resume},
-		{Name: "abandon", Usage: "give a run up: undo what its steps declare undoable, release its lock", ArgsUsage: "ID", Action: app.abandon},
+		{Name: "resume", Usage: "continue a run that failed or was interrupted (with --dry-run: rehearse it)", ArgsUsage: "ID", Action: app.resume, Flags: switches()},
+		{Name: "abandon", Usage: "give a run up: undo what its steps declare undoable, release its lock (with --dry-run: print the undo it would run)", ArgsUsage: "ID", Action: app.abandon, Flags: switches()},
 	}
+	// Usage errors of every command are bad input on one line, as the cookbooks' are.
+	var oneLine func(path string, cmds []*cli.Command)
+	oneLine = func(path string, cmds []*cli.Command) {
+		for _, cmd := range cmds {
+			cmd := cmd
+			name := strings.TrimSpace(path + " " + cmd.Name)
+			cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+				return cookbooks.BadInput(explainUsage(name, cmd.Flags, err))
+			}
+			oneLine(name, cmd.Subcommands)
+		}
+	}
+	oneLine("", a.Commands)
 	for _, cb := range books {
 		a.Commands = append(a.Commands, app.command(cb))
 	}
@@ -238,6 +259,9 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return cookbooks.BadInputf("unexpected argument %q (cookbook %s takes only flags; see cookbook %s --help)", c.Args().First(), cb.Name, cb.Name)
 	}
 	stateDir := c.String("state-dir")
+	if err := state.CheckDir(stateDir); err != nil {
+		return cookbooks.BadInput(err)
+	}
 	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false)
 	var logger = slog.New(termLog)
 	if dry {
@@ -452,7 +476,10 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	if id == "" || c.Args().Len() > 1 {
 		return cookbooks.BadInputf("expected one run id (see `cookbook runs`)")
 	}
-	store := &state.Store{Dir: c.String("state-dir")}
+	store, err := openStore(c)
+	if err != nil {
+		return err
+	}
 	run, err := store.Load(id)
 	if err != nil {
 		return cookbooks.BadInput(err)
@@ -526,6 +553,16 @@ func copyRun(run *state.Run) (*state.Run, error) {
 		return nil, fmt.Errorf("copy run %s: %w", run.ID, err)
 	}
 	return &out, nil
+}
+
+// openStore returns the run store of --state-dir, checked before anything is read or
+// written: a bad --state-dir is bad input.
+func openStore(c *cli.Context) (*state.Store, error) {
+	dir := c.String("state-dir")
+	if err := state.CheckDir(dir); err != nil {
+		return nil, cookbooks.BadInput(err)
+	}
+	return &state.Store{Dir: dir}, nil
 }
 
 func (a *app) resume(c *cli.Context) error  { return a.continueRun(c, false) }

@@ -272,7 +272,7 @@ func TestBadInput(t *testing.T) {
 		{"not a number", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--items", "three"}, `--items: "three" is not a whole number`},
 		{"unknown flag", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--itmes", "3"}, "unknown flag --itmes (see `cookbook toy --help`)"},
 		{"unknown cookbook", []string{"add-k8s-nod"}, `"add-k8s-nod" is not a cookbook or command`},
-		{"bad config", []string{"--config", bad, "toy", "--cluster-name", "lab1", "--dir", w.dir}, `unknown field "prefx"`},
+		{"bad config", []string{"--config", bad, "toy", "--cluster-name", "lab1", "--dir", w.dir}, `roles.worker.prefx: unknown key (did you mean "prefix"?)`},
 		{"missing config", []string{"--config", "/nonexistent.yaml", "toy", "--cluster-name", "lab1", "--dir", w.dir}, "/nonexistent.yaml"},
 		{"confirmation without terminal", []string{"toy", "--cluster-name", "lab1", "--dir", w.dir, "--confirm"}, "pass --yes to confirm"},
 		{"unknown run", []string{"resume", "20260101-000000-abcdef"}, "no such run"},

@@ -34,8 +34,11 @@ func duration(run *state.Run) string {
 }
 
 func (a *app) runs(c *cli.Context) error {
-	dir := c.String("state-dir")
-	store := &state.Store{Dir: dir}
+	store, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	dir := store.Dir
 	locks := &lock.Files{Dir: filepath.Join(dir, "locks")}
 	runs, errs := store.List()
 	for _, err := range errs {
@@ -58,8 +61,11 @@ func (a *app) show(c *cli.Context) error {
 	if id == "" {
 		return cookbooks.BadInputf("expected a run id (see `cookbook runs`)")
 	}
-	dir := c.String("state-dir")
-	store := &state.Store{Dir: dir}
+	store, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	dir := store.Dir
 	run, err := store.Load(id)
 	if err != nil {
 		return cookbooks.BadInput(err)

@@ -120,11 +120,13 @@ func (t *toyRun) mark(name string) pipeline.Func {
 
 func (t *toyRun) unmark(name string) pipeline.Func {
 	return func(ctx context.Context, v *pipeline.Values) error {
-		err := os.Remove(filepath.Join(t.dir, "marker-"+name))
-		if errors.Is(err, fs.ErrNotExist) {
+		path := filepath.Join(t.dir, "marker-"+name)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		return err
+		return t.env.Gate.Write(ctx, "remove marker "+name, func(context.Context) error {
+			return os.Remove(path)
+		})
 	}
 }
 

@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"testing"
@@ -86,7 +88,7 @@ func TestRetrySkipAbort(t *testing.T) {
 func TestValuesSurviveInStateFile(t *testing.T) {
 	store := &state.Store{Dir: t.TempDir()}
 	key := Key[int]("server-count")
-	run := &state.Run{ID: "r2"}
+	run := &state.Run{ID: "r2", Cookbook: "test", StartedAt: time.Now()}
 	steps := []Step{{Name: "set", Do: func(_ context.Context, v *Values) error {
 		if err := key.Set(v, 7); err != nil {
 			return err
