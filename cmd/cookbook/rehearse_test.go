@@ -145,10 +145,10 @@ func TestRepeatedHangupsStopCleanly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t)
-			// The toy's steps do not return at once when cancelled in this mode: the
-			// signals arrive while the step is still being stopped.
+			// The step takes a while to stop, as a drain or an SSH command does: the
+			// later signals arrive while it is being stopped.
 			os.WriteFile(filepath.Join(w.dir, "hold"), nil, 0o600)
-			cmd := w.command(w.toy()...)
+			cmd := w.command(w.toy("--stop-time", "300ms")...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {

@@ -18,7 +18,8 @@ import (
 // toy is a cookbook used only by tests. Its steps create marker files in --dir through
 // the dry-run gate, each checking before it acts; a step fails while a file
 // break-<step> exists in --dir, and waits --step-time before acting (so that a test can
-// kill the process inside a step) and for as long as a file named hold exists in --dir.
+// kill the process inside a step) and for as long as a file named hold exists in --dir;
+// a cancelled step takes --stop-time to return.
 func toy() cookbooks.Cookbook {
 	return cookbooks.Cookbook{
 		Name:  "toy",
@@ -28,6 +29,7 @@ func toy() cookbooks.Cookbook {
 			&cli.StringFlag{Name: "dir", Required: true},
 			&cli.IntFlag{Name: "items", Value: 4},
 			&cli.DurationFlag{Name: "step-time"},
+			&cli.DurationFlag{Name: "stop-time"},
 			&cli.BoolFlag{Name: "confirm"},
 		},
 		Prepare: func(c *cli.Context, env *cookbooks.Env) (*cookbooks.Job, error) {
@@ -38,7 +40,7 @@ func toy() cookbooks.Cookbook {
 			if c.Int("items") < 1 {
 				return nil, cookbooks.BadInputf("--items: %d is not a positive number", c.Int("items"))
 			}
-			t := &toyRun{dir: c.String("dir"), stepTime: c.Duration("step-time"), env: env}
+			t := &toyRun{dir: c.String("dir"), stepTime: c.Duration("step-time"), stopTime: c.Duration("stop-time"), env: env}
 			job := &cookbooks.Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 				return t.plan(c.Int("items")), nil
 			}}
@@ -56,6 +58,7 @@ const tokenKey = pipeline.Key[string]("token")
 type toyRun struct {
 	dir      string
 	stepTime time.Duration
+	stopTime time.Duration // how long a cancelled step takes to stop (an SSH command ending)
 	env      *cookbooks.Env
 }
 
@@ -86,6 +89,7 @@ func (t *toyRun) wait(ctx context.Context, step string) error {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
+			time.Sleep(t.stopTime)
 			return ctx.Err()
 		}
 	}
