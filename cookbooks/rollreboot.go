@@ -156,7 +156,10 @@ func (r *roller) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step,
 		return nil, err
 	}
 	r.c = c
-	plan, ok := keyRollPlan.Get(v)
+	plan, ok, err := keyRollPlan.Lookup(v)
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		if plan, err = r.makePlan(ctx); err != nil {
 			return nil, err
@@ -334,7 +337,11 @@ func (r *roller) batchSteps(b []rollNode) []pipeline.Step {
 				return err
 			}
 			for _, n := range b {
-				if _, ok := nodeDone(n.Name).Get(v); !ok {
+				_, ok, err := nodeDone(n.Name).Lookup(v)
+				if err != nil {
+					return err
+				}
+				if !ok {
 					if err := nodeDone(n.Name).Set(v, time.Now()); err != nil {
 						return err
 					}

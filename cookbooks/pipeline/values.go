@@ -50,24 +50,38 @@ func (v *Values) update(f func()) error {
 // declared and are stable: they are read back from state files by later versions.
 type Key[T any] string
 
-// Get returns the value and whether it was set.
-func (k Key[T]) Get(v *Values) (T, bool) {
-	var out T
+// Lookup returns the value and whether it was recorded. A recorded value that does not
+// decode as T (its type changed) is an error naming the key and the run, reported with
+// ok true: it is never mistaken for a value not set.
+func (k Key[T]) Lookup(v *Values) (val T, ok bool, err error) {
 	v.mu.Lock()
 	raw, ok := v.data[string(k)]
 	v.mu.Unlock()
 	if !ok {
-		return out, false
+		return val, false, nil
 	}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return out, false
+	if err := json.Unmarshal(raw, &val); err != nil {
+		var zero T
+		return zero, true, fmt.Errorf("run %s: recorded value %q does not decode as %T: %w", v.runID, string(k), zero, err)
 	}
-	return out, true
+	return val, true, nil
 }
 
-// Must returns the value, or an error naming the key when no earlier step set it.
+// Get returns the value and whether it was recorded, for descriptions and progress
+// lines: a recorded value that does not decode reads as T's zero value, reported as
+// recorded. Steps that act on whether a value is set use Lookup or Must.
+func (k Key[T]) Get(v *Values) (T, bool) {
+	val, ok, _ := k.Lookup(v)
+	return val, ok
+}
+
+// Must returns the value, or an error naming the key when no earlier step set it or when
+// it does not decode.
 func (k Key[T]) Must(v *Values) (T, error) {
-	out, ok := k.Get(v)
+	out, ok, err := k.Lookup(v)
+	if err != nil {
+		return out, err
+	}
 	if !ok {
 		return out, fmt.Errorf("value %q was not recorded by an earlier step", string(k))
 	}
