@@ -395,6 +395,7 @@ type rollProgress struct {
 	log interface {
 		Info(msg string, args ...any)
 	}
+	every      time.Duration // between summaries; 0 means 30 seconds
 	mu         sync.Mutex
 	total      int
 	done       int
@@ -453,7 +454,11 @@ func (p *rollProgress) summary(v *pipeline.Values) {
 }
 
 func (p *rollProgress) tick(ctx context.Context, v *pipeline.Values) {
-	t := time.NewTicker(30 * time.Second)
+	every := p.every
+	if every == 0 {
+		every = 30 * time.Second
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
