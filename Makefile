@@ -4,6 +4,9 @@ GO ?= go
 BIN := bin
 # The lab's control-plane binaries are cached per version set (see lab/bins/).
 LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cookbook/lab
+# Packages tested with the race detector (needs cgo, so gcc): the engine (cookbooks/pipeline,
+# cookbooks/state) and the cookbooks, and the packages at the boundaries they drive at once.
+RACE_PKGS := ./cookbooks/... ./k8sops/... ./openstack/... ./ssh/...
 
 .PHONY: help build test lint lab-bins lab demo bench
 
@@ -20,8 +23,9 @@ lint: ## gofmt and go vet
 lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once per version set)
 	@bash lab/bins/build.sh
 
-test: lint lab-bins ## run all tests (builds the lab binaries first)
-	$(GO) test -count=1 -timeout 30m ./...
+test: lint lab-bins ## run all tests (builds the lab binaries first); RACE_PKGS with -race
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 45m $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 30m $$(comm -23 <($(GO) list ./... | sort) <($(GO) list $(RACE_PKGS) | sort))
 
 lab: build lab-bins ## run the lab in the foreground (Ctrl-C stops it); prints the export line for cookbook
 	bin/cookbook-lab up

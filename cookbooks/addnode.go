@@ -149,7 +149,11 @@ func (a *adder) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, 
 }
 
 func (a *adder) pickName(ctx context.Context, v *pipeline.Values) error {
-	if _, ok := keyHostname.Get(v); ok {
+	_, ok, err := keyHostname.Lookup(v)
+	if err != nil {
+		return err
+	}
+	if ok {
 		return nil
 	}
 	list, err := a.c.cloud.RoleServers(ctx, a.role.Prefix)
@@ -229,10 +233,14 @@ func (a *adder) createServer(ctx context.Context, v *pipeline.Values) error {
 	}
 	opts := openstack.CreateOpts{Name: name, KeyName: a.role.KeyName,
 		Metadata: map[string]string{"cookbook-cluster": a.cl.Name, "cookbook-role": a.roleName, "cookbook-run": v.RunID()}}
-	opts.FlavorID, _ = keyFlavor.Get(v)
-	opts.ImageID, _ = keyImage.Get(v)
-	opts.NetworkID, _ = keyNetwork.Get(v)
-	opts.ServerGroupID, _ = keyServerGroup.Get(v)
+	var errs [4]error
+	opts.FlavorID, _, errs[0] = keyFlavor.Lookup(v)
+	opts.ImageID, _, errs[1] = keyImage.Lookup(v)
+	opts.NetworkID, _, errs[2] = keyNetwork.Lookup(v)
+	opts.ServerGroupID, _, errs[3] = keyServerGroup.Lookup(v)
+	if err := errors.Join(errs[:]...); err != nil {
+		return err
+	}
 	for _, sg := range a.role.SecurityGroups {
 		opts.SecurityGroups = append(opts.SecurityGroups, sg)
 	}
@@ -272,7 +280,10 @@ func (a *adder) pinHostKey(ctx context.Context, v *pipeline.Values) error {
 		a.env.Log.Info("DRY-RUN: would pin the host key the new server prints on its console")
 		return nil
 	}
-	id, _ := keyServerID.Get(v)
+	id, err := keyServerID.Must(v)
+	if err != nil {
+		return err
+	}
 	keys, err := a.c.cloud.ConsoleHostKeys(ctx, id, a.timeout)
 	if err != nil {
 		return err
@@ -369,7 +380,10 @@ func (a *adder) prepareStorage(ctx context.Context, v *pipeline.Values) error {
 }
 
 func (a *adder) provision(ctx context.Context, v *pipeline.Values) error {
-	done, _ := keyProvisioned.Get(v)
+	done, _, err := keyProvisioned.Lookup(v)
+	if err != nil {
+		return err
+	}
 	for i := done; i < len(a.role.Provision); i++ {
 		if err := a.runOn(ctx, v, ssh.Command{Argv: a.role.Provision[i], Timeout: 30 * time.Minute}); err != nil {
 			return fmt.Errorf("provisioning command %d of %d: %w", i+1, len(a.role.Provision), err)
@@ -433,7 +447,10 @@ func (a *adder) waitReady(ctx context.Context, v *pipeline.Values) error {
 	if dryNew(a.env, v) {
 		return pipeline.Skip("dry-run: the node does not exist")
 	}
-	name, _ := keyHostname.Get(v)
+	name, err := keyHostname.Must(v)
+	if err != nil {
+		return err
+	}
 	if a.env.DryRun {
 		// A rehearsal does not wait for what a skipped write (the join) would have done.
 		n, err := a.c.kube.Node(ctx, name)
@@ -445,7 +462,10 @@ func (a *adder) waitReady(ctx context.Context, v *pipeline.Values) error {
 }
 
 func (a *adder) labelsTaints(ctx context.Context, v *pipeline.Values) error {
-	name, _ := keyHostname.Get(v)
+	name, err := keyHostname.Must(v)
+	if err != nil {
+		return err
+	}
 	if dryNew(a.env, v) {
 		a.env.Log.Info("DRY-RUN: would label and taint node "+name, "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
 		return nil

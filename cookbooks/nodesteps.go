@@ -34,7 +34,11 @@ func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
 			Name: "record-cordon-state",
 			Desc: pipeline.Textf("record whether %s is already cordoned", node),
 			Do: func(ctx context.Context, v *pipeline.Values) error {
-				if _, ok := wasCordoned(node).Get(v); ok {
+				_, ok, err := wasCordoned(node).Lookup(v)
+				if err != nil {
+					return err
+				}
+				if ok {
 					return nil // recorded before an interruption
 				}
 				n, err := k.Node(ctx, node)
@@ -55,7 +59,11 @@ func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
 				return err
 			},
 			Undo: func(ctx context.Context, v *pipeline.Values) error {
-				if was, _ := wasCordoned(node).Get(v); was {
+				was, _, err := wasCordoned(node).Lookup(v)
+				if err != nil {
+					return err
+				}
+				if was {
 					k.Log.Info("leaving node cordoned: it was cordoned before the run", "node", node)
 					return nil
 				}
@@ -72,7 +80,10 @@ func uncordonStep(k *k8sops.Ops, node string, force bool) pipeline.Step {
 		Name: "uncordon",
 		Desc: pipeline.Textf("uncordon %s if this run cordoned it", node),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
-			was, ok := wasCordoned(node).Get(v)
+			was, ok, err := wasCordoned(node).Lookup(v)
+			if err != nil {
+				return err
+			}
 			if ok && was && !force {
 				return pipeline.Skip("%s was cordoned before the run; leaving it cordoned (--force-uncordon overrides)", node)
 			}

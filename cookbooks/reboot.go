@@ -39,7 +39,11 @@ func rebootStep(c *clients, name func(*pipeline.Values) string, timeout time.Dur
 // hostOf is the SSH target of a node; for a server this run created, its pinned host keys
 // are applied (again, after a restart).
 func hostOf(ctx context.Context, c *clients, v *pipeline.Values, node string) (string, error) {
-	if n, ok := keyHostname.Get(v); ok && n == node {
+	n, ok, err := keyHostname.Lookup(v)
+	if err != nil {
+		return "", err
+	}
+	if ok && n == node {
 		target := c.cl.FQDN(node)
 		if c.cl.SSH.ConnectTo == "address" {
 			addr, err := keyAddress.Must(v)
@@ -48,7 +52,11 @@ func hostOf(ctx context.Context, c *clients, v *pipeline.Values, node string) (s
 			}
 			target = addr
 		}
-		if fps, ok := keyHostKeys.Get(v); ok {
+		fps, ok, err := keyHostKeys.Lookup(v)
+		if err != nil {
+			return "", err
+		}
+		if ok {
 			c.ssh.Pin(target, fps)
 		}
 		return target, nil
@@ -62,7 +70,10 @@ func hostOf(ctx context.Context, c *clients, v *pipeline.Values, node string) (s
 // run again: a node whose boot id already differs from the recorded one is done.
 func rebootNode(ctx context.Context, c *clients, v *pipeline.Values, node, host string, timeout time.Duration, hardFallback bool) error {
 	key := bootIDBefore(node)
-	old, recorded := key.Get(v)
+	old, recorded, err := key.Lookup(v)
+	if err != nil {
+		return err
+	}
 	if recorded {
 		// A run stopped during this reboot: the node may be down, or back already.
 		if cur, err := c.ssh.BootID(ctx, host); err == nil && cur != old {
@@ -79,7 +90,6 @@ func rebootNode(ctx context.Context, c *clients, v *pipeline.Values, node, host 
 		}
 		old = id
 	}
-	var err error
 	if recorded {
 		// Give a reboot already under way its chance before rebooting again.
 		_, err = c.ssh.WaitRebooted(ctx, host, old, timeout)

@@ -99,7 +99,10 @@ func RemoveNode() Cookbook {
 				return fmt.Sprintf("Remove node %s (server %s) from cluster %s and delete its server?", victim.Name, victim.ID, cl.Name), nil
 			}
 			job.Plan = func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
-				srv, recorded := keyRemoveServer.Get(v)
+				srv, recorded, err := keyRemoveServer.Lookup(v)
+				if err != nil {
+					return nil, err
+				}
 				if !recorded {
 					if err := choose(ctx); err != nil {
 						return nil, err

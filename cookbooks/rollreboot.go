@@ -156,7 +156,10 @@ func (r *roller) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step,
 		return nil, err
 	}
 	r.c = c
-	plan, ok := keyRollPlan.Get(v)
+	plan, ok, err := keyRollPlan.Lookup(v)
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		if plan, err = r.makePlan(ctx); err != nil {
 			return nil, err
@@ -334,7 +337,11 @@ func (r *roller) batchSteps(b []rollNode) []pipeline.Step {
 				return err
 			}
 			for _, n := range b {
-				if _, ok := nodeDone(n.Name).Get(v); !ok {
+				_, ok, err := nodeDone(n.Name).Lookup(v)
+				if err != nil {
+					return err
+				}
+				if !ok {
 					if err := nodeDone(n.Name).Set(v, time.Now()); err != nil {
 						return err
 					}
@@ -388,6 +395,7 @@ type rollProgress struct {
 	log interface {
 		Info(msg string, args ...any)
 	}
+	every      time.Duration // between summaries; 0 means 30 seconds
 	mu         sync.Mutex
 	total      int
 	done       int
@@ -446,7 +454,11 @@ func (p *rollProgress) summary(v *pipeline.Values) {
 }
 
 func (p *rollProgress) tick(ctx context.Context, v *pipeline.Values) {
-	t := time.NewTicker(30 * time.Second)
+	every := p.every
+	if every == 0 {
+		every = 30 * time.Second
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {

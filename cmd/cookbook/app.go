@@ -294,7 +294,8 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	// Read-only cookbooks and dry-runs take no lock and keep no state file.
 	if cb.ReadOnly || dry {
 		run := &state.Run{ID: "dry-run", Cookbook: cb.Name, Cluster: job.Cluster, DryRun: true, Holder: holder(), StartedAt: time.Now()}
-		steps, err := job.Plan(ctx, pipeline.NewValues(run.ID, nil, nil))
+		r := &pipeline.Runner{Log: logger}
+		steps, err := job.Plan(ctx, r.Values(run))
 		if err != nil {
 			return err
 		}
@@ -303,7 +304,6 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 				logger.Debug("plan", "n", i+1, "step", s.Name)
 			}
 		}
-		r := &pipeline.Runner{Log: logger}
 		if err := r.Run(ctx, run, steps); err != nil {
 			return err
 		}
@@ -373,11 +373,9 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if t := newTerminal(a.stdin, a.stderr); t != nil {
 		runner.Prompt = t
 	}
-	if run.Values == nil {
-		run.Values = map[string]json.RawMessage{}
-	}
-	values := pipeline.NewValues(run.ID, run.Values, func() error { return store.Save(run) })
-	steps, err := job.Plan(ctx, values)
+	// The plan, the steps and the progress ticker share the runner's values: one lock
+	// guards them and every save of the run.
+	steps, err := job.Plan(ctx, runner.Values(run))
 	if err != nil {
 		var in *cookbooks.InputError
 		if cont == nil && errors.As(err, &in) {
@@ -515,11 +513,11 @@ func (a *app) rehearse(ctx context.Context, env *cookbooks.Env, job *cookbooks.J
 		return err
 	}
 	log := env.Log
-	steps, err := job.Plan(ctx, pipeline.NewValues(run.ID, run.Values, nil))
+	runner := &pipeline.Runner{Log: log} // no store: nothing is saved
+	steps, err := job.Plan(ctx, runner.Values(run))
 	if err != nil {
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
 	}
-	runner := &pipeline.Runner{Log: log}
 	if cont.abandon {
 		log.Info("DRY-RUN: rehearsing the abandon of run "+run.ID+": the undo of its started steps, last first", "cookbook", run.Cookbook, "cluster", run.Cluster)
 		undos, err := runner.Abandon(ctx, run, steps)

@@ -39,7 +39,9 @@ type Runner struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	mu sync.Mutex
+	mu     sync.Mutex // guards run and values
+	run    *state.Run
+	values *Values
 }
 
 func (r *Runner) now() time.Time {
@@ -56,14 +58,34 @@ func (r *Runner) log() *slog.Logger {
 	return r.Log
 }
 
-func (r *Runner) save(run *state.Run) error {
-	if r.Store == nil {
-		return nil
-	}
+// Values returns the values of run: the one Values that the run's plan, its steps, the
+// goroutines they start and its progress readers share. Every save of the run and every
+// change the runner makes to the run's records happen under its lock, so the run is
+// never serialised while a value or a step record is being written. A Runner runs one
+// run at a time; the first call for a run makes its Values.
+func (r *Runner) Values(run *state.Run) *Values {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.Store.Save(run)
+	if r.values == nil || r.run != run {
+		if run.Values == nil {
+			run.Values = map[string]json.RawMessage{}
+		}
+		save := func() error {
+			if r.Store == nil {
+				return nil
+			}
+			return r.Store.Save(run)
+		}
+		r.run, r.values = run, NewValues(run.ID, run.Values, save)
+	}
+	return r.values
 }
+
+// save saves the run under its values' lock.
+func (r *Runner) save(run *state.Run) error { return r.update(run, nil) }
+
+// update changes the run's records with f and saves the run, under its values' lock.
+func (r *Runner) update(run *state.Run, f func()) error { return r.Values(run).update(f) }
 
 // Reconcile lines up the run's step records with steps: records of steps already there
 // are kept (a resumed run), new steps are added as pending. A recorded step that is no
@@ -98,17 +120,18 @@ func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 	if err := Validate(steps); err != nil {
 		return err
 	}
-	if run.Values == nil {
-		run.Values = map[string]json.RawMessage{}
-	}
-	v := NewValues(run.ID, run.Values, func() error { return r.save(run) })
-	if err := Reconcile(run, steps); err != nil {
+	v := r.Values(run)
+	v.mu.Lock()
+	err := Reconcile(run, steps)
+	v.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	run.Status = state.Running
-	run.Error = ""
-	run.EndedAt = nil
-	if err := r.save(run); err != nil {
+	if err := r.update(run, func() {
+		run.Status = state.Running
+		run.Error = ""
+		run.EndedAt = nil
+	}); err != nil {
 		return err
 	}
 	groups := groupIndex(steps)
@@ -134,9 +157,10 @@ func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 				continue
 			}
 			if choice == SkipStep {
-				rec.Status = state.Skipped
-				rec.Error = "skipped by the operator after: " + rec.Error
-				if err := r.save(run); err != nil {
+				if err := r.update(run, func() {
+					rec.Status = state.Skipped
+					rec.Error = "skipped by the operator after: " + rec.Error
+				}); err != nil {
 					return err
 				}
 				r.log().Warn("step skipped by the operator", "step", s.Name)
@@ -149,13 +173,14 @@ func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 }
 
 func (r *Runner) finish(run *state.Run, st state.Status, err error) error {
-	run.Status = st
 	now := r.now()
-	run.EndedAt = &now
-	if err != nil {
-		run.Error = err.Error()
-	}
-	if serr := r.save(run); serr != nil {
+	if serr := r.update(run, func() {
+		run.Status = st
+		run.EndedAt = &now
+		if err != nil {
+			run.Error = err.Error()
+		}
+	}); serr != nil {
 		return errors.Join(err, serr)
 	}
 	return err
@@ -167,13 +192,14 @@ func (r *Runner) runStep(ctx context.Context, run *state.Run, rec *state.Step, s
 	}
 	desc := describe(s, v)
 	start := r.now()
-	rec.Status = state.Running
-	rec.Description = desc
-	rec.StartedAt = &start
-	rec.EndedAt = nil
-	rec.Error = ""
-	rec.Attempts++
-	if err := r.save(run); err != nil {
+	if err := r.update(run, func() {
+		rec.Status = state.Running
+		rec.Description = desc
+		rec.StartedAt = &start
+		rec.EndedAt = nil
+		rec.Error = ""
+		rec.Attempts++
+	}); err != nil {
 		return &StepError{Step: s.Name, Err: err}
 	}
 	log := r.log().With("step", s.Name)
@@ -183,30 +209,30 @@ func (r *Runner) runStep(ctx context.Context, run *state.Run, rec *state.Step, s
 	log.Info(desc)
 	err := s.Do(ctx, v)
 	end := r.now()
-	rec.EndedAt = &end
 	dur := end.Sub(start).Round(time.Millisecond)
+	status, recErr := state.Done, ""
 	var skip *SkipError
 	switch {
 	case err == nil:
-		rec.Status = state.Done
 		log.Info("done", "took", dur)
 	case errors.As(err, &skip):
-		rec.Status = state.Skipped
-		rec.Error = skip.Reason
+		status, recErr = state.Skipped, skip.Reason
 		log.Info("skipped: "+skip.Reason, "took", dur)
 		err = nil
 	case ctx.Err() != nil:
-		rec.Status = state.Interrupted
-		rec.Error = err.Error()
+		status, recErr = state.Interrupted, err.Error()
 		log.Warn("interrupted", "took", dur, "err", err)
 		err = fmt.Errorf("step %s: %w", s.Name, errors.Join(ErrInterrupted, err))
 	default:
-		rec.Status = state.Failed
-		rec.Error = err.Error()
+		status, recErr = state.Failed, err.Error()
 		log.Error("failed", "took", dur, "err", err)
 		err = &StepError{Step: s.Name, Err: err}
 	}
-	if serr := r.save(run); serr != nil {
+	if serr := r.update(run, func() {
+		rec.EndedAt = &end
+		rec.Status = status
+		rec.Error = recErr
+	}); serr != nil {
 		return errors.Join(err, serr)
 	}
 	return err
@@ -233,10 +259,13 @@ func groupIndex(steps []Step) map[string][2]int {
 // way) runs in reverse order, then the run is saved as abandoned. It returns the names of
 // the steps it undid. An undo that fails stops the abandon, which can be tried again.
 func (r *Runner) Abandon(ctx context.Context, run *state.Run, steps []Step) (undone []string, err error) {
-	if err := Reconcile(run, steps); err != nil {
+	v := r.Values(run)
+	v.mu.Lock()
+	err = Reconcile(run, steps)
+	v.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
-	v := NewValues(run.ID, run.Values, func() error { return r.save(run) })
 	for i := len(steps) - 1; i >= 0; i-- {
 		s, rec := steps[i], &run.Steps[i]
 		if s.Undo == nil || rec.Undone || rec.Status == state.Pending || rec.Attempts == 0 {
@@ -247,13 +276,13 @@ func (r *Runner) Abandon(ctx context.Context, run *state.Run, steps []Step) (und
 			return undone, fmt.Errorf("undo %s: %w", s.Name, err)
 		}
 		undone = append(undone, s.Name)
-		rec.Undone = true
-		if err := r.save(run); err != nil {
+		if err := r.update(run, func() { rec.Undone = true }); err != nil {
 			return undone, err
 		}
 	}
-	run.Status = state.Abandoned
 	now := r.now()
-	run.EndedAt = &now
-	return undone, r.save(run)
+	return undone, r.update(run, func() {
+		run.Status = state.Abandoned
+		run.EndedAt = &now
+	})
 }

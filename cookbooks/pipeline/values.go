@@ -8,15 +8,21 @@ import (
 
 // Values are what steps hand on to later steps: typed, and saved in the run's state file
 // as soon as they are set, so they survive the process.
+//
+// A run has one Values (Runner.Values), shared by its steps, the goroutines they start
+// and readers such as a progress ticker. Its lock guards the data and every save of the
+// run, so that the run is never serialised while a value is written.
 type Values struct {
 	mu    sync.Mutex
 	runID string
 	data  map[string]json.RawMessage
-	save  func() error // persists the run; nil in dry-run and in tests
+	save  func() error // persists the run, called with mu held; nil in dry-run and in tests
 }
 
 // NewValues returns values backed by data (a run's recorded values), calling save after
-// every Set. It is what the runner uses; tests may use it directly.
+// every Set with the values' lock held (save must not use the values). A run's steps get
+// the runner's Values (Runner.Values); tests and read-only uses may call NewValues, but
+// never over a map that another Values holds.
 func NewValues(runID string, data map[string]json.RawMessage, save func() error) *Values {
 	if data == nil {
 		data = map[string]json.RawMessage{}
@@ -27,28 +33,55 @@ func NewValues(runID string, data map[string]json.RawMessage, save func() error)
 // RunID returns the id of the run the values belong to.
 func (v *Values) RunID() string { return v.runID }
 
+// update runs f (if not nil) and saves the run, all under the values' lock.
+func (v *Values) update(f func()) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	if v.save == nil {
+		return nil
+	}
+	return v.save()
+}
+
 // Key names a value of type T in a run's state. Keys are documented where they are
 // declared and are stable: they are read back from state files by later versions.
 type Key[T any] string
 
-// Get returns the value and whether it was set.
-func (k Key[T]) Get(v *Values) (T, bool) {
-	var out T
+// Lookup returns the value and whether it was recorded. A recorded value that does not
+// decode as T (its type changed) is an error naming the key and the run, reported with
+// ok true: it is never mistaken for a value not set.
+func (k Key[T]) Lookup(v *Values) (val T, ok bool, err error) {
 	v.mu.Lock()
 	raw, ok := v.data[string(k)]
 	v.mu.Unlock()
 	if !ok {
-		return out, false
+		return val, false, nil
 	}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return out, false
+	if err := json.Unmarshal(raw, &val); err != nil {
+		var zero T
+		return zero, true, fmt.Errorf("run %s: recorded value %q does not decode as %T: %w", v.runID, string(k), zero, err)
 	}
-	return out, true
+	return val, true, nil
 }
 
-// Must returns the value, or an error naming the key when no earlier step set it.
+// Get returns the value and whether it was recorded, for descriptions and progress
+// lines: a recorded value that does not decode reads as T's zero value, reported as
+// recorded. Steps that act on whether a value is set use Lookup or Must.
+func (k Key[T]) Get(v *Values) (T, bool) {
+	val, ok, _ := k.Lookup(v)
+	return val, ok
+}
+
+// Must returns the value, or an error naming the key when no earlier step set it or when
+// it does not decode.
 func (k Key[T]) Must(v *Values) (T, error) {
-	out, ok := k.Get(v)
+	out, ok, err := k.Lookup(v)
+	if err != nil {
+		return out, err
+	}
 	if !ok {
 		return out, fmt.Errorf("value %q was not recorded by an earlier step", string(k))
 	}
@@ -62,13 +95,8 @@ func (k Key[T]) Set(v *Values, val T) error {
 	if err != nil {
 		return fmt.Errorf("record %s: %w", string(k), err)
 	}
-	v.mu.Lock()
-	v.data[string(k)] = raw
-	v.mu.Unlock()
-	if v.save != nil {
-		if err := v.save(); err != nil {
-			return fmt.Errorf("record %s: %w", string(k), err)
-		}
+	if err := v.update(func() { v.data[string(k)] = raw }); err != nil {
+		return fmt.Errorf("record %s: %w", string(k), err)
 	}
 	return nil
 }
