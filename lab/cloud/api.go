@@ -1,10 +1,12 @@
 package cloud
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"sort"
@@ -63,12 +65,31 @@ func (c *Cloud) routes() http.Handler {
 	return c.middleware(mux)
 }
 
+// readOnlyAction reports whether a server action body is one that only reads
+// (os-getConsoleOutput).
+func readOnlyAction(body []byte) bool {
+	var action map[string]json.RawMessage
+	if err := json.Unmarshal(body, &action); err != nil || len(action) != 1 {
+		return false
+	}
+	_, ok := action["os-getConsoleOutput"]
+	return ok
+}
+
 // middleware counts writes and applies injected faults.
 func (c *Cloud) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		route := r.Method + " " + routeOf(r.URL.Path)
 		c.opts.Log.Debug("request", "route", route)
 		isWrite := r.Method != http.MethodGet && r.Method != http.MethodHead && !strings.HasPrefix(r.URL.Path, "/identity/") && !strings.HasPrefix(r.URL.Path, "/_lab/")
+		if isWrite && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/action") {
+			// Nova reads a console log through a POST action; it changes nothing.
+			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			if err == nil {
+				r.Body = io.NopCloser(bytes.NewReader(body))
+				isWrite = !readOnlyAction(body)
+			}
+		}
 		c.mu.Lock()
 		c.requests++
 		if isWrite {

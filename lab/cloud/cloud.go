@@ -150,7 +150,8 @@ func (c *Cloud) loop() {
 func (c *Cloud) AuthURL() string { return c.URL + "/identity/v3" }
 
 // Writes returns the number of write requests (POST, PUT, PATCH, DELETE) per route
-// ("POST /compute/v2.1/servers"), auth requests excluded.
+// ("POST /compute/v2.1/servers"), auth requests and console-log reads (a POST action in
+// Nova's API) excluded.
 func (c *Cloud) Writes() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
