@@ -46,7 +46,7 @@ func Drain() Cookbook {
 					return nil, err
 				}
 				return pipeline.Steps(
-					pipeline.Group(node, "node "+node, append(cordonSteps(k, node), drainStep(k, node, opts))...),
+					pipeline.Group(node, "node "+node, cordonDrain(k, pipeline.Scope(node), node, opts)...),
 					pipeline.One(auditStep(env, fmt.Sprintf("Drained k8s node %s of cluster %s", node, cl.Name))),
 				), nil
 			}}, nil
@@ -57,13 +57,15 @@ func Drain() Cookbook {
 // Cordon marks a node unschedulable.
 func Cordon() Cookbook {
 	return oneNodeCookbook("cordon", "mark a node unschedulable (new pods are not scheduled there)", "Cordoned",
-		func(k *k8sops.Ops, node string) []pipeline.Step { return cordonSteps(k, node) })
+		func(k *k8sops.Ops, node string) []pipeline.Step { return cordon(k, pipeline.Scope(node), node) })
 }
 
 // Uncordon marks a node schedulable again.
 func Uncordon() Cookbook {
 	return oneNodeCookbook("uncordon", "mark a node schedulable again", "Uncordoned",
-		func(k *k8sops.Ops, node string) []pipeline.Step { return []pipeline.Step{uncordonStep(k, node, true)} })
+		func(k *k8sops.Ops, node string) []pipeline.Step {
+			return []pipeline.Step{uncordon(k, pipeline.Scope(node), node, true)}
+		})
 }
 
 // oneNodeCookbook is a cookbook of --cluster-name and --hostname whose steps act on that

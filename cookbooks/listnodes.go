@@ -11,7 +11,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/k8sops"
@@ -58,12 +57,12 @@ func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter strin
 		out = os.Stdout
 	}
 	nodes := map[string]*corev1.Node{}
-	list, err := cs.kube.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	list, err := cs.kube.Nodes(ctx)
 	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
+		return err
 	}
-	for i := range list.Items {
-		nodes[list.Items[i].Name] = &list.Items[i]
+	for i := range list {
+		nodes[list[i].Name] = &list[i]
 	}
 	imageNames := map[string]string{}
 	var roles []string

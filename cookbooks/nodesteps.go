@@ -3,6 +3,7 @@ package cookbooks
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,24 +23,23 @@ func (e *Env) Kube(cl *config.Cluster) (*k8sops.Ops, error) {
 	return &k8sops.Ops{Client: c, Gate: e.Gate, Log: e.Log}, nil
 }
 
-// wasCordoned records, per node, whether the node was unschedulable before the run
-// touched it. Key: "<node>/was-cordoned".
-func wasCordoned(node string) pipeline.Key[bool] { return pipeline.Key[bool](node + "/was-cordoned") }
+// keyWasCordoned records whether a node was unschedulable before the run touched it, in
+// the node's scope: "<node>/was-cordoned".
+const keyWasCordoned = pipeline.Key[bool]("was-cordoned")
 
-// cordonSteps record whether an administrator had cordoned the node, then cordon it.
-// The undo uncordons the node only if this run cordoned it.
-func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
+// cordon is the step set that takes a node out of scheduling: record-cordon-state
+// (whether an administrator had cordoned it, recorded in scope s), then cordon. The
+// cordon's undo uncordons the node only if this run cordoned it.
+func cordon(k *k8sops.Ops, s pipeline.Scope, node string) []pipeline.Step {
+	was := pipeline.In(s, keyWasCordoned)
 	return []pipeline.Step{
 		{
 			Name: "record-cordon-state",
 			Desc: pipeline.Textf("record whether %s is already cordoned", node),
 			Do: func(ctx context.Context, v *pipeline.Values) error {
-				_, ok, err := wasCordoned(node).Lookup(v)
-				if err != nil {
-					return err
-				}
-				if ok {
-					return nil // recorded before an interruption
+				_, ok, err := was.Lookup(v)
+				if err != nil || ok {
+					return err // ok: recorded before an interruption
 				}
 				n, err := k.Node(ctx, node)
 				if err != nil {
@@ -48,7 +48,7 @@ func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
 				if n.Spec.Unschedulable {
 					k.Log.Info("node was cordoned before this run: it stays cordoned at the end", "node", node)
 				}
-				return wasCordoned(node).Set(v, n.Spec.Unschedulable)
+				return was.Set(v, n.Spec.Unschedulable)
 			},
 		},
 		{
@@ -59,7 +59,7 @@ func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
 				return err
 			},
 			Undo: func(ctx context.Context, v *pipeline.Values) error {
-				was, _, err := wasCordoned(node).Lookup(v)
+				was, _, err := was.Lookup(v)
 				if err != nil {
 					return err
 				}
@@ -73,14 +73,26 @@ func cordonSteps(k *k8sops.Ops, node string) []pipeline.Step {
 	}
 }
 
-// uncordonStep uncordons the node unless an administrator had cordoned it before the
-// run (force overrides that).
-func uncordonStep(k *k8sops.Ops, node string, force bool) pipeline.Step {
+// cordonDrain is the step set that empties a node: record-cordon-state, cordon (undone
+// on abandon if this run cordoned it), drain. Values in scope s.
+func cordonDrain(k *k8sops.Ops, s pipeline.Scope, node string, opts k8sops.DrainOptions) []pipeline.Step {
+	return append(cordon(k, s, node), pipeline.Step{
+		Name: "drain",
+		Desc: pipeline.Textf("drain %s (timeout %s)", node, opts.Timeout),
+		Do: func(ctx context.Context, v *pipeline.Values) error {
+			return k.Drain(ctx, node, opts)
+		},
+	})
+}
+
+// uncordon is the step that puts a node back into scheduling, unless an administrator had
+// cordoned it before the run (as recorded in scope s by cordon; force overrides that).
+func uncordon(k *k8sops.Ops, s pipeline.Scope, node string, force bool) pipeline.Step {
 	return pipeline.Step{
 		Name: "uncordon",
 		Desc: pipeline.Textf("uncordon %s if this run cordoned it", node),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
-			was, ok, err := wasCordoned(node).Lookup(v)
+			was, ok, err := pipeline.In(s, keyWasCordoned).Lookup(v)
 			if err != nil {
 				return err
 			}
@@ -92,15 +104,32 @@ func uncordonStep(k *k8sops.Ops, node string, force bool) pipeline.Step {
 	}
 }
 
-// drainStep drains the node.
-func drainStep(k *k8sops.Ops, node string, opts k8sops.DrainOptions) pipeline.Step {
+// waitReady is the step that waits for a node to be Ready.
+func waitReady(k *k8sops.Ops, node string, timeout time.Duration) pipeline.Step {
 	return pipeline.Step{
-		Name: "drain",
-		Desc: pipeline.Textf("drain %s (timeout %s)", node, opts.Timeout),
+		Name: "wait-ready",
+		Desc: pipeline.Textf("wait for %s to be Ready", node),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
-			return k.Drain(ctx, node, opts)
+			return k.WaitReady(ctx, node, timeout)
 		},
 	}
+}
+
+// ifInCluster makes steps skip when the node is not (or no longer) a Kubernetes node:
+// a node being removed may be gone already, and has nothing to cordon or drain then.
+func ifInCluster(k *k8sops.Ops, node string, steps []pipeline.Step) []pipeline.Step {
+	out := make([]pipeline.Step, len(steps))
+	for i, s := range steps {
+		do := s.Do
+		s.Do = func(ctx context.Context, v *pipeline.Values) error {
+			if _, err := k.Node(ctx, node); apierrors.IsNotFound(err) {
+				return pipeline.Skip("node %s is not in the cluster", node)
+			}
+			return do(ctx, v)
+		}
+		out[i] = s
+	}
+	return out
 }
 
 // drainFlags are the flags of every cookbook that drains nodes.

@@ -10,66 +10,75 @@ import (
 	"example.com/cookbook/ssh"
 )
 
-// bootIDBefore records a node's boot id before the run rebooted it. Key:
-// "<node>/boot-id-before".
-func bootIDBefore(node string) pipeline.Key[string] {
-	return pipeline.Key[string](node + "/boot-id-before")
+// keyBootIDBefore is a node's boot id before the run rebooted it, in the scope of the
+// reboot's step set: "<node>/boot-id-before" for a node of a rolling job.
+const keyBootIDBefore = pipeline.Key[string]("boot-id-before")
+
+// nodeRef is the node a step set acts on: its name and how SSH reaches it. A node known
+// when the run is planned has a fixed name (knownNode); a node that an earlier step of the
+// run creates is named by a value that step recorded and reached with the host keys it
+// pinned (addNode gives its own nodeRef to the sets it uses).
+type nodeRef struct {
+	// Name returns the node's name.
+	Name func(v *pipeline.Values) (string, error)
+	// Host returns the SSH target of the node.
+	Host func(ctx context.Context, v *pipeline.Values) (string, error)
+	// Imaginary, if not nil, reports that the node exists only in a dry-run (a server
+	// the dry-run did not create): steps then only say what they would do.
+	Imaginary func(v *pipeline.Values) bool
 }
 
-// rebootStep reboots the node the name function gives (add-k8s-node's new server).
-func rebootStep(c *clients, name func(*pipeline.Values) string, timeout time.Duration, hardFallback bool) pipeline.Step {
-	return pipeline.Step{
+// knownNode refers to an existing node by name, reached at its SSH target.
+func knownNode(c *clients, node string) nodeRef {
+	return nodeRef{
+		Name: func(*pipeline.Values) (string, error) { return node, nil },
+		Host: func(ctx context.Context, _ *pipeline.Values) (string, error) { return c.target(ctx, node) },
+	}
+}
+
+// rebootOpts are how a reboot is done.
+type rebootOpts struct {
+	// Timeout is how long the node may take to come back.
+	Timeout time.Duration
+	// HardFallback hard-reboots the server through OpenStack when the soft reboot cannot
+	// be issued or the node does not come back in time.
+	HardFallback bool
+}
+
+// reboot is the step set that reboots a node over SSH, proven by a new boot id (the old
+// one recorded in scope s before the reboot), falling back to a hard reboot through
+// OpenStack if opts say so: one step, "reboot".
+func reboot(c *clients, s pipeline.Scope, n nodeRef, opts rebootOpts) []pipeline.Step {
+	return []pipeline.Step{{
 		Name: "reboot",
-		Desc: func(v *pipeline.Values) string { return fmt.Sprintf("reboot %s, proven by a new boot id", name(v)) },
+		Desc: func(v *pipeline.Values) string {
+			name, _ := n.Name(v)
+			return fmt.Sprintf("reboot %s, proven by a new boot id", name)
+		},
 		Do: func(ctx context.Context, v *pipeline.Values) error {
-			if dryNew(c.env, v) {
+			if n.Imaginary != nil && n.Imaginary(v) {
 				c.env.Log.Info("DRY-RUN: would reboot the new node and wait for a new boot id")
 				return nil
 			}
-			node := name(v)
-			host, err := hostOf(ctx, c, v, node)
+			node, err := n.Name(v)
 			if err != nil {
 				return err
 			}
-			return rebootNode(ctx, c, v, node, host, timeout, hardFallback)
-		},
-	}
-}
-
-// hostOf is the SSH target of a node; for a server this run created, its pinned host keys
-// are applied (again, after a restart).
-func hostOf(ctx context.Context, c *clients, v *pipeline.Values, node string) (string, error) {
-	n, ok, err := keyHostname.Lookup(v)
-	if err != nil {
-		return "", err
-	}
-	if ok && n == node {
-		target := c.cl.FQDN(node)
-		if c.cl.SSH.ConnectTo == "address" {
-			addr, err := keyAddress.Must(v)
+			host, err := n.Host(ctx, v)
 			if err != nil {
-				return "", err
+				return err
 			}
-			target = addr
-		}
-		fps, ok, err := keyHostKeys.Lookup(v)
-		if err != nil {
-			return "", err
-		}
-		if ok {
-			c.ssh.Pin(target, fps)
-		}
-		return target, nil
-	}
-	return c.target(ctx, node)
+			return rebootNode(ctx, c, pipeline.In(s, keyBootIDBefore), v, node, host, opts)
+		},
+	}}
 }
 
 // rebootNode reboots a node over SSH and proves it by a new boot id. If the reboot cannot
 // be issued or the node does not come back in time, it falls back (unless told not to) to
 // a hard reboot through OpenStack and waits again, as the existing cookbooks do. Safe to
-// run again: a node whose boot id already differs from the recorded one is done.
-func rebootNode(ctx context.Context, c *clients, v *pipeline.Values, node, host string, timeout time.Duration, hardFallback bool) error {
-	key := bootIDBefore(node)
+// run again: a node whose boot id already differs from the one recorded in key is done.
+func rebootNode(ctx context.Context, c *clients, key pipeline.Key[string], v *pipeline.Values, node, host string, opts rebootOpts) error {
+	timeout, hardFallback := opts.Timeout, opts.HardFallback
 	old, recorded, err := key.Lookup(v)
 	if err != nil {
 		return err

@@ -9,7 +9,6 @@ import (
 
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/openstack"
-	"example.com/cookbook/ssh"
 )
 
 // keyRemoveServer is the server the removal deletes: "remove/server" (id and name).
@@ -118,53 +117,7 @@ func RemoveNode() Cookbook {
 					}
 				}
 				node := srv.Name
-				k := cs.kube
-				// A node that is not (or no longer) in Kubernetes has nothing to drain.
-				inK8s := func(ctx context.Context) bool { _, err := k.Node(ctx, node); return err == nil }
-				steps := pipeline.Group(node, "node "+node,
-					pipeline.Step{Name: "record-cordon-state", Desc: pipeline.Textf("record whether %s is already cordoned", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						if !inK8s(ctx) {
-							return pipeline.Skip("node %s is not in the cluster", node)
-						}
-						return cordonSteps(k, node)[0].Do(ctx, v)
-					}},
-					pipeline.Step{Name: "cordon", Desc: pipeline.Textf("cordon %s", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						if !inK8s(ctx) {
-							return pipeline.Skip("node %s is not in the cluster", node)
-						}
-						_, err := k.Cordon(ctx, node)
-						return err
-					}, Undo: cordonSteps(k, node)[1].Undo},
-					pipeline.Step{Name: "drain", Desc: pipeline.Textf("drain %s", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						if !inK8s(ctx) {
-							return pipeline.Skip("node %s is not in the cluster", node)
-						}
-						return k.Drain(ctx, node, opts)
-					}},
-					pipeline.Step{Name: "delete-node", Desc: pipeline.Textf("delete node %s from Kubernetes", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						return k.DeleteNode(ctx, node)
-					}},
-					pipeline.Step{Name: "kubeadm-reset", Desc: pipeline.Textf("kubeadm reset -f on %s (best effort)", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						host, err := cs.target(ctx, node)
-						if err == nil {
-							_, err = cs.ssh.Run(ctx, host, ssh.Command{Argv: []string{"kubeadm", "reset", "-f"}, Timeout: 2 * time.Minute})
-						}
-						if err != nil {
-							return pipeline.Skip("kubeadm reset failed (the host may be dead; the server is deleted next): %v", err)
-						}
-						return nil
-					}},
-					pipeline.Step{Name: "delete-server", Desc: pipeline.Textf("delete server %s (%s) and wait until it is gone", node, srv.ID), Do: func(ctx context.Context, v *pipeline.Values) error {
-						if err := cs.cloud.DeleteServer(ctx, srv.ID, node); err != nil {
-							return err
-						}
-						return cs.cloud.WaitGone(ctx, srv.ID, timeout)
-					}},
-					pipeline.Step{Name: "forget-host-key", Desc: pipeline.Textf("forget the SSH host key learned for %s", node), Do: func(ctx context.Context, v *pipeline.Values) error {
-						// The next server of this name or address has a new key.
-						return cs.ssh.Forget(ctx, cs.cl.FQDN(node), srv.Address)
-					}},
-				)
+				steps := pipeline.Group(node, "node "+node, removeNode(cs, pipeline.Scope(node), srv, removeOpts{Drain: opts, Timeout: timeout})...)
 				role := roleName
 				steps = append(steps, auditStep(env, fmt.Sprintf("Removed k8s %s %s from the cluster %s", role, cl.FQDN(node), cl.Name)))
 				return steps, nil

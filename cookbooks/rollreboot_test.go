@@ -2,6 +2,7 @@ package cookbooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -30,7 +31,7 @@ func (l *lines) Info(msg string, _ ...any) {
 // saves must read the map only under the run's one lock.
 func TestRollProgressWhileBatchRecords(t *testing.T) {
 	store := &state.Store{Dir: t.TempDir()}
-	run := &state.Run{ID: "r-roll", Cookbook: "roll-reboot"}
+	run := &state.Run{ID: "r-roll", Cookbook: "roll-reboot", StartedAt: time.Now()}
 	runner := &pipeline.Runner{Store: store}
 	batch := []rollNode{{Name: "w-1", Role: "worker"}, {Name: "w-2", Role: "worker"}, {Name: "w-3", Role: "worker"}}
 
@@ -47,7 +48,6 @@ func TestRollProgressWhileBatchRecords(t *testing.T) {
 
 	const rounds = 30
 	steps := []pipeline.Step{{Name: "batch-1", Do: func(ctx context.Context, v *pipeline.Values) error {
-		p.begin(len(batch))
 		return each(batch, func(n rollNode) error {
 			for i := range rounds {
 				if err := pipeline.Key[int](n.Name+"/round").Set(v, i); err != nil {
@@ -95,4 +95,16 @@ func TestRollProgressWhileBatchRecords(t *testing.T) {
 	if summaries < len(batch)*rounds {
 		t.Errorf("%d progress summaries, want at least %d", summaries, len(batch)*rounds)
 	}
+}
+
+// each runs f for every node of the batch at once and joins the errors.
+func each(b []rollNode, f func(n rollNode) error) error {
+	errs := make([]error, len(b))
+	var wg sync.WaitGroup
+	for i, n := range b {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = f(n) }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -1,0 +1,374 @@
+package cookbooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/user"
+	"sort"
+	"strings"
+	"time"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/k8sops"
+)
+
+// keyRollPlan is the plan of a rolling job: its batches, decided once and replayed by a
+// resumed run.
+const keyRollPlan = pipeline.Key[[][]rollNode]("roll/plan")
+
+// nodeDone records when a node of a rolling job was finished: "<node>/done".
+func nodeDone(node string) pipeline.Key[time.Time] { return pipeline.Key[time.Time](node + "/done") }
+
+// rolling is the skeleton of every rolling job: it plans batches of the selected nodes
+// (at most Max unschedulable at once, counting nodes an administrator cordoned; control
+// nodes last and alone), records the plan once (a resumed run replays it), and does each
+// batch as one group "batch-N": record-cordon-state, cordon, drain, the ACTION, wait-ready,
+// uncordon (only what the run cordoned), health-gate, settle. The batch's nodes go
+// through each step at once (pipeline.Together): a node that fails fails the step naming
+// the node, and a resume redoes only what that node had not finished.
+//
+// ACTION is a step set, built per node by Action: reboot for roll-reboot; a kubelet
+// upgrade or a node replacement for the cookbooks to come.
+type rolling struct {
+	Env     *Env
+	Cluster *config.Cluster
+	// Job names the job in audit lines ("roll-reboot"); Did says what it did to each
+	// node ("rebooted").
+	Job, Did string
+	// Select picks the job's nodes from the cluster's node names (sorted).
+	Select func(names []string) ([]string, error)
+	// Action builds the steps done to node n between its drain and its wait-ready, their
+	// values in scope s. Every node's set must have the same step names.
+	Action func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step
+	// Max is --max-unavailable; Settle the pause after each health gate; Timeout bounds
+	// waiting for a node to be Ready and for the health gate; Force uncordons nodes an
+	// administrator had cordoned; Drain is how nodes are drained.
+	Max     int
+	Settle  time.Duration
+	Timeout time.Duration
+	Force   bool
+	Drain   k8sops.DrainOptions
+	// Gate configures the health gate's checks (Handled and Timeout are set per batch).
+	Gate k8sops.GateOptions
+	// Clients makes the backends; nil means the cluster's real (or dry-run) ones.
+	Clients func(ctx context.Context) (*clients, error)
+
+	c        *clients
+	progress *rollProgress
+}
+
+// Plan is the job's Plan.
+func (r *rolling) Plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+	var err error
+	if r.Clients != nil {
+		r.c, err = r.Clients(ctx)
+	} else {
+		r.c, err = newClients(ctx, r.Env, r.Cluster)
+	}
+	if err != nil {
+		return nil, err
+	}
+	plan, ok, err := keyRollPlan.Lookup(v)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if plan, err = r.makePlan(ctx); err != nil {
+			return nil, err
+		}
+		if err := keyRollPlan.Set(v, plan); err != nil {
+			return nil, err
+		}
+	}
+	total := 0
+	for _, b := range plan {
+		total += len(b)
+	}
+	r.progress = &rollProgress{log: r.Env.Log, total: total, started: time.Now()}
+	r.logPlan(ctx, plan)
+	parts := [][]pipeline.Step{pipeline.One(auditStepNamed("audit-start", r.Env, fmt.Sprintf("%s of %s started by %s: %d node(s) in %d batch(es)", r.Job, r.Cluster.Name, operator(), total, len(plan))))}
+	for i, b := range plan {
+		name := fmt.Sprintf("batch-%d", i+1)
+		title := fmt.Sprintf("batch %d/%d [%s]", i+1, len(plan), batchNames(b))
+		steps, err := r.batchSteps(name, b)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, pipeline.Group(name, title, steps...))
+	}
+	parts = append(parts, pipeline.One(auditStep(r.Env, fmt.Sprintf("%s of %s finished: %d node(s) %s", r.Job, r.Cluster.Name, total, r.Did))))
+	if !r.Env.DryRun {
+		go r.progress.tick(ctx, v)
+	}
+	return pipeline.Steps(parts...), nil
+}
+
+// makePlan reads the nodes and decides the batches.
+func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
+	list, err := r.c.kube.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	cordoned := map[string]bool{}
+	for _, n := range list {
+		names = append(names, n.Name)
+		cordoned[n.Name] = n.Spec.Unschedulable
+	}
+	sort.Strings(names)
+	chosen, err := r.Select(names)
+	if err != nil {
+		return nil, err
+	}
+	in := map[string]bool{}
+	var nodes []rollNode
+	for _, n := range chosen {
+		in[n] = true
+		role, rc, _ := r.Cluster.RoleOf(n)
+		nodes = append(nodes, rollNode{Name: n, Role: role, Control: rc != nil && rc.ControlPlane, Cordoned: cordoned[n]})
+	}
+	var already []string
+	for _, n := range names {
+		if cordoned[n] && !in[n] {
+			already = append(already, n)
+		}
+	}
+	return batches(nodes, r.Max, already)
+}
+
+// logPlan prints the plan; in dry-run also the pods each node would lose and the budgets
+// that would block now.
+func (r *rolling) logPlan(ctx context.Context, plan [][]rollNode) {
+	for i, b := range plan {
+		r.Env.Log.Info(fmt.Sprintf("plan: batch %d/%d: %s", i+1, len(plan), batchNames(b)))
+		if !r.Env.DryRun {
+			continue
+		}
+		for _, n := range b {
+			p, err := r.c.kube.PlanDrain(ctx, n.Name, r.Drain)
+			if err != nil {
+				r.Env.Log.Warn("cannot plan the drain", "node", n.Name, "err", err)
+				continue
+			}
+			r.Env.Log.Info(fmt.Sprintf("plan: %s: %d pod(s) to evict", n.Name, len(p.Evict)), "cordoned-by-admin", n.Cordoned)
+			for _, pdb := range p.PDBs {
+				if pdb.WouldBlock() {
+					r.Env.Log.Info("plan: " + n.Name + ": would wait on " + pdb.String())
+				}
+			}
+			for _, b := range p.Blocking {
+				r.Env.Log.Warn("plan: " + n.Name + ": blocks: " + b)
+			}
+		}
+	}
+}
+
+// nodeSteps is what a batch does to one of its nodes: cordon and drain, the action, wait
+// Ready, uncordon, each announced as a transition when it is done.
+func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
+	k, s := r.c.kube, pipeline.Scope(n.Name)
+	action := r.Action(r.c, s, n)
+	uncordonOwn := uncordon(k, s, n.Name, r.Force)
+	uncordonOwn.Do = logSkip(r.Env, n.Name, uncordonOwn.Do)
+	steps := pipeline.Steps(cordonDrain(k, s, n.Name, r.Drain), action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
+	for i := range steps {
+		st := &steps[i]
+		do, label := st.Do, map[string]string{"cordon": "cordoned", "drain": "drained", "wait-ready": "Ready"}[st.Name]
+		if len(action) > 0 && st.Name == action[len(action)-1].Name {
+			label = r.Did
+		}
+		check := st.Name == "cordon"
+		st.Do = func(ctx context.Context, v *pipeline.Values) error {
+			if check {
+				if err := r.checkRoom(ctx, b); err != nil {
+					return err
+				}
+			}
+			if err := do(ctx, v); err != nil {
+				return err
+			}
+			if label != "" {
+				r.progress.transition(n.Name, label)
+			}
+			return nil
+		}
+	}
+	return steps
+}
+
+// logSkip logs the reason a node's step had nothing to do, and counts the step as done.
+func logSkip(env *Env, node string, do pipeline.Func) pipeline.Func {
+	return func(ctx context.Context, v *pipeline.Values) error {
+		err := do(ctx, v)
+		if reason, ok := skipped(err); ok {
+			env.Log.Info(reason, "node", node)
+			return nil
+		}
+		return err
+	}
+}
+
+func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error) {
+	sets := make([]pipeline.Set, len(b))
+	for i, n := range b {
+		sets[i] = pipeline.Set{Scope: pipeline.Scope(n.Name), Title: "node " + n.Name, Steps: r.nodeSteps(b, n)}
+	}
+	steps, err := pipeline.Together(name, sets...)
+	if err != nil {
+		return nil, err
+	}
+	var handled []string
+	for _, n := range b {
+		handled = append(handled, n.Name)
+	}
+	k := r.c.kube
+	return append(steps,
+		pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+			gate := r.Gate
+			gate.Handled, gate.Timeout = handled, r.Timeout
+			if r.Env.DryRun {
+				bad, err := k.Health(ctx, gate)
+				if err == nil && len(bad) > 0 {
+					r.Env.Log.Info("DRY-RUN: the health gate would wait on: " + strings.Join(bad, "; "))
+				}
+				return err
+			}
+			if err := k.WaitHealthy(ctx, gate); err != nil {
+				return err
+			}
+			for _, n := range b {
+				_, ok, err := nodeDone(n.Name).Lookup(v)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					if err := nodeDone(n.Name).Set(v, time.Now()); err != nil {
+						return err
+					}
+				}
+				r.progress.finish(n.Name)
+			}
+			r.progress.summary(v)
+			return nil
+		}},
+		pipeline.Step{Name: "settle", Desc: pipeline.Textf("settle for %s", r.Settle), Do: func(ctx context.Context, v *pipeline.Values) error {
+			if r.Settle == 0 || r.Env.DryRun {
+				return pipeline.Skip("no --settle")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(r.Settle):
+				return nil
+			}
+		}},
+	), nil
+}
+
+// checkRoom refuses to take the batch down if that would make more than --max-unavailable
+// nodes unschedulable now (an administrator may have cordoned nodes since the plan).
+func (r *rolling) checkRoom(ctx context.Context, b []rollNode) error {
+	list, err := r.c.kube.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	in := map[string]bool{}
+	for _, n := range b {
+		in[n.Name] = true
+	}
+	down := 0
+	var who []string
+	for _, n := range list {
+		if n.Spec.Unschedulable || in[n.Name] {
+			down++
+			who = append(who, n.Name)
+		}
+	}
+	if down > r.Max {
+		return fmt.Errorf("taking down %s would make %d nodes unschedulable (%s), more than --max-unavailable %d", batchNames(b), down, strings.Join(who, ", "), r.Max)
+	}
+	return nil
+}
+
+// rollProgress prints one line per node transition and a summary every 30 seconds.
+type rollProgress struct {
+	log interface {
+		Info(msg string, args ...any)
+	}
+	every   time.Duration // between summaries; 0 means 30 seconds
+	total   int
+	started time.Time
+}
+
+func (p *rollProgress) transition(node, state string) {
+	p.log.Info(fmt.Sprintf("node %s: %s", node, state))
+}
+
+func (p *rollProgress) finish(node string) {
+	p.log.Info(fmt.Sprintf("node %s: done", node))
+}
+
+// snapshot counts, from the run's values, the nodes done (health gate passed) and in
+// progress (cordon state recorded, not done yet), so a resumed run counts right.
+func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.Progress {
+	done, inProgress := 0, 0
+	var last time.Time
+	for _, b := range plan {
+		for _, n := range b {
+			if t, ok := nodeDone(n.Name).Get(v); ok {
+				done++
+				if last.IsZero() || t.After(last) {
+					last = t
+				}
+			} else if _, ok := pipeline.In(pipeline.Scope(n.Name), keyWasCordoned).Get(v); ok {
+				inProgress++
+			}
+		}
+	}
+	elapsed := time.Since(p.started)
+	if done > 0 && last.After(p.started) {
+		elapsed = last.Sub(p.started)
+	}
+	return pipeline.Progress{Total: p.total, Done: done, InProgress: inProgress, Elapsed: elapsed}
+}
+
+func (p *rollProgress) summary(v *pipeline.Values) {
+	plan, _ := keyRollPlan.Get(v)
+	p.log.Info("progress: " + p.snapshot(v, plan).String())
+}
+
+func (p *rollProgress) tick(ctx context.Context, v *pipeline.Values) {
+	every := p.every
+	if every == 0 {
+		every = 30 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.summary(v)
+		}
+	}
+}
+
+// operator is who runs cookbook, for audit lines.
+func operator() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+// skipped returns the reason of a step's skip.
+func skipped(err error) (string, bool) {
+	var skip *pipeline.SkipError
+	if errors.As(err, &skip) {
+		return skip.Reason, true
+	}
+	return "", false
+}

@@ -1,0 +1,122 @@
+package cookbooks
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/cookbooks/state"
+	"example.com/cookbook/k8sops"
+)
+
+// TestRollingWithToyAction plans a roll whose action is a toy step set (no lab: the
+// Kubernetes API is client-go's fake), checks the plan (step names, batches, control
+// nodes last and alone), runs it with the toy failing on one node, and resumes it: the
+// failure names the node, and the resume redoes only that node's action.
+func TestRollingWithToyAction(t *testing.T) {
+	// client-go's fake sends no watch-list bookmark: watch the old way.
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
+	var objs []runtime.Object
+	for _, n := range []string{"c-1", "w-1", "w-2", "w-3"} {
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}})
+	}
+	client := fake.NewSimpleClientset(objs...)
+	cl := &config.Cluster{Name: "toy", Roles: map[string]*config.Role{"worker": {Prefix: "w"}, "control": {Prefix: "c", ControlPlane: true}}}
+	env := &Env{Log: slog.New(slog.DiscardHandler)}
+	kube := &k8sops.Ops{Client: client, Log: env.Log}
+
+	var mu sync.Mutex
+	poked := map[string]int{}
+	broken := map[string]bool{"w-2": true}
+	toy := func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
+		return []pipeline.Step{{Name: "poke", Desc: pipeline.Textf("poke %s", n.Name), Do: func(ctx context.Context, v *pipeline.Values) error {
+			mu.Lock()
+			defer mu.Unlock()
+			poked[n.Name]++
+			if broken[n.Name] {
+				return errors.New("the toy broke")
+			}
+			return pipeline.In(s, pipeline.Key[string]("poked")).Set(v, n.Name)
+		}}}
+	}
+	roll := func() *rolling {
+		return &rolling{Env: env, Cluster: cl, Job: "roll-toy", Did: "poked", Max: 2, Timeout: 10 * time.Second,
+			Select: func(names []string) ([]string, error) { return names, nil },
+			Action: toy, Gate: k8sops.GateOptions{Interval: time.Millisecond},
+			Clients: func(context.Context) (*clients, error) { return &clients{env: env, cl: cl, kube: kube}, nil }}
+	}
+
+	store := &state.Store{Dir: t.TempDir()}
+	run := &state.Run{ID: "r-toy", Cookbook: "roll-toy", StartedAt: time.Now()}
+	runner := &pipeline.Runner{Store: store}
+	ctx := context.Background()
+	steps, err := roll().Plan(ctx, runner.Values(run))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range steps {
+		names = append(names, s.Name)
+	}
+	batch := func(n int) []string {
+		var out []string
+		for _, s := range []string{"record-cordon-state", "cordon", "drain", "poke", "wait-ready", "uncordon", "health-gate", "settle"} {
+			out = append(out, "batch-"+string(rune('0'+n))+"/"+s)
+		}
+		return out
+	}
+	want := append(append(append(append([]string{"audit-start"}, batch(1)...), batch(2)...), batch(3)...), "audit")
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("step names (-want +got):\n%s", diff)
+	}
+	plan, err := keyRollPlan.Must(runner.Values(run))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]string{{"w-1", "w-2"}, {"w-3"}, {"c-1"}}, namesOf(plan)); diff != "" {
+		t.Errorf("batches (-want +got):\n%s", diff)
+	}
+
+	err = runner.Run(ctx, run, steps)
+	var se *pipeline.StepError
+	if !errors.As(err, &se) || se.Step != "batch-1/poke" || !strings.Contains(err.Error(), "node w-2: the toy broke") || strings.Contains(err.Error(), "w-1") {
+		t.Fatalf("err = %v, want batch-1/poke failing on node w-2 only", err)
+	}
+
+	// Resume with a new process's plan: the recorded plan is replayed.
+	broken["w-2"] = false
+	runner = &pipeline.Runner{Store: store}
+	if steps, err = roll().Plan(ctx, runner.Values(run)); err != nil {
+		t.Fatal(err)
+	}
+	if err := runner.Run(ctx, run, steps); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{"w-1": 1, "w-2": 2, "w-3": 1, "c-1": 1}, poked); diff != "" {
+		t.Errorf("toy actions per node (-want +got):\n%s", diff)
+	}
+	for _, n := range []string{"c-1", "w-1", "w-2", "w-3"} {
+		node, err := kube.Node(ctx, n)
+		if err != nil || node.Spec.Unschedulable {
+			t.Errorf("node %s left cordoned (%v)", n, err)
+		}
+		if got, _ := pipeline.Key[string](n + "/poked").Get(runner.Values(run)); got != n {
+			t.Errorf("%s/poked = %q: the action's values are not in the node's scope", n, got)
+		}
+	}
+}
+
+func namesOf(bs [][]rollNode) [][]string { return names(bs) }
