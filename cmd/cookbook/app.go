@@ -362,7 +362,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 	defer logFile.Close()
 	fileLog := newLogger(logFile, true, true)
-	logger = slog.New(fanout{termLog, fileLog}).With("run", run.ID)
+	logger = slog.New(slog.NewMultiHandler(termLog, fileLog)).With("run", run.ID)
 	env.Log = logger
 	env.Gate.Log = logger
 	if cfg, err := env.Config(); err == nil {
