@@ -51,7 +51,11 @@ func RemoveNode() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			force, timeout := c.Bool("force-removal"), c.Duration("timeout")
+			timeout, err := positiveDuration(c, "timeout", 10*time.Minute)
+			if err != nil {
+				return nil, err
+			}
+			force := c.Bool("force-removal")
 			var cs *clients
 			var victim openstack.Server
 			// choose finds the server to remove and checks the role keeps enough nodes.

@@ -34,6 +34,9 @@ func duration(run *state.Run) string {
 }
 
 func (a *app) runs(c *cli.Context) error {
+	if err := cookbooks.NonNegativeInt("limit", c.Int("limit")); err != nil {
+		return err
+	}
 	store, err := openStore(c)
 	if err != nil {
 		return err
