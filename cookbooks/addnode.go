@@ -58,6 +58,9 @@ func AddNode() Cookbook {
 			}
 			a := &adder{env: env, cl: cl, roleName: roleName, role: role, timeout: timeout,
 				flavor: c.String("flavor"), image: c.String("image"), network: c.String("network")}
+			if err := env.CheckAccess(cl); err != nil {
+				return nil, err
+			}
 			return &Job{Cluster: cl.Name, Check: a.check, Plan: a.plan}, nil
 		},
 	}

@@ -95,6 +95,9 @@ func RemoveNode() Cookbook {
 				}
 				return nil
 			}
+			if err := env.CheckAccess(cl); err != nil {
+				return nil, err
+			}
 			job := &Job{Cluster: cl.Name}
 			job.Confirm = func(ctx context.Context) (string, error) {
 				if err := choose(ctx); err != nil {

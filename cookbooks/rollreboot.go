@@ -156,6 +156,9 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 		}
 		return out, nil
 	}
+	if err := env.CheckAccess(cl); err != nil {
+		return nil, err
+	}
 	return &Job{Cluster: cl.Name, Plan: r.plan}, nil
 }
 
