@@ -331,6 +331,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		run = cont.run
 		run.Holder = holder()
 	}
+	if cont == nil {
+		// Checked again under the lock below; refused here too, so that a refusal
+		// creates no lock file.
+		if err := a.refuseUnfinished(c, store, cb, job.Cluster); err != nil {
+			return err
+		}
+	}
 	l, prev, err := locks.Lock(job.Cluster, lock.Holder{RunID: run.ID, Cookbook: cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
 	if err != nil {
 		return err
@@ -511,8 +518,11 @@ func (a *app) find(name string) (cookbooks.Cookbook, bool) {
 // global flags, continuing the recorded run.
 func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	id := c.Args().First()
-	if id == "" || c.Args().Len() > 1 {
+	if id == "" {
 		return cookbooks.BadInputf("expected one run id (see `cookbook runs`)")
+	}
+	if c.Args().Len() > 1 {
+		return cookbooks.BadInputf("expected one run id, got %d: %s (see `cookbook runs`)", c.Args().Len(), strings.Join(c.Args().Slice(), " "))
 	}
 	store, err := openStore(c)
 	if err != nil {
