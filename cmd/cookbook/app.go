@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -281,7 +283,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 	if job.Check != nil && cont == nil {
 		if err := job.Check(ctx); err != nil {
-			return err
+			return notStarted(job.Cluster, err)
 		}
 	}
 
@@ -329,6 +331,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		run = cont.run
 		run.Holder = holder()
 	}
+	if cont == nil {
+		// Checked again under the lock below; refused here too, so that a refusal
+		// creates no lock file.
+		if err := a.refuseUnfinished(c, store, cb, job.Cluster); err != nil {
+			return err
+		}
+	}
 	l, prev, err := locks.Lock(job.Cluster, lock.Holder{RunID: run.ID, Cookbook: cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
 	if err != nil {
 		return err
@@ -345,7 +354,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		if job.Confirm != nil {
 			q, err := job.Confirm(ctx)
 			if err != nil {
-				return err
+				return notStarted(job.Cluster, err)
 			}
 			if err := a.confirm(env, q); err != nil {
 				return err
@@ -377,12 +386,15 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	// guards them and every save of the run.
 	steps, err := job.Plan(ctx, runner.Values(run))
 	if err != nil {
-		var in *cookbooks.InputError
-		if cont == nil && errors.As(err, &in) {
-			// Nothing was done: the run never started.
+		if cont == nil {
+			// Nothing was done: the run never started, and must not block the next
+			// attempt as an unfinished run would.
 			_ = os.Remove(store.Path(run.ID))
 			_ = os.Remove(store.LogPath(run.ID))
-			return err
+			if ctx.Err() != nil {
+				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
+			}
+			return notStarted(job.Cluster, err)
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
@@ -408,6 +420,39 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 	logger.Info("finished", "cookbook", cb.Name, "cluster", job.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return nil
+}
+
+// notStarted explains why a new run failed before its first step: an input error as it
+// is, else what it could not reach (the cloud or the cluster's Kubernetes API), named
+// from the error. Nothing was recorded, so the same command can simply be run again.
+func notStarted(cluster string, err error) error {
+	var in *cookbooks.InputError
+	if errors.As(err, &in) {
+		return err
+	}
+	what := ""
+	var ue *url.Error
+	var ne net.Error
+	switch {
+	case errors.As(err, &ue):
+		what = "the cloud"
+		host := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			host = u.Host
+			if p := u.Path; p == "/api" || p == "/apis" || p == "/version" || strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/apis/") {
+				what = "the Kubernetes API of cluster " + cluster
+			}
+		}
+		what += " at " + host
+	case strings.Contains(err.Error(), "authenticate to cloud"):
+		what = "the cloud"
+	case errors.As(err, &ne), strings.Contains(err.Error(), "connection refused"), strings.Contains(err.Error(), "no such host"):
+		what = "the cloud or the cluster"
+	}
+	if what == "" {
+		return fmt.Errorf("could not start (nothing was recorded; run the same command again when this is fixed): %w", err)
+	}
+	return fmt.Errorf("could not reach %s (nothing was recorded; run the same command again when it answers): %w", what, err)
 }
 
 func currentStep(run *state.Run) string {
@@ -471,8 +516,11 @@ func (a *app) find(name string) (cookbooks.Cookbook, bool) {
 // global flags, continuing the recorded run.
 func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	id := c.Args().First()
-	if id == "" || c.Args().Len() > 1 {
+	if id == "" {
 		return cookbooks.BadInputf("expected one run id (see `cookbook runs`)")
+	}
+	if c.Args().Len() > 1 {
+		return cookbooks.BadInputf("expected one run id, got %d: %s (see `cookbook runs`)", c.Args().Len(), strings.Join(c.Args().Slice(), " "))
 	}
 	store, err := openStore(c)
 	if err != nil {
