@@ -50,7 +50,7 @@ func TestAddNodeKeepsWhatItDecided(t *testing.T) {
 	}
 
 	edited := plan(&config.Role{Prefix: "w", Flavor: "g3.huge", Image: "trixie", Labels: map[string]string{"tier": "b"},
-		Provision: [][]string{{"apt-get", "update"}, {"apt-get", "install", "-y", "htop"}},
+		Provision:    [][]string{{"apt-get", "update"}, {"apt-get", "install", "-y", "htop"}},
 		ExtraStorage: &config.ExtraStorage{Device: "/dev/vdb", MountPoint: "/srv"}})
 	if diff := cmp.Diff(want, summary(edited)); diff != "" {
 		t.Errorf("the resumed plan follows the edited configuration (-recorded +resumed):\n%s", diff)
