@@ -195,7 +195,7 @@ func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 		how = "delete (eviction disabled: disruption budgets bypassed)"
 	}
 	if o.Gate.Enabled() {
-		return o.Gate.Write(ctx, fmt.Sprintf("%s %d pod(s) from node %s: %s", how, len(plan.Evict), node, strings.Join(plan.Evict, " ")), func(context.Context) error { return nil })
+		return o.Gate.Write(ctx, fmt.Sprintf("%s %d pod(s) from node %s: %s", how, len(plan.Evict), node, strings.Join(plan.Evict, " ")), func(context.Context) error { return nil }, nil)
 	}
 	timeout := opts.Timeout
 	if timeout == 0 {

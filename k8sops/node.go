@@ -71,7 +71,7 @@ func (o *Ops) setUnschedulable(ctx context.Context, name string, on bool) error 
 			return fmt.Errorf("%s %s: %w", verb, name, err)
 		}
 		return nil
-	}, "node", name)
+	}, nil, "node", name)
 }
 
 // ApplyLabels sets the labels on the node with one patch (no read-modify-write race);
@@ -97,7 +97,7 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 			return fmt.Errorf("label %s: %w", name, err)
 		}
 		return nil
-	}, "node", name)
+	}, nil, "node", name)
 }
 
 // ApplyTaints adds the taints the node lacks. The patch carries the resource version it
@@ -127,7 +127,7 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Tain
 		err = o.Gate.Write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), func(ctx context.Context) error {
 			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
 			return err
-		}, "node", name)
+		}, nil, "node", name)
 		if apierrors.IsConflict(err) && attempt < 5 {
 			continue
 		}
@@ -155,7 +155,7 @@ func (o *Ops) DeleteNode(ctx context.Context, name string) error {
 			return fmt.Errorf("delete node %s: %w", name, err)
 		}
 		return nil
-	}, "node", name)
+	}, nil, "node", name)
 }
 
 // BootID returns the node's status.nodeInfo.bootID.

@@ -31,6 +31,9 @@ type Server struct {
 	Metadata         map[string]string
 	// Fault is the server's fault message when it is in ERROR.
 	Fault string
+	// DryRun marks the placeholder a dry run's skipped create returns: the server does not
+	// exist, and its ID is one the gate handed out (dryrun.Gate.IsFake).
+	DryRun bool
 }
 
 // Number is the trailing number of the server's name (worker-7 -> 7), or -1.
@@ -288,6 +291,8 @@ func (c *Client) SecurityGroup(ctx context.Context, ref string) (Ref, error) {
 type ServerGroup struct {
 	ID, Name, Policy string
 	Members          []string
+	// DryRun marks the placeholder of a group a dry run would have created.
+	DryRun bool
 }
 
 // ServerGroups lists the server groups named name ("" for all).
@@ -337,18 +342,19 @@ func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (Se
 			}
 			return list[0], nil
 		}
-		if c.gate.Enabled() {
-			_ = c.gate.Write(ctx, fmt.Sprintf("create server group %s policy=%s", name, policy), nil)
-			return ServerGroup{ID: "dry-run-" + name, Name: name, Policy: policy}, nil
-		}
-		var created *servergroups.ServerGroup
+		var sg ServerGroup
 		err = c.gate.Write(ctx, fmt.Sprintf("create server group %s policy=%s", name, policy), func(ctx context.Context) error {
-			var err error
-			created, err = servergroups.Create(ctx, c.compute, servergroups.CreateOpts{Name: name, Policies: []string{policy}}).Extract()
+			created, err := servergroups.Create(ctx, c.compute, servergroups.CreateOpts{Name: name, Policies: []string{policy}}).Extract()
+			if err == nil {
+				sg = ServerGroup{ID: created.ID, Name: created.Name, Policy: policy}
+			}
 			return err
+		}, func(context.Context) error {
+			sg = ServerGroup{ID: c.gate.FakeID("server-group", name), Name: name, Policy: policy, DryRun: true}
+			return nil
 		})
 		if err == nil {
-			return ServerGroup{ID: created.ID, Name: created.Name, Policy: policy}, nil
+			return sg, nil
 		}
 		if !transient(err) || attempt >= c.opts.Retries {
 			return ServerGroup{}, wrap("create server group "+name, err)
@@ -392,10 +398,6 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 			return list[0], attempt == 0, nil
 		}
 		action := fmt.Sprintf("create server %s flavor=%s image=%s network=%s", o.Name, o.FlavorID, o.ImageID, o.NetworkID)
-		if c.gate.Enabled() {
-			_ = c.gate.Write(ctx, action, nil)
-			return Server{ID: "dry-run-" + o.Name, Name: o.Name, Status: "ACTIVE", FlavorID: o.FlavorID, ImageID: o.ImageID}, false, nil
-		}
 		opts := servers.CreateOpts{
 			Name: o.Name, FlavorRef: o.FlavorID, ImageRef: o.ImageID, SecurityGroups: o.SecurityGroups,
 			Metadata: o.Metadata, UserData: o.UserData,
@@ -411,14 +413,19 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 		if o.ServerGroupID != "" {
 			hints = servers.SchedulerHintOpts{Group: o.ServerGroupID}
 		}
-		var created *servers.Server
+		var srv Server
 		err = c.gate.Write(ctx, action, func(ctx context.Context) error {
-			var err error
-			created, err = servers.Create(ctx, c.compute, create, hints).Extract()
+			created, err := servers.Create(ctx, c.compute, create, hints).Extract()
+			if err == nil {
+				srv = Server{ID: created.ID, Name: o.Name, Status: "BUILD"}
+			}
 			return err
+		}, func(context.Context) error {
+			srv = Server{ID: c.gate.FakeID("server", o.Name), Name: o.Name, Status: "ACTIVE", FlavorID: o.FlavorID, ImageID: o.ImageID, DryRun: true}
+			return nil
 		}, "server", o.Name)
 		if err == nil {
-			return Server{ID: created.ID, Name: o.Name, Status: "BUILD"}, false, nil
+			return srv, false, nil
 		}
 		if !transient(err) || attempt >= c.opts.Retries {
 			return Server{}, false, wrap("create server "+o.Name, err)
@@ -447,8 +454,8 @@ func (o keyPairOpts) ToServerCreateMap() (map[string]any, error) {
 // WaitActive waits until the server is ACTIVE. ERROR fails with the server's fault
 // message; a timeout fails with the last status.
 func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duration) (Server, error) {
-	if c.gate.Enabled() && strings.HasPrefix(id, "dry-run-") {
-		return Server{ID: id, Status: "ACTIVE"}, nil
+	if c.gate.IsFake(id) {
+		return Server{ID: id, Status: "ACTIVE", DryRun: true}, nil
 	}
 	var last Server
 	err := c.poll(ctx, timeout, func() (bool, error) {
@@ -479,7 +486,7 @@ func (c *Client) DeleteServer(ctx context.Context, id, name string) error {
 			return nil
 		}
 		return wrap("delete server "+name, err)
-	}, "server", name)
+	}, nil, "server", name)
 }
 
 // WaitGone waits until the server is gone (404).
@@ -508,7 +515,7 @@ func (c *Client) Reboot(ctx context.Context, id, name string, hard bool) error {
 	}
 	return c.gate.Write(ctx, fmt.Sprintf("%s reboot server %s", strings.ToLower(string(how)), name), func(ctx context.Context) error {
 		return wrap("reboot server "+name, servers.Reboot(ctx, c.compute, id, servers.RebootOpts{Type: how}).ExtractErr())
-	}, "server", name)
+	}, nil, "server", name)
 }
 
 // ConsoleOutput returns the last lines of the server's console log.

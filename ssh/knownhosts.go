@@ -65,7 +65,7 @@ func (c *Client) Forget(ctx context.Context, hosts ...string) error {
 			return fmt.Errorf("forget host keys of %s: %w", strings.Join(patterns, ", "), err)
 		}
 		return nil
-	})
+	}, nil)
 }
 
 // withoutHosts returns lines, less those whose host field names one of hosts.

@@ -453,7 +453,7 @@ func (c *Client) Run(ctx context.Context, host string, cmd Command) (Result, err
 		var err error
 		res, err = c.run(ctx, host, line, shown, cmd.Timeout, cmd.Secret)
 		return err
-	}, "host", host)
+	}, nil, "host", host)
 	return res, err
 }
 
