@@ -65,13 +65,13 @@ func (o *Ops) setUnschedulable(ctx context.Context, name string, on bool) error 
 		verb = "uncordon"
 	}
 	patch := fmt.Sprintf(`{"spec":{"unschedulable":%t}}`, on)
-	return o.Gate.Write(ctx, verb+" node "+name, func(ctx context.Context) error {
-		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	return o.write(ctx, verb+" node "+name, verb+" of node "+name, func(ctx context.Context, dryRun []string) error {
+		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{DryRun: dryRun})
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", verb, name, err)
 		}
 		return nil
-	}, nil, "node", name)
+	}, "node", name)
 }
 
 // ApplyLabels sets the labels on the node with one patch (no read-modify-write race);
@@ -91,13 +91,13 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 		return nil
 	}
 	data, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": missing}})
-	return o.Gate.Write(ctx, fmt.Sprintf("label node %s %s", name, kv(missing)), func(ctx context.Context) error {
-		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+	return o.write(ctx, fmt.Sprintf("label node %s %s", name, kv(missing)), "labelling of node "+name, func(ctx context.Context, dryRun []string) error {
+		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{DryRun: dryRun})
 		if err != nil {
 			return fmt.Errorf("label %s: %w", name, err)
 		}
 		return nil
-	}, nil, "node", name)
+	}, "node", name)
 }
 
 // ApplyTaints adds the taints the node lacks. The patch carries the resource version it
@@ -124,10 +124,10 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Tain
 			"metadata": map[string]any{"resourceVersion": n.ResourceVersion},
 			"spec":     map[string]any{"taints": all},
 		})
-		err = o.Gate.Write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), func(ctx context.Context) error {
-			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
+		err = o.write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), "tainting of node "+name, func(ctx context.Context, dryRun []string) error {
+			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{DryRun: dryRun})
 			return err
-		}, nil, "node", name)
+		}, "node", name)
 		if apierrors.IsConflict(err) && attempt < 5 {
 			continue
 		}
@@ -149,13 +149,14 @@ func hasTaint(ts []corev1.Taint, t config.Taint) bool {
 
 // DeleteNode deletes the Node object (a no-op if it is gone).
 func (o *Ops) DeleteNode(ctx context.Context, name string) error {
-	return o.Gate.Write(ctx, "delete node "+name, func(ctx context.Context) error {
-		err := o.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	return o.write(ctx, "delete node "+name, "deletion of node "+name, func(ctx context.Context, dryRun []string) error {
+		opts := metav1.DeleteOptions{DryRun: dryRun}
+		err := withDryRun(o.Client.CoreV1().RESTClient().Delete().Resource("nodes").Name(name), dryRun).Body(&opts).Do(ctx).Error()
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete node %s: %w", name, err)
 		}
 		return nil
-	}, nil, "node", name)
+	}, "node", name)
 }
 
 // BootID returns the node's status.nodeInfo.bootID.
