@@ -480,7 +480,7 @@ func (a *adder) labelsTaints(ctx context.Context, v *pipeline.Values) error {
 	if err := a.c.kube.ApplyLabels(ctx, name, a.role.Labels); err != nil {
 		return err
 	}
-	return a.c.kube.ApplyTaints(ctx, name, a.role.Taints)
+	return a.c.kube.ApplyTaints(ctx, name, kubeTaints(a.role.Taints))
 }
 
 func kvString(m map[string]string) string {

@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 	"example.com/cookbook/lab"
 )
@@ -257,7 +256,7 @@ func TestLabelsAndTaintsAreIdempotent(t *testing.T) {
 	addNodes(t, "label-1")
 	o, _ := newOps(t, "cookbook-test-label", false)
 	labels := map[string]string{"toolforge.org/nfs-mounted": "true"}
-	taints := []config.Taint{{Key: "ingress", Value: "true", Effect: "NoSchedule"}}
+	taints := []Taint{{Key: "ingress", Value: "true", Effect: "NoSchedule"}}
 	var marks []time.Time // before the first application, between, after
 	for i := 0; i < 2; i++ {
 		marks = append(marks, time.Now())

@@ -19,8 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
-
-	"example.com/cookbook/config"
 )
 
 // Node returns the node.
@@ -100,10 +98,15 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 	}, "node", name)
 }
 
+// Taint is a node taint: key, value and effect (NoSchedule, PreferNoSchedule, NoExecute).
+type Taint struct {
+	Key, Value, Effect string
+}
+
 // ApplyTaints adds the taints the node lacks. The patch carries the resource version it
 // was computed from, so a concurrent change makes it fail (and retry) instead of losing
 // a taint.
-func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Taint) error {
+func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []Taint) error {
 	for attempt := 0; ; attempt++ {
 		n, err := o.Node(ctx, name)
 		if err != nil {
@@ -138,7 +141,7 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Tain
 	}
 }
 
-func hasTaint(ts []corev1.Taint, t config.Taint) bool {
+func hasTaint(ts []corev1.Taint, t Taint) bool {
 	for _, x := range ts {
 		if x.Key == t.Key && x.Value == t.Value && string(x.Effect) == t.Effect {
 			return true

@@ -24,13 +24,34 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 )
 
+// Options are the SSH settings of one cluster.
+type Options struct {
+	// User is the remote user.
+	User string
+	// Port is the hosts' SSH port; 22 if zero.
+	Port int
+	// Sudo runs every command through sudo.
+	Sudo bool
+	// JumpHost is a bastion, as [user@]host[:port], used like ssh's ProxyJump.
+	JumpHost string
+	// KnownHosts are known_hosts files; empty means ~/.ssh/known_hosts.
+	KnownHosts []string
+	// IdentityFiles are private key files used besides the ssh-agent.
+	IdentityFiles []string
+	// InsecureIgnoreHostKey turns host key verification off (logged loudly).
+	InsecureIgnoreHostKey bool
+	// Gate is where commands that change something pass; nil runs them.
+	Gate *dryrun.Gate
+	// Log receives connection warnings and the commands' output (debug); nil discards.
+	Log *slog.Logger
+}
+
 // Client runs commands on hosts. Connections are kept per host until Close.
 type Client struct {
-	cfg  config.SSH
+	cfg  Options
 	gate *dryrun.Gate
 	log  *slog.Logger
 
@@ -54,11 +75,12 @@ type Client struct {
 }
 
 // New returns a client for the cluster's SSH settings.
-func New(cfg config.SSH, gate *dryrun.Gate, log *slog.Logger) (*Client, error) {
+func New(cfg Options) (*Client, error) {
+	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, gate: gate, log: log, pins: map[string][]string{}, conns: map[string]*ssh.Client{}}
+	c := &Client{cfg: cfg, gate: cfg.Gate, log: log, pins: map[string][]string{}, conns: map[string]*ssh.Client{}}
 	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 		if conn, err := net.Dial("unix", sock); err == nil {
 			c.agent = conn

@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/vm"
@@ -74,7 +73,7 @@ func newVM(t *testing.T, name string, fleetOpts func(*vm.Fleet)) (*vm.Fleet, *vm
 		t.Fatal(err)
 	}
 	gate := &dryrun.Gate{}
-	c, err := New(config.SSH{User: "root", Port: f.Port, IdentityFiles: []string{keyPath}}, gate, nil)
+	c, err := New(Options{User: "root", Port: f.Port, IdentityFiles: []string{keyPath}, Gate: gate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +247,7 @@ func TestSilentHostTimesOut(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := New(config.SSH{User: "root", Port: port, IdentityFiles: []string{keyPath}}, nil, nil)
+			c, err := New(Options{User: "root", Port: port, IdentityFiles: []string{keyPath}})
 			if err != nil {
 				t.Fatal(err)
 			}
