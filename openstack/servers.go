@@ -12,11 +12,13 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/flavors"
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/keypairs"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servergroups"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/security/groups"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/networks"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Server is a server as the cookbooks see it.
@@ -405,10 +407,7 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 		if o.NetworkID != "" {
 			opts.Networks = []servers.Network{{UUID: o.NetworkID}}
 		}
-		var create servers.CreateOptsBuilder = opts
-		if o.KeyName != "" {
-			create = keyPairOpts{opts, o.KeyName}
-		}
+		create := keypairs.CreateOptsExt{CreateOptsBuilder: opts, KeyName: o.KeyName}
 		var hints servers.SchedulerHintOptsBuilder
 		if o.ServerGroupID != "" {
 			hints = servers.SchedulerHintOpts{Group: o.ServerGroupID}
@@ -436,21 +435,6 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 	}
 }
 
-// keyPairOpts adds key_name to a create request.
-type keyPairOpts struct {
-	servers.CreateOpts
-	KeyName string
-}
-
-func (o keyPairOpts) ToServerCreateMap() (map[string]any, error) {
-	m, err := o.CreateOpts.ToServerCreateMap()
-	if err != nil {
-		return nil, err
-	}
-	m["server"].(map[string]any)["key_name"] = o.KeyName
-	return m, nil
-}
-
 // WaitActive waits until the server is ACTIVE. ERROR fails with the server's fault
 // message; a timeout fails with the last status.
 func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duration) (Server, error) {
@@ -458,7 +442,7 @@ func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duratio
 		return Server{ID: id, Status: "ACTIVE", DryRun: true}, nil
 	}
 	var last Server
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		s, err := c.Server(ctx, id)
 		if err != nil {
 			return false, err
@@ -494,7 +478,7 @@ func (c *Client) WaitGone(ctx context.Context, id string, timeout time.Duration)
 	if c.gate.Enabled() {
 		return nil
 	}
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		_, err := servers.Get(ctx, c.compute, id).Extract()
 		if gophercloud.ResponseCodeIs(err, 404) {
 			return true, nil
@@ -539,7 +523,7 @@ type HostKey struct {
 // fingerprints and returns them.
 func (c *Client) ConsoleHostKeys(ctx context.Context, id string, timeout time.Duration) ([]HostKey, error) {
 	var keys []HostKey
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		out, err := c.ConsoleOutput(ctx, id, 200)
 		if err != nil {
 			return false, err
@@ -580,27 +564,15 @@ func ParseHostKeys(console string) []HostKey {
 	return keys
 }
 
-// poll calls check every PollInterval until it returns true or an error, or the timeout.
-func (c *Client) poll(ctx context.Context, timeout time.Duration, check func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// poll calls check at once and then every PollInterval until it returns true or an
+// error, or the timeout: then it returns context.DeadlineExceeded, also when the timeout
+// cut a request of check short.
+func (c *Client) poll(ctx context.Context, timeout time.Duration, check func(context.Context) (bool, error)) error {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	t := time.NewTicker(c.opts.PollInterval)
-	defer t.Stop()
-	for {
-		done, err := check()
-		if err != nil {
-			if ctx.Err() != nil {
-				return context.DeadlineExceeded
-			}
-			return err
-		}
-		if done {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return context.DeadlineExceeded
-		case <-t.C:
-		}
+	err := wait.PollUntilContextCancel(pctx, c.opts.PollInterval, true, check)
+	if err != nil && pctx.Err() != nil && ctx.Err() == nil {
+		return context.DeadlineExceeded
 	}
+	return err
 }
