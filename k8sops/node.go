@@ -162,15 +162,6 @@ func (o *Ops) DeleteNode(ctx context.Context, name string) error {
 	}, "node", name)
 }
 
-// BootID returns the node's status.nodeInfo.bootID.
-func (o *Ops) BootID(ctx context.Context, name string) (string, error) {
-	n, err := o.Node(ctx, name)
-	if err != nil {
-		return "", err
-	}
-	return n.Status.NodeInfo.BootID, nil
-}
-
 // IsReady reports whether the node's Ready condition is True.
 func IsReady(n *corev1.Node) bool {
 	c := readyCondition(n)
@@ -266,24 +257,6 @@ func (o *Ops) WaitNode(ctx context.Context, name, what string, timeout time.Dura
 // WaitReady waits until the node is Ready.
 func (o *Ops) WaitReady(ctx context.Context, name string, timeout time.Duration) error {
 	return o.WaitNode(ctx, name, "Ready", timeout, func(n *corev1.Node) bool { return n != nil && IsReady(n) })
-}
-
-// WaitNotReady waits until the node is not Ready (or gone).
-func (o *Ops) WaitNotReady(ctx context.Context, name string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "NotReady", timeout, func(n *corev1.Node) bool { return n == nil || !IsReady(n) })
-}
-
-// WaitGone waits until the node does not exist.
-func (o *Ops) WaitGone(ctx context.Context, name string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "gone", timeout, func(n *corev1.Node) bool { return n == nil })
-}
-
-// WaitRebooted waits until the node is Ready with a boot id other than oldBootID: its
-// kubelet came back after a reboot.
-func (o *Ops) WaitRebooted(ctx context.Context, name, oldBootID string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "Ready with a new boot id", timeout, func(n *corev1.Node) bool {
-		return n != nil && IsReady(n) && n.Status.NodeInfo.BootID != "" && n.Status.NodeInfo.BootID != oldBootID
-	})
 }
 
 func kv(m map[string]string) string {

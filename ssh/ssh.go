@@ -131,18 +131,6 @@ func (c *Client) Pin(host string, fingerprints []string) {
 	c.pins[host] = append([]string(nil), fingerprints...)
 }
 
-// Pins returns a copy of every pin, host -> fingerprints, for the caller's run state
-// (restored with Pin on resume).
-func (c *Client) Pins() map[string][]string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make(map[string][]string, len(c.pins))
-	for h, fps := range c.pins {
-		out[h] = append([]string(nil), fps...)
-	}
-	return out
-}
-
 // HostKeyError is a host key that does not match what was expected.
 type HostKeyError struct {
 	Host, Got string
@@ -419,8 +407,6 @@ type Command struct {
 	Argv []string
 	// ReadOnly commands change nothing on the host: they also run in dry-run.
 	ReadOnly bool
-	// Sudo runs the command through sudo (also when the cluster config says so).
-	Sudo bool
 	// Timeout bounds the command; 5 minutes if zero.
 	Timeout time.Duration
 	// Secret commands (a kubeadm join with its token) are logged as LogAs, and their
@@ -457,7 +443,7 @@ func (e *ExitError) Error() string {
 // gate: in dry-run they are logged and not run, and an empty Result is returned.
 func (c *Client) Run(ctx context.Context, host string, cmd Command) (Result, error) {
 	line := Quote(cmd.Argv)
-	if cmd.Sudo || c.cfg.Sudo {
+	if c.cfg.Sudo {
 		line = "sudo -n -- " + line
 	}
 	shown := line
