@@ -52,8 +52,15 @@ func AddNode() Cookbook {
 			if err != nil {
 				return nil, BadInput(err)
 			}
-			a := &adder{env: env, cl: cl, roleName: roleName, role: role, timeout: c.Duration("timeout"),
+			timeout, err := positiveDuration(c, "timeout", 20*time.Minute)
+			if err != nil {
+				return nil, err
+			}
+			a := &adder{env: env, cl: cl, roleName: roleName, role: role, timeout: timeout,
 				flavor: c.String("flavor"), image: c.String("image"), network: c.String("network")}
+			if err := env.CheckAccess(cl); err != nil {
+				return nil, err
+			}
 			return &Job{Cluster: cl.Name, Check: a.check, Plan: a.plan}, nil
 		},
 	}

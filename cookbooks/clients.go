@@ -23,6 +23,25 @@ func (e *Env) Cloud(ctx context.Context, cl *config.Cluster) (*openstack.Client,
 	return c, nil
 }
 
+// CheckAccess checks, reading local files only, what the cluster's configuration names
+// for its cloud and its Kubernetes API: the clouds.yaml file and its entry, the
+// kubeconfig file and its context. Cookbooks call it in Prepare, so that a missing or
+// wrong file is bad input (exit 2) before any run, lock or log exists.
+func (e *Env) CheckAccess(cl *config.Cluster) error {
+	if err := openstack.CheckCloud(openstack.Options{Cloud: cl.OpenStack.Cloud, CloudsFile: cl.OpenStack.CloudsFile, Project: cl.OpenStack.Project}); err != nil {
+		return BadInputf("cluster %s: %w", cl.Name, err)
+	}
+	return e.CheckKube(cl)
+}
+
+// CheckKube is CheckAccess for cookbooks that use only the Kubernetes API.
+func (e *Env) CheckKube(cl *config.Cluster) error {
+	if err := k8sops.CheckConfig(cl.Kubernetes.Kubeconfig, cl.Kubernetes.Context); err != nil {
+		return BadInputf("cluster %s: %w", cl.Name, err)
+	}
+	return nil
+}
+
 // SSH returns the SSH client of the cluster, with the run's gate and log.
 func (e *Env) SSH(cl *config.Cluster) (*ssh.Client, error) {
 	s := cl.SSH

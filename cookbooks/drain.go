@@ -37,6 +37,9 @@ func Drain() Cookbook {
 			if err != nil {
 				return nil, err
 			}
+			if err := env.CheckKube(cl); err != nil {
+				return nil, err
+			}
 			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 				k, err := env.Kube(cl)
 				if err != nil {
@@ -81,6 +84,9 @@ func oneNodeCookbook(name, usage, did string, steps func(k *k8sops.Ops, node str
 			}
 			node, err := hostnameFlag(c, "hostname")
 			if err != nil {
+				return nil, err
+			}
+			if err := env.CheckKube(cl); err != nil {
 				return nil, err
 			}
 			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {

@@ -39,6 +39,9 @@ func ListNodes() Cookbook {
 					return nil, BadInput(err)
 				}
 			}
+			if err := env.CheckAccess(cl); err != nil {
+				return nil, err
+			}
 			out := c.App.Writer
 			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 				return []pipeline.Step{{Name: "list", Desc: pipeline.Textf("list the nodes of %s", cl.Name), Do: func(ctx context.Context, v *pipeline.Values) error {

@@ -119,18 +119,16 @@ func drainOptions(c *cli.Context) (k8sops.DrainOptions, error) {
 		Force:              c.Bool("force"),
 		DeleteEmptyDirData: c.Bool("delete-emptydir-data"),
 		DisableEviction:    c.Bool("disable-eviction"),
-		Timeout:            c.Duration("drain-timeout"),
 	}
 	if g := c.Int("grace-period"); g >= 0 {
 		gp := int64(g)
 		opts.GracePeriodSeconds = &gp
 	} else if g != -1 {
-		return opts, BadInputf("--grace-period: %d is not a number of seconds (or -1 for each pod's own)", g)
+		return opts, BadInputf("--grace-period: %d is negative (expected seconds, 0 or more, or -1 for each pod's own)", g)
 	}
-	if opts.Timeout <= 0 {
-		return opts, BadInputf("--drain-timeout: %s is not a positive duration", opts.Timeout)
-	}
-	return opts, nil
+	var err error
+	opts.Timeout, err = positiveDuration(c, "drain-timeout", k8sops.DefaultDrainTimeout)
+	return opts, err
 }
 
 // hostnameFlag reads a hostname flag, validated as an RFC 1123 label.

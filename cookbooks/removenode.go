@@ -51,7 +51,11 @@ func RemoveNode() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			force, timeout := c.Bool("force-removal"), c.Duration("timeout")
+			timeout, err := positiveDuration(c, "timeout", 10*time.Minute)
+			if err != nil {
+				return nil, err
+			}
+			force := c.Bool("force-removal")
 			var cs *clients
 			var victim openstack.Server
 			// choose finds the server to remove and checks the role keeps enough nodes.
@@ -90,6 +94,9 @@ func RemoveNode() Cookbook {
 					return BadInputf("removing %s would leave %d node(s) of role %s (at least %d must remain); pass --force-removal to do it anyway", victim.Name, len(list)-1, roleName, min)
 				}
 				return nil
+			}
+			if err := env.CheckAccess(cl); err != nil {
+				return nil, err
 			}
 			job := &Job{Cluster: cl.Name}
 			job.Confirm = func(ctx context.Context) (string, error) {

@@ -82,10 +82,15 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &roller{env: env, cl: cl, opts: opts, max: c.Int("max-unavailable"), settle: c.Duration("settle"),
-		timeout: c.Duration("reboot-timeout"), hard: !c.Bool("no-hard-reboot-fallback"), force: c.Bool("force-uncordon")}
-	if r.max < 1 {
-		return nil, BadInputf("--max-unavailable: %d is not a positive number", r.max)
+	r := &roller{env: env, cl: cl, opts: opts, hard: !c.Bool("no-hard-reboot-fallback"), force: c.Bool("force-uncordon")}
+	if r.max, err = positiveInt(c, "max-unavailable"); err != nil {
+		return nil, err
+	}
+	if r.settle, err = nonNegativeDuration(c, "settle", 30*time.Second); err != nil {
+		return nil, err
+	}
+	if r.timeout, err = positiveDuration(c, "reboot-timeout", 10*time.Minute); err != nil {
+		return nil, err
 	}
 	var list []string
 	if c.IsSet("hostname-list") {
@@ -95,6 +100,10 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 				return nil, BadInputf("--hostname-list: %w", err)
 			}
 			list = append(list, h)
+		}
+		// The same node twice would land twice in one batch.
+		if err := unique("hostname-list", list); err != nil {
+			return nil, err
 		}
 	}
 	if c.IsSet("role") {
@@ -146,6 +155,9 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 			return nil, BadInputf("no node of cluster %s matches %s", cl.Name, sel)
 		}
 		return out, nil
+	}
+	if err := env.CheckAccess(cl); err != nil {
+		return nil, err
 	}
 	return &Job{Cluster: cl.Name, Plan: r.plan}, nil
 }

@@ -30,7 +30,7 @@ func (l *lines) Info(msg string, _ ...any) {
 // saves must read the map only under the run's one lock.
 func TestRollProgressWhileBatchRecords(t *testing.T) {
 	store := &state.Store{Dir: t.TempDir()}
-	run := &state.Run{ID: "r-roll", Cookbook: "roll-reboot"}
+	run := &state.Run{ID: "r-roll", Cookbook: "roll-reboot", StartedAt: time.Now()}
 	runner := &pipeline.Runner{Store: store}
 	batch := []rollNode{{Name: "w-1", Role: "worker"}, {Name: "w-2", Role: "worker"}, {Name: "w-3", Role: "worker"}}
 

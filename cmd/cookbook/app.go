@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -250,10 +252,19 @@ func holder() state.Holder {
 	return h
 }
 
-// run runs a cookbook: a new run, or the continuation of a recorded one.
+// job is a cookbook prepared for one invocation: its flags read, its input checked.
+type job struct {
+	*cookbooks.Job
+	cb      cookbooks.Cookbook
+	env     *cookbooks.Env
+	termLog slog.Handler // the terminal's log handler, before "mode" or "run" were added
+}
+
+// run runs a cookbook invocation: it prepares the job and hands it to what this
+// invocation is: a rehearsal of a recorded run, a dry-run or read-only cookbook (nothing
+// recorded), or a recorded run (new, resumed or abandoned).
 func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	ctx := c.Context
-	cont := a.cont
 	dry := switchOn(c, "dry-run")
 	if c.Args().Present() {
 		return cookbooks.BadInputf("unexpected argument %q (cookbook %s takes only flags; see cookbook %s --help)", c.Args().First(), cb.Name, cb.Name)
@@ -275,79 +286,95 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		Log:        logger,
 		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
 	}
-	job, err := cb.Prepare(c, env)
+	prepared, err := cb.Prepare(c, env)
 	if err != nil {
 		return err
 	}
-	if job.Check != nil && cont == nil {
-		if err := job.Check(ctx); err != nil {
-			return err
+	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog}
+	if j.Check != nil && a.cont == nil {
+		if err := j.Check(ctx); err != nil {
+			return notStarted(j.Cluster, err)
 		}
 	}
-
-	// A rehearsed resume or abandon reads for real and writes nothing: no lock, no state
-	// file, no log file.
-	if cont != nil && dry {
-		return a.rehearse(ctx, env, job, cont)
+	switch {
+	case a.cont != nil && dry:
+		return a.rehearse(ctx, j, a.cont)
+	case cb.ReadOnly || dry:
+		return a.unrecorded(ctx, j)
+	case a.cont != nil:
+		return a.recorded(ctx, c, j, a.cont.run)
+	default:
+		return a.recorded(ctx, c, j, nil)
 	}
+}
 
-	// Read-only cookbooks and dry-runs take no lock and keep no state file.
-	if cb.ReadOnly || dry {
-		run := &state.Run{ID: "dry-run", Cookbook: cb.Name, Cluster: job.Cluster, DryRun: true, Holder: holder(), StartedAt: time.Now()}
-		r := &pipeline.Runner{Log: logger}
-		steps, err := job.Plan(ctx, r.Values(run))
-		if err != nil {
-			return err
-		}
-		if dry {
-			for i, s := range steps {
-				logger.Debug("plan", "n", i+1, "step", s.Name)
-			}
-		}
-		if err := r.Run(ctx, run, steps); err != nil {
-			return err
-		}
-		if dry {
-			p, skipped := env.Gate.Counts()
-			logger.Info("dry-run finished: nothing was changed", "writes-skipped", skipped, "writes-made", p)
-		}
-		return nil
+// unrecorded runs a read-only cookbook or a dry-run: no lock, no state file, no log file.
+func (a *app) unrecorded(ctx context.Context, j *job) error {
+	logger, dry := j.env.Log, j.env.DryRun
+	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, DryRun: true, Holder: holder(), StartedAt: time.Now()}
+	r := &pipeline.Runner{Log: logger}
+	steps, err := j.Plan(ctx, r.Values(run))
+	if err != nil {
+		return err
 	}
+	if dry {
+		for i, s := range steps {
+			logger.Debug("plan", "n", i+1, "step", s.Name)
+		}
+	}
+	if err := r.Run(ctx, run, steps); err != nil {
+		return err
+	}
+	if dry {
+		p, skipped := j.env.Gate.Counts()
+		logger.Info("dry-run finished: nothing was changed", "writes-skipped", skipped, "writes-made", p)
+	}
+	return nil
+}
 
+// recorded runs a job that writes: a new run (recorded is nil), or the resume or abandon
+// of the recorded run. It holds the cluster's lock, saves the run after every step and
+// logs to the run's log file as well as the terminal.
+func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *state.Run) error {
+	stateDir := j.env.StateDir
 	store := &state.Store{Dir: stateDir}
 	locks := &lock.Files{Dir: filepath.Join(stateDir, "locks")}
-	run := &state.Run{
-		ID:        state.NewID(time.Now()),
-		Cookbook:  cb.Name,
-		Cluster:   job.Cluster,
-		Args:      recordArgs(c, cb),
-		Holder:    holder(),
-		StartedAt: time.Now(),
-		Status:    state.Running,
+	isNew := recorded == nil
+	run := recorded
+	if isNew {
+		run = &state.Run{
+			ID:        state.NewID(time.Now()),
+			Cookbook:  j.cb.Name,
+			Cluster:   j.Cluster,
+			Args:      recordArgs(c, j.cb),
+			StartedAt: time.Now(),
+			Status:    state.Running,
+		}
+		// Checked again under the lock below; refused here too, so that a refusal
+		// creates no lock file.
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
+			return err
+		}
 	}
-	if cont != nil {
-		run = cont.run
-		run.Holder = holder()
-	}
-	l, prev, err := locks.Lock(job.Cluster, lock.Holder{RunID: run.ID, Cookbook: cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
+	run.Holder = holder()
+	l, prev, err := locks.Lock(j.Cluster, lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
 	if prev != nil {
-		logger.Warn("took over the lock of a run whose process is gone", "cluster", job.Cluster, "previous", prev.String())
+		j.env.Log.Warn("took over the lock of a run whose process is gone", "cluster", j.Cluster, "previous", prev.String())
 	}
-
-	if cont == nil {
-		if err := a.refuseUnfinished(c, store, cb, job.Cluster); err != nil {
+	if isNew {
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
 			return err
 		}
-		if job.Confirm != nil {
-			q, err := job.Confirm(ctx)
+		if j.Confirm != nil {
+			q, err := j.Confirm(ctx)
 			if err != nil {
-				return err
+				return notStarted(j.Cluster, err)
 			}
-			if err := a.confirm(env, q); err != nil {
+			if err := a.confirm(j.env, q); err != nil {
 				return err
 			}
 		}
@@ -361,12 +388,11 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return fmt.Errorf("open run log: %w", err)
 	}
 	defer logFile.Close()
-	fileLog := newLogger(logFile, true, true)
-	logger = slog.New(fanout{termLog, fileLog}).With("run", run.ID)
-	env.Log = logger
-	env.Gate.Log = logger
-	if cfg, err := env.Config(); err == nil {
-		env.Audit = &audit.Sink{Command: cfg.Audit.Command, File: cfg.Audit.File, Log: logger}
+	logger := slog.New(slog.NewMultiHandler(j.termLog, newLogger(logFile, true, true))).With("run", run.ID)
+	j.env.Log = logger
+	j.env.Gate.Log = logger
+	if cfg, err := j.env.Config(); err == nil {
+		j.env.Audit = &audit.Sink{Command: cfg.Audit.Command, File: cfg.Audit.File, Log: logger}
 	}
 
 	runner := &pipeline.Runner{Store: store, Log: logger}
@@ -375,39 +401,76 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	}
 	// The plan, the steps and the progress ticker share the runner's values: one lock
 	// guards them and every save of the run.
-	steps, err := job.Plan(ctx, runner.Values(run))
+	steps, err := j.Plan(ctx, runner.Values(run))
 	if err != nil {
-		var in *cookbooks.InputError
-		if cont == nil && errors.As(err, &in) {
-			// Nothing was done: the run never started.
+		if isNew {
+			// Nothing was done: the run never started, and must not block the next
+			// attempt as an unfinished run would.
 			_ = os.Remove(store.Path(run.ID))
 			_ = os.Remove(store.LogPath(run.ID))
-			return err
+			if ctx.Err() != nil {
+				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
+			}
+			return notStarted(j.Cluster, err)
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
-		_ = store.Save(run)
+		if serr := store.Save(run); serr != nil {
+			logger.Error("cannot save the failed run", "err", serr)
+		}
 		return a.failed(run, fmt.Errorf("plan: %w", err))
 	}
 
-	if cont != nil && cont.abandon {
+	switch {
+	case a.cont != nil && a.cont.abandon:
 		if _, err := runner.Abandon(ctx, run, steps); err != nil {
 			return fmt.Errorf("abandon run %s: %w", run.ID, err)
 		}
-		logger.Info("run abandoned", "cookbook", cb.Name, "cluster", job.Cluster)
+		logger.Info("run abandoned", "cookbook", j.cb.Name, "cluster", j.Cluster)
 		return nil
+	case isNew:
+		logger.Info("starting", "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
+	default:
+		logger.Info("resuming", "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
-	if cont != nil {
-		logger.Info("resuming", "cookbook", cb.Name, "cluster", job.Cluster, "at", currentStep(run))
-	} else {
-		logger.Info("starting", "cookbook", cb.Name, "cluster", job.Cluster, "log", store.LogPath(run.ID))
-	}
-	err = runner.Run(ctx, run, steps)
-	if err != nil {
+	if err := runner.Run(ctx, run, steps); err != nil {
 		return a.failed(run, err)
 	}
-	logger.Info("finished", "cookbook", cb.Name, "cluster", job.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+	logger.Info("finished", "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return nil
+}
+
+// notStarted explains why a new run failed before its first step: an input error as it
+// is, else what it could not reach (the cloud or the cluster's Kubernetes API), named
+// from the error. Nothing was recorded, so the same command can simply be run again.
+func notStarted(cluster string, err error) error {
+	var in *cookbooks.InputError
+	if errors.As(err, &in) {
+		return err
+	}
+	what := ""
+	var ue *url.Error
+	var ne net.Error
+	switch {
+	case errors.As(err, &ue):
+		what = "the cloud"
+		host := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			host = u.Host
+			if p := u.Path; p == "/api" || p == "/apis" || p == "/version" || strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/apis/") {
+				what = "the Kubernetes API of cluster " + cluster
+			}
+		}
+		what += " at " + host
+	case strings.Contains(err.Error(), "authenticate to cloud"):
+		what = "the cloud"
+	case errors.As(err, &ne), strings.Contains(err.Error(), "connection refused"), strings.Contains(err.Error(), "no such host"):
+		what = "the cloud or the cluster"
+	}
+	if what == "" {
+		return fmt.Errorf("could not start (nothing was recorded; run the same command again when this is fixed): %w", err)
+	}
+	return fmt.Errorf("could not reach %s (nothing was recorded; run the same command again when it answers): %w", what, err)
 }
 
 func currentStep(run *state.Run) string {
@@ -471,8 +534,11 @@ func (a *app) find(name string) (cookbooks.Cookbook, bool) {
 // global flags, continuing the recorded run.
 func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	id := c.Args().First()
-	if id == "" || c.Args().Len() > 1 {
+	if id == "" {
 		return cookbooks.BadInputf("expected one run id (see `cookbook runs`)")
+	}
+	if c.Args().Len() > 1 {
+		return cookbooks.BadInputf("expected one run id, got %d: %s (see `cookbook runs`)", c.Args().Len(), strings.Join(c.Args().Slice(), " "))
 	}
 	store, err := openStore(c)
 	if err != nil {
@@ -507,14 +573,14 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 // rehearse is `cookbook --dry-run resume|abandon ID`: the recorded run is continued (or
 // given up) on a copy, with every read for real and every write logged as
 // "DRY-RUN: would ...". The run file, the lock and the log file are not touched.
-func (a *app) rehearse(ctx context.Context, env *cookbooks.Env, job *cookbooks.Job, cont *continuation) error {
+func (a *app) rehearse(ctx context.Context, j *job, cont *continuation) error {
 	run, err := copyRun(cont.run)
 	if err != nil {
 		return err
 	}
-	log := env.Log
+	log := j.env.Log
 	runner := &pipeline.Runner{Log: log} // no store: nothing is saved
-	steps, err := job.Plan(ctx, runner.Values(run))
+	steps, err := j.Plan(ctx, runner.Values(run))
 	if err != nil {
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
 	}
@@ -535,7 +601,7 @@ func (a *app) rehearse(ctx context.Context, env *cookbooks.Env, job *cookbooks.J
 			return fmt.Errorf("dry-run of the resume of run %s: %w", run.ID, err)
 		}
 	}
-	performed, skipped := env.Gate.Counts()
+	performed, skipped := j.env.Gate.Counts()
 	log.Info("dry-run finished: nothing was changed; run "+run.ID+" is as it was", "writes-skipped", skipped, "writes-made", performed)
 	return nil
 }

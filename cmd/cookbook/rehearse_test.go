@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +14,9 @@ import (
 	"example.com/cookbook/cookbooks/state"
 )
 
-// snapshot returns every file under dir with its content and modification time, to show
-// that a command changed nothing there.
+// snapshot returns every file under dir with its mode, size, modification time and (for
+// regular files) content, to show that a command changed nothing there. A FIFO is
+// recorded, never opened.
 func snapshot(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -22,11 +24,11 @@ func snapshot(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			return nil
 		}
-		data, _ := os.ReadFile(path)
-		if info.IsDir() {
-			data = nil
+		var data []byte
+		if info.Mode().IsRegular() {
+			data, _ = os.ReadFile(path)
 		}
-		out[path] = info.Mode().String() + " " + info.ModTime().String() + " " + string(data)
+		out[path] = fmt.Sprintf("%s %d %s %s", info.Mode(), info.Size(), info.ModTime(), data)
 		return nil
 	})
 	return out

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +35,12 @@ func duration(run *state.Run) string {
 }
 
 func (a *app) runs(c *cli.Context) error {
+	if c.Args().Present() {
+		return cookbooks.BadInputf("unexpected argument %q (`cookbook runs` takes only --limit; to see one run: cookbook runs show ID)", c.Args().First())
+	}
+	if err := cookbooks.NonNegativeInt("limit", c.Int("limit")); err != nil {
+		return err
+	}
 	store, err := openStore(c)
 	if err != nil {
 		return err
@@ -60,6 +67,9 @@ func (a *app) show(c *cli.Context) error {
 	id := c.Args().First()
 	if id == "" {
 		return cookbooks.BadInputf("expected a run id (see `cookbook runs`)")
+	}
+	if c.Args().Len() > 1 {
+		return cookbooks.BadInputf("expected one run id, got %d: %s (see `cookbook runs`)", c.Args().Len(), strings.Join(c.Args().Slice(), " "))
 	}
 	store, err := openStore(c)
 	if err != nil {

@@ -1,0 +1,73 @@
+package cookbooks
+
+import (
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// The checks below make durations and numbers that make no sense bad input in a
+// cookbook's Prepare: exit 2, nothing recorded. Each message names the flag, the value and
+// what was expected.
+
+// positiveDuration reads a duration flag that must be more than zero (a timeout);
+// example is a sensible value to suggest.
+func positiveDuration(c *cli.Context, name string, example time.Duration) (time.Duration, error) {
+	d := c.Duration(name)
+	if d <= 0 {
+		return d, BadInputf("--%s: %s is not a positive duration (expected one such as %s)", name, d, ShortDuration(example))
+	}
+	return d, nil
+}
+
+// nonNegativeDuration reads a duration flag that may be zero (none) or more.
+func nonNegativeDuration(c *cli.Context, name string, example time.Duration) (time.Duration, error) {
+	d := c.Duration(name)
+	if d < 0 {
+		return d, BadInputf("--%s: %s is negative (expected a duration of 0 or more, such as %s)", name, d, ShortDuration(example))
+	}
+	return d, nil
+}
+
+// positiveInt reads a number flag that must be 1 or more.
+func positiveInt(c *cli.Context, name string) (int, error) {
+	n := c.Int(name)
+	if n < 1 {
+		return n, BadInputf("--%s: %d is not a positive number (expected 1 or more)", name, n)
+	}
+	return n, nil
+}
+
+// NonNegativeInt checks a number flag that may be 0 or more (`cookbook runs --limit`).
+func NonNegativeInt(name string, n int) error {
+	if n < 0 {
+		return BadInputf("--%s: %d is negative (expected 0 or more)", name, n)
+	}
+	return nil
+}
+
+// unique checks that a list flag names nothing twice.
+func unique(name string, items []string) error {
+	seen := make(map[string]bool, len(items))
+	for _, it := range items {
+		if seen[it] {
+			return BadInputf("--%s: %s is listed twice", name, it)
+		}
+		seen[it] = true
+	}
+	return nil
+}
+
+// ShortDuration formats d without the zero units time.Duration.String adds: 10m, not
+// 10m0s; 1h, not 1h0m0s.
+func ShortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
