@@ -89,9 +89,6 @@ func (r *Run) Resumable() bool {
 	return !r.DryRun && (r.Status == Failed || r.Status == Interrupted || r.Status == Running)
 }
 
-// Unfinished reports whether the run stopped before its end and was not abandoned.
-func (r *Run) Unfinished() bool { return r.Resumable() }
-
 // Current returns the step the run is at: the first step not finished, or nil.
 func (r *Run) Current() *Step {
 	for i := range r.Steps {
