@@ -501,7 +501,7 @@ func (a *app) failed(run *state.Run, err error) error {
 func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string) error {
 	runs, _ := store.List()
 	for _, r := range runs {
-		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Unfinished() {
+		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Resumable() {
 			continue
 		}
 		if c.Bool("new") {
