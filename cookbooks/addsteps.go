@@ -237,10 +237,11 @@ func (a *nodeAdder) createServer(ctx context.Context, v *pipeline.Values) error 
 	return a.k.serverID.Set(v, srv.ID)
 }
 
-// imaginary reports whether the server exists only in this dry-run's imagination.
+// imaginary reports whether the server exists only in this dry-run's imagination: its id
+// is the placeholder the gate handed out for the create it skipped.
 func (a *nodeAdder) imaginary(v *pipeline.Values) bool {
 	id, _ := a.k.serverID.Get(v)
-	return a.env.DryRun && strings.HasPrefix(id, "dry-run-")
+	return a.env.DryRun && a.env.Gate.IsFake(id)
 }
 
 func (a *nodeAdder) waitActive(ctx context.Context, v *pipeline.Values) error {
@@ -260,7 +261,7 @@ func (a *nodeAdder) waitActive(ctx context.Context, v *pipeline.Values) error {
 
 func (a *nodeAdder) pinHostKey(ctx context.Context, v *pipeline.Values) error {
 	if a.imaginary(v) {
-		a.env.Log.Info("DRY-RUN: would pin the host key the new server prints on its console")
+		a.env.Gate.Would(ctx, "pin the host key the new server prints on its console")
 		return nil
 	}
 	id, err := a.k.serverID.Must(v)
@@ -333,7 +334,7 @@ func (a *nodeAdder) waitSSH(ctx context.Context, v *pipeline.Values) error {
 func (a *nodeAdder) runOn(ctx context.Context, v *pipeline.Values, cmds ...ssh.Command) error {
 	if a.imaginary(v) {
 		for _, c := range cmds {
-			a.env.Log.Info("DRY-RUN: would run on the new node: " + ssh.Quote(c.Argv))
+			a.env.Gate.Would(ctx, "run on the new node: "+ssh.Quote(c.Argv))
 		}
 		return nil
 	}
@@ -407,7 +408,7 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
 	}
 	if a.env.DryRun {
 		// Asking a control node for a join command creates a token: a write.
-		a.env.Log.Info("DRY-RUN: would get a join command from a control node and run kubeadm join on " + name)
+		a.env.Gate.Would(ctx, "get a join command from a control node and run kubeadm join on "+name)
 		return nil
 	}
 	if len(a.c.cl.ControlNodes) == 0 {
@@ -464,19 +465,19 @@ func (a *nodeAdder) labelsTaints(ctx context.Context, v *pipeline.Values) error 
 		return err
 	}
 	if a.imaginary(v) {
-		a.env.Log.Info("DRY-RUN: would label and taint node "+name, "labels", kvString(a.spec.Labels), "taints", len(a.spec.Taints))
+		a.env.Gate.Would(ctx, "label and taint node "+name, "labels", kvString(a.spec.Labels), "taints", len(a.spec.Taints))
 		return nil
 	}
 	if a.env.DryRun {
 		if n, err := a.c.kube.Node(ctx, name); err != nil || n == nil {
-			a.env.Log.Info("DRY-RUN: would label and taint node "+name+" once it has joined", "labels", kvString(a.spec.Labels), "taints", len(a.spec.Taints))
+			a.env.Gate.Would(ctx, "label and taint node "+name+" once it has joined", "labels", kvString(a.spec.Labels), "taints", len(a.spec.Taints))
 			return nil
 		}
 	}
 	if err := a.c.kube.ApplyLabels(ctx, name, a.spec.Labels); err != nil {
 		return err
 	}
-	return a.c.kube.ApplyTaints(ctx, name, a.spec.Taints)
+	return a.c.kube.ApplyTaints(ctx, name, kubeTaints(a.spec.Taints))
 }
 
 func kvString(m map[string]string) string {

@@ -57,7 +57,7 @@ func reboot(c *clients, s pipeline.Scope, n nodeRef, opts rebootOpts) []pipeline
 		},
 		Do: func(ctx context.Context, v *pipeline.Values) error {
 			if n.Imaginary != nil && n.Imaginary(v) {
-				c.env.Log.Info("DRY-RUN: would reboot the new node and wait for a new boot id")
+				c.env.Gate.Would(ctx, "reboot the new node and wait for a new boot id")
 				return nil
 			}
 			node, err := n.Name(v)
