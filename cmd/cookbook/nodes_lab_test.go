@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"os"
@@ -163,6 +164,31 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("commands on %s (-want +got):\n%s", name, diff)
 		}
+	}
+	// list-nodes --output json: each server of the cluster next to its node.
+	r = w.run("list-nodes", "--cluster-name", "toolsbeta", "--output", "json")
+	wantCode(t, r, 0)
+	var listed struct {
+		Schema string `json:"schema"`
+		Nodes  []struct {
+			Name, Role, Server, Flavor, Image, Address string
+			Node                                       *struct {
+				Ready, Cordoned bool
+				KubeletVersion  string
+			}
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || listed.Schema != "cookbook.nodes/v1" {
+		t.Fatalf("list-nodes --output json: %v\n%s", err, r.stdout)
+	}
+	found := false
+	for _, n := range listed.Nodes {
+		if n.Name == prefix+"-worker-nfs-2" {
+			found = n.Role == "worker-nfs" && n.Server == "ACTIVE" && n.Address != "" && n.Image != "" && n.Node != nil && n.Node.Ready && !n.Node.Cordoned && n.Node.KubeletVersion != ""
+		}
+	}
+	if !found {
+		t.Errorf("list-nodes --output json lacks the new worker-nfs-2, ready:\n%s", r.stdout)
 	}
 	audit, _ := os.ReadFile(s.AuditPath)
 	if !strings.Contains(string(audit), "Added a new k8s worker-nfs "+prefix+"-worker-nfs-2 to the cluster toolsbeta") {

@@ -2,8 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"example.com/cookbook/cookbooks/state"
 )
 
 // TestLogFormats: --log-format json gives one JSON object a line on stderr (for a log
@@ -41,5 +45,98 @@ func TestLogFormats(t *testing.T) {
 	wantCode(t, r, 2)
 	if strings.TrimSpace(r.stderr) != `cookbook: error: --log-format: "yaml" is not a log format (expected text, logfmt or json)` {
 		t.Errorf("bad --log-format:\n%s", r.stderr)
+	}
+}
+
+// TestJSONOutputs decodes every --output json shape of the toy cookbook: a dry-run's plan,
+// `runs`, `runs show`, and the plans of a rehearsed resume and abandon.
+func TestJSONOutputs(t *testing.T) {
+	w := newWorld(t)
+	r := w.run(append([]string{"--dry-run", "--output", "json"}, w.toy()...)...)
+	wantCode(t, r, 0)
+	var plan planJSON
+	if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
+		t.Fatalf("dry-run plan is not JSON: %v\n%s", err, r.stdout)
+	}
+	var names []string
+	for _, s := range plan.Steps {
+		names = append(names, s.Name+"="+strings.Join(s.Writes, ";"))
+	}
+	want := "record-token=,item-1/mark=create marker item-1,item-2/mark=create marker item-2,item-3/mark=create marker item-3,item-4/mark=create marker item-4,finish=write result"
+	if plan.Schema != "cookbook.plan/v1" || plan.Cookbook != "toy" || plan.Cluster != "lab1" || plan.Args["items"] != "" || plan.WritesSkipped != 5 || strings.Join(names, ",") != want {
+		t.Errorf("plan: %+v\nsteps: %s\nwant:  %s", plan, strings.Join(names, ","), want)
+	}
+	if plan.Steps[1].Description != "create marker item-1" || plan.Steps[1].Status != "done" {
+		t.Errorf("step: %+v", plan.Steps[1])
+	}
+
+	os.WriteFile(filepath.Join(w.dir, "break-item-3"), nil, 0o600)
+	wantCode(t, w.run(w.toy("--items", "3")...), 1)
+	id := w.runs()[0].ID
+	var runs struct {
+		Schema string `json:"schema"`
+		Runs   []struct {
+			ID     string            `json:"id"`
+			Status string            `json:"status"`
+			State  string            `json:"state"`
+			At     string            `json:"at"`
+			Args   map[string]string `json:"args"`
+			Steps  []state.Step      `json:"steps"`
+		} `json:"runs"`
+	}
+	r = w.run("runs", "--output", "json")
+	wantCode(t, r, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil || runs.Schema != "cookbook.runs/v1" || len(runs.Runs) != 1 {
+		t.Fatalf("runs --output json: %v\n%s", err, r.stdout)
+	}
+	if got := runs.Runs[0]; got.ID != id || got.Status != "failed" || got.State != "failed" || got.At != "item-3/mark" || got.Args["items"] != "3" || len(got.Steps) != 5 {
+		t.Errorf("runs: %+v", got)
+	}
+	var one struct {
+		Schema string `json:"schema"`
+		Run    struct {
+			ID    string       `json:"id"`
+			Error string       `json:"error"`
+			Log   string       `json:"log"`
+			Steps []state.Step `json:"steps"`
+		} `json:"run"`
+	}
+	r = w.run("runs", "show", "-o", "json", id)
+	wantCode(t, r, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one.Schema != "cookbook.run/v1" || one.Run.ID != id || !strings.Contains(one.Run.Error, "break-item-3") || !strings.HasSuffix(one.Run.Log, id+".log") {
+		t.Fatalf("runs show --output json: %v\n%s", err, r.stdout)
+	}
+	if s := one.Run.Steps[3]; s.Name != "item-3/mark" || s.Status != state.Failed {
+		t.Errorf("runs show step 4: %+v", s)
+	}
+
+	os.Remove(filepath.Join(w.dir, "break-item-3"))
+	r = w.run("--dry-run", "-o", "json", "resume", id)
+	wantCode(t, r, 0)
+	plan = planJSON{}
+	if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
+		t.Fatalf("resume plan: %v\n%s", err, r.stdout)
+	}
+	if plan.Run != id || plan.WritesSkipped != 2 || !plan.Steps[1].Recorded || plan.Steps[3].Recorded || strings.Join(plan.Steps[3].Writes, ";") != "create marker item-3" {
+		t.Errorf("resume plan: %+v", plan)
+	}
+	r = w.run("--dry-run", "-o", "json", "abandon", id)
+	wantCode(t, r, 0)
+	plan = planJSON{}
+	if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
+		t.Fatalf("abandon plan: %v\n%s", err, r.stdout)
+	}
+	names = nil
+	for _, s := range plan.Steps {
+		names = append(names, s.Name+"="+strings.Join(s.Writes, ";"))
+	}
+	if !plan.Abandon || strings.Join(names, ",") != "item-3/mark=,item-2/mark=remove marker item-2,item-1/mark=remove marker item-1" {
+		t.Errorf("abandon plan: %+v\n%s", plan, strings.Join(names, ","))
+	}
+
+	r = w.run("runs", "--output", "yaml")
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, `--output: "yaml" is not an output format (expected text or json)`) {
+		t.Errorf("bad --output: %s", r.stderr)
 	}
 }

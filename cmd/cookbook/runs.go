@@ -47,16 +47,23 @@ func (a *app) runs(c *cli.Context) error {
 	}
 	dir := store.Dir
 	locks := &lock.Files{Dir: filepath.Join(dir, "locks")}
+	output, err := outputOf(c)
+	if err != nil {
+		return err
+	}
 	runs, errs := store.List()
 	for _, err := range errs {
 		fmt.Fprintf(a.stderr, "cookbook: warning: %v\n", err)
 	}
+	if len(runs) > c.Int("limit") {
+		runs = runs[:c.Int("limit")]
+	}
+	if output == "json" {
+		return writeRuns(c.App.Writer, runs, store, locks)
+	}
 	w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tCOOKBOOK\tCLUSTER\tARGS\tSTATUS\tSTEP\tSTARTED\tDURATION")
-	for i, r := range runs {
-		if i >= c.Int("limit") {
-			break
-		}
+	for _, r := range runs {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Cookbook, r.Cluster, argString(r.Args),
 			status(r, locks), currentStep(r), r.StartedAt.Local().Format(time.DateTime), duration(r))
 	}
@@ -82,6 +89,13 @@ func (a *app) show(c *cli.Context) error {
 	}
 	locks := &lock.Files{Dir: filepath.Join(dir, "locks")}
 	out := c.App.Writer
+	output, err := outputOf(c)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		return writeRun(out, run, store, locks)
+	}
 	fmt.Fprintf(out, "run:      %s\ncookbook: %s %s\ncluster:  %s\nstatus:   %s\nby:       %s@%s pid %d\nstarted:  %s (%s)\n",
 		run.ID, run.Cookbook, argString(run.Args), run.Cluster, status(run, locks), run.Holder.User, run.Holder.Host, run.Holder.PID,
 		run.StartedAt.Local().Format(time.DateTime), duration(run))
