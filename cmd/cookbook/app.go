@@ -92,7 +92,10 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
 			Flags: []cli.Flag{&cli.IntFlag{Name: "limit", Value: 20, Usage: "show at most `N` runs"}, outputFlag()},
 			Subcommands: []*cli.Command{
-				{Name: "show", Usage: "print every step of a run with status, times and error", ArgsUsage: "ID", Action: app.show, Flags: []cli.Flag{outputFlag()}},
+				{Name: "show", Usage: "print every step of a run with status, times and error (--follow: and its log as it is written, until the run ends)", ArgsUsage: "ID", Action: app.show, Flags: []cli.Flag{
+					outputFlag(),
+					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "follow the run's log from another pane or shell until the run ends, then print its steps again"},
+				}},
 			}},
 		{Name: "resume", Usage: "continue a run that failed or was interrupted (with --dry-run: rehearse it)", ArgsUsage: "ID", Action: app.resume, Flags: switches()},
 		{Name: "abandon", Usage: "give a run up: undo what its steps declare undoable, release its lock (with --dry-run: print the undo it would run)", ArgsUsage: "ID", Action: app.abandon, Flags: switches()},

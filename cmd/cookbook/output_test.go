@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"example.com/cookbook/cookbooks/state"
 )
@@ -138,5 +139,56 @@ func TestJSONOutputs(t *testing.T) {
 	wantCode(t, r, 2)
 	if !strings.Contains(r.stderr, `--output: "yaml" is not an output format (expected text or json)`) {
 		t.Errorf("bad --output: %s", r.stderr)
+	}
+}
+
+// TestRunsShowFollow: `runs show ID --follow`, from another shell, prints the run's log as
+// it is written and ends when the run ends, with the final step table.
+func TestRunsShowFollow(t *testing.T) {
+	w := newWorld(t)
+	hold := filepath.Join(w.dir, "hold")
+	os.WriteFile(hold, nil, 0o600)
+	a := w.command(w.toy()...)
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { a.Process.Kill(); a.Wait() }()
+	run := w.waitFor(func(r *state.Run) bool { s := r.Step("item-1/mark"); return s != nil && s.Status == state.Running })
+
+	f := w.command("runs", "show", "--follow", run.ID)
+	var out syncBuffer
+	f.Stdout = &out
+	if err := f.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Process.Kill()
+	done := make(chan error, 1)
+	go func() { done <- f.Wait() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "create marker item-1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower does not show the running step's log:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the follower ended while the run is running: %v\n%s", err, out.String())
+	case <-time.After(300 * time.Millisecond):
+	}
+	os.Remove(hold)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("follower: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the follower did not end with the run:\n%s", out.String())
+	}
+	got := out.String()
+	for _, want := range []string{"create marker item-4", "finished", "--- run " + run.ID + ": done ---", "write the result"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("follow output lacks %q:\n%s", want, got)
+		}
 	}
 }

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -96,6 +101,71 @@ func (a *app) show(c *cli.Context) error {
 	if output == "json" {
 		return writeRun(out, run, store, locks)
 	}
+	if c.Bool("follow") {
+		return a.follow(c.Context, out, store, locks, run)
+	}
+	return printRun(out, store, locks, run)
+}
+
+// follow prints the run's steps, then its log as it is written, until the run is no
+// longer running (or its process is gone), then its steps again. It reads the files the
+// run writes, so it works from any shell on the host; Ctrl-C stops following, not the run.
+func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, locks *lock.Files, run *state.Run) error {
+	if err := printRun(out, store, locks, run); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n--- log (%s) ---\n", store.LogPath(run.ID))
+	var offset int64
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := copyFrom(out, store.LogPath(run.ID), offset)
+		if err != nil {
+			return err
+		}
+		offset += n
+		cur, err := store.Load(run.ID)
+		if err != nil {
+			return err
+		}
+		if st := status(cur, locks); st != "running" {
+			// What the run wrote before it ended.
+			if n, err := copyFrom(out, store.LogPath(run.ID), offset); err == nil {
+				offset += n
+			}
+			fmt.Fprintf(out, "--- run %s: %s ---\n\n", cur.ID, st)
+			return printRun(out, store, locks, cur)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// copyFrom copies what path holds from offset on to w and returns how much it copied.
+func copyFrom(w io.Writer, path string, offset int64) (int64, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("follow: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("follow: %w", err)
+	}
+	n, err := io.Copy(w, f)
+	if err != nil {
+		return n, fmt.Errorf("follow: %w", err)
+	}
+	return n, nil
+}
+
+// printRun prints a run and its step table.
+func printRun(out io.Writer, store *state.Store, locks *lock.Files, run *state.Run) error {
 	fmt.Fprintf(out, "run:      %s\ncookbook: %s %s\ncluster:  %s\nstatus:   %s\nby:       %s@%s pid %d\nstarted:  %s (%s)\n",
 		run.ID, run.Cookbook, argString(run.Args), run.Cluster, status(run, locks), run.Holder.User, run.Holder.Host, run.Holder.PID,
 		run.StartedAt.Local().Format(time.DateTime), duration(run))
