@@ -2,11 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"example.com/cookbook/cookbooks/state"
 )
@@ -190,5 +195,43 @@ func TestRunsShowFollow(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("follow output lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestColoursOnATerminal: on a terminal the log levels are coloured; piped, they are
+// not (TestRollRebootAllWorkers checks a piped log).
+func TestColoursOnATerminal(t *testing.T) {
+	w := newWorld(t)
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal here (%v)", err)
+	}
+	defer master.Close()
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tty, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	var out syncBuffer
+	go io.Copy(&out, master)
+	cmd := w.command(w.toy()...)
+	cmd.Env = append(cmd.Env, "TERM=xterm-256color", "NO_COLOR=", "CLICOLOR_FORCE=")
+	cmd.Stderr = tty
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "finished") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "\x1b[") {
+		t.Errorf("no colour on a terminal:\n%q", out.String())
 	}
 }
