@@ -314,7 +314,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer}
 	if j.Check != nil && a.cont == nil {
 		if err := j.Check(ctx); err != nil {
-			return notStarted(j.Cluster, err)
+			return notStarted(ctx, j.Cluster, err)
 		}
 	}
 	if dry {
@@ -408,7 +408,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		if j.Confirm != nil {
 			q, err := j.Confirm(ctx)
 			if err != nil {
-				return notStarted(j.Cluster, err)
+				return notStarted(ctx, j.Cluster, err)
 			}
 			if err := a.confirm(j.env, q); err != nil {
 				return err
@@ -448,7 +448,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			if ctx.Err() != nil {
 				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 			}
-			return notStarted(j.Cluster, err)
+			return notStarted(ctx, j.Cluster, err)
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
@@ -480,10 +480,14 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 // notStarted explains why a new run failed before its first step: an input error as it
 // is, else what it could not reach (the cloud or the cluster's Kubernetes API), named
 // from the error. Nothing was recorded, so the same command can simply be run again.
-func notStarted(cluster string, err error) error {
+func notStarted(ctx context.Context, cluster string, err error) error {
 	var in *cookbooks.InputError
 	if errors.As(err, &in) {
 		return err
+	}
+	if ctx.Err() != nil {
+		// A signal while the cloud or the cluster was being read: exit at once (130).
+		return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 	}
 	what := ""
 	var ue *url.Error
