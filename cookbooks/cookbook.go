@@ -56,6 +56,9 @@ type Env struct {
 	DryRun bool
 	// Yes is --yes.
 	Yes bool
+	// Output is --output: "text" (for people) or "json" (the documented shapes), for what
+	// a cookbook prints on stdout (list-nodes' table, a dry-run's plan).
+	Output string
 	// Log is the run's logger.
 	Log *slog.Logger
 	// Gate is the dry-run choke point every backend's writes pass through.

@@ -2,6 +2,7 @@ package cookbooks
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -48,21 +49,66 @@ func ListNodes() Cookbook {
 					if err != nil {
 						return err
 					}
-					return listNodes(ctx, out, cs, roleFilter)
+					return listNodes(ctx, out, cs, roleFilter, env.Output)
 				}}}, nil
 			}}, nil
 		},
 	}
 }
 
-func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter string) error {
+// NodesSchema names the shape of `list-nodes --output json`.
+const NodesSchema = "cookbook.nodes/v1"
+
+// NodeRow is one line of list-nodes: a server of the cluster and its Kubernetes node.
+// It is also the JSON shape of --output json (documented in the README).
+type NodeRow struct {
+	Name    string `json:"name"`
+	Role    string `json:"role,omitempty"`   // "" for a node no server of the roles accounts for
+	Server  string `json:"server,omitempty"` // the server's status (ACTIVE, BUILD, ...); "" if none
+	Flavor  string `json:"flavor,omitempty"`
+	Image   string `json:"image,omitempty"`
+	Address string `json:"address,omitempty"`
+	// Node is the Kubernetes node; nil when the server has no node.
+	Node *NodeState `json:"node"`
+}
+
+// NodeState is what list-nodes shows of a Kubernetes node.
+type NodeState struct {
+	Ready          bool   `json:"ready"`
+	Cordoned       bool   `json:"cordoned"`
+	KubeletVersion string `json:"kubeletVersion"`
+}
+
+func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter, format string) error {
 	if out == nil {
 		out = os.Stdout
 	}
+	rows, err := nodeRows(ctx, cs, roleFilter)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Schema string    `json:"schema"`
+			Nodes  []NodeRow `json:"nodes"`
+		}{NodesSchema, rows})
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tROLE\tSERVER\tFLAVOR\tIMAGE\tADDRESS\tNODE\tSCHEDULING\tKUBELET")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, orDash(r.Role, ""), orDash(r.Server, "no server"), orDash(r.Flavor, ""), orDash(r.Image, ""), orDash(r.Address, ""), nodeColumns(r.Node))
+	}
+	return w.Flush()
+}
+
+// nodeRows reads the servers of the selected roles and the cluster's nodes.
+func nodeRows(ctx context.Context, cs *clients, roleFilter string) ([]NodeRow, error) {
 	nodes := map[string]*corev1.Node{}
 	list, err := cs.kube.Nodes(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for i := range list {
 		nodes[list[i].Name] = &list[i]
@@ -75,13 +121,12 @@ func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter strin
 		}
 	}
 	sort.Strings(roles)
-	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tROLE\tSERVER\tFLAVOR\tIMAGE\tADDRESS\tNODE\tSCHEDULING\tKUBELET")
+	var rows []NodeRow
 	seen := map[string]bool{}
 	for _, role := range roles {
 		servers, err := cs.cloud.RoleServers(ctx, cs.cl.Roles[role].Prefix)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, s := range servers {
 			seen[s.Name] = true
@@ -94,7 +139,7 @@ func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter strin
 				}
 				imageNames[s.ImageID] = img
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, role, s.Status, orDash(s.FlavorName, s.FlavorID), img, orDash(s.Address, ""), nodeColumns(nodes[s.Name]))
+			rows = append(rows, NodeRow{Name: s.Name, Role: role, Server: s.Status, Flavor: orDash(s.FlavorName, s.FlavorID), Image: img, Address: s.Address, Node: nodeState(nodes[s.Name])})
 		}
 	}
 	// Nodes no server of the selected roles accounts for.
@@ -107,25 +152,32 @@ func listNodes(ctx context.Context, out io.Writer, cs *clients, roleFilter strin
 		}
 		sort.Strings(extra)
 		for _, name := range extra {
-			fmt.Fprintf(w, "%s\t-\tno server\t-\t-\t-\t%s\n", name, nodeColumns(nodes[name]))
+			rows = append(rows, NodeRow{Name: name, Node: nodeState(nodes[name])})
 		}
 	}
-	return w.Flush()
+	return rows, nil
 }
 
-func nodeColumns(n *corev1.Node) string {
+func nodeState(n *corev1.Node) *NodeState {
+	if n == nil {
+		return nil
+	}
+	return &NodeState{Ready: k8sops.IsReady(n), Cordoned: n.Spec.Unschedulable, KubeletVersion: n.Status.NodeInfo.KubeletVersion}
+}
+
+func nodeColumns(n *NodeState) string {
 	if n == nil {
 		return "missing\t-\t-"
 	}
 	ready := "NotReady"
-	if k8sops.IsReady(n) {
+	if n.Ready {
 		ready = "Ready"
 	}
 	sched := "schedulable"
-	if n.Spec.Unschedulable {
+	if n.Cordoned {
 		sched = "cordoned"
 	}
-	return strings.Join([]string{ready, sched, n.Status.NodeInfo.KubeletVersion}, "\t")
+	return strings.Join([]string{ready, sched, n.KubeletVersion}, "\t")
 }
 
 func orDash(s, alt string) string {

@@ -171,7 +171,7 @@ func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 	k, s := r.c.kube, pipeline.Scope(n.Name)
 	action := r.Action(r.c, s, n)
 	uncordonOwn := uncordon(k, s, n.Name, r.Force)
-	uncordonOwn.Do = logSkip(r.Env, n.Name, uncordonOwn.Do)
+	uncordonOwn.Do = logSkip(r.Env, uncordonOwn.Do)
 	steps := pipeline.Steps(cordonDrain(k, s, n.Name, r.Drain), action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
 	for i := range steps {
 		st := &steps[i]
@@ -198,12 +198,13 @@ func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 	return steps
 }
 
-// logSkip logs the reason a node's step had nothing to do, and counts the step as done.
-func logSkip(env *Env, node string, do pipeline.Func) pipeline.Func {
+// logSkip logs the reason a node's step had nothing to do (the reason names the node),
+// and counts the step as done.
+func logSkip(env *Env, do pipeline.Func) pipeline.Func {
 	return func(ctx context.Context, v *pipeline.Values) error {
 		err := do(ctx, v)
 		if reason, ok := skipped(err); ok {
-			env.Log.Info(reason, "node", node)
+			env.Log.Info(reason)
 			return nil
 		}
 		return err

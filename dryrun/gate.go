@@ -31,6 +31,7 @@ type Gate struct {
 
 	mu    sync.Mutex
 	fakes map[string]bool // ids handed out by FakeID
+	would []string        // the actions of the skipped writes, in order
 }
 
 // Enabled reports whether g is in dry-run mode.
@@ -68,9 +69,26 @@ func (g *Gate) Would(ctx context.Context, action string, attrs ...any) {
 		return
 	}
 	g.skipped.Add(1)
+	g.mu.Lock()
+	g.would = append(g.would, action)
+	g.mu.Unlock()
 	if g.Log != nil {
 		g.Log.InfoContext(ctx, "DRY-RUN: would "+action, attrs...)
 	}
+}
+
+// Skipped returns the actions of the writes skipped so far, in order, from the n-th on
+// (0 for all): what a dry-run's plan says each step would do.
+func (g *Gate) Skipped(n int) []string {
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n >= len(g.would) {
+		return nil
+	}
+	return append([]string(nil), g.would[n:]...)
 }
 
 // FakeID returns the id of something a skipped write would have created (kind "server",

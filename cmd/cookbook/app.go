@@ -56,6 +56,8 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug lines"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "answer yes to confirmations (without it and without a terminal, a confirmation aborts)"},
 			&cli.StringFlag{Name: "state-dir", Usage: "where run records, logs and locks are kept", Value: defaultStateDir(), DefaultText: "$XDG_STATE_HOME/cookbook, else ~/.local/state/cookbook"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "how log lines look on stderr: `text` (coloured on a terminal), logfmt or json; the run's log file is always text"},
+			outputFlag(),
 			&cli.BoolFlag{Name: "version", Usage: "print the version, the commit and the Go version"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -80,6 +82,7 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "rehearse: every read for real, no write, the run file untouched"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
+			outputFlag(),
 		}
 	}
 	a.Commands = []*cli.Command{
@@ -87,9 +90,12 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 		{Name: "completion", Usage: "print the shell completion script (bash, zsh or fish)", ArgsUsage: "SHELL", Action: completion},
 		{Name: "man", Usage: "print the manual page cookbook(1) in roff", Hidden: true, Action: manPage},
 		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
-			Flags: []cli.Flag{&cli.IntFlag{Name: "limit", Value: 20, Usage: "show at most `N` runs"}},
+			Flags: []cli.Flag{&cli.IntFlag{Name: "limit", Value: 20, Usage: "show at most `N` runs"}, outputFlag()},
 			Subcommands: []*cli.Command{
-				{Name: "show", Usage: "print every step of a run with status, times and error", ArgsUsage: "ID", Action: app.show},
+				{Name: "show", Usage: "print every step of a run with status, times and error (--follow: and its log as it is written, until the run ends)", ArgsUsage: "ID", Action: app.show, Flags: []cli.Flag{
+					outputFlag(),
+					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "follow the run's log from another pane or shell until the run ends, then print its steps again"},
+				}},
 			}},
 		{Name: "resume", Usage: "continue a run that failed or was interrupted (with --dry-run: rehearse it)", ArgsUsage: "ID", Action: app.resume, Flags: switches()},
 		{Name: "abandon", Usage: "give a run up: undo what its steps declare undoable, release its lock (with --dry-run: print the undo it would run)", ArgsUsage: "ID", Action: app.abandon, Flags: switches()},
@@ -164,6 +170,7 @@ func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
 	}
 	// The global switches may also follow the cookbook's name.
 	flags = append(flags,
+		outputFlag(),
 		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "same as the global --dry-run"},
 		&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
@@ -264,7 +271,9 @@ type job struct {
 	*cookbooks.Job
 	cb      cookbooks.Cookbook
 	env     *cookbooks.Env
-	termLog slog.Handler // the terminal's log handler, before "mode" or "run" were added
+	termLog slog.Handler      // the terminal's log handler
+	args    map[string]string // the cookbook's flags as given
+	out     io.Writer         // stdout: --output json goes there
 }
 
 // run runs a cookbook invocation: it prepares the job and hands it to what this
@@ -280,16 +289,21 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if err := state.CheckDir(stateDir); err != nil {
 		return cookbooks.BadInput(err)
 	}
-	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false)
-	var logger = slog.New(termLog)
-	if dry {
-		logger = logger.With("mode", "dry-run")
+	output, err := outputOf(c)
+	if err != nil {
+		return err
 	}
+	if err := checkLogFormat(c.String("log-format")); err != nil {
+		return cookbooks.BadInput(err)
+	}
+	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false, c.String("log-format"))
+	var logger = slog.New(termLog)
 	env := &cookbooks.Env{
 		ConfigPath: c.String("config"),
 		StateDir:   stateDir,
 		DryRun:     dry,
 		Yes:        switchOn(c, "yes"),
+		Output:     output,
 		Log:        logger,
 		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
 	}
@@ -297,11 +311,15 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if err != nil {
 		return err
 	}
-	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog}
+	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer}
 	if j.Check != nil && a.cont == nil {
 		if err := j.Check(ctx); err != nil {
-			return notStarted(j.Cluster, err)
+			return notStarted(ctx, j.Cluster, err)
 		}
+	}
+	if dry {
+		// Said once; every write is then logged as "DRY-RUN: would ...".
+		logger.Info("dry-run: every read for real, no write")
 	}
 	switch {
 	case a.cont != nil && dry:
@@ -318,7 +336,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 // unrecorded runs a read-only cookbook or a dry-run: no lock, no state file, no log file.
 func (a *app) unrecorded(ctx context.Context, j *job) error {
 	logger, dry := j.env.Log, j.env.DryRun
-	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, DryRun: true, Holder: holder(), StartedAt: time.Now()}
+	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, Args: j.args, DryRun: true, Holder: holder(), StartedAt: time.Now()}
 	r := &pipeline.Runner{Log: logger}
 	steps, err := j.Plan(ctx, r.Values(run))
 	if err != nil {
@@ -329,7 +347,18 @@ func (a *app) unrecorded(ctx context.Context, j *job) error {
 			logger.Debug("plan", "n", i+1, "step", s.Name)
 		}
 	}
-	if err := r.Run(ctx, run, steps); err != nil {
+	var plan *planRecorder
+	if dry && j.env.Output == "json" {
+		plan = &planRecorder{gate: j.env.Gate}
+		steps = plan.wrap(steps)
+	}
+	err = r.Run(ctx, run, steps)
+	if plan != nil {
+		if werr := writeJSON(j.out, plan.plan(run, nil, false)); werr != nil {
+			return errors.Join(err, werr)
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if dry {
@@ -379,7 +408,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		if j.Confirm != nil {
 			q, err := j.Confirm(ctx)
 			if err != nil {
-				return notStarted(j.Cluster, err)
+				return notStarted(ctx, j.Cluster, err)
 			}
 			if err := a.confirm(j.env, q); err != nil {
 				return err
@@ -395,7 +424,8 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		return fmt.Errorf("open run log: %w", err)
 	}
 	defer logFile.Close()
-	logger := slog.New(slog.NewMultiHandler(j.termLog, newLogger(logFile, true, true))).With("run", run.ID)
+	// The run id is said when the run starts and ends, not on every line.
+	logger := slog.New(slog.NewMultiHandler(j.termLog, newLogger(logFile, true, true, "text")))
 	j.env.Log = logger
 	j.env.Gate.Log = logger
 	if cfg, err := j.env.Config(); err == nil {
@@ -418,7 +448,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			if ctx.Err() != nil {
 				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 			}
-			return notStarted(j.Cluster, err)
+			return notStarted(ctx, j.Cluster, err)
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
@@ -433,27 +463,31 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		if _, err := runner.Abandon(ctx, run, steps); err != nil {
 			return fmt.Errorf("abandon run %s: %w", run.ID, err)
 		}
-		logger.Info("run abandoned", "cookbook", j.cb.Name, "cluster", j.Cluster)
+		logger.Info("run abandoned", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster)
 		return nil
 	case isNew:
-		logger.Info("starting", "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
+		logger.Info("starting", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
 	default:
-		logger.Info("resuming", "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
+		logger.Info("resuming", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
 		return a.failed(run, err)
 	}
-	logger.Info("finished", "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return nil
 }
 
 // notStarted explains why a new run failed before its first step: an input error as it
 // is, else what it could not reach (the cloud or the cluster's Kubernetes API), named
 // from the error. Nothing was recorded, so the same command can simply be run again.
-func notStarted(cluster string, err error) error {
+func notStarted(ctx context.Context, cluster string, err error) error {
 	var in *cookbooks.InputError
 	if errors.As(err, &in) {
 		return err
+	}
+	if ctx.Err() != nil {
+		// A signal while the cloud or the cluster was being read: exit at once (130).
+		return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 	}
 	what := ""
 	var ue *url.Error
@@ -572,6 +606,11 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 			args = append(args, "--"+f)
 		}
 	}
+	output, err := outputOf(c)
+	if err != nil {
+		return err
+	}
+	args = append(args, "--output", output, "--log-format", c.String("log-format"))
 	args = append(args, cb.Name)
 	args = append(args, replayArgs(run.Args)...)
 	return newAppFor(a.books, a.stdin, a.stderr, &continuation{run: run, abandon: abandon}).RunContext(c.Context, args)
@@ -590,6 +629,15 @@ func (a *app) rehearse(ctx context.Context, j *job, cont *continuation) error {
 	steps, err := j.Plan(ctx, runner.Values(run))
 	if err != nil {
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
+	}
+	if j.env.Output == "json" {
+		plan := &planRecorder{gate: j.env.Gate}
+		steps = plan.wrap(steps)
+		defer func() {
+			if werr := writeJSON(j.out, plan.plan(run, cont.run, cont.abandon)); werr != nil {
+				log.Error("cannot write the plan", "err", werr)
+			}
+		}()
 	}
 	if cont.abandon {
 		log.Info("DRY-RUN: rehearsing the abandon of run "+run.ID+": the undo of its started steps, last first", "cookbook", run.Cookbook, "cluster", run.Cluster)

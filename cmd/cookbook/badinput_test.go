@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -478,5 +479,63 @@ func TestCLIBadInputUnreachableCluster(t *testing.T) {
 	r := w.run([]string{"--config", w.configs["good"], "--state-dir", stateDir, "runs"}, nil)
 	if r.code != 0 || strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
 		t.Errorf("runs after the failed attempts: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestInterruptBeforeAnythingIsRecorded: a cluster whose API server accepts connections
+// and never answers holds the first reads; SIGINT then ends the process at once (130),
+// with nothing recorded.
+func TestInterruptBeforeAnythingIsRecorded(t *testing.T) {
+	w := newBadWorld(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	kube := filepath.Join(w.root, "silent-kubeconfig")
+	data := strings.Replace(fixtureKubeconfig, "https://127.0.0.1:1", "https://"+ln.Addr().String(), 1)
+	if err := os.WriteFile(kube, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(w.configs["good"])
+	silent := filepath.Join(w.root, "silent.yaml")
+	if err := os.WriteFile(silent, []byte(strings.ReplaceAll(string(cfg), w.kube, kube)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(w.root, "interrupt-state")
+	cmd := exec.Command(os.Args[0], "--config", silent, "--state-dir", stateDir, "drain", "--cluster-name", "toolsbeta", "--hostname-to-drain", "toolsbeta-test-k8s-worker-3")
+	cmd.Env = []string{"COOKBOOK_TEST_CHILD=1", "HOME=" + w.home, "PATH=" + os.Getenv("PATH")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // connected, waiting for an answer
+	start := time.Now()
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+		t.Fatalf("exit %v, want 130\n%s", err, errb.String())
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s to stop after SIGINT", d)
+	}
+	if !strings.Contains(errb.String(), "nothing was recorded") {
+		t.Errorf("stderr:\n%s", errb.String())
+	}
+	// The cluster's lock file stays (a flock file is not removed on unlock: removing it
+	// would race with the next run's open); no run file or log does.
+	if files, _ := filepath.Glob(filepath.Join(stateDir, "runs", "*")); len(files) != 0 {
+		t.Errorf("left %v", files)
 	}
 }
