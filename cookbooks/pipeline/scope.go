@@ -52,7 +52,8 @@ func finishedKey(s Scope, tag, name string) Key[bool] {
 // is the group the steps go in, e.g. "batch-2"), so a resumed run redoes only the sets
 // that had not finished it. The step fails when a set's step fails, with an error naming
 // each set that failed; it is skipped when every set skipped it. Its Undo, if the sets'
-// steps have one, undoes every set's step. Desc joins the sets' descriptions.
+// steps have one, undoes every set's step. Its description is the first set's, naming every set's scope
+// ("drain w-1, w-2 (timeout 10m0s)").
 func Together(tag string, sets ...Set) ([]Step, error) {
 	if len(sets) == 0 {
 		return nil, errors.New("together: no step sets")
@@ -80,14 +81,8 @@ func Together(tag string, sets ...Set) ([]Step, error) {
 		}
 		st := Step{
 			Name: name,
-			Desc: func(v *Values) string {
-				var d []string
-				for _, p := range parts {
-					d = append(d, describe(p.Steps[0], v))
-				}
-				return strings.Join(d, "; ")
-			},
-			Do: func(ctx context.Context, v *Values) error { return fan(ctx, v, tag, name, parts) },
+			Desc: func(v *Values) string { return describeAll(parts, v) },
+			Do:   func(ctx context.Context, v *Values) error { return fan(ctx, v, tag, name, parts) },
 		}
 		if first[i].Undo != nil {
 			st.Undo = func(ctx context.Context, v *Values) error {
@@ -102,6 +97,25 @@ func Together(tag string, sets ...Set) ([]Step, error) {
 		out[i] = st
 	}
 	return out, nil
+}
+
+// describeAll describes the step of every part in one line: the first part's description
+// with its scope replaced by the list of the parts' scopes, or followed by the list when
+// the description does not name the scope.
+func describeAll(parts []Set, v *Values) string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = string(p.Scope)
+	}
+	list := strings.Join(names, ", ")
+	d := describe(parts[0].Steps[0], v)
+	if len(parts) == 1 {
+		return d
+	}
+	if strings.Contains(d, names[0]) {
+		return strings.Replace(d, names[0], list, 1)
+	}
+	return d + " (" + list + ")"
 }
 
 // fan runs the one step of every part at once, skipping the parts recorded as finished.

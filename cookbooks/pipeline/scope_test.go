@@ -55,7 +55,7 @@ func TestTogether(t *testing.T) {
 	if !errors.As(err, &se) || se.Step != "batch-1/b" || !strings.Contains(err.Error(), "node n-2: broken") || strings.Contains(err.Error(), "n-1") {
 		t.Fatalf("err = %v, want step batch-1/b naming node n-2 only", err)
 	}
-	if got := run.Step("batch-1/a").Description; got != "a n-1; a n-2; a n-3" {
+	if got := run.Step("batch-1/a").Description; got != "a n-1, n-2, n-3" {
 		t.Errorf("description %q", got)
 	}
 
