@@ -47,6 +47,11 @@ type Cluster struct {
 	Domain string           `json:"domain"`
 	SSH    SSH              `json:"ssh"`
 	Roles  map[string]*Role `json:"roles"`
+	// Alertmanager, when set, is where the run silences the alerts of the nodes it takes
+	// down on purpose.
+	Alertmanager *Alertmanager `json:"alertmanager,omitempty"`
+	// Hooks run at named points of every node's life; a role's own hooks run after them.
+	Hooks Hooks `json:"hooks,omitempty"`
 
 	// Name is the cluster's key in Config.Clusters.
 	Name string `json:"-"`
@@ -108,6 +113,8 @@ type Role struct {
 	Provision [][]string `json:"provision,omitempty"`
 	// RebootAfterProvision reboots a new node after provisioning, before it joins.
 	RebootAfterProvision bool `json:"rebootAfterProvision,omitempty"`
+	// Hooks run at named points of the life of the role's nodes, after the cluster's.
+	Hooks Hooks `json:"hooks,omitempty"`
 }
 
 // ServerGroup is the Nova server group a role's servers are placed in.
@@ -385,6 +392,11 @@ func (cl *Cluster) validate(p string) []error {
 		if r.ExtraStorage != nil && (r.ExtraStorage.Device == "" || r.ExtraStorage.MountPoint == "") {
 			errs = append(errs, fmt.Errorf("%s.extraStorage: device and mountPoint are required", rp))
 		}
+		errs = append(errs, r.Hooks.validate(rp+".hooks")...)
+	}
+	errs = append(errs, cl.Hooks.validate(p+".hooks")...)
+	if cl.Alertmanager != nil {
+		errs = append(errs, cl.Alertmanager.validate(p+".alertmanager")...)
 	}
 	// Two roles sharing a prefix would make "the next worker" ambiguous.
 	seen := map[string]string{}
