@@ -5,6 +5,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io"
 	"os"
@@ -194,26 +195,13 @@ func readRegular(path string) ([]byte, error) {
 
 // checkFile refuses what is not a regular file of at most MaxSize bytes.
 func checkFile(path string, fi os.FileInfo) error {
-	var what string
-	switch m := fi.Mode(); {
-	case m.IsRegular():
+	if fi.Mode().IsRegular() {
 		if fi.Size() > MaxSize {
 			return tooLarge(path, fi.Size())
 		}
 		return nil
-	case m.IsDir():
-		what = "a directory"
-	case m&os.ModeNamedPipe != 0:
-		what = "a named pipe (FIFO)"
-	case m&os.ModeSocket != 0:
-		what = "a socket"
-	case m&os.ModeCharDevice != 0:
-		what = "a character device"
-	case m&os.ModeDevice != 0:
-		what = "a block device"
-	default:
-		what = fmt.Sprintf("not a regular file (mode %s)", m)
 	}
+	what := filekind.Of(fi.Mode())
 	return fmt.Errorf("config %s: is %s, expected a regular file", path, what)
 }
 

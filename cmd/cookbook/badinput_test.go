@@ -321,7 +321,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "remove clouds file missing", config: "no-clouds-file", args: []string{"remove-k8s-node", "--cluster-name", tb, "--role", "worker", "--yes"}, want: "missing-clouds.yaml: no such file"},
 		{name: "roll-reboot clouds file missing", config: "no-clouds-file", args: []string{"roll-reboot", "--cluster-name", tb, "--all"}, want: "missing-clouds.yaml: no such file"},
 		{name: "dry-run add clouds file missing", config: "no-clouds-file", args: []string{"--dry-run", "add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: "missing-clouds.yaml: no such file"},
-		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a FIFO"},
+		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a named pipe (FIFO)"},
 		{name: "clouds file is a directory", config: "clouds-dir", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: w.dir + ": is a directory"},
 		{name: "clouds file not YAML", config: "clouds-not-yaml", args: []string{"list-nodes", "--cluster-name", tb}, want: "garbage"},
 		{name: "cloud not in clouds.yaml", config: "wrong-cloud", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: `openstack.cloud "prod": not in clouds.yaml ` + w.clouds + " (clouds there: lab)"},

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io"
 	"io/fs"
@@ -299,11 +300,11 @@ func CheckDir(dir string) error {
 			return checkAncestor(dir, p, fi)
 		}
 		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, filekind.Reason(err))
 		}
 		parent := filepath.Dir(p)
 		if parent == p {
-			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, filekind.Reason(err))
 		}
 		p = parent
 	}
@@ -314,47 +315,17 @@ func checkAncestor(dir, p string, fi fs.FileInfo) error {
 	self := p == filepath.Clean(dir)
 	if !fi.IsDir() {
 		if self {
-			return fmt.Errorf("--state-dir %s: is a %s, expected a directory", dir, kind(fi.Mode()))
+			return fmt.Errorf("--state-dir %s: is %s, expected a directory", dir, filekind.Of(fi.Mode()))
 		}
-		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is a %s)", dir, p, kind(fi.Mode()))
+		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is %s)", dir, p, filekind.Of(fi.Mode()))
 	}
 	if err := unix.Access(p, unix.W_OK|unix.X_OK); err != nil {
 		if self {
-			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, filekind.Reason(err))
 		}
-		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, reason(err), p)
+		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, filekind.Reason(err), p)
 	}
 	return nil
-}
-
-// reason returns the system's reason for err without the operation and path around it.
-func reason(err error) string {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		return errno.Error()
-	}
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
-}
-
-// kind names the type of file of mode m, for an operator.
-func kind(m fs.FileMode) string {
-	switch {
-	case m.IsRegular():
-		return "regular file"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeCharDevice != 0:
-		return "character device"
-	case m&fs.ModeDevice != 0:
-		return "device"
-	}
-	return "file that is not a directory"
 }
 
 func checkID(id string) error {
