@@ -357,7 +357,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		}
 	}
 	run.Holder = holder()
-	l, prev, err := locks.Lock(j.Cluster, lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
+	l, prev, err := locks.Lock(ctx, j.Cluster, lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
 	if err != nil {
 		return err
 	}
