@@ -8,7 +8,7 @@ LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cookbook/lab
 # cookbooks/state) and the cookbooks, and the packages at the boundaries they drive at once.
 RACE_PKGS := ./cookbooks/... ./k8sops/... ./openstack/... ./ssh/...
 
-.PHONY: help build test lint lab-bins lab demo bench
+.PHONY: help build test lint lab-bins lab demo bench deb
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,23 @@ lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once
 test: lint lab-bins ## run all tests (builds the lab binaries first); RACE_PKGS with -race
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 45m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 30m $$(comm -23 <($(GO) list ./... | sort) <($(GO) list $(RACE_PKGS) | sort))
+
+# The package version is the top entry of packaging/changelog; the commit is stamped too.
+VERSION ?= $(shell awk -F'[()]' 'NR == 1 { print $$2 }' packaging/changelog)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+DEB_BUILD := build/deb# packaging/nfpm.yaml names these paths
+
+deb: ## build build/cookbook_VERSION_amd64.deb (stripped binary, man page, completions, example config) with nfpm
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $(DEB_BUILD)/cookbook ./cmd/cookbook
+	$(DEB_BUILD)/cookbook man | gzip -9n > $(DEB_BUILD)/cookbook.1.gz
+	$(DEB_BUILD)/cookbook completion bash > $(DEB_BUILD)/cookbook.bash
+	$(DEB_BUILD)/cookbook completion zsh > $(DEB_BUILD)/cookbook.zsh
+	$(DEB_BUILD)/cookbook completion fish > $(DEB_BUILD)/cookbook.fish
+	cp testdata/config.yaml $(DEB_BUILD)/config.yaml
+	gzip -9n < packaging/changelog > $(DEB_BUILD)/changelog.gz
+	COOKBOOK_VERSION=$(VERSION) $(GO) tool -modfile=packaging/tools/go.mod nfpm package --config packaging/nfpm.yaml --packager deb --target build/
+	@ls -l build/cookbook_$(VERSION)_amd64.deb
 
 lab: build lab-bins ## run the lab in the foreground (Ctrl-C stops it); prints the export line for cookbook
 	bin/cookbook-lab up

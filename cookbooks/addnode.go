@@ -261,10 +261,11 @@ func (a *adder) createServer(ctx context.Context, v *pipeline.Values) error {
 	return keyServerID.Set(v, srv.ID)
 }
 
-// dryNew reports whether the server exists only in this dry-run's imagination.
+// dryNew reports whether the server exists only in this dry-run's imagination: its id is
+// the placeholder the gate handed out for the create it skipped.
 func dryNew(env *Env, v *pipeline.Values) bool {
 	id, _ := keyServerID.Get(v)
-	return env.DryRun && strings.HasPrefix(id, "dry-run-")
+	return env.DryRun && env.Gate.IsFake(id)
 }
 
 func (a *adder) waitActive(ctx context.Context, v *pipeline.Values) error {
@@ -284,7 +285,7 @@ func (a *adder) waitActive(ctx context.Context, v *pipeline.Values) error {
 
 func (a *adder) pinHostKey(ctx context.Context, v *pipeline.Values) error {
 	if dryNew(a.env, v) {
-		a.env.Log.Info("DRY-RUN: would pin the host key the new server prints on its console")
+		a.env.Gate.Would(ctx, "pin the host key the new server prints on its console")
 		return nil
 	}
 	id, err := keyServerID.Must(v)
@@ -343,7 +344,7 @@ func (a *adder) waitSSH(ctx context.Context, v *pipeline.Values) error {
 func (a *adder) runOn(ctx context.Context, v *pipeline.Values, cmds ...ssh.Command) error {
 	if dryNew(a.env, v) {
 		for _, c := range cmds {
-			a.env.Log.Info("DRY-RUN: would run on the new node: " + ssh.Quote(c.Argv))
+			a.env.Gate.Would(ctx, "run on the new node: "+ssh.Quote(c.Argv))
 		}
 		return nil
 	}
@@ -417,7 +418,7 @@ func (a *adder) join(ctx context.Context, v *pipeline.Values) error {
 	}
 	if a.env.DryRun {
 		// Asking a control node for a join command creates a token: a write.
-		a.env.Log.Info("DRY-RUN: would get a join command from a control node and run kubeadm join on " + name)
+		a.env.Gate.Would(ctx, "get a join command from a control node and run kubeadm join on "+name)
 		return nil
 	}
 	if len(a.cl.ControlNodes) == 0 {
@@ -474,19 +475,19 @@ func (a *adder) labelsTaints(ctx context.Context, v *pipeline.Values) error {
 		return err
 	}
 	if dryNew(a.env, v) {
-		a.env.Log.Info("DRY-RUN: would label and taint node "+name, "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
+		a.env.Gate.Would(ctx, "label and taint node "+name, "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
 		return nil
 	}
 	if a.env.DryRun {
 		if n, err := a.c.kube.Node(ctx, name); err != nil || n == nil {
-			a.env.Log.Info("DRY-RUN: would label and taint node "+name+" once it has joined", "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
+			a.env.Gate.Would(ctx, "label and taint node "+name+" once it has joined", "labels", kvString(a.role.Labels), "taints", len(a.role.Taints))
 			return nil
 		}
 	}
 	if err := a.c.kube.ApplyLabels(ctx, name, a.role.Labels); err != nil {
 		return err
 	}
-	return a.c.kube.ApplyTaints(ctx, name, a.role.Taints)
+	return a.c.kube.ApplyTaints(ctx, name, kubeTaints(a.role.Taints))
 }
 
 func kvString(m map[string]string) string {

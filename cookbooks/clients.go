@@ -44,7 +44,9 @@ func (e *Env) CheckKube(cl *config.Cluster) error {
 
 // SSH returns the SSH client of the cluster, with the run's gate and log.
 func (e *Env) SSH(cl *config.Cluster) (*ssh.Client, error) {
-	c, err := ssh.New(cl.SSH, e.Gate, e.Log)
+	s := cl.SSH
+	c, err := ssh.New(ssh.Options{User: s.User, Port: s.Port, Sudo: s.Sudo, JumpHost: s.JumpHost, KnownHosts: s.KnownHosts,
+		IdentityFiles: s.IdentityFiles, InsecureIgnoreHostKey: s.InsecureIgnoreHostKey, Gate: e.Gate, Log: e.Log})
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
 	}
@@ -52,6 +54,15 @@ func (e *Env) SSH(cl *config.Cluster) (*ssh.Client, error) {
 		c.Learned = filepath.Join(e.StateDir, "known_hosts")
 	}
 	return c, nil
+}
+
+// kubeTaints are the configuration's taints as k8sops takes them.
+func kubeTaints(ts []config.Taint) []k8sops.Taint {
+	out := make([]k8sops.Taint, len(ts))
+	for i, t := range ts {
+		out[i] = k8sops.Taint{Key: t.Key, Value: t.Value, Effect: t.Effect}
+	}
+	return out
 }
 
 // clients are the three backends of the node cookbooks, for one cluster.

@@ -116,7 +116,7 @@ func auditStepNamed(name string, env *Env, line string) pipeline.Step {
 		Desc: pipeline.Text("tell the team: " + line),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
 			if env.DryRun {
-				env.Log.Info("DRY-RUN: would send audit line: " + line)
+				env.Gate.Would(ctx, "send audit line: "+line)
 				return nil
 			}
 			env.Audit.Send(ctx, line)

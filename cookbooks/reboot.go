@@ -23,7 +23,7 @@ func rebootStep(c *clients, name func(*pipeline.Values) string, timeout time.Dur
 		Desc: func(v *pipeline.Values) string { return fmt.Sprintf("reboot %s, proven by a new boot id", name(v)) },
 		Do: func(ctx context.Context, v *pipeline.Values) error {
 			if dryNew(c.env, v) {
-				c.env.Log.Info("DRY-RUN: would reboot the new node and wait for a new boot id")
+				c.env.Gate.Would(ctx, "reboot the new node and wait for a new boot id")
 				return nil
 			}
 			node := name(v)

@@ -177,7 +177,10 @@ func (o *Ops) logPlan(plan *DrainPlan) {
 // status allows it (its changes are watched), never on a timer. Pods that block the
 // drain without Force or DeleteEmptyDirData make it fail before anything is evicted. In
 // dry-run it logs the plan: the pods that would go, those that stay and why, and the
-// budgets that would block now. The node should be cordoned first.
+// budgets that would block now; each eviction is sent as a server-side dry-run, and one
+// the API server would refuse now (a disruption budget, RBAC, admission) is logged as
+// "DRY-RUN: eviction of NS/POD would be refused now: REASON". The node should be
+// cordoned first.
 func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 	plan, err := o.PlanDrain(ctx, node, opts)
 	if err != nil {
@@ -190,12 +193,14 @@ func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 	if len(plan.pods) == 0 {
 		return nil
 	}
-	how := "evict"
-	if opts.DisableEviction {
-		how = "delete (eviction disabled: disruption budgets bypassed)"
-	}
 	if o.Gate.Enabled() {
-		return o.Gate.Write(ctx, fmt.Sprintf("%s %d pod(s) from node %s: %s", how, len(plan.Evict), node, strings.Join(plan.Evict, " ")), func(context.Context) error { return nil })
+		// A rehearsal asks the API server about each eviction now and waits for nothing.
+		for i := range plan.pods {
+			if err := o.removePod(ctx, node, &plan.pods[i], opts); err != nil {
+				return fmt.Errorf("drain %s: %w", node, err)
+			}
+		}
+		return nil
 	}
 	timeout := opts.Timeout
 	if timeout == 0 {
@@ -205,6 +210,28 @@ func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 	defer cancel()
 	d := &drainer{ops: o, node: node, opts: opts, waiting: map[string]string{}, remaining: map[types.UID]string{}}
 	return d.run(ctx, plan)
+}
+
+// removePod evicts the pod, or deletes it when eviction is disabled, through the gate.
+// The returned error is the API server's (429 while a disruption budget refuses).
+func (o *Ops) removePod(ctx context.Context, node string, p *corev1.Pod, opts DrainOptions) error {
+	key := podKey(p)
+	del := func(dryRun []string) *metav1.DeleteOptions {
+		return &metav1.DeleteOptions{GracePeriodSeconds: opts.GracePeriodSeconds, Preconditions: &metav1.Preconditions{UID: &p.UID}, DryRun: dryRun}
+	}
+	if opts.DisableEviction {
+		action := fmt.Sprintf("delete pod %s from node %s (eviction disabled: disruption budgets bypassed)", key, node)
+		return o.write(ctx, action, "deletion of "+key, func(ctx context.Context, dryRun []string) error {
+			req := o.Client.CoreV1().RESTClient().Delete().Namespace(p.Namespace).Resource("pods").Name(p.Name)
+			return withDryRun(req, dryRun).Body(del(dryRun)).Do(ctx).Error()
+		}, "node", node)
+	}
+	return o.write(ctx, fmt.Sprintf("evict pod %s from node %s", key, node), "eviction of "+key, func(ctx context.Context, dryRun []string) error {
+		ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, DeleteOptions: del(dryRun)}
+		// As client-go's Evict, with the dry-run in the URL too.
+		req := o.Client.PolicyV1().RESTClient().Post().AbsPath("/api/v1").Namespace(p.Namespace).Resource("pods").Name(p.Name).SubResource("eviction")
+		return withDryRun(req, dryRun).Body(ev).Do(ctx).Error()
+	}, "node", node)
 }
 
 // drainer is one drain in progress.
@@ -264,16 +291,9 @@ func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
 // remove evicts (or deletes) one pod, waiting on its budgets while they refuse.
 func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	key := podKey(p)
-	del := metav1.DeleteOptions{GracePeriodSeconds: d.opts.GracePeriodSeconds, Preconditions: &metav1.Preconditions{UID: &p.UID}}
 	for {
 		ch := d.changedChan()
-		var err error
-		if d.opts.DisableEviction {
-			err = d.ops.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, del)
-		} else {
-			ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, DeleteOptions: &del}
-			err = d.ops.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, ev)
-		}
+		err := d.ops.removePod(ctx, d.node, p, d.opts)
 		switch {
 		case err == nil:
 			d.setWaiting(key, "")

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // GateOptions configure the health gate between the batches of a rolling job.
@@ -84,42 +85,40 @@ func (o *Ops) WaitHealthy(ctx context.Context, opts GateOptions) error {
 	if timeout == 0 {
 		timeout = 5 * time.Minute
 	}
-	deadline, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
 	good := 0
 	var last []string
+	var checkErr error
 	lastReport := time.Now()
-	for {
-		// Each check has its own bound, so the gate's deadline cuts no check short.
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(context.Context) (bool, error) {
+		// Each check has its own bound, from ctx, so the gate's deadline cuts no check short.
 		checkCtx, cancelCheck := context.WithTimeout(ctx, 30*time.Second)
 		bad, err := o.Health(checkCtx, opts)
 		cancelCheck()
 		if err != nil {
-			return err
+			checkErr = err
+			return false, err
 		}
 		last = bad
 		if len(bad) == 0 {
 			good++
-			if good >= need {
-				o.log().Info("cluster healthy", "checks", good)
-				return nil
-			}
-		} else {
-			good = 0
-			if time.Since(lastReport) >= o.reportEvery() {
-				o.log().Info("waiting for the cluster to be healthy", "unhealthy", strings.Join(bad, "; "))
-				lastReport = time.Now()
-			}
+			return good >= need, nil
 		}
-		select {
-		case <-deadline.Done():
-			if ctx.Err() != nil {
-				return fmt.Errorf("health gate: %w", ctx.Err())
-			}
-			return fmt.Errorf("health gate: %w after %s: %s", ErrTimeout, timeout, strings.Join(last, "; "))
-		case <-ticker.C:
+		good = 0
+		if time.Since(lastReport) >= o.reportEvery() {
+			o.log().Info("waiting for the cluster to be healthy", "unhealthy", strings.Join(bad, "; "))
+			lastReport = time.Now()
 		}
+		return false, nil
+	})
+	switch {
+	case err == nil:
+		o.log().Info("cluster healthy", "checks", good)
+		return nil
+	case checkErr != nil:
+		return checkErr
+	case ctx.Err() != nil:
+		return fmt.Errorf("health gate: %w", ctx.Err())
+	default:
+		return fmt.Errorf("health gate: %w after %s: %s", ErrTimeout, timeout, strings.Join(last, "; "))
 	}
 }

@@ -5,19 +5,20 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 	"example.com/cookbook/lab"
 )
@@ -215,9 +216,14 @@ func TestWaits(t *testing.T) {
 	ctx := context.Background()
 	addNodes(t, "wait-1")
 	o, logs := newOps(t, "cookbook-test-wait", false)
-	old, err := o.BootID(ctx, "wait-1")
-	if err != nil || old == "" {
-		t.Fatalf("BootID = %q, %v", old, err)
+	n, err := o.Node(ctx, "wait-1")
+	if err != nil || n.Status.NodeInfo.BootID == "" {
+		t.Fatalf("Node = %+v, %v; want a boot id", n, err)
+	}
+	old := n.Status.NodeInfo.BootID
+	notReady := func(n *corev1.Node) bool { return n == nil || !IsReady(n) }
+	rebooted := func(n *corev1.Node) bool {
+		return n != nil && IsReady(n) && n.Status.NodeInfo.BootID != "" && n.Status.NodeInfo.BootID != old
 	}
 	if err := o.WaitReady(ctx, "wait-1", 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -225,26 +231,22 @@ func TestWaits(t *testing.T) {
 	if err := cp.RebootNode(ctx, "wait-1", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.WaitNotReady(ctx, "wait-1", 10*time.Second); err != nil {
+	if err := o.WaitNode(ctx, "wait-1", "NotReady", 10*time.Second, notReady); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.WaitRebooted(ctx, "wait-1", old, 30*time.Second); err != nil {
+	if err := o.WaitNode(ctx, "wait-1", "Ready with a new boot id", 30*time.Second, rebooted); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(logs.String(), "reason=KubeletNotReady") {
 		t.Errorf("the wait did not report the node's condition reason:\n%s", logs)
 	}
-	err = o.WaitRebooted(ctx, "wait-1", "something-else-"+old, time.Second)
-	if err == nil {
-		t.Log("(a node Ready with a different boot id passes at once, as it should)")
-	}
-	if err := o.WaitNotReady(ctx, "wait-1", time.Second); err == nil || !strings.Contains(err.Error(), "Ready=True") {
+	if err := o.WaitNode(ctx, "wait-1", "NotReady", time.Second, notReady); err == nil || !strings.Contains(err.Error(), "Ready=True") {
 		t.Errorf("timeout error = %v, want it to say how the node stands", err)
 	}
 	if err := o.DeleteNode(ctx, "wait-1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.WaitGone(ctx, "wait-1", 10*time.Second); err != nil {
+	if err := o.WaitNode(ctx, "wait-1", "gone", 10*time.Second, func(n *corev1.Node) bool { return n == nil }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -255,7 +257,7 @@ func TestLabelsAndTaintsAreIdempotent(t *testing.T) {
 	addNodes(t, "label-1")
 	o, _ := newOps(t, "cookbook-test-label", false)
 	labels := map[string]string{"toolforge.org/nfs-mounted": "true"}
-	taints := []config.Taint{{Key: "ingress", Value: "true", Effect: "NoSchedule"}}
+	taints := []Taint{{Key: "ingress", Value: "true", Effect: "NoSchedule"}}
 	var marks []time.Time // before the first application, between, after
 	for i := 0; i < 2; i++ {
 		marks = append(marks, time.Now())
@@ -358,5 +360,71 @@ func TestDryRunMakesNoWrite(t *testing.T) {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("dry-run log lacks %q", want)
 		}
+	}
+}
+
+// TestDryRunDrainAsksTheAPIServer: a dry-run drain sends each eviction as a server-side
+// dry-run, so it reports the one a disruption budget refuses now, names nothing for the one
+// a budget allows, and makes no write (the audit log shows only dry-run requests).
+func TestDryRunDrainAsksTheAPIServer(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "ssdry-1")
+	ns := "drain-ssdry"
+	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	one := intstr.FromInt32(1)
+	for _, pdb := range []*policyv1.PodDisruptionBudget{
+		lab.PDB(ns, "held", nil, &one), // 1 replica, 1 must stay: allows 0 disruptions
+		lab.PDB(ns, "free", &one, nil), // 1 replica, 1 may go: allows 1
+	} {
+		if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, pdb.Name, 1), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running(t, ns, 2)
+	// Wait until the disruption controller has computed both budgets.
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		held, err1 := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "held", metav1.GetOptions{})
+		free, err2 := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "free", metav1.GetOptions{})
+		return err1 == nil && err2 == nil && held.Status.ObservedGeneration > 0 && held.Status.CurrentHealthy == 1 &&
+			free.Status.ObservedGeneration > 0 && free.Status.DisruptionsAllowed == 1, nil
+	})
+	if err != nil {
+		t.Fatalf("disruption budgets not computed: %v", err)
+	}
+	o, logs := newOps(t, "cookbook-test-ssdry", true)
+	since := time.Now()
+	before := podsOn(t, ns, "ssdry-1")
+	if before["held"] != 1 || before["free"] != 1 {
+		t.Fatalf("pods on ssdry-1: %v, want one of held and one of free", before)
+	}
+	if err := o.Drain(ctx, "ssdry-1", DrainOptions{}); err != nil {
+		t.Fatalf("dry-run drain: %v\n%s", err, logs)
+	}
+	out := logs.String()
+	for _, want := range []string{"DRY-RUN: would evict pod " + ns + "/held-", "DRY-RUN: would evict pod " + ns + "/free-", "DRY-RUN: eviction of " + ns + "/held-"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry-run log lacks %q:\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`DRY-RUN: eviction of ` + ns + `/held-\S+ would be refused now: [^\n]*disruption budget`).MatchString(out) {
+		t.Errorf("the refused eviction does not give the API server's reason:\n%s", out)
+	}
+	if strings.Contains(out, "eviction of "+ns+"/free-") {
+		t.Errorf("an eviction the budget allows is reported as refused:\n%s", out)
+	}
+	time.Sleep(time.Second) // the audit log is written asynchronously
+	writes, err := cp.WriteRequests(ctx, since, "cookbook-test-ssdry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(writes) != 0 {
+		t.Errorf("dry-run made %d write request(s): %+v", len(writes), writes)
+	}
+	if got := podsOn(t, ns, "ssdry-1"); got["held"] != 1 || got["free"] != 1 {
+		t.Errorf("pods changed in dry-run: %v -> %v", before, got)
 	}
 }

@@ -19,8 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
-
-	"example.com/cookbook/config"
 )
 
 // Node returns the node.
@@ -65,8 +63,8 @@ func (o *Ops) setUnschedulable(ctx context.Context, name string, on bool) error 
 		verb = "uncordon"
 	}
 	patch := fmt.Sprintf(`{"spec":{"unschedulable":%t}}`, on)
-	return o.Gate.Write(ctx, verb+" node "+name, func(ctx context.Context) error {
-		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	return o.write(ctx, verb+" node "+name, verb+" of node "+name, func(ctx context.Context, dryRun []string) error {
+		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{DryRun: dryRun})
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", verb, name, err)
 		}
@@ -91,8 +89,8 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 		return nil
 	}
 	data, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": missing}})
-	return o.Gate.Write(ctx, fmt.Sprintf("label node %s %s", name, kv(missing)), func(ctx context.Context) error {
-		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+	return o.write(ctx, fmt.Sprintf("label node %s %s", name, kv(missing)), "labelling of node "+name, func(ctx context.Context, dryRun []string) error {
+		_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{DryRun: dryRun})
 		if err != nil {
 			return fmt.Errorf("label %s: %w", name, err)
 		}
@@ -100,10 +98,15 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 	}, "node", name)
 }
 
+// Taint is a node taint: key, value and effect (NoSchedule, PreferNoSchedule, NoExecute).
+type Taint struct {
+	Key, Value, Effect string
+}
+
 // ApplyTaints adds the taints the node lacks. The patch carries the resource version it
 // was computed from, so a concurrent change makes it fail (and retry) instead of losing
 // a taint.
-func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Taint) error {
+func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []Taint) error {
 	for attempt := 0; ; attempt++ {
 		n, err := o.Node(ctx, name)
 		if err != nil {
@@ -124,8 +127,8 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Tain
 			"metadata": map[string]any{"resourceVersion": n.ResourceVersion},
 			"spec":     map[string]any{"taints": all},
 		})
-		err = o.Gate.Write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), func(ctx context.Context) error {
-			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
+		err = o.write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), "tainting of node "+name, func(ctx context.Context, dryRun []string) error {
+			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{DryRun: dryRun})
 			return err
 		}, "node", name)
 		if apierrors.IsConflict(err) && attempt < 5 {
@@ -138,7 +141,7 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []config.Tain
 	}
 }
 
-func hasTaint(ts []corev1.Taint, t config.Taint) bool {
+func hasTaint(ts []corev1.Taint, t Taint) bool {
 	for _, x := range ts {
 		if x.Key == t.Key && x.Value == t.Value && string(x.Effect) == t.Effect {
 			return true
@@ -149,22 +152,14 @@ func hasTaint(ts []corev1.Taint, t config.Taint) bool {
 
 // DeleteNode deletes the Node object (a no-op if it is gone).
 func (o *Ops) DeleteNode(ctx context.Context, name string) error {
-	return o.Gate.Write(ctx, "delete node "+name, func(ctx context.Context) error {
-		err := o.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	return o.write(ctx, "delete node "+name, "deletion of node "+name, func(ctx context.Context, dryRun []string) error {
+		opts := metav1.DeleteOptions{DryRun: dryRun}
+		err := withDryRun(o.Client.CoreV1().RESTClient().Delete().Resource("nodes").Name(name), dryRun).Body(&opts).Do(ctx).Error()
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete node %s: %w", name, err)
 		}
 		return nil
 	}, "node", name)
-}
-
-// BootID returns the node's status.nodeInfo.bootID.
-func (o *Ops) BootID(ctx context.Context, name string) (string, error) {
-	n, err := o.Node(ctx, name)
-	if err != nil {
-		return "", err
-	}
-	return n.Status.NodeInfo.BootID, nil
 }
 
 // IsReady reports whether the node's Ready condition is True.
@@ -262,24 +257,6 @@ func (o *Ops) WaitNode(ctx context.Context, name, what string, timeout time.Dura
 // WaitReady waits until the node is Ready.
 func (o *Ops) WaitReady(ctx context.Context, name string, timeout time.Duration) error {
 	return o.WaitNode(ctx, name, "Ready", timeout, func(n *corev1.Node) bool { return n != nil && IsReady(n) })
-}
-
-// WaitNotReady waits until the node is not Ready (or gone).
-func (o *Ops) WaitNotReady(ctx context.Context, name string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "NotReady", timeout, func(n *corev1.Node) bool { return n == nil || !IsReady(n) })
-}
-
-// WaitGone waits until the node does not exist.
-func (o *Ops) WaitGone(ctx context.Context, name string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "gone", timeout, func(n *corev1.Node) bool { return n == nil })
-}
-
-// WaitRebooted waits until the node is Ready with a boot id other than oldBootID: its
-// kubelet came back after a reboot.
-func (o *Ops) WaitRebooted(ctx context.Context, name, oldBootID string, timeout time.Duration) error {
-	return o.WaitNode(ctx, name, "Ready with a new boot id", timeout, func(n *corev1.Node) bool {
-		return n != nil && IsReady(n) && n.Status.NodeInfo.BootID != "" && n.Status.NodeInfo.BootID != oldBootID
-	})
 }
 
 func kv(m map[string]string) string {

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -293,7 +295,9 @@ func (cp *ControlPlane) AuditLog() string {
 
 // WriteRequests returns the write requests (verbs create, update, patch, delete and
 // deletecollection) the API server completed at or after since whose user agent contains
-// userAgent ("" for all), in the order they completed, from the audit log.
+// userAgent ("" for all), in the order they completed, from the audit log. Server-side
+// dry-runs (dryRun=All in the request URI) are not write requests: the API server
+// validated them and changed nothing.
 func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, userAgent string) ([]AuditEvent, error) {
 	f, err := os.Open(cp.AuditLog())
 	if err != nil {
@@ -308,7 +312,8 @@ func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, user
 }
 
 // writeRequests reads an audit log (one JSON event a line) and returns the completed write
-// requests at or after since whose user agent contains userAgent.
+// requests at or after since whose user agent contains userAgent, server-side dry-runs
+// left out.
 func writeRequests(ctx context.Context, r io.Reader, since time.Time, userAgent string) ([]AuditEvent, error) {
 	var out []AuditEvent
 	sc := bufio.NewScanner(r)
@@ -345,7 +350,7 @@ func writeRequests(ctx context.Context, r io.Reader, since time.Time, userAgent 
 		default:
 			continue
 		}
-		if ev.StageTimestamp.Before(since) || !strings.Contains(ev.UserAgent, userAgent) {
+		if ev.StageTimestamp.Before(since) || !strings.Contains(ev.UserAgent, userAgent) || serverDryRun(ev.URI) {
 			continue
 		}
 		out = append(out, AuditEvent{
@@ -374,4 +379,11 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// serverDryRun reports whether a request URI asks for a server-side dry-run
+// (?dryRun=All), which changes nothing.
+func serverDryRun(requestURI string) bool {
+	u, err := url.ParseRequestURI(requestURI)
+	return err == nil && slices.Contains(u.Query()["dryRun"], "All")
 }

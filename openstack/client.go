@@ -7,14 +7,18 @@ package openstack
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
@@ -181,8 +185,7 @@ func transient(err error) bool {
 	if errors.As(err, &opErr) {
 		return true
 	}
-	s := err.Error()
-	return strings.Contains(s, "connection reset") || strings.Contains(s, "connection refused") || strings.Contains(s, "EOF")
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // redact keeps tokens and passwords out of error text.
@@ -206,20 +209,40 @@ func apiMessage(err error) string {
 	if !errors.As(err, &code) {
 		return err.Error()
 	}
-	body := string(code.Body)
-	if i := strings.Index(body, `"message": "`); i >= 0 {
-		rest := body[i+len(`"message": "`):]
-		if j := strings.Index(rest, `"`); j >= 0 {
-			return fmt.Sprintf("%s (HTTP %d)", rest[:j], code.Actual)
-		}
-	}
-	if i := strings.Index(body, `"message":"`); i >= 0 {
-		rest := body[i+len(`"message":"`):]
-		if j := strings.Index(rest, `"`); j >= 0 {
-			return fmt.Sprintf("%s (HTTP %d)", rest[:j], code.Actual)
-		}
+	if msg := bodyMessage(code.Body); msg != "" {
+		return fmt.Sprintf("%s (HTTP %d)", msg, code.Actual)
 	}
 	return fmt.Sprintf("HTTP %d from %s %s", code.Actual, code.Method, code.URL)
+}
+
+// bodyMessage decodes the message of an OpenStack error body, in any of the services'
+// shapes: {"message": ...} (Glance), {"itemNotFound": {"code": 404, "message": ...}}
+// (Nova), {"NeutronError": {"type": ..., "message": ...}}, {"error": {"message": ...}}
+// (Keystone). It is "" when the body is not one of them.
+func bodyMessage(body []byte) string {
+	type withMessage struct {
+		Message string `json:"message"`
+	}
+	var top withMessage
+	if json.Unmarshal(body, &top) == nil && top.Message != "" {
+		return top.Message
+	}
+	var wrapped map[string]json.RawMessage
+	if json.Unmarshal(body, &wrapped) != nil {
+		return ""
+	}
+	keys := make([]string, 0, len(wrapped))
+	for k := range wrapped {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // one answer for a body with several
+	for _, k := range keys {
+		var inner withMessage
+		if json.Unmarshal(wrapped[k], &inner) == nil && inner.Message != "" {
+			return inner.Message
+		}
+	}
+	return ""
 }
 
 // apiError is an OpenStack error shown by its API message.

@@ -362,3 +362,24 @@ func TestDryRunMakesNoWriteCall(t *testing.T) {
 		}
 	}
 }
+
+func TestBodyMessage(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+	}{
+		{name: "nova", body: `{"forbidden": {"code": 403, "message": "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances"}}`, want: "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances"},
+		{name: "neutron", body: `{"NeutronError": {"type": "NotFound", "message": "Network n1 could not be found.", "detail": ""}}`, want: "Network n1 could not be found."},
+		{name: "keystone", body: `{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}`, want: "The request you have made requires authentication."},
+		{name: "top level", body: `{"message": "Image \"x\" not found", "code": "404 Not Found"}`, want: `Image "x" not found`},
+		{name: "quote in the message", body: `{"badRequest": {"code": 400, "message": "Invalid key_name \"k\" provided."}}`, want: `Invalid key_name "k" provided.`},
+		{name: "html", body: `<html><body>502 Bad Gateway</body></html>`, want: ""},
+		{name: "no message", body: `{"itemNotFound": {"code": 404}}`, want: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := bodyMessage([]byte(tt.body)); got != tt.want {
+				t.Errorf("bodyMessage = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

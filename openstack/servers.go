@@ -12,11 +12,13 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/flavors"
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/keypairs"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servergroups"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/security/groups"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/networks"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Server is a server as the cookbooks see it.
@@ -31,6 +33,9 @@ type Server struct {
 	Metadata         map[string]string
 	// Fault is the server's fault message when it is in ERROR.
 	Fault string
+	// DryRun marks the placeholder a dry run's skipped create returns: the server does not
+	// exist, and its ID is one the gate handed out (dryrun.Gate.IsFake).
+	DryRun bool
 }
 
 // Number is the trailing number of the server's name (worker-7 -> 7), or -1.
@@ -288,6 +293,8 @@ func (c *Client) SecurityGroup(ctx context.Context, ref string) (Ref, error) {
 type ServerGroup struct {
 	ID, Name, Policy string
 	Members          []string
+	// DryRun marks the placeholder of a group a dry run would have created.
+	DryRun bool
 }
 
 // ServerGroups lists the server groups named name ("" for all).
@@ -337,18 +344,19 @@ func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (Se
 			}
 			return list[0], nil
 		}
-		if c.gate.Enabled() {
-			_ = c.gate.Write(ctx, fmt.Sprintf("create server group %s policy=%s", name, policy), nil)
-			return ServerGroup{ID: "dry-run-" + name, Name: name, Policy: policy}, nil
-		}
-		var created *servergroups.ServerGroup
+		var sg ServerGroup
 		err = c.gate.Write(ctx, fmt.Sprintf("create server group %s policy=%s", name, policy), func(ctx context.Context) error {
-			var err error
-			created, err = servergroups.Create(ctx, c.compute, servergroups.CreateOpts{Name: name, Policies: []string{policy}}).Extract()
+			created, err := servergroups.Create(ctx, c.compute, servergroups.CreateOpts{Name: name, Policies: []string{policy}}).Extract()
+			if err == nil {
+				sg = ServerGroup{ID: created.ID, Name: created.Name, Policy: policy}
+			}
 			return err
+		}, func(context.Context) error {
+			sg = ServerGroup{ID: c.gate.FakeID("server-group", name), Name: name, Policy: policy, DryRun: true}
+			return nil
 		})
 		if err == nil {
-			return ServerGroup{ID: created.ID, Name: created.Name, Policy: policy}, nil
+			return sg, nil
 		}
 		if !transient(err) || attempt >= c.opts.Retries {
 			return ServerGroup{}, wrap("create server group "+name, err)
@@ -392,10 +400,6 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 			return list[0], attempt == 0, nil
 		}
 		action := fmt.Sprintf("create server %s flavor=%s image=%s network=%s", o.Name, o.FlavorID, o.ImageID, o.NetworkID)
-		if c.gate.Enabled() {
-			_ = c.gate.Write(ctx, action, nil)
-			return Server{ID: "dry-run-" + o.Name, Name: o.Name, Status: "ACTIVE", FlavorID: o.FlavorID, ImageID: o.ImageID}, false, nil
-		}
 		opts := servers.CreateOpts{
 			Name: o.Name, FlavorRef: o.FlavorID, ImageRef: o.ImageID, SecurityGroups: o.SecurityGroups,
 			Metadata: o.Metadata, UserData: o.UserData,
@@ -403,22 +407,24 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 		if o.NetworkID != "" {
 			opts.Networks = []servers.Network{{UUID: o.NetworkID}}
 		}
-		var create servers.CreateOptsBuilder = opts
-		if o.KeyName != "" {
-			create = keyPairOpts{opts, o.KeyName}
-		}
+		create := keypairs.CreateOptsExt{CreateOptsBuilder: opts, KeyName: o.KeyName}
 		var hints servers.SchedulerHintOptsBuilder
 		if o.ServerGroupID != "" {
 			hints = servers.SchedulerHintOpts{Group: o.ServerGroupID}
 		}
-		var created *servers.Server
+		var srv Server
 		err = c.gate.Write(ctx, action, func(ctx context.Context) error {
-			var err error
-			created, err = servers.Create(ctx, c.compute, create, hints).Extract()
+			created, err := servers.Create(ctx, c.compute, create, hints).Extract()
+			if err == nil {
+				srv = Server{ID: created.ID, Name: o.Name, Status: "BUILD"}
+			}
 			return err
+		}, func(context.Context) error {
+			srv = Server{ID: c.gate.FakeID("server", o.Name), Name: o.Name, Status: "ACTIVE", FlavorID: o.FlavorID, ImageID: o.ImageID, DryRun: true}
+			return nil
 		}, "server", o.Name)
 		if err == nil {
-			return Server{ID: created.ID, Name: o.Name, Status: "BUILD"}, false, nil
+			return srv, false, nil
 		}
 		if !transient(err) || attempt >= c.opts.Retries {
 			return Server{}, false, wrap("create server "+o.Name, err)
@@ -429,29 +435,14 @@ func (c *Client) CreateServer(ctx context.Context, o CreateOpts) (srv Server, ad
 	}
 }
 
-// keyPairOpts adds key_name to a create request.
-type keyPairOpts struct {
-	servers.CreateOpts
-	KeyName string
-}
-
-func (o keyPairOpts) ToServerCreateMap() (map[string]any, error) {
-	m, err := o.CreateOpts.ToServerCreateMap()
-	if err != nil {
-		return nil, err
-	}
-	m["server"].(map[string]any)["key_name"] = o.KeyName
-	return m, nil
-}
-
 // WaitActive waits until the server is ACTIVE. ERROR fails with the server's fault
 // message; a timeout fails with the last status.
 func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duration) (Server, error) {
-	if c.gate.Enabled() && strings.HasPrefix(id, "dry-run-") {
-		return Server{ID: id, Status: "ACTIVE"}, nil
+	if c.gate.IsFake(id) {
+		return Server{ID: id, Status: "ACTIVE", DryRun: true}, nil
 	}
 	var last Server
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		s, err := c.Server(ctx, id)
 		if err != nil {
 			return false, err
@@ -479,7 +470,7 @@ func (c *Client) DeleteServer(ctx context.Context, id, name string) error {
 			return nil
 		}
 		return wrap("delete server "+name, err)
-	}, "server", name)
+	}, nil, "server", name)
 }
 
 // WaitGone waits until the server is gone (404).
@@ -487,7 +478,7 @@ func (c *Client) WaitGone(ctx context.Context, id string, timeout time.Duration)
 	if c.gate.Enabled() {
 		return nil
 	}
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		_, err := servers.Get(ctx, c.compute, id).Extract()
 		if gophercloud.ResponseCodeIs(err, 404) {
 			return true, nil
@@ -508,7 +499,7 @@ func (c *Client) Reboot(ctx context.Context, id, name string, hard bool) error {
 	}
 	return c.gate.Write(ctx, fmt.Sprintf("%s reboot server %s", strings.ToLower(string(how)), name), func(ctx context.Context) error {
 		return wrap("reboot server "+name, servers.Reboot(ctx, c.compute, id, servers.RebootOpts{Type: how}).ExtractErr())
-	}, "server", name)
+	}, nil, "server", name)
 }
 
 // ConsoleOutput returns the last lines of the server's console log.
@@ -532,7 +523,7 @@ type HostKey struct {
 // fingerprints and returns them.
 func (c *Client) ConsoleHostKeys(ctx context.Context, id string, timeout time.Duration) ([]HostKey, error) {
 	var keys []HostKey
-	err := c.poll(ctx, timeout, func() (bool, error) {
+	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		out, err := c.ConsoleOutput(ctx, id, 200)
 		if err != nil {
 			return false, err
@@ -573,27 +564,15 @@ func ParseHostKeys(console string) []HostKey {
 	return keys
 }
 
-// poll calls check every PollInterval until it returns true or an error, or the timeout.
-func (c *Client) poll(ctx context.Context, timeout time.Duration, check func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// poll calls check at once and then every PollInterval until it returns true or an
+// error, or the timeout: then it returns context.DeadlineExceeded, also when the timeout
+// cut a request of check short.
+func (c *Client) poll(ctx context.Context, timeout time.Duration, check func(context.Context) (bool, error)) error {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	t := time.NewTicker(c.opts.PollInterval)
-	defer t.Stop()
-	for {
-		done, err := check()
-		if err != nil {
-			if ctx.Err() != nil {
-				return context.DeadlineExceeded
-			}
-			return err
-		}
-		if done {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return context.DeadlineExceeded
-		case <-t.C:
-		}
+	err := wait.PollUntilContextCancel(pctx, c.opts.PollInterval, true, check)
+	if err != nil && pctx.Err() != nil && ctx.Err() == nil {
+		return context.DeadlineExceeded
 	}
+	return err
 }

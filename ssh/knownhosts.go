@@ -15,7 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"example.com/cookbook/cookbooks/state"
+	"example.com/cookbook/atomicfile"
 )
 
 // learn records a host key verified by a pin in the Learned known_hosts file, in place
@@ -65,7 +65,7 @@ func (c *Client) Forget(ctx context.Context, hosts ...string) error {
 			return fmt.Errorf("forget host keys of %s: %w", strings.Join(patterns, ", "), err)
 		}
 		return nil
-	})
+	}, nil)
 }
 
 // withoutHosts returns lines, less those whose host field names one of hosts.
@@ -123,7 +123,7 @@ func (c *Client) rewriteLearned(edit func([]string) []string) (bool, error) {
 	for _, l := range edited {
 		buf.WriteString(l + "\n")
 	}
-	if err := state.WriteFileAtomic(c.Learned, buf.Bytes(), 0o600); err != nil {
+	if err := atomicfile.WriteFile(c.Learned, buf.Bytes(), 0o600); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 )
 
@@ -50,7 +49,7 @@ func TestLearnedKeysAreReplacedAndForgotten(t *testing.T) {
 		t.Fatal(err)
 	}
 	gate := &dryrun.Gate{}
-	c := &Client{cfg: config.SSH{Port: 2222}, gate: gate, log: slog.New(slog.DiscardHandler), Learned: learned}
+	c := &Client{cfg: Options{Port: 2222}, gate: gate, log: slog.New(slog.DiscardHandler), Learned: learned}
 	ctx := context.Background()
 
 	old, replacement, b := hostKey(t), hostKey(t), hostKey(t)

@@ -21,8 +21,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
-
-	"example.com/cookbook/config"
 )
 
 const sshdPath = "/usr/sbin/sshd"
@@ -124,7 +122,7 @@ func TestOpenSSHKeyAuthKnownHostsQuoting(t *testing.T) {
 	t.Setenv("SSH_AUTH_SOCK", "")
 	keyPath, pubLine, _ := operatorKey(t, t.TempDir())
 	srv := startSSHD(t, pubLine)
-	c, err := New(config.SSH{User: "root", Port: srv.port, IdentityFiles: []string{keyPath}, KnownHosts: []string{writeKnownHosts(t, srv.knownHostsLine())}}, nil, nil)
+	c, err := New(Options{User: "root", Port: srv.port, IdentityFiles: []string{keyPath}, KnownHosts: []string{writeKnownHosts(t, srv.knownHostsLine())}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +160,7 @@ func TestOpenSSHHostKeyVerification(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := New(config.SSH{User: "root", Port: srv.port, IdentityFiles: []string{keyPath}, KnownHosts: []string{writeKnownHosts(t, tt.known)}}, nil, nil)
+			c, err := New(Options{User: "root", Port: srv.port, IdentityFiles: []string{keyPath}, KnownHosts: []string{writeKnownHosts(t, tt.known)}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -203,7 +201,7 @@ func TestOpenSSHAgentAuth(t *testing.T) {
 		}
 	}()
 	t.Setenv("SSH_AUTH_SOCK", sock)
-	c, err := New(config.SSH{User: "root", Port: srv.port, KnownHosts: []string{writeKnownHosts(t, srv.knownHostsLine())}}, nil, nil)
+	c, err := New(Options{User: "root", Port: srv.port, KnownHosts: []string{writeKnownHosts(t, srv.knownHostsLine())}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,11 +218,11 @@ func TestOpenSSHJumpHost(t *testing.T) {
 	keyPath, pubLine, _ := operatorKey(t, t.TempDir())
 	bastion := startSSHD(t, pubLine)
 	target := startSSHD(t, pubLine)
-	c, err := New(config.SSH{
+	c, err := New(Options{
 		User: "root", Port: target.port, IdentityFiles: []string{keyPath},
 		JumpHost:   fmt.Sprintf("root@127.0.0.1:%d", bastion.port),
 		KnownHosts: []string{writeKnownHosts(t, bastion.knownHostsLine(), target.knownHostsLine())},
-	}, nil, nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

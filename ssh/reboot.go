@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // BootID reads the host's boot id (/proc/sys/kernel/random/boot_id).
@@ -43,9 +46,12 @@ func (c *Client) IssueReboot(ctx context.Context, host string) error {
 	return fmt.Errorf("%w on %s: %v", ErrRebootNotIssued, host, err)
 }
 
+// dropped reports whether err is the connection going away under the command: the
+// session closed without an exit status, or the connection ended (EOF) or was reset.
 func dropped(err error) bool {
 	var missing *ssh.ExitMissingError
-	return errors.As(err, &missing) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "EOF")
+	return errors.As(err, &missing) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 func (c *Client) dropHost(host string) {
@@ -66,29 +72,27 @@ func (c *Client) WaitRebooted(ctx context.Context, host, oldBootID string, timeo
 	if c.gate.Enabled() {
 		return oldBootID, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
+	var id string
 	var last error
-	for {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
 		c.dropHost(host)
-		id, err := c.BootID(ctx, host)
-		if err == nil && id != oldBootID {
-			c.log.Info("host is back with a new boot id", "host", host, "boot_id", id)
-			return id, nil
-		}
-		if err != nil {
+		cur, err := c.BootID(ctx, host)
+		switch {
+		case err != nil:
 			last = err
-		} else {
-			last = fmt.Errorf("boot id still %s", id)
+		case cur == oldBootID:
+			last = fmt.Errorf("boot id still %s", cur)
+		default:
+			id = cur
+			return true, nil
 		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("%w: %s after %s (last: %v)", ErrNotBack, host, timeout, last)
-		case <-t.C:
-		}
+		return false, nil // down, or not rebooted yet: look again
+	})
+	if err != nil {
+		return "", fmt.Errorf("%w: %s after %s (last: %v)", ErrNotBack, host, timeout, last)
 	}
+	c.log.Info("host is back with a new boot id", "host", host, "boot_id", id)
+	return id, nil
 }
 
 // Reboot reboots the host and proves it: the boot id is read first, the reboot issued,

@@ -24,13 +24,34 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 )
 
+// Options are the SSH settings of one cluster.
+type Options struct {
+	// User is the remote user.
+	User string
+	// Port is the hosts' SSH port; 22 if zero.
+	Port int
+	// Sudo runs every command through sudo.
+	Sudo bool
+	// JumpHost is a bastion, as [user@]host[:port], used like ssh's ProxyJump.
+	JumpHost string
+	// KnownHosts are known_hosts files; empty means ~/.ssh/known_hosts.
+	KnownHosts []string
+	// IdentityFiles are private key files used besides the ssh-agent.
+	IdentityFiles []string
+	// InsecureIgnoreHostKey turns host key verification off (logged loudly).
+	InsecureIgnoreHostKey bool
+	// Gate is where commands that change something pass; nil runs them.
+	Gate *dryrun.Gate
+	// Log receives connection warnings and the commands' output (debug); nil discards.
+	Log *slog.Logger
+}
+
 // Client runs commands on hosts. Connections are kept per host until Close.
 type Client struct {
-	cfg  config.SSH
+	cfg  Options
 	gate *dryrun.Gate
 	log  *slog.Logger
 
@@ -54,11 +75,12 @@ type Client struct {
 }
 
 // New returns a client for the cluster's SSH settings.
-func New(cfg config.SSH, gate *dryrun.Gate, log *slog.Logger) (*Client, error) {
+func New(cfg Options) (*Client, error) {
+	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, gate: gate, log: log, pins: map[string][]string{}, conns: map[string]*ssh.Client{}}
+	c := &Client{cfg: cfg, gate: cfg.Gate, log: log, pins: map[string][]string{}, conns: map[string]*ssh.Client{}}
 	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 		if conn, err := net.Dial("unix", sock); err == nil {
 			c.agent = conn
@@ -107,18 +129,6 @@ func (c *Client) Pin(host string, fingerprints []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pins[host] = append([]string(nil), fingerprints...)
-}
-
-// Pins returns a copy of every pin, host -> fingerprints, for the caller's run state
-// (restored with Pin on resume).
-func (c *Client) Pins() map[string][]string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make(map[string][]string, len(c.pins))
-	for h, fps := range c.pins {
-		out[h] = append([]string(nil), fps...)
-	}
-	return out
 }
 
 // HostKeyError is a host key that does not match what was expected.
@@ -397,8 +407,6 @@ type Command struct {
 	Argv []string
 	// ReadOnly commands change nothing on the host: they also run in dry-run.
 	ReadOnly bool
-	// Sudo runs the command through sudo (also when the cluster config says so).
-	Sudo bool
 	// Timeout bounds the command; 5 minutes if zero.
 	Timeout time.Duration
 	// Secret commands (a kubeadm join with its token) are logged as LogAs, and their
@@ -435,7 +443,7 @@ func (e *ExitError) Error() string {
 // gate: in dry-run they are logged and not run, and an empty Result is returned.
 func (c *Client) Run(ctx context.Context, host string, cmd Command) (Result, error) {
 	line := Quote(cmd.Argv)
-	if cmd.Sudo || c.cfg.Sudo {
+	if c.cfg.Sudo {
 		line = "sudo -n -- " + line
 	}
 	shown := line
@@ -453,7 +461,7 @@ func (c *Client) Run(ctx context.Context, host string, cmd Command) (Result, err
 		var err error
 		res, err = c.run(ctx, host, line, shown, cmd.Timeout, cmd.Secret)
 		return err
-	}, "host", host)
+	}, nil, "host", host)
 	return res, err
 }
 

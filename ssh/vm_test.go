@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 
-	"example.com/cookbook/config"
 	"example.com/cookbook/dryrun"
 	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/vm"
@@ -74,7 +73,7 @@ func newVM(t *testing.T, name string, fleetOpts func(*vm.Fleet)) (*vm.Fleet, *vm
 		t.Fatal(err)
 	}
 	gate := &dryrun.Gate{}
-	c, err := New(config.SSH{User: "root", Port: f.Port, IdentityFiles: []string{keyPath}}, gate, nil)
+	c, err := New(Options{User: "root", Port: f.Port, IdentityFiles: []string{keyPath}, Gate: gate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +95,6 @@ func TestCommandsOnSimulatedVM(t *testing.T) {
 	}{
 		{"hostname", Command{Argv: []string{"hostname"}, ReadOnly: true}, "tb-worker-1\n", 0},
 		{"fqdn", Command{Argv: []string{"hostname", "-f"}, ReadOnly: true}, "tb-worker-1.lab.example\n", 0},
-		{"sudo", Command{Argv: []string{"hostname"}, Sudo: true, ReadOnly: true}, "tb-worker-1\n", 0},
 		{"unknown", Command{Argv: []string{"frobnicate", "--now"}}, "", 127},
 	}
 	for _, tt := range tests {
@@ -122,6 +120,13 @@ func TestCommandsOnSimulatedVM(t *testing.T) {
 	h := f.History()
 	if diff := cmp.Diff(argv, h[len(h)-1].Argv); diff != "" {
 		t.Errorf("argv on the VM (-want +got):\n%s", diff)
+	}
+	// The cluster's sudo setting runs every command through sudo -n.
+	c.cfg.Sudo = true
+	res, err := c.Run(ctx, host, Command{Argv: []string{"hostname"}, ReadOnly: true})
+	c.cfg.Sudo = false
+	if err != nil || res.Stdout != "tb-worker-1\n" {
+		t.Errorf("hostname through sudo = %q, %v", res.Stdout, err)
 	}
 }
 
@@ -248,7 +253,7 @@ func TestSilentHostTimesOut(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := New(config.SSH{User: "root", Port: port, IdentityFiles: []string{keyPath}}, nil, nil)
+			c, err := New(Options{User: "root", Port: port, IdentityFiles: []string{keyPath}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -56,9 +56,14 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug lines"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "answer yes to confirmations (without it and without a terminal, a confirmation aborts)"},
 			&cli.StringFlag{Name: "state-dir", Usage: "where run records, logs and locks are kept", Value: defaultStateDir(), DefaultText: "$XDG_STATE_HOME/cookbook, else ~/.local/state/cookbook"},
+			&cli.BoolFlag{Name: "version", Usage: "print the version, the commit and the Go version"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {},
 		Action: func(c *cli.Context) error {
+			if c.Bool("version") {
+				printVersion(c.App.Writer)
+				return nil
+			}
 			if c.Args().Present() {
 				return cookbooks.BadInputf("%q is not a cookbook or command (see `cookbook list`)", c.Args().First())
 			}
@@ -79,6 +84,8 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 	}
 	a.Commands = []*cli.Command{
 		{Name: "list", Usage: "list the cookbooks", Action: app.list},
+		{Name: "completion", Usage: "print the shell completion script (bash, zsh or fish)", ArgsUsage: "SHELL", Action: completion},
+		{Name: "man", Usage: "print the manual page cookbook(1) in roff", Hidden: true, Action: manPage},
 		{Name: "runs", Usage: "list recent runs", ArgsUsage: " ", Action: app.runs,
 			Flags: []cli.Flag{&cli.IntFlag{Name: "limit", Value: 20, Usage: "show at most `N` runs"}},
 			Subcommands: []*cli.Command{
@@ -532,7 +539,7 @@ func (a *app) failed(run *state.Run, err error) error {
 func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string) error {
 	runs, _ := store.List()
 	for _, r := range runs {
-		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Unfinished() {
+		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Resumable() {
 			continue
 		}
 		if c.Bool("new") {

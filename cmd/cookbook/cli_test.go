@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,6 +118,21 @@ func wantCode(t *testing.T, r result, code int) {
 	t.Helper()
 	if r.code != code {
 		t.Fatalf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+}
+
+// wantSkippedCounted checks a dry run's summary: its writes-skipped is the number of
+// "DRY-RUN: would" lines it printed, so no skipped write is logged but not counted, or
+// counted but not logged.
+func wantSkippedCounted(t *testing.T, what string, r result) {
+	t.Helper()
+	m := regexp.MustCompile(`writes-skipped=(\d+)`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("%s: no dry-run summary with writes-skipped:\n%s", what, r.stderr)
+	}
+	lines := strings.Count(r.stderr, "DRY-RUN: would ")
+	if m[1] != strconv.Itoa(lines) || lines == 0 {
+		t.Errorf("%s: %d \"DRY-RUN: would\" line(s), summary says writes-skipped=%s:\n%s", what, lines, m[1], r.stderr)
 	}
 }
 
@@ -253,6 +270,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if !strings.Contains(r.stderr, "DRY-RUN: would create marker item-4") {
 		t.Errorf("dry-run output does not say what it would do:\n%s", r.stderr)
 	}
+	wantSkippedCounted(t, "dry-run", r)
 	if _, err := os.Stat(w.stateDir); err == nil {
 		t.Error("dry-run created the state dir")
 	}

@@ -88,6 +88,7 @@ func TestDrainCookbook(t *testing.T) {
 			t.Errorf("dry-run output lacks %q:\n%s", want, r.stderr)
 		}
 	}
+	wantSkippedCounted(t, "dry-run drain", r)
 	time.Sleep(time.Second)
 	if writes, _ := cp.WriteRequests(ctx, since, "cookbook"); len(writes) != 0 {
 		t.Errorf("dry-run made %d writes: %+v", len(writes), writes)

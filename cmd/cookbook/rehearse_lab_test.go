@@ -104,6 +104,7 @@ func TestRehearsedResumeAndAbandonInTheLab(t *testing.T) {
 	if nodeOf(t, s, newNode) != nil {
 		t.Fatalf("the rehearsal joined %s", newNode)
 	}
+	wantSkippedCounted(t, "dry-run resume of add-k8s-node", r)
 
 	// The real resume adds the node, on the server the interrupted run created.
 	servers := len(s.Cloud.Servers())

@@ -81,6 +81,7 @@ func TestDryRunResumeAndAbandonRehearse(t *testing.T) {
 		if strings.Contains(r.stderr, "would create marker item-1") {
 			t.Errorf("%v rehearses a step the run has done:\n%s", args, r.stderr)
 		}
+		wantSkippedCounted(t, strings.Join(args, " "), r)
 	}
 
 	// While another process holds the cluster's lock, a rehearsal still runs: it takes none.
@@ -93,6 +94,7 @@ func TestDryRunResumeAndAbandonRehearse(t *testing.T) {
 				t.Errorf("%v: output lacks %q:\n%s", args, want, r.stderr)
 			}
 		}
+		wantSkippedCounted(t, strings.Join(args, " "), r)
 	}
 	sameFiles(t, "dry-run abandon", before, snapshot(t, w.stateDir))
 	if got := w.markers(); len(got) != 2 {

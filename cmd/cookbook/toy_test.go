@@ -118,7 +118,7 @@ func (t *toyRun) mark(name string) pipeline.Func {
 				return err
 			}
 			return f.Close()
-		})
+		}, nil)
 	}
 }
 
@@ -130,7 +130,7 @@ func (t *toyRun) unmark(name string) pipeline.Func {
 		}
 		return t.env.Gate.Write(ctx, "remove marker "+name, func(context.Context) error {
 			return os.Remove(path)
-		})
+		}, nil)
 	}
 }
 
@@ -144,5 +144,5 @@ func (t *toyRun) finish(ctx context.Context, v *pipeline.Values) error {
 	}
 	return t.env.Gate.Write(ctx, "write result", func(context.Context) error {
 		return os.WriteFile(filepath.Join(t.dir, "result"), []byte(tok), 0o600)
-	})
+	}, nil)
 }

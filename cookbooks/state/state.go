@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"example.com/cookbook/atomicfile"
 )
 
 // SchemaVersion is the version of the run file format this build reads and writes.
@@ -90,9 +92,6 @@ func (r *Run) Resumable() bool {
 	return !r.DryRun && (r.Status == Failed || r.Status == Interrupted || r.Status == Running)
 }
 
-// Unfinished reports whether the run stopped before its end and was not abandoned.
-func (r *Run) Unfinished() bool { return r.Resumable() }
-
 // Current returns the step the run is at: the first step not finished, or nil.
 func (r *Run) Current() *Step {
 	for i := range r.Steps {
@@ -155,7 +154,7 @@ func (s *Store) Save(r *Run) error {
 	if err := os.MkdirAll(s.runsDir(), 0o700); err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
 	}
-	if err := WriteFileAtomic(s.Path(r.ID), append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.Path(r.ID), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
 	}
 	if s.Copy != nil {
@@ -380,43 +379,4 @@ func checkID(id string) error {
 		return fmt.Errorf("%q is not a run id (expected an id as printed by `cookbook runs`)", id)
 	}
 	return nil
-}
-
-// WriteFileAtomic writes data to path so that path holds either its old content or the
-// new one, never a mix: temp file, fsync, rename, fsync of the directory.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

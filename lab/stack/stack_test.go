@@ -48,7 +48,7 @@ func TestUpDown(t *testing.T) {
 	}
 	// The lab's key and known_hosts reach a VM over real SSH, with the real ssh command too.
 	srv := s.Cloud.Servers()[0]
-	c, err := ssh.New(cl.SSH, nil, nil)
+	c, err := ssh.New(ssh.Options{User: cl.SSH.User, Port: cl.SSH.Port, KnownHosts: cl.SSH.KnownHosts, IdentityFiles: cl.SSH.IdentityFiles})
 	if err != nil {
 		t.Fatal(err)
 	}

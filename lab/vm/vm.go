@@ -219,18 +219,6 @@ func (f *Fleet) VM(id string) *VM {
 	return f.vms[id]
 }
 
-// ByName returns the VM of that name, or nil.
-func (f *Fleet) ByName(name string) *VM {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, v := range f.vms {
-		if v.Name == name {
-			return v
-		}
-	}
-	return nil
-}
-
 // History returns every command run, in order.
 func (f *Fleet) History() []Record {
 	f.mu.Lock()
