@@ -139,7 +139,7 @@ func (c *Cluster) Prune(ctx context.Context, keep int) ([]string, error) {
 	var deleted []string
 	kept := 0
 	for _, r := range runs {
-		if r.Unfinished() {
+		if r.Resumable() {
 			continue
 		}
 		if kept < keep {
