@@ -327,7 +327,7 @@ func (r *roller) batchSteps(b []rollNode) []pipeline.Step {
 				err := uncordonStep(k, n.Name, r.force).Do(ctx, v)
 				var skip *pipeline.SkipError
 				if errors.As(err, &skip) {
-					r.env.Log.Info(skip.Reason, "node", n.Name)
+					r.env.Log.Info(skip.Reason) // the reason names the node
 					return nil
 				}
 				return err

@@ -156,7 +156,9 @@ func selects(pdb *policyv1.PodDisruptionBudget, p *corev1.Pod) bool {
 // Log writes the plan to the log: what goes, what stays and why, what would block.
 func (o *Ops) logPlan(plan *DrainPlan) {
 	l := o.log().With("node", plan.Node)
-	l.Info(fmt.Sprintf("drain plan: %d pod(s) to evict", len(plan.Evict)), "pods", strings.Join(plan.Evict, " "))
+	// The pods are named once each as they are evicted; the plan line says how many.
+	o.log().Info(fmt.Sprintf("drain plan for %s: %d pod(s) to evict", plan.Node, len(plan.Evict)))
+	l.Debug("pods to evict", "pods", strings.Join(plan.Evict, " "))
 	for _, s := range plan.Skipped {
 		l.Info("stays: " + s)
 	}
@@ -165,7 +167,7 @@ func (o *Ops) logPlan(plan *DrainPlan) {
 	}
 	for _, p := range plan.PDBs {
 		if p.WouldBlock() {
-			l.Info("disruption budget would block now: " + p.String())
+			o.log().Info(fmt.Sprintf("disruption budget %s/%s allows %d disruption(s) for %d pod(s) on %s: would block now", p.Namespace, p.Name, p.DisruptionsAllowed, len(p.Pods), plan.Node))
 		} else {
 			l.Debug("disruption budget allows it now: " + p.String())
 		}
@@ -224,14 +226,14 @@ func (o *Ops) removePod(ctx context.Context, node string, p *corev1.Pod, opts Dr
 		return o.write(ctx, action, "deletion of "+key, func(ctx context.Context, dryRun []string) error {
 			req := o.Client.CoreV1().RESTClient().Delete().Namespace(p.Namespace).Resource("pods").Name(p.Name)
 			return withDryRun(req, dryRun).Body(del(dryRun)).Do(ctx).Error()
-		}, "node", node)
+		})
 	}
 	return o.write(ctx, fmt.Sprintf("evict pod %s from node %s", key, node), "eviction of "+key, func(ctx context.Context, dryRun []string) error {
 		ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, DeleteOptions: del(dryRun)}
 		// As client-go's Evict, with the dry-run in the URL too.
 		req := o.Client.PolicyV1().RESTClient().Post().AbsPath("/api/v1").Namespace(p.Namespace).Resource("pods").Name(p.Name).SubResource("eviction")
 		return withDryRun(req, dryRun).Body(ev).Do(ctx).Error()
-	}, "node", node)
+	})
 }
 
 // drainer is one drain in progress.

@@ -356,7 +356,7 @@ func TestDryRunMakesNoWrite(t *testing.T) {
 	if got := podsOn(t, ns, "dry-1"); len(got) != len(before) {
 		t.Errorf("pods changed in dry-run: %v -> %v", before, got)
 	}
-	for _, want := range []string{"DRY-RUN: would cordon node dry-1", "DRY-RUN: would evict", "drain plan:", "DRY-RUN: would delete node dry-1"} {
+	for _, want := range []string{"DRY-RUN: would cordon node dry-1", "DRY-RUN: would evict", "drain plan for dry-1:", "DRY-RUN: would delete node dry-1"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("dry-run log lacks %q", want)
 		}

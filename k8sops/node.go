@@ -69,7 +69,7 @@ func (o *Ops) setUnschedulable(ctx context.Context, name string, on bool) error 
 			return fmt.Errorf("%s %s: %w", verb, name, err)
 		}
 		return nil
-	}, "node", name)
+	})
 }
 
 // ApplyLabels sets the labels on the node with one patch (no read-modify-write race);
@@ -95,7 +95,7 @@ func (o *Ops) ApplyLabels(ctx context.Context, name string, labels map[string]st
 			return fmt.Errorf("label %s: %w", name, err)
 		}
 		return nil
-	}, "node", name)
+	})
 }
 
 // Taint is a node taint: key, value and effect (NoSchedule, PreferNoSchedule, NoExecute).
@@ -130,7 +130,7 @@ func (o *Ops) ApplyTaints(ctx context.Context, name string, taints []Taint) erro
 		err = o.write(ctx, fmt.Sprintf("taint node %s %s", name, strings.Join(added, ",")), "tainting of node "+name, func(ctx context.Context, dryRun []string) error {
 			_, err := o.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{DryRun: dryRun})
 			return err
-		}, "node", name)
+		})
 		if apierrors.IsConflict(err) && attempt < 5 {
 			continue
 		}
@@ -159,7 +159,7 @@ func (o *Ops) DeleteNode(ctx context.Context, name string) error {
 			return fmt.Errorf("delete node %s: %w", name, err)
 		}
 		return nil
-	}, "node", name)
+	})
 }
 
 // IsReady reports whether the node's Ready condition is True.

@@ -49,6 +49,9 @@ type Options struct {
 	BaseBackoff time.Duration
 	// PollInterval is how often waits look at a server; 2s if zero.
 	PollInterval time.Duration
+	// ReportEvery is how often a long wait logs what it waits for and since when; 30s if
+	// zero.
+	ReportEvery time.Duration
 	// HTTPTimeout bounds one HTTP request; 60s if zero.
 	HTTPTimeout time.Duration
 }
@@ -72,6 +75,9 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	}
 	if opts.PollInterval == 0 {
 		opts.PollInterval = 2 * time.Second
+	}
+	if opts.ReportEvery == 0 {
+		opts.ReportEvery = 30 * time.Second
 	}
 	if opts.HTTPTimeout == 0 {
 		opts.HTTPTimeout = 60 * time.Second

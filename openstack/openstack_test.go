@@ -89,7 +89,7 @@ func (e *env) clientWithRetries(t *testing.T, cloudName string, dry bool, retrie
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(&lockedBuf{b: e.logs}, nil))
 	c, err := New(context.Background(), Options{Cloud: cloudName, CloudsFile: e.file, Gate: &dryrun.Gate{DryRun: dry, Log: log}, Log: log,
-		BaseBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, Retries: retries})
+		BaseBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, ReportEvery: 100 * time.Millisecond, Retries: retries})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,5 +381,21 @@ func TestBodyMessage(t *testing.T) {
 				t.Errorf("bodyMessage = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestLongWaitSaysWhatItWaitsFor: a server that stays in BUILD is reported (what, status,
+// since when) every ReportEvery while WaitActive waits, not on every poll.
+func TestLongWaitSaysWhatItWaitsFor(t *testing.T) {
+	e := newEnv(t, cloud.Options{BuildTime: 700 * time.Millisecond})
+	c := e.client(t, "lab", false)
+	ctx := context.Background()
+	s := create(t, c, "slow-1")
+	if _, err := c.WaitActive(ctx, s.ID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	n := strings.Count(e.logs.String(), "waiting for server slow-1 to be ACTIVE")
+	if n < 2 || n > 8 || !strings.Contains(e.logs.String(), "status=BUILD waited=") {
+		t.Errorf("%d progress lines in 0.7s of BUILD at one per 100ms (polls every 20ms):\n%s", n, e.logs)
 	}
 }

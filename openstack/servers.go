@@ -442,6 +442,7 @@ func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duratio
 		return Server{ID: id, Status: "ACTIVE", DryRun: true}, nil
 	}
 	var last Server
+	start, reported := time.Now(), time.Now()
 	err := c.poll(ctx, timeout, func(ctx context.Context) (bool, error) {
 		s, err := c.Server(ctx, id)
 		if err != nil {
@@ -453,6 +454,10 @@ func (c *Client) WaitActive(ctx context.Context, id string, timeout time.Duratio
 			return true, nil
 		case "ERROR":
 			return false, fmt.Errorf("server %s (%s) is in ERROR: %s", s.Name, id, s.Fault)
+		}
+		if time.Since(reported) >= c.opts.ReportEvery {
+			reported = time.Now()
+			c.log.Info("waiting for server "+s.Name+" to be ACTIVE", "status", s.Status, "waited", time.Since(start).Round(time.Second))
 		}
 		return false, nil
 	})

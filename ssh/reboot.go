@@ -74,7 +74,12 @@ func (c *Client) WaitRebooted(ctx context.Context, host, oldBootID string, timeo
 	}
 	var id string
 	var last error
+	start, reported := time.Now(), time.Now()
 	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		if time.Since(reported) >= c.reportEvery() {
+			reported = time.Now()
+			c.log.Info("waiting for "+host+" to come back with a new boot id", "last", last, "waited", time.Since(start).Round(time.Second))
+		}
 		c.dropHost(host)
 		cur, err := c.BootID(ctx, host)
 		switch {

@@ -59,6 +59,9 @@ type Client struct {
 	DialTimeout time.Duration
 	// KeepAlive is the interval of keepalive requests on open connections; 5s if zero.
 	KeepAlive time.Duration
+	// ReportEvery is how often a long wait (a host coming back from a reboot) logs what it
+	// waits for and since when; 30s if zero.
+	ReportEvery time.Duration
 	// RebootTimeout bounds issuing a reboot; 30s if zero.
 	RebootTimeout time.Duration
 	// Learned is a known_hosts file of keys learned through pins (a new server's
@@ -206,6 +209,13 @@ func (c *Client) port() int {
 		return c.cfg.Port
 	}
 	return 22
+}
+
+func (c *Client) reportEvery() time.Duration {
+	if c.ReportEvery > 0 {
+		return c.ReportEvery
+	}
+	return 30 * time.Second
 }
 
 func (c *Client) dialTimeout() time.Duration {

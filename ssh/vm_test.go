@@ -1,12 +1,14 @@
 package ssh
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -176,6 +178,21 @@ func TestRebootProvenByBootID(t *testing.T) {
 	}
 	if got == old || got != v.BootID() {
 		t.Errorf("boot id %s -> %s (VM says %s)", old, got, v.BootID())
+	}
+}
+
+// TestLongRebootSaysWhatItWaitsFor: while a host is down for longer than ReportEvery, the
+// wait logs what it waits for, the last answer and since when.
+func TestLongRebootSaysWhatItWaitsFor(t *testing.T) {
+	_, v, c, _ := newVM(t, "tb-slow-1", func(f *vm.Fleet) { f.DownTime = 2500 * time.Millisecond })
+	var logs bytes.Buffer
+	c.log = slog.New(slog.NewTextHandler(&logs, nil))
+	c.ReportEvery = 900 * time.Millisecond
+	if _, err := c.Reboot(context.Background(), v.Address, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "waiting for "+v.Address+" to come back with a new boot id"); n < 1 || n > 3 || !strings.Contains(logs.String(), "waited=") {
+		t.Errorf("%d progress lines while down 2.5s, one per 0.9s:\n%s", n, logs.String())
 	}
 }
 

@@ -56,6 +56,7 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug lines"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "answer yes to confirmations (without it and without a terminal, a confirmation aborts)"},
 			&cli.StringFlag{Name: "state-dir", Usage: "where run records, logs and locks are kept", Value: defaultStateDir(), DefaultText: "$XDG_STATE_HOME/cookbook, else ~/.local/state/cookbook"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "how log lines look on stderr: `text` (coloured on a terminal), logfmt or json; the run's log file is always text"},
 			&cli.BoolFlag{Name: "version", Usage: "print the version, the commit and the Go version"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -264,7 +265,7 @@ type job struct {
 	*cookbooks.Job
 	cb      cookbooks.Cookbook
 	env     *cookbooks.Env
-	termLog slog.Handler // the terminal's log handler, before "mode" or "run" were added
+	termLog slog.Handler // the terminal's log handler
 }
 
 // run runs a cookbook invocation: it prepares the job and hands it to what this
@@ -280,11 +281,11 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if err := state.CheckDir(stateDir); err != nil {
 		return cookbooks.BadInput(err)
 	}
-	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false)
-	var logger = slog.New(termLog)
-	if dry {
-		logger = logger.With("mode", "dry-run")
+	if err := checkLogFormat(c.String("log-format")); err != nil {
+		return cookbooks.BadInput(err)
 	}
+	termLog := newLogger(a.stderr, switchOn(c, "verbose"), false, c.String("log-format"))
+	var logger = slog.New(termLog)
 	env := &cookbooks.Env{
 		ConfigPath: c.String("config"),
 		StateDir:   stateDir,
@@ -302,6 +303,10 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		if err := j.Check(ctx); err != nil {
 			return notStarted(j.Cluster, err)
 		}
+	}
+	if dry {
+		// Said once; every write is then logged as "DRY-RUN: would ...".
+		logger.Info("dry-run: every read for real, no write")
 	}
 	switch {
 	case a.cont != nil && dry:
@@ -428,7 +433,8 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		return fmt.Errorf("open run log: %w", err)
 	}
 	defer logFile.Close()
-	logger := slog.New(slog.NewMultiHandler(j.termLog, newLogger(logFile, true, true))).With("run", run.ID)
+	// The run id is said when the run starts and ends, not on every line.
+	logger := slog.New(slog.NewMultiHandler(j.termLog, newLogger(logFile, true, true, "text")))
 	j.env.Log = logger
 	j.env.Gate.Log = logger
 	if cfg, err := j.env.Config(); err == nil {
@@ -471,17 +477,17 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		if _, err := runner.Abandon(ctx, run, steps); err != nil {
 			return fmt.Errorf("abandon run %s: %w", run.ID, err)
 		}
-		logger.Info("run abandoned", "cookbook", j.cb.Name, "cluster", j.Cluster)
+		logger.Info("run abandoned", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster)
 		return nil
 	case isNew:
-		logger.Info("starting", "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
+		logger.Info("starting", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
 	default:
-		logger.Info("resuming", "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
+		logger.Info("resuming", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
 		return a.failed(run, err)
 	}
-	logger.Info("finished", "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return nil
 }
 

@@ -179,7 +179,7 @@ func TestSuccess(t *testing.T) {
 		t.Errorf("state file mode = %v, %v", info.Mode(), err)
 	}
 	log, _ := os.ReadFile((&state.Store{Dir: w.stateDir}).LogPath(run.ID))
-	if !strings.Contains(string(log), "create marker item-2") || !strings.Contains(string(log), "progress=\"item item-2 2/4\"") {
+	if !strings.Contains(string(log), "create marker item-2") || !strings.Contains(string(log), "step=item-2/mark progress=2/4") {
 		t.Errorf("run log lacks step lines:\n%s", log)
 	}
 	r := w.run("runs")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -350,11 +351,33 @@ func TestRollRebootAllWorkers(t *testing.T) {
 	if !strings.Contains(r.stderr, "progress: 6/6 done") {
 		t.Errorf("no final progress line:\n%s", r.stderr)
 	}
+	// The log reads in a 120-column tmux pane, without colour codes when piped.
+	if strings.Contains(r.stderr, "\x1b[") {
+		t.Errorf("colour codes in a piped log:\n%q", r.stderr)
+	}
+	for _, l := range longLines(r.stderr, 120) {
+		t.Errorf("log line of %d columns (more than 120): %s", len([]rune(l)), l)
+	}
 	run := w.runs()[0]
 	r = w.run("runs", "show", run.ID)
 	if !strings.Contains(r.stdout, "[batch-1]") || !strings.Contains(r.stdout, "batch-3/health-gate") {
 		t.Errorf("runs show:\n%s", r.stdout)
 	}
+}
+
+// longLines returns the lines of a log longer than width columns. Exceptions, named: the
+// lines that list the nodes of a batch of more than one (the plan, and the start of each
+// step of such a batch: "cordon A, B"), and the line that names the run's log file.
+func longLines(log string, width int) []string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		nodeList := regexp.MustCompile(`toolsbeta-test-k8s-[a-z-]+-[0-9]+, toolsbeta-test-k8s-`).MatchString(l)
+		if len([]rune(l)) <= width || strings.Contains(l, "log=") || nodeList {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // minRunningPods records the fewest running pods of app at once, once want were seen.

@@ -213,10 +213,13 @@ func (r *Runner) runStep(ctx context.Context, run *state.Run, rec *state.Step, s
 		return &StepError{Step: s.Name, Err: err}
 	}
 	log := r.log().With("step", s.Name)
+	// Which group of how many the step is in is said once, when it starts; the step's name
+	// names the group and its description the nodes.
 	if g, ok := groups[s.Group]; ok {
-		log = log.With("progress", fmt.Sprintf("%s %d/%d", s.GroupTitle, g[0], g[1]))
+		log.Info(desc, "progress", fmt.Sprintf("%d/%d", g[0], g[1]))
+	} else {
+		log.Info(desc)
 	}
-	log.Info(desc)
 	err := s.Do(ctx, v)
 	end := r.now()
 	dur := end.Sub(start).Round(time.Millisecond)
