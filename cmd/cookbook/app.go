@@ -262,7 +262,7 @@ func holder() state.Holder {
 	if u, err := user.Current(); err == nil {
 		h.User = u.Username
 	}
-	h.Host, _ = os.Hostname()
+	h.Host = hostname()
 	return h
 }
 
@@ -392,14 +392,47 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			return err
 		}
 	}
+	// A lease cluster's lock and records are shared with the other operator hosts.
+	var sh *shared
+	if cl, err := j.env.Cluster(j.Cluster); err == nil {
+		if sh, err = sharedOf(cl); err != nil {
+			return err
+		}
+	}
 	run.Holder = holder()
-	l, prev, err := locks.Lock(j.Cluster, lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
+	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()}
+	// The flock of this host's state dir is always taken: `runs` tells a live run of
+	// this host from a dead one by it.
+	l, prev, err := locks.Lock(ctx, j.Cluster, lh)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
 	if prev != nil {
 		j.env.Log.Warn("took over the lock of a run whose process is gone", "cluster", j.Cluster, "previous", prev.String())
+	}
+	var hold func() error
+	if sh != nil {
+		ll, prev, err := sh.leases.Lock(ctx, j.Cluster, lh)
+		var held *lock.HeldError
+		switch {
+		case errors.As(err, &held):
+			return err
+		case err != nil && isNew:
+			return notStarted(ctx, j.Cluster, err)
+		case err != nil:
+			return err
+		}
+		defer func() {
+			if err := ll.Unlock(); err != nil {
+				j.env.Log.Warn("could not release the cluster's lease; it expires by itself", "err", err)
+			}
+		}()
+		if prev != nil {
+			j.env.Log.Warn("took over the cluster's lease from a run that stopped renewing it", "cluster", j.Cluster,
+				"lease", sh.leases.Namespace+"/"+sh.leases.Name, "previous", prev.String())
+		}
+		hold = ll.(*lock.LeaseLock).Err
 	}
 	if isNew {
 		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
@@ -431,8 +464,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	if cfg, err := j.env.Config(); err == nil {
 		j.env.Audit = &audit.Sink{Command: cfg.Audit.Command, File: cfg.Audit.File, Log: logger}
 	}
+	if sh != nil {
+		store.Copy = sh.copier(logger, hold)
+		store.Copy(run)
+		defer sh.prune(logger)
+	}
 
-	runner := &pipeline.Runner{Store: store, Log: logger}
+	runner := &pipeline.Runner{Store: store, Log: logger, Hold: hold}
 	if t := newTerminal(a.stdin, a.stderr); t != nil {
 		runner.Prompt = t
 	}
@@ -585,7 +623,7 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	if err != nil {
 		return err
 	}
-	run, err := store.Load(id)
+	run, err := findRun(store, c.String("config"), id)
 	if err != nil {
 		return cookbooks.BadInput(err)
 	}

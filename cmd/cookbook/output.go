@@ -11,7 +11,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"example.com/cookbook/cookbooks"
-	"example.com/cookbook/cookbooks/lock"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/dryrun"
@@ -162,30 +161,30 @@ type runJSON struct {
 	Log     string  `json:"log"`
 }
 
-func newRunJSON(r *state.Run, store *state.Store, locks *lock.Files) runJSON {
+func newRunJSON(r *state.Run, store *state.Store, st string) runJSON {
 	end := time.Now()
 	if r.EndedAt != nil {
 		end = *r.EndedAt
 	}
-	return runJSON{Run: r, State: status(r, locks), At: currentStep(r), Seconds: end.Sub(r.StartedAt).Seconds(), Log: store.LogPath(r.ID)}
+	return runJSON{Run: r, State: st, At: currentStep(r), Seconds: end.Sub(r.StartedAt).Seconds(), Log: store.LogPath(r.ID)}
 }
 
-func writeRuns(w io.Writer, runs []*state.Run, store *state.Store, locks *lock.Files) error {
+func writeRuns(w io.Writer, runs []*state.Run, store *state.Store, statusOf func(*state.Run) string) error {
 	out := struct {
 		Schema string    `json:"schema"`
 		Runs   []runJSON `json:"runs"`
 	}{Schema: runsSchema, Runs: []runJSON{}}
 	for _, r := range runs {
-		out.Runs = append(out.Runs, newRunJSON(r, store, locks))
+		out.Runs = append(out.Runs, newRunJSON(r, store, statusOf(r)))
 	}
 	return writeJSON(w, out)
 }
 
-func writeRun(w io.Writer, r *state.Run, store *state.Store, locks *lock.Files) error {
+func writeRun(w io.Writer, r *state.Run, store *state.Store, st string) error {
 	out := struct {
 		Schema string  `json:"schema"`
 		Run    runJSON `json:"run"`
-	}{Schema: runSchema, Run: newRunJSON(r, store, locks)}
+	}{Schema: runSchema, Run: newRunJSON(r, store, st)}
 	if err := writeJSON(w, out); err != nil {
 		return fmt.Errorf("write run %s: %w", r.ID, err)
 	}

@@ -57,6 +57,9 @@ type Run struct {
 	Error     string     `json:"error,omitempty"`
 	StartedAt time.Time  `json:"startedAt"`
 	EndedAt   *time.Time `json:"endedAt,omitempty"`
+	// SavedAt is when the record was last saved: of two copies of a run (this host's
+	// and the cluster's), the later one is current.
+	SavedAt *time.Time `json:"savedAt,omitempty"`
 	// Holder is who runs (or last ran) this run.
 	Holder Holder `json:"holder"`
 	Steps  []Step `json:"steps"`
@@ -120,6 +123,9 @@ func NewID(now time.Time) string {
 // Store keeps run files in Dir/runs.
 type Store struct {
 	Dir string
+	// Copy, when set, is given every run once its file is written (cookbook copies it
+	// to the cluster). It is called with the run as saved and cannot fail the save.
+	Copy func(*Run)
 }
 
 // ErrNotFound is returned by Load for an unknown run id.
@@ -140,6 +146,8 @@ func (s *Store) Save(r *Run) error {
 		return err
 	}
 	r.Schema = SchemaVersion
+	now := time.Now().UTC()
+	r.SavedAt = &now
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
@@ -149,6 +157,9 @@ func (s *Store) Save(r *Run) error {
 	}
 	if err := atomicfile.WriteFile(s.Path(r.ID), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
+	}
+	if s.Copy != nil {
+		s.Copy(r)
 	}
 	return nil
 }
@@ -173,24 +184,30 @@ func (s *Store) load(path string) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Decode("run file "+path, id, data)
+}
+
+// Decode reads the record of run id from data, checked as Load checks a file; what
+// names the record in errors ("run file /x/y.json").
+func Decode(what, id string, data []byte) (*Run, error) {
 	var probe struct {
 		Schema int `json:"schema"`
 	}
 	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("run file %s is corrupt or truncated (%v); it was left as it is", path, err)
+		return nil, fmt.Errorf("%s is corrupt or truncated (%v); it was left as it is", what, err)
 	}
 	if probe.Schema > SchemaVersion {
-		return nil, fmt.Errorf("run file %s has schema version %d, newer than this cookbook's %d: use a newer cookbook", path, probe.Schema, SchemaVersion)
+		return nil, fmt.Errorf("%s has schema version %d, newer than this cookbook's %d: use a newer cookbook", what, probe.Schema, SchemaVersion)
 	}
 	if probe.Schema < 1 {
-		return nil, fmt.Errorf("run file %s has no schema version: not a cookbook run file", path)
+		return nil, fmt.Errorf("%s has no schema version: not a cookbook run file", what)
 	}
 	var r Run
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("run file %s is corrupt (%v); it was left as it is", path, err)
+		return nil, fmt.Errorf("%s is corrupt (%v); it was left as it is", what, err)
 	}
 	if err := r.check(id); err != nil {
-		return nil, fmt.Errorf("run file %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return &r, nil
 }
