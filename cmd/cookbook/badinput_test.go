@@ -294,6 +294,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "roll-reboot hostname-list twice", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",toolsbeta-test-k8s-worker-4," + worker}, want: "--hostname-list: " + worker + " is listed twice"},
 		{name: "roll-reboot hostname-list twice with spaces", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ", " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list semicolon", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",a;b"}, want: `"a;b"`},
+		{name: "roll-reboot hostname-list twice with spaces only", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + " toolsbeta-test-k8s-worker-4 " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list empty item", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",,x"}, want: "--hostname-list"},
 
 		// Durations and numbers.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -189,4 +190,31 @@ func writeRun(w io.Writer, r *state.Run, store *state.Store, st string) error {
 		return fmt.Errorf("write run %s: %w", r.ID, err)
 	}
 	return nil
+}
+
+// taskFlag is --task-id, accepted before the command and after it.
+func taskFlag() cli.Flag {
+	return &cli.StringFlag{Name: "task-id", Aliases: []string{"t"}, Usage: "the task the run is for (e.g. `T123456`), appended to its audit lines"}
+}
+
+// taskOf returns the --task-id given before or after the command ("" if none).
+func taskOf(c *cli.Context) (string, error) {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet("task-id") {
+			t := cc.String("task-id")
+			if t == "" || len(t) > 64 || strings.ContainsAny(t, " \t\r\n\"'`$;|&<>") {
+				return "", cookbooks.BadInputf("--task-id: %q is not a task id (expected a word such as T123456)", cut(t, 40))
+			}
+			return t, nil
+		}
+	}
+	return "", nil
+}
+
+// cut shortens s for an error message.
+func cut(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "..."
+	}
+	return s
 }

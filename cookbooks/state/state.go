@@ -62,6 +62,8 @@ type Run struct {
 	SavedAt *time.Time `json:"savedAt,omitempty"`
 	// Holder is who runs (or last ran) this run.
 	Holder Holder `json:"holder"`
+	// TaskID is the task the run is for (--task-id), appended to its audit lines.
+	TaskID string `json:"taskId,omitempty"`
 	Steps  []Step `json:"steps"`
 	// Values are what steps hand on to later steps, under documented keys.
 	Values map[string]json.RawMessage `json:"values,omitempty"`
