@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,6 +294,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "roll-reboot hostname-list twice", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",toolsbeta-test-k8s-worker-4," + worker}, want: "--hostname-list: " + worker + " is listed twice"},
 		{name: "roll-reboot hostname-list twice with spaces", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ", " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list semicolon", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",a;b"}, want: `"a;b"`},
+		{name: "roll-reboot hostname-list twice with spaces only", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + " toolsbeta-test-k8s-worker-4 " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list empty item", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",,x"}, want: "--hostname-list"},
 
 		// Durations and numbers.
@@ -320,7 +322,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "remove clouds file missing", config: "no-clouds-file", args: []string{"remove-k8s-node", "--cluster-name", tb, "--role", "worker", "--yes"}, want: "missing-clouds.yaml: no such file"},
 		{name: "roll-reboot clouds file missing", config: "no-clouds-file", args: []string{"roll-reboot", "--cluster-name", tb, "--all"}, want: "missing-clouds.yaml: no such file"},
 		{name: "dry-run add clouds file missing", config: "no-clouds-file", args: []string{"--dry-run", "add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: "missing-clouds.yaml: no such file"},
-		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a FIFO"},
+		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a named pipe (FIFO)"},
 		{name: "clouds file is a directory", config: "clouds-dir", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: w.dir + ": is a directory"},
 		{name: "clouds file not YAML", config: "clouds-not-yaml", args: []string{"list-nodes", "--cluster-name", tb}, want: "garbage"},
 		{name: "cloud not in clouds.yaml", config: "wrong-cloud", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: `openstack.cloud "prod": not in clouds.yaml ` + w.clouds + " (clouds there: lab)"},
@@ -478,5 +480,63 @@ func TestCLIBadInputUnreachableCluster(t *testing.T) {
 	r := w.run([]string{"--config", w.configs["good"], "--state-dir", stateDir, "runs"}, nil)
 	if r.code != 0 || strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
 		t.Errorf("runs after the failed attempts: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestInterruptBeforeAnythingIsRecorded: a cluster whose API server accepts connections
+// and never answers holds the first reads; SIGINT then ends the process at once (130),
+// with nothing recorded.
+func TestInterruptBeforeAnythingIsRecorded(t *testing.T) {
+	w := newBadWorld(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	kube := filepath.Join(w.root, "silent-kubeconfig")
+	data := strings.Replace(fixtureKubeconfig, "https://127.0.0.1:1", "https://"+ln.Addr().String(), 1)
+	if err := os.WriteFile(kube, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(w.configs["good"])
+	silent := filepath.Join(w.root, "silent.yaml")
+	if err := os.WriteFile(silent, []byte(strings.ReplaceAll(string(cfg), w.kube, kube)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(w.root, "interrupt-state")
+	cmd := exec.Command(os.Args[0], "--config", silent, "--state-dir", stateDir, "drain", "--cluster-name", "toolsbeta", "--hostname-to-drain", "toolsbeta-test-k8s-worker-3")
+	cmd.Env = []string{"COOKBOOK_TEST_CHILD=1", "HOME=" + w.home, "PATH=" + os.Getenv("PATH")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // connected, waiting for an answer
+	start := time.Now()
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+		t.Fatalf("exit %v, want 130\n%s", err, errb.String())
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s to stop after SIGINT", d)
+	}
+	if !strings.Contains(errb.String(), "nothing was recorded") {
+		t.Errorf("stderr:\n%s", errb.String())
+	}
+	// The cluster's lock file stays (a flock file is not removed on unlock: removing it
+	// would race with the next run's open); no run file or log does.
+	if files, _ := filepath.Glob(filepath.Join(stateDir, "runs", "*")); len(files) != 0 {
+		t.Errorf("left %v", files)
 	}
 }

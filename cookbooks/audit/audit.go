@@ -23,6 +23,8 @@ type Sink struct {
 	Log *slog.Logger
 	// Timeout bounds the command; zero means 30 seconds.
 	Timeout time.Duration
+	// Suffix is appended to every line: the task the run is for (" (T123456)").
+	Suffix string
 }
 
 // Send sends line to every sink. Failures are logged as warnings and returned joined, for
@@ -31,7 +33,7 @@ func (s *Sink) Send(ctx context.Context, line string) {
 	if s == nil {
 		return
 	}
-	line = strings.TrimSpace(line)
+	line = strings.TrimSpace(line) + s.Suffix
 	if s.Log != nil {
 		s.Log.Info("audit: " + line)
 	}
