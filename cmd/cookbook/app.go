@@ -518,7 +518,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	case !isNew:
 		what = "resume of " + what
 	}
-	j.env.Audit.Send(ctx, fmt.Sprintf("START - %s (run %s)", strings.TrimSpace(what), run.ID))
+	j.env.Audit.Bookend(ctx, fmt.Sprintf("START - %s (run %s)", strings.TrimSpace(what), run.ID))
 	end := func(err error) error {
 		result := "PASS"
 		if err != nil {
@@ -527,7 +527,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		// Sent also when the run was interrupted: with a context of its own.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		j.env.Audit.Send(actx, fmt.Sprintf("END (%s) - %s (run %s, exit_code=%d)", result, strings.TrimSpace(what), run.ID, exitCode(err)))
+		j.env.Audit.Bookend(actx, fmt.Sprintf("END (%s) - %s (run %s, exit_code=%d)", result, strings.TrimSpace(what), run.ID, exitCode(err)))
 		return err
 	}
 
