@@ -6,7 +6,7 @@ BIN := bin
 LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cookbook/lab
 # Packages tested with the race detector (needs cgo, so gcc): the engine (cookbooks/pipeline,
 # cookbooks/state) and the cookbooks, and the packages at the boundaries they drive at once.
-RACE_PKGS := ./cookbooks/... ./k8sops/... ./openstack/... ./ssh/...
+RACE_PKGS := ./cookbooks/... ./k8sops/... ./openstack/... ./ssh/... ./hooks/... ./silences/...
 
 .PHONY: help build test lint lab-bins lab demo bench deb
 

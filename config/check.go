@@ -104,6 +104,14 @@ func (c *checker) walk(n *yaml.Node, t reflect.Type, path string) {
 	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
 		return // null leaves the zero value
 	}
+	if t == durationType {
+		if c.want(n, yaml.ScalarNode, "a duration", path) {
+			if _, err := parseDuration(n.Value); err != nil {
+				c.errorf(path, "%s is not a duration (expected one such as 10m or 1h30m)", quote(n.Value))
+			}
+		}
+		return
+	}
 	switch t.Kind() {
 	case reflect.Struct:
 		if c.want(n, yaml.MappingNode, "a mapping", path) {

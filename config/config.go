@@ -5,6 +5,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -47,9 +49,106 @@ type Cluster struct {
 	Domain string           `json:"domain"`
 	SSH    SSH              `json:"ssh"`
 	Roles  map[string]*Role `json:"roles"`
+	// Alertmanager, when set, is where the run silences the alerts of the nodes it takes
+	// down on purpose.
+	Alertmanager *Alertmanager `json:"alertmanager,omitempty"`
+	// Hooks run at named points of every node's life; a role's own hooks run after them.
+	Hooks Hooks `json:"hooks,omitempty"`
+	// Lock says how a run that writes holds the cluster (see LockKind).
+	Lock Lock `json:"lock,omitempty"`
+	// Records says how many run records the cluster keeps (lease clusters only).
+	Records Records `json:"records,omitempty"`
 
 	// Name is the cluster's key in Config.Clusters.
 	Name string `json:"-"`
+	// hasKubernetes is set when the file has a kubernetes section for the cluster.
+	hasKubernetes bool
+}
+
+// Lock kinds.
+const (
+	// LockLease holds a coordination.k8s.io/v1 Lease in the cluster and copies the run
+	// records there: runs from every operator host exclude each other.
+	LockLease = "lease"
+	// LockFile holds a flock on the operator host; run records stay on that host.
+	LockFile = "file"
+)
+
+// Lock configures the cluster's lock.
+type Lock struct {
+	// Kind is lease or file; empty is lease for a cluster with a kubernetes section,
+	// file for one without (it has no API to hold a Lease in).
+	Kind string `json:"kind,omitempty"`
+	// Name and Namespace name the Lease; default cookbook-lock in kube-system. Run
+	// records are ConfigMaps in the same namespace.
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// Duration is how long a Lease not renewed stays held: after it, another run
+	// takes it over. Default 60s.
+	Duration string `json:"duration,omitempty"`
+	// RenewEvery is how often the holder renews the Lease. Default 5s.
+	RenewEvery string `json:"renewEvery,omitempty"`
+}
+
+// Records configures the copies of run records kept in the cluster.
+type Records struct {
+	// Keep is how many finished runs the cluster keeps (the newest); default 100.
+	// Unfinished runs are never pruned.
+	Keep *int `json:"keep,omitempty"`
+}
+
+// Lock defaults.
+const (
+	DefaultLockName       = "cookbook-lock"
+	DefaultLockNamespace  = "kube-system"
+	DefaultLockDuration   = 60 * time.Second
+	DefaultLockRenewEvery = 5 * time.Second
+	DefaultRecordsKeep    = 100
+)
+
+// LockKind returns the cluster's lock kind, LockLease or LockFile: the configured one,
+// else lease when the cluster has a kubernetes section and file when it has none.
+func (cl *Cluster) LockKind() string {
+	if cl.Lock.Kind != "" {
+		return cl.Lock.Kind
+	}
+	if cl.hasKubernetes {
+		return LockLease
+	}
+	return LockFile
+}
+
+// LockName returns the Lease's name and namespace, with the defaults filled in.
+func (cl *Cluster) LockName() (namespace, name string) {
+	namespace, name = cl.Lock.Namespace, cl.Lock.Name
+	if namespace == "" {
+		namespace = DefaultLockNamespace
+	}
+	if name == "" {
+		name = DefaultLockName
+	}
+	return namespace, name
+}
+
+// LockTimes returns the Lease's duration and renewal period, with the defaults filled
+// in (the values were checked when the file was loaded).
+func (cl *Cluster) LockTimes() (duration, renewEvery time.Duration) {
+	duration, renewEvery = DefaultLockDuration, DefaultLockRenewEvery
+	if d, err := time.ParseDuration(cl.Lock.Duration); err == nil {
+		duration = d
+	}
+	if d, err := time.ParseDuration(cl.Lock.RenewEvery); err == nil {
+		renewEvery = d
+	}
+	return duration, renewEvery
+}
+
+// RecordsKeep returns how many finished run records the cluster keeps.
+func (cl *Cluster) RecordsKeep() int {
+	if cl.Records.Keep != nil {
+		return *cl.Records.Keep
+	}
+	return DefaultRecordsKeep
 }
 
 // OpenStack names the cloud (an entry of clouds.yaml) and the project the cluster lives in.
@@ -108,6 +207,8 @@ type Role struct {
 	Provision [][]string `json:"provision,omitempty"`
 	// RebootAfterProvision reboots a new node after provisioning, before it joins.
 	RebootAfterProvision bool `json:"rebootAfterProvision,omitempty"`
+	// Hooks run at named points of the life of the role's nodes, after the cluster's.
+	Hooks Hooks `json:"hooks,omitempty"`
 }
 
 // ServerGroup is the Nova server group a role's servers are placed in.
@@ -194,26 +295,13 @@ func readRegular(path string) ([]byte, error) {
 
 // checkFile refuses what is not a regular file of at most MaxSize bytes.
 func checkFile(path string, fi os.FileInfo) error {
-	var what string
-	switch m := fi.Mode(); {
-	case m.IsRegular():
+	if fi.Mode().IsRegular() {
 		if fi.Size() > MaxSize {
 			return tooLarge(path, fi.Size())
 		}
 		return nil
-	case m.IsDir():
-		what = "a directory"
-	case m&os.ModeNamedPipe != 0:
-		what = "a named pipe (FIFO)"
-	case m&os.ModeSocket != 0:
-		what = "a socket"
-	case m&os.ModeCharDevice != 0:
-		what = "a character device"
-	case m&os.ModeDevice != 0:
-		what = "a block device"
-	default:
-		what = fmt.Sprintf("not a regular file (mode %s)", m)
 	}
+	what := filekind.Of(fi.Mode())
 	return fmt.Errorf("config %s: is %s, expected a regular file", path, what)
 }
 
@@ -254,6 +342,11 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %s", path, oneLine(err.Error()))
 	}
 	c.Path = path
+	// Which clusters have a kubernetes section (the lock's default depends on it).
+	var sections struct {
+		Clusters map[string]map[string]any `json:"clusters"`
+	}
+	_ = yaml.Unmarshal(bytes.TrimSpace(data), &sections)
 	var errs []error
 	for name, cl := range c.Clusters {
 		if cl == nil {
@@ -261,6 +354,7 @@ func Parse(path string, data []byte) (*Config, error) {
 			continue
 		}
 		cl.Name = name
+		_, cl.hasKubernetes = sections.Clusters[name]["kubernetes"]
 		errs = append(errs, cl.validate(join("clusters", name))...)
 	}
 	if len(c.Clusters) == 0 {
@@ -348,6 +442,7 @@ func (cl *Cluster) validate(p string) []error {
 	if len(cl.Roles) == 0 {
 		errs = append(errs, fmt.Errorf("%s.roles: at least one role is required", p))
 	}
+	errs = append(errs, cl.validateLock(p)...)
 	for name, r := range cl.Roles {
 		rp := join(p+".roles", name)
 		if r == nil {
@@ -385,6 +480,11 @@ func (cl *Cluster) validate(p string) []error {
 		if r.ExtraStorage != nil && (r.ExtraStorage.Device == "" || r.ExtraStorage.MountPoint == "") {
 			errs = append(errs, fmt.Errorf("%s.extraStorage: device and mountPoint are required", rp))
 		}
+		errs = append(errs, r.Hooks.validate(rp+".hooks")...)
+	}
+	errs = append(errs, cl.Hooks.validate(p+".hooks")...)
+	if cl.Alertmanager != nil {
+		errs = append(errs, cl.Alertmanager.validate(p+".alertmanager")...)
 	}
 	// Two roles sharing a prefix would make "the next worker" ambiguous.
 	seen := map[string]string{}
@@ -395,6 +495,50 @@ func (cl *Cluster) validate(p string) []error {
 			}
 			seen[r.Prefix] = name
 		}
+	}
+	return errs
+}
+
+func (cl *Cluster) validateLock(p string) []error {
+	var errs []error
+	switch cl.Lock.Kind {
+	case "", LockLease, LockFile:
+	default:
+		errs = append(errs, fmt.Errorf("%s.lock.kind: %s is not one of lease, file", p, quote(cl.Lock.Kind)))
+	}
+	if cl.Lock.Name != "" {
+		if err := CheckDomain(cl.Lock.Name); err != nil {
+			errs = append(errs, fmt.Errorf("%s.lock.name: %s is not a valid object name", p, quote(cl.Lock.Name)))
+		}
+	}
+	if cl.Lock.Namespace != "" {
+		if err := CheckName(cl.Lock.Namespace); err != nil {
+			errs = append(errs, fmt.Errorf("%s.lock.namespace: %w", p, err))
+		}
+	}
+	for _, d := range []struct{ key, v, min string }{{"duration", cl.Lock.Duration, "1s"}, {"renewEvery", cl.Lock.RenewEvery, "100ms"}} {
+		if d.v == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.v)
+		min, _ := time.ParseDuration(d.min)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s.lock.%s: %s is not a duration (expected one such as 60s)", p, d.key, quote(d.v)))
+		case v < min:
+			errs = append(errs, fmt.Errorf("%s.lock.%s: %s is shorter than %s", p, d.key, quote(d.v), d.min))
+		case d.key == "duration" && v%time.Second != 0:
+			errs = append(errs, fmt.Errorf("%s.lock.duration: %s is not a whole number of seconds", p, quote(d.v)))
+		}
+	}
+	if len(errs) == 0 {
+		duration, renew := cl.LockTimes()
+		if renew*2 > duration {
+			errs = append(errs, fmt.Errorf("%s.lock.renewEvery: %s is more than half of lock.duration %s (the lease would expire between renewals)", p, renew, duration))
+		}
+	}
+	if k := cl.Records.Keep; k != nil && *k < 1 {
+		errs = append(errs, fmt.Errorf("%s.records.keep: %d is not a positive number", p, *k))
 	}
 	return errs
 }

@@ -73,6 +73,17 @@ clusters:
 			wantErr: `clusters.toolsbeta.controlNodes[0]: "Bad_Host" is not a valid hostname`},
 		{name: "no cloud", yaml: strings.Replace(good, "{cloud: c}", "{}", 1),
 			wantErr: "clusters.toolsbeta.openstack.cloud: required"},
+		{name: "lock", yaml: strings.Replace(good, "ssh:", "lock: {kind: lease, name: ops.lock, namespace: cookbook, duration: 30s, renewEvery: 2s}\n    records: {keep: 20}\n    ssh:", 1)},
+		{name: "bad lock kind", yaml: strings.Replace(good, "ssh:", "lock: {kind: etcd}\n    ssh:", 1),
+			wantErr: `clusters.toolsbeta.lock.kind: "etcd" is not one of lease, file`},
+		{name: "bad lock duration", yaml: strings.Replace(good, "ssh:", "lock: {duration: 1m500ms}\n    ssh:", 1),
+			wantErr: `clusters.toolsbeta.lock.duration: "1m500ms" is not a whole number of seconds`},
+		{name: "lock renewal too slow", yaml: strings.Replace(good, "ssh:", "lock: {duration: 10s, renewEvery: 6s}\n    ssh:", 1),
+			wantErr: `clusters.toolsbeta.lock.renewEvery: 6s is more than half of lock.duration 10s`},
+		{name: "lock unknown key", yaml: strings.Replace(good, "ssh:", "lock: {kind: file, ttl: 5s}\n    ssh:", 1),
+			wantErr: `clusters.toolsbeta.lock.ttl: unknown key`},
+		{name: "bad keep", yaml: strings.Replace(good, "ssh:", "records: {keep: 0}\n    ssh:", 1),
+			wantErr: `clusters.toolsbeta.records.keep: 0 is not a positive number`},
 		{name: "not yaml", yaml: "clusters: [", wantErr: "config test.yaml:"},
 		{name: "empty", yaml: "", wantErr: "clusters: at least one cluster is required"},
 	}
@@ -92,6 +103,39 @@ clusters:
 				t.Errorf("error %q does not name the file", err)
 			}
 		})
+	}
+}
+
+// TestLockKindDefault: lease where the cluster has a kubernetes section (an API to hold
+// the Lease in), file where it has none, the configured kind otherwise.
+func TestLockKindDefault(t *testing.T) {
+	const base = "clusters:\n  c:\n    openstack: {cloud: c}\n    ssh: {user: root}\n    roles: {worker: {prefix: w}}\n"
+	tests := []struct {
+		name, extra, want string
+	}{
+		{"no kubernetes section", "", LockFile},
+		{"kubernetes section", "    kubernetes: {kubeconfig: /k}\n", LockLease},
+		{"empty kubernetes section", "    kubernetes: {}\n", LockLease},
+		{"file configured", "    kubernetes: {kubeconfig: /k}\n    lock: {kind: file}\n", LockFile},
+		{"lease configured", "    lock: {kind: lease}\n", LockLease},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("t.yaml", []byte(base+tt.extra))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Clusters["c"].LockKind(); got != tt.want {
+				t.Errorf("LockKind = %s, want %s", got, tt.want)
+			}
+		})
+	}
+	c, _ := Parse("t.yaml", []byte(base))
+	cl := c.Clusters["c"]
+	ns, name := cl.LockName()
+	d, r := cl.LockTimes()
+	if ns != "kube-system" || name != "cookbook-lock" || d != 60*time.Second || r != 5*time.Second || cl.RecordsKeep() != 100 {
+		t.Errorf("defaults: %s/%s %s %s keep %d", ns, name, d, r, cl.RecordsKeep())
 	}
 }
 

@@ -26,7 +26,7 @@ func RollReboot() Cookbook {
 			&cli.BoolFlag{Name: "all-workers", Usage: "every worker and NFS worker"},
 			&cli.BoolFlag{Name: "all-nfs-workers", Usage: "every NFS worker"},
 			&cli.StringFlag{Name: "role", Usage: "every node of a role"},
-			&cli.StringFlag{Name: "hostname-list", Usage: "these nodes (comma-separated)"},
+			&cli.StringFlag{Name: "hostname-list", Usage: "these nodes (separated by commas or spaces)"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 			&cli.DurationFlag{Name: "reboot-timeout", Value: 10 * time.Minute, Usage: "how long a node may take to come back"},
@@ -80,12 +80,19 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	}
 	var list []string
 	if c.IsSet("hostname-list") {
-		for _, h := range strings.Split(c.String("hostname-list"), ",") {
-			h = strings.TrimSpace(h)
-			if err := config.CheckHostname(h); err != nil {
-				return nil, BadInputf("--hostname-list: %w", err)
+		// Commas or spaces (the Toolforge cookbooks take "H1 H2"); an empty item between
+		// two commas is a mistake, not nothing.
+		for _, item := range strings.Split(c.String("hostname-list"), ",") {
+			names := strings.Fields(item)
+			if len(names) == 0 {
+				names = []string{""}
 			}
-			list = append(list, h)
+			for _, h := range names {
+				if err := config.CheckHostname(h); err != nil {
+					return nil, BadInputf("--hostname-list: %w", err)
+				}
+				list = append(list, h)
+			}
 		}
 		// The same node twice would land twice in one batch.
 		if err := unique("hostname-list", list); err != nil {

@@ -2,6 +2,7 @@ package k8sops
 
 import (
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io/fs"
 	"os"
@@ -38,7 +39,7 @@ func CheckConfig(kubeconfig, kubeContext string) error {
 			if errors.Is(err, fs.ErrNotExist) && kubeconfig == "" {
 				continue // client-go skips missing files of $KUBECONFIG
 			}
-			return fmt.Errorf("%s %s: %s", key, p, reason(err))
+			return fmt.Errorf("%s %s: %s", key, p, filekind.Reason(err))
 		}
 		if !fi.Mode().IsRegular() {
 			return fmt.Errorf("%s %s: is not a regular file, expected a kubeconfig", key, p)
@@ -78,18 +79,6 @@ func CheckConfig(kubeconfig, kubeContext string) error {
 		return fmt.Errorf("kubeconfig %s: context %q: %s", where, use, hideValues(err.Error()))
 	}
 	return nil
-}
-
-// reason is an error's cause without the path os puts in front of it.
-func reason(err error) string {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return "no such file"
-	}
-	return err.Error()
 }
 
 var quotedValue = regexp.MustCompile("`[^`]*`")

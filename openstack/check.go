@@ -2,6 +2,7 @@ package openstack
 
 import (
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io/fs"
 	"os"
@@ -25,7 +26,7 @@ func CheckCloud(opts Options) error {
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("%s %s: %s", key, path, reason(err))
+		return fmt.Errorf("%s %s: %s", key, path, filekind.Reason(err))
 	}
 	defer f.Close()
 	// The loader below is gophercloud's own; it reads the file again by the same rules.
@@ -92,41 +93,14 @@ func cloudsFile(explicit string) (path, key string, err error) {
 			continue
 		}
 		if err != nil {
-			return "", "", fmt.Errorf("%s %s: %s", key, p, reason(err))
+			return "", "", fmt.Errorf("%s %s: %s", key, p, filekind.Reason(err))
 		}
 		if !fi.Mode().IsRegular() {
-			return "", "", fmt.Errorf("%s %s: is a %s, expected a clouds.yaml file", key, p, kind(fi.Mode()))
+			return "", "", fmt.Errorf("%s %s: is %s, expected a clouds.yaml file", key, p, filekind.Of(fi.Mode()))
 		}
 		return p, key, nil
 	}
 	return "", "", fmt.Errorf("no clouds.yaml in %s (set openstack.cloudsFile)", strings.Join(locations, ", "))
-}
-
-// reason is an error's cause without the path os puts in front of it.
-func reason(err error) string {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return "no such file"
-	}
-	return err.Error()
-}
-
-func kind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "FIFO"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeDevice != 0:
-		return "device"
-	default:
-		return "special file"
-	}
 }
 
 var quotedValue = regexp.MustCompile("`[^`]*`|\"[^\"]*\"")

@@ -58,6 +58,7 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.StringFlag{Name: "state-dir", Usage: "where run records, logs and locks are kept", Value: defaultStateDir(), DefaultText: "$XDG_STATE_HOME/cookbook, else ~/.local/state/cookbook"},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "how log lines look on stderr: `text` (coloured on a terminal), logfmt or json; the run's log file is always text"},
 			outputFlag(),
+			taskFlag(),
 			&cli.BoolFlag{Name: "version", Usage: "print the version, the commit and the Go version"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -83,6 +84,7 @@ func newAppFor(books []cookbooks.Cookbook, stdin io.Reader, stderr io.Writer, co
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
 			outputFlag(),
+			taskFlag(),
 		}
 	}
 	a.Commands = []*cli.Command{
@@ -171,6 +173,7 @@ func (a *app) command(cb cookbooks.Cookbook) *cli.Command {
 	// The global switches may also follow the cookbook's name.
 	flags = append(flags,
 		outputFlag(),
+		taskFlag(),
 		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"d"}, Usage: "same as the global --dry-run"},
 		&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "same as the global --yes"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "same as the global --verbose"},
@@ -262,7 +265,7 @@ func holder() state.Holder {
 	if u, err := user.Current(); err == nil {
 		h.User = u.Username
 	}
-	h.Host, _ = os.Hostname()
+	h.Host = hostname()
 	return h
 }
 
@@ -273,6 +276,7 @@ type job struct {
 	env     *cookbooks.Env
 	termLog slog.Handler      // the terminal's log handler
 	args    map[string]string // the cookbook's flags as given
+	task    string            // --task-id
 	out     io.Writer         // stdout: --output json goes there
 }
 
@@ -290,6 +294,10 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return cookbooks.BadInput(err)
 	}
 	output, err := outputOf(c)
+	if err != nil {
+		return err
+	}
+	task, err := taskOf(c)
 	if err != nil {
 		return err
 	}
@@ -311,7 +319,7 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 	if err != nil {
 		return err
 	}
-	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer}
+	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer, task: task}
 	if j.Check != nil && a.cont == nil {
 		if err := j.Check(ctx); err != nil {
 			return notStarted(ctx, j.Cluster, err)
@@ -392,14 +400,50 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			return err
 		}
 	}
+	// A lease cluster's lock and records are shared with the other operator hosts.
+	var sh *shared
+	if cl, err := j.env.Cluster(j.Cluster); err == nil {
+		if sh, err = sharedOf(cl); err != nil {
+			return err
+		}
+	}
 	run.Holder = holder()
-	l, prev, err := locks.Lock(j.Cluster, lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()})
+	if j.task != "" {
+		run.TaskID = j.task // a resume may name the task; else the recorded one stays
+	}
+	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()}
+	// The flock of this host's state dir is always taken: `runs` tells a live run of
+	// this host from a dead one by it.
+	l, prev, err := locks.Lock(ctx, j.Cluster, lh)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
 	if prev != nil {
 		j.env.Log.Warn("took over the lock of a run whose process is gone", "cluster", j.Cluster, "previous", prev.String())
+	}
+	var hold func() error
+	if sh != nil {
+		ll, prev, err := sh.leases.Lock(ctx, j.Cluster, lh)
+		var held *lock.HeldError
+		switch {
+		case errors.As(err, &held):
+			return err
+		case err != nil && isNew:
+			return notStarted(ctx, j.Cluster, err)
+		case err != nil:
+			return err
+		}
+		defer func() {
+			if err := ll.Unlock(); err != nil {
+				j.env.Log.Warn("could not release the cluster's lease; it expires by itself", "err", err)
+			}
+		}()
+		if prev != nil {
+			j.env.Log.Warn("took over the cluster's lease from a run that stopped renewing it", "cluster", j.Cluster,
+				"lease", sh.leases.Namespace+"/"+sh.leases.Name, "previous", prev.String())
+		}
+		hold = ll.(*lock.LeaseLock).Err
 	}
 	if isNew {
 		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
@@ -430,9 +474,17 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	j.env.Gate.Log = logger
 	if cfg, err := j.env.Config(); err == nil {
 		j.env.Audit = &audit.Sink{Command: cfg.Audit.Command, File: cfg.Audit.File, Log: logger}
+		if run.TaskID != "" {
+			j.env.Audit.Suffix = " (" + run.TaskID + ")"
+		}
+	}
+	if sh != nil {
+		store.Copy = sh.copier(logger, hold)
+		store.Copy(run)
+		defer sh.prune(logger)
 	}
 
-	runner := &pipeline.Runner{Store: store, Log: logger}
+	runner := &pipeline.Runner{Store: store, Log: logger, Hold: hold}
 	if t := newTerminal(a.stdin, a.stderr); t != nil {
 		runner.Prompt = t
 	}
@@ -458,23 +510,44 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		return a.failed(run, fmt.Errorf("plan: %w", err))
 	}
 
+	// The team's log gets a START and an END line per run, as the admin log expects.
+	what := fmt.Sprintf("cookbook %s %s", j.cb.Name, argString(run.Args))
+	switch {
+	case a.cont != nil && a.cont.abandon:
+		what = "abandon of " + what
+	case !isNew:
+		what = "resume of " + what
+	}
+	j.env.Audit.Bookend(ctx, fmt.Sprintf("START - %s (run %s)", strings.TrimSpace(what), run.ID))
+	end := func(err error) error {
+		result := "PASS"
+		if err != nil {
+			result = "FAIL"
+		}
+		// Sent also when the run was interrupted: with a context of its own.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		j.env.Audit.Bookend(actx, fmt.Sprintf("END (%s) - %s (run %s, exit_code=%d)", result, strings.TrimSpace(what), run.ID, exitCode(err)))
+		return err
+	}
+
 	switch {
 	case a.cont != nil && a.cont.abandon:
 		if _, err := runner.Abandon(ctx, run, steps); err != nil {
-			return fmt.Errorf("abandon run %s: %w", run.ID, err)
+			return end(fmt.Errorf("abandon run %s: %w", run.ID, err))
 		}
 		logger.Info("run abandoned", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster)
-		return nil
+		return end(nil)
 	case isNew:
 		logger.Info("starting", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "log", store.LogPath(run.ID))
 	default:
 		logger.Info("resuming", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
-		return a.failed(run, err)
+		return end(a.failed(run, err))
 	}
 	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
-	return nil
+	return end(nil)
 }
 
 // notStarted explains why a new run failed before its first step: an input error as it
@@ -585,7 +658,7 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 	if err != nil {
 		return err
 	}
-	run, err := store.Load(id)
+	run, err := findRun(store, c.String("config"), id)
 	if err != nil {
 		return cookbooks.BadInput(err)
 	}
@@ -611,6 +684,13 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 		return err
 	}
 	args = append(args, "--output", output, "--log-format", c.String("log-format"))
+	task, err := taskOf(c)
+	if err != nil {
+		return err
+	}
+	if task != "" {
+		args = append(args, "--task-id", task)
+	}
 	args = append(args, cb.Name)
 	args = append(args, replayArgs(run.Args)...)
 	return newAppFor(a.books, a.stdin, a.stderr, &continuation{run: run, abandon: abandon}).RunContext(c.Context, args)

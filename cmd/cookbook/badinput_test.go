@@ -294,6 +294,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "roll-reboot hostname-list twice", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",toolsbeta-test-k8s-worker-4," + worker}, want: "--hostname-list: " + worker + " is listed twice"},
 		{name: "roll-reboot hostname-list twice with spaces", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ", " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list semicolon", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",a;b"}, want: `"a;b"`},
+		{name: "roll-reboot hostname-list twice with spaces only", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + " toolsbeta-test-k8s-worker-4 " + worker}, want: worker + " is listed twice"},
 		{name: "roll-reboot hostname-list empty item", args: []string{"roll-reboot", "--cluster-name", tb, "--hostname-list", worker + ",,x"}, want: "--hostname-list"},
 
 		// Durations and numbers.
@@ -321,7 +322,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "remove clouds file missing", config: "no-clouds-file", args: []string{"remove-k8s-node", "--cluster-name", tb, "--role", "worker", "--yes"}, want: "missing-clouds.yaml: no such file"},
 		{name: "roll-reboot clouds file missing", config: "no-clouds-file", args: []string{"roll-reboot", "--cluster-name", tb, "--all"}, want: "missing-clouds.yaml: no such file"},
 		{name: "dry-run add clouds file missing", config: "no-clouds-file", args: []string{"--dry-run", "add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: "missing-clouds.yaml: no such file"},
-		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a FIFO"},
+		{name: "clouds file is a FIFO", config: "clouds-fifo", args: []string{"list-nodes", "--cluster-name", tb}, want: w.fifo + ": is a named pipe (FIFO)"},
 		{name: "clouds file is a directory", config: "clouds-dir", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: w.dir + ": is a directory"},
 		{name: "clouds file not YAML", config: "clouds-not-yaml", args: []string{"list-nodes", "--cluster-name", tb}, want: "garbage"},
 		{name: "cloud not in clouds.yaml", config: "wrong-cloud", args: []string{"add-k8s-node", "--cluster-name", tb, "--role", "worker"}, want: `openstack.cloud "prod": not in clouds.yaml ` + w.clouds + " (clouds there: lab)"},

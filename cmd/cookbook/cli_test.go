@@ -46,6 +46,7 @@ type world struct {
 	stateDir string
 	config   string
 	dir      string
+	env      []string // more environment for the cookbook processes
 }
 
 func newWorld(t testing.TB) *world {
@@ -70,7 +71,7 @@ type result struct {
 func (w *world) command(args ...string) *exec.Cmd {
 	full := append([]string{"--config", w.config, "--state-dir", w.stateDir}, args...)
 	cmd := exec.Command(os.Args[0], full...)
-	cmd.Env = append(os.Environ(), "COOKBOOK_TEST_CHILD=1")
+	cmd.Env = append(append(os.Environ(), "COOKBOOK_TEST_CHILD=1"), w.env...)
 	// A test binary killed before its cleanup takes its cookbook children with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd

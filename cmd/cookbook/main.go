@@ -71,26 +71,33 @@ func stopOnSignal(sigs <-chan os.Signal, stderr io.Writer, cancel func(), exitNo
 
 // report prints err on one line and returns the exit code it stands for.
 func report(stderr io.Writer, err error) int {
+	code := exitCode(err)
 	if err == nil {
-		return exitOK
+		return code
 	}
-	var held *lock.HeldError
-	var in *cookbooks.InputError
 	var shown *shownError
-	code := exitFailed
-	switch {
-	case errors.As(err, &held):
-		code = exitLocked
-	case errors.Is(err, pipeline.ErrInterrupted):
-		code = exitInterrupted
-	case errors.As(err, &in):
-		code = exitBadInput
-	}
 	if errors.As(err, &shown) {
 		return code
 	}
 	fmt.Fprintf(stderr, "cookbook: error: %v\n", err)
 	return code
+}
+
+// exitCode returns the exit code err stands for.
+func exitCode(err error) int {
+	var held *lock.HeldError
+	var in *cookbooks.InputError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &held):
+		return exitLocked
+	case errors.Is(err, pipeline.ErrInterrupted):
+		return exitInterrupted
+	case errors.As(err, &in):
+		return exitBadInput
+	}
+	return exitFailed
 }
 
 // shownError is an error whose message was already printed in full.

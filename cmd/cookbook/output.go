@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"example.com/cookbook/cookbooks"
-	"example.com/cookbook/cookbooks/lock"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/dryrun"
@@ -162,32 +162,59 @@ type runJSON struct {
 	Log     string  `json:"log"`
 }
 
-func newRunJSON(r *state.Run, store *state.Store, locks *lock.Files) runJSON {
+func newRunJSON(r *state.Run, store *state.Store, st string) runJSON {
 	end := time.Now()
 	if r.EndedAt != nil {
 		end = *r.EndedAt
 	}
-	return runJSON{Run: r, State: status(r, locks), At: currentStep(r), Seconds: end.Sub(r.StartedAt).Seconds(), Log: store.LogPath(r.ID)}
+	return runJSON{Run: r, State: st, At: currentStep(r), Seconds: end.Sub(r.StartedAt).Seconds(), Log: store.LogPath(r.ID)}
 }
 
-func writeRuns(w io.Writer, runs []*state.Run, store *state.Store, locks *lock.Files) error {
+func writeRuns(w io.Writer, runs []*state.Run, store *state.Store, statusOf func(*state.Run) string) error {
 	out := struct {
 		Schema string    `json:"schema"`
 		Runs   []runJSON `json:"runs"`
 	}{Schema: runsSchema, Runs: []runJSON{}}
 	for _, r := range runs {
-		out.Runs = append(out.Runs, newRunJSON(r, store, locks))
+		out.Runs = append(out.Runs, newRunJSON(r, store, statusOf(r)))
 	}
 	return writeJSON(w, out)
 }
 
-func writeRun(w io.Writer, r *state.Run, store *state.Store, locks *lock.Files) error {
+func writeRun(w io.Writer, r *state.Run, store *state.Store, st string) error {
 	out := struct {
 		Schema string  `json:"schema"`
 		Run    runJSON `json:"run"`
-	}{Schema: runSchema, Run: newRunJSON(r, store, locks)}
+	}{Schema: runSchema, Run: newRunJSON(r, store, st)}
 	if err := writeJSON(w, out); err != nil {
 		return fmt.Errorf("write run %s: %w", r.ID, err)
 	}
 	return nil
+}
+
+// taskFlag is --task-id, accepted before the command and after it.
+func taskFlag() cli.Flag {
+	return &cli.StringFlag{Name: "task-id", Aliases: []string{"t"}, Usage: "the task the run is for (e.g. `T123456`), appended to its audit lines"}
+}
+
+// taskOf returns the --task-id given before or after the command ("" if none).
+func taskOf(c *cli.Context) (string, error) {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet("task-id") {
+			t := cc.String("task-id")
+			if t == "" || len(t) > 64 || strings.ContainsAny(t, " \t\r\n\"'`$;|&<>") {
+				return "", cookbooks.BadInputf("--task-id: %q is not a task id (expected a word such as T123456)", cut(t, 40))
+			}
+			return t, nil
+		}
+	}
+	return "", nil
+}
+
+// cut shortens s for an error message.
+func cut(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "..."
+	}
+	return s
 }

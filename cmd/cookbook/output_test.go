@@ -235,3 +235,37 @@ func TestColoursOnATerminal(t *testing.T) {
 		t.Errorf("no colour on a terminal:\n%q", out.String())
 	}
 }
+
+// TestAuditStartEndAndTaskID: every recorded run sends a START and an END line with
+// PASS/FAIL and its exit code to the audit sinks, each with the --task-id; a resume keeps
+// the task the run was started for.
+func TestAuditStartEndAndTaskID(t *testing.T) {
+	w := newWorld(t)
+	auditFile := filepath.Join(w.dir, "..", "audit.log")
+	cfg := strings.Replace(toyConfig, "clusters:", "audit: {file: "+auditFile+"}\nclusters:", 1)
+	if err := os.WriteFile(w.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(w.dir, "break-item-2"), nil, 0o600)
+	wantCode(t, w.run(append([]string{"--task-id", "T123456"}, w.toy("--items", "2")...)...), 1)
+	id := w.runs()[0].ID
+	os.Remove(filepath.Join(w.dir, "break-item-2"))
+	wantCode(t, w.run("resume", id), 0)
+	data, _ := os.ReadFile(auditFile)
+	log := string(data)
+	for _, want := range []string{
+		"START - cookbook toy --cluster-name=lab1 --dir=" + w.dir + " --items=2 (run " + id + ") (T123456)",
+		"END (FAIL) - cookbook toy --cluster-name=lab1 --dir=" + w.dir + " --items=2 (run " + id + ", exit_code=1) (T123456)",
+		"START - resume of cookbook toy",
+		"END (PASS) - resume of cookbook toy --cluster-name=lab1 --dir=" + w.dir + " --items=2 (run " + id + ", exit_code=0) (T123456)",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("audit log lacks %q:\n%s", want, log)
+		}
+	}
+	r := w.run(append([]string{"--task-id", "T1; rm -rf /"}, w.toy("--new")...)...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, `--task-id: "T1; rm -rf /" is not a task id`) {
+		t.Errorf("bad task id: %s", r.stderr)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,19 +17,80 @@ import (
 
 	"example.com/cookbook/cookbooks"
 	"example.com/cookbook/cookbooks/lock"
+	"example.com/cookbook/cookbooks/records"
 	"example.com/cookbook/cookbooks/state"
 )
 
-// status says what a run's status means now: a run recorded as running whose cluster
-// lock is not held by it any more was stopped without a chance to say so (kill -9).
-func status(run *state.Run, locks *lock.Files) string {
+// status says what a run's status means now: a run recorded as running whose lock is
+// not held by it any more was stopped without a chance to say so (kill -9). A run of
+// this host is asked of the flock of the state dir; a run of another host, of its
+// cluster's Lease (nil for a cluster locked by files, or when it could not be read).
+func status(run *state.Run, locks *lock.Files, lease *lock.Leases) string {
 	if run.Status != state.Running {
 		return string(run.Status)
 	}
-	if h := locks.Holder(run.Cluster); h != nil && h.RunID == run.ID {
-		return "running"
+	if run.Holder.Host == hostname() || lease == nil {
+		if h := locks.Holder(run.Cluster); h != nil && h.RunID == run.ID {
+			return "running"
+		}
+		if run.Holder.Host == hostname() {
+			return "stopped (process gone)"
+		}
+		return "running on " + run.Holder.Host + "?"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, renewed, live, err := lease.Holder(ctx)
+	switch {
+	case err != nil:
+		return "running on " + run.Holder.Host + "? (lease unreadable)"
+	case h != nil && h.RunID == run.ID && live:
+		return "running on " + run.Holder.Host
+	case h != nil && h.RunID == run.ID:
+		return "stopped (lease expired " + time.Since(renewed).Round(time.Second).String() + " ago)"
 	}
 	return "stopped (process gone)"
+}
+
+// allRuns returns the runs of this host and of the lease clusters of the configuration,
+// newest first; of a run recorded in both, the copy saved last. Runs by cluster name
+// are paired with their cluster's shared state.
+func allRuns(store *state.Store, configPath string) ([]*state.Run, map[string]*shared, []error) {
+	runs, errs := store.List()
+	byID := map[string]int{}
+	for i, r := range runs {
+		byID[r.ID] = i
+	}
+	clusters := map[string]*shared{}
+	for _, sh := range sharedAll(configPath) {
+		clusters[sh.cluster] = sh
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		remote, rerrs := sh.records.List(ctx)
+		cancel()
+		errs = append(errs, rerrs...)
+		for _, r := range remote {
+			if i, ok := byID[r.ID]; ok {
+				runs[i] = records.Newer(runs[i], r)
+				continue
+			}
+			byID[r.ID] = len(runs)
+			runs = append(runs, r)
+		}
+	}
+	sort.SliceStable(runs, func(i, j int) bool {
+		if !runs[i].StartedAt.Equal(runs[j].StartedAt) {
+			return runs[i].StartedAt.After(runs[j].StartedAt)
+		}
+		return runs[i].ID > runs[j].ID
+	})
+	return runs, clusters, errs
+}
+
+func leaseOf(clusters map[string]*shared, cluster string) *lock.Leases {
+	if sh := clusters[cluster]; sh != nil {
+		return sh.leases
+	}
+	return nil
 }
 
 func duration(run *state.Run) string {
@@ -56,7 +118,7 @@ func (a *app) runs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	runs, errs := store.List()
+	runs, clusters, errs := allRuns(store, c.String("config"))
 	for _, err := range errs {
 		fmt.Fprintf(a.stderr, "cookbook: warning: %v\n", err)
 	}
@@ -64,13 +126,13 @@ func (a *app) runs(c *cli.Context) error {
 		runs = runs[:c.Int("limit")]
 	}
 	if output == "json" {
-		return writeRuns(c.App.Writer, runs, store, locks)
+		return writeRuns(c.App.Writer, runs, store, func(r *state.Run) string { return status(r, locks, leaseOf(clusters, r.Cluster)) })
 	}
 	w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tCOOKBOOK\tCLUSTER\tARGS\tSTATUS\tSTEP\tSTARTED\tDURATION")
+	fmt.Fprintln(w, "ID\tCOOKBOOK\tCLUSTER\tHOST\tARGS\tSTATUS\tSTEP\tSTARTED\tDURATION")
 	for _, r := range runs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Cookbook, r.Cluster, argString(r.Args),
-			status(r, locks), currentStep(r), r.StartedAt.Local().Format(time.DateTime), duration(r))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Cookbook, r.Cluster, r.Holder.Host, argString(r.Args),
+			status(r, locks, leaseOf(clusters, r.Cluster)), currentStep(r), r.StartedAt.Local().Format(time.DateTime), duration(r))
 	}
 	return w.Flush()
 }
@@ -88,9 +150,15 @@ func (a *app) show(c *cli.Context) error {
 		return err
 	}
 	dir := store.Dir
-	run, err := store.Load(id)
+	run, err := findRun(store, c.String("config"), id)
 	if err != nil {
 		return cookbooks.BadInput(err)
+	}
+	var lease *lock.Leases
+	for _, sh := range sharedAll(c.String("config")) {
+		if sh.cluster == run.Cluster {
+			lease = sh.leases
+		}
 	}
 	locks := &lock.Files{Dir: filepath.Join(dir, "locks")}
 	out := c.App.Writer
@@ -98,20 +166,21 @@ func (a *app) show(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	statusOf := func(r *state.Run) string { return status(r, locks, lease) }
 	if output == "json" {
-		return writeRun(out, run, store, locks)
+		return writeRun(out, run, store, statusOf(run))
 	}
 	if c.Bool("follow") {
-		return a.follow(c.Context, out, store, locks, run)
+		return a.follow(c.Context, out, store, statusOf, run)
 	}
-	return printRun(out, store, locks, run)
+	return printRun(out, store, statusOf(run), run)
 }
 
 // follow prints the run's steps, then its log as it is written, until the run is no
 // longer running (or its process is gone), then its steps again. It reads the files the
 // run writes, so it works from any shell on the host; Ctrl-C stops following, not the run.
-func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, locks *lock.Files, run *state.Run) error {
-	if err := printRun(out, store, locks, run); err != nil {
+func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, statusOf func(*state.Run) string, run *state.Run) error {
+	if err := printRun(out, store, statusOf(run), run); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "\n--- log (%s) ---\n", store.LogPath(run.ID))
@@ -128,13 +197,13 @@ func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, loc
 		if err != nil {
 			return err
 		}
-		if st := status(cur, locks); st != "running" {
+		if st := statusOf(cur); st != "running" {
 			// What the run wrote before it ended.
 			if n, err := copyFrom(out, store.LogPath(run.ID), offset); err == nil {
 				offset += n
 			}
 			fmt.Fprintf(out, "--- run %s: %s ---\n\n", cur.ID, st)
-			return printRun(out, store, locks, cur)
+			return printRun(out, store, st, cur)
 		}
 		select {
 		case <-ctx.Done():
@@ -164,10 +233,10 @@ func copyFrom(w io.Writer, path string, offset int64) (int64, error) {
 	return n, nil
 }
 
-// printRun prints a run and its step table.
-func printRun(out io.Writer, store *state.Store, locks *lock.Files, run *state.Run) error {
+// printRun prints a run (whose status, as `runs` shows it, is st) and its step table.
+func printRun(out io.Writer, store *state.Store, st string, run *state.Run) error {
 	fmt.Fprintf(out, "run:      %s\ncookbook: %s %s\ncluster:  %s\nstatus:   %s\nby:       %s@%s pid %d\nstarted:  %s (%s)\n",
-		run.ID, run.Cookbook, argString(run.Args), run.Cluster, status(run, locks), run.Holder.User, run.Holder.Host, run.Holder.PID,
+		run.ID, run.Cookbook, argString(run.Args), run.Cluster, st, run.Holder.User, run.Holder.Host, run.Holder.PID,
 		run.StartedAt.Local().Format(time.DateTime), duration(run))
 	if run.Error != "" {
 		fmt.Fprintf(out, "error:    %s\n", run.Error)

@@ -23,17 +23,29 @@ type Sink struct {
 	Log *slog.Logger
 	// Timeout bounds the command; zero means 30 seconds.
 	Timeout time.Duration
+	// Suffix is appended to every line: the task the run is for (" (T123456)").
+	Suffix string
 }
 
 // Send sends line to every sink. Failures are logged as warnings and returned joined, for
 // callers that want them; cookbooks ignore them.
 func (s *Sink) Send(ctx context.Context, line string) {
+	s.send(ctx, line, slog.LevelInfo)
+}
+
+// Bookend sends a run's START or END line: to the sinks like Send, but shown on the
+// terminal only with --verbose (the run's own start and end lines say the same there).
+func (s *Sink) Bookend(ctx context.Context, line string) {
+	s.send(ctx, line, slog.LevelDebug)
+}
+
+func (s *Sink) send(ctx context.Context, line string, level slog.Level) {
 	if s == nil {
 		return
 	}
-	line = strings.TrimSpace(line)
+	line = strings.TrimSpace(line) + s.Suffix
 	if s.Log != nil {
-		s.Log.Info("audit: " + line)
+		s.Log.Log(ctx, level, "audit: "+line)
 	}
 	if len(s.Command) > 0 {
 		if err := s.runCommand(ctx, line); err != nil {

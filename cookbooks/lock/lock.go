@@ -2,6 +2,7 @@
 package lock
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,12 +29,12 @@ func (h Holder) String() string {
 		h.RunID, h.Cookbook, h.User, h.Host, h.PID, h.StartedAt.Local().Format(time.DateTime))
 }
 
-// Locker takes per-cluster locks. The file locker works on one operator host; a lock
-// shared between hosts can implement the same interface.
+// Locker takes per-cluster locks. Files works on one operator host; Leases, a Lease in
+// the cluster, across every operator host.
 type Locker interface {
 	// Lock takes the cluster's lock or returns a *HeldError. previous, when not nil,
 	// is a holder whose process is gone and whose lock was taken over.
-	Lock(cluster string, h Holder) (l Lock, previous *Holder, err error)
+	Lock(ctx context.Context, cluster string, h Holder) (l Lock, previous *Holder, err error)
 }
 
 // Lock is a held lock.
@@ -45,10 +46,17 @@ type Lock interface {
 type HeldError struct {
 	Cluster string
 	Holder  Holder
+	// Lease is the Lease (namespace/name) of a lease lock, and Renewed its last renewal.
+	Lease   string
+	Renewed time.Time
 }
 
 func (e *HeldError) Error() string {
-	return fmt.Sprintf("cluster %s is locked by %s", e.Cluster, e.Holder)
+	msg := fmt.Sprintf("cluster %s is locked by %s", e.Cluster, e.Holder)
+	if e.Lease != "" {
+		msg += fmt.Sprintf("; lease %s last renewed %s (%s ago)", e.Lease, e.Renewed.Local().Format(time.DateTime), time.Since(e.Renewed).Round(time.Second))
+	}
+	return msg
 }
 
 // Files is a Locker using flock(2) on Dir/<cluster>.lock. The kernel releases a flock
@@ -69,7 +77,7 @@ func (l *fileLock) Unlock() error {
 }
 
 // Lock implements Locker.
-func (fl *Files) Lock(cluster string, h Holder) (Lock, *Holder, error) {
+func (fl *Files) Lock(_ context.Context, cluster string, h Holder) (Lock, *Holder, error) {
 	if err := os.MkdirAll(fl.Dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
 	}

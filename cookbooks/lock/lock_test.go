@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"context"
 	"errors"
 	"os"
 	"testing"
@@ -9,7 +10,7 @@ import (
 func TestLockHeldAndTakenOver(t *testing.T) {
 	fl := &Files{Dir: t.TempDir()}
 	h1 := Holder{RunID: "run-1", User: "alice", Host: "cumin", PID: os.Getpid()}
-	l1, prev, err := fl.Lock("toolsbeta", h1)
+	l1, prev, err := fl.Lock(context.Background(), "toolsbeta", h1)
 	if err != nil || prev != nil {
 		t.Fatalf("first lock: %v %v", prev, err)
 	}
@@ -17,13 +18,13 @@ func TestLockHeldAndTakenOver(t *testing.T) {
 		t.Errorf("Holder = %+v", got)
 	}
 	// A second open file description conflicts, as a second process would.
-	_, _, err = fl.Lock("toolsbeta", Holder{RunID: "run-2"})
+	_, _, err = fl.Lock(context.Background(), "toolsbeta", Holder{RunID: "run-2"})
 	var held *HeldError
 	if !errors.As(err, &held) || held.Holder.RunID != "run-1" {
 		t.Fatalf("second lock: %v", err)
 	}
 	// Another cluster is independent.
-	l3, _, err := fl.Lock("tools", Holder{RunID: "run-3"})
+	l3, _, err := fl.Lock(context.Background(), "tools", Holder{RunID: "run-3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestLockOfDeadHolderIsTakenOver(t *testing.T) {
 	if got := fl.Holder("toolsbeta"); got != nil {
 		t.Errorf("a dead holder is reported as holding: %+v", got)
 	}
-	l, prev, err := fl.Lock("toolsbeta", Holder{RunID: "run-new"})
+	l, prev, err := fl.Lock(context.Background(), "toolsbeta", Holder{RunID: "run-new"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,10 @@ type Runner struct {
 	Prompt Prompter
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Hold, when set, is asked before each step whether the run may go on (it still
+	// holds the cluster's lock): an error stops the run at that step boundary, saved as
+	// failed with the error as its reason.
+	Hold func() error
 
 	mu     sync.Mutex // guards run and values
 	run    *state.Run
@@ -140,6 +144,12 @@ func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 		if rec.Status.Finished() {
 			r.log().Debug("already "+string(rec.Status), "step", s.Name)
 			continue
+		}
+		if r.Hold != nil {
+			if err := r.Hold(); err != nil {
+				r.log().Error("stopping before the step", "step", s.Name, "err", err)
+				return r.finish(run, state.Failed, fmt.Errorf("before step %s: %w", s.Name, err))
+			}
 		}
 		for {
 			err := r.runStep(ctx, run, rec, s, v, groups)

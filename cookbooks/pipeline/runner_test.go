@@ -116,6 +116,33 @@ func TestValuesSurviveInStateFile(t *testing.T) {
 	}
 }
 
+// TestHoldStopsAtStepBoundary: once Hold fails, the run stops before the next step,
+// saved as failed with the reason; the step in progress ends normally.
+func TestHoldStopsAtStepBoundary(t *testing.T) {
+	lost := errors.New("the cluster's lock was lost")
+	var holdErr error
+	steps := []Step{
+		{Name: "a", Do: func(context.Context, *Values) error { holdErr = lost; return nil }},
+		{Name: "b", Do: func(context.Context, *Values) error { t.Error("step b ran"); return nil }},
+	}
+	store := &state.Store{Dir: t.TempDir()}
+	r := &Runner{Store: store, Hold: func() error { return holdErr }}
+	run := &state.Run{ID: "20260101-000000-aaaaaa", Cookbook: "t", Status: state.Running, StartedAt: time.Now()}
+	err := r.Run(context.Background(), run, steps)
+	if !errors.Is(err, lost) {
+		t.Fatalf("Run = %v, want the lost lock", err)
+	}
+	saved, lerr := store.Load(run.ID)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	got := map[string]state.Status{"run": saved.Status, "a": saved.Step("a").Status, "b": saved.Step("b").Status}
+	want := map[string]state.Status{"run": state.Failed, "a": state.Done, "b": state.Pending}
+	if diff := cmp.Diff(want, got); diff != "" || saved.Error != "before step b: "+lost.Error() {
+		t.Errorf("saved run (-want +got):\n%s error %q", diff, saved.Error)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	do := func(context.Context, *Values) error { return nil }
 	tests := []struct {

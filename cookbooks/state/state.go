@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"example.com/cookbook/filekind"
 	"fmt"
 	"io"
 	"io/fs"
@@ -56,8 +57,13 @@ type Run struct {
 	Error     string     `json:"error,omitempty"`
 	StartedAt time.Time  `json:"startedAt"`
 	EndedAt   *time.Time `json:"endedAt,omitempty"`
+	// SavedAt is when the record was last saved: of two copies of a run (this host's
+	// and the cluster's), the later one is current.
+	SavedAt *time.Time `json:"savedAt,omitempty"`
 	// Holder is who runs (or last ran) this run.
 	Holder Holder `json:"holder"`
+	// TaskID is the task the run is for (--task-id), appended to its audit lines.
+	TaskID string `json:"taskId,omitempty"`
 	Steps  []Step `json:"steps"`
 	// Values are what steps hand on to later steps, under documented keys.
 	Values map[string]json.RawMessage `json:"values,omitempty"`
@@ -119,6 +125,9 @@ func NewID(now time.Time) string {
 // Store keeps run files in Dir/runs.
 type Store struct {
 	Dir string
+	// Copy, when set, is given every run once its file is written (cookbook copies it
+	// to the cluster). It is called with the run as saved and cannot fail the save.
+	Copy func(*Run)
 }
 
 // ErrNotFound is returned by Load for an unknown run id.
@@ -139,6 +148,8 @@ func (s *Store) Save(r *Run) error {
 		return err
 	}
 	r.Schema = SchemaVersion
+	now := time.Now().UTC()
+	r.SavedAt = &now
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
@@ -148,6 +159,9 @@ func (s *Store) Save(r *Run) error {
 	}
 	if err := atomicfile.WriteFile(s.Path(r.ID), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save run %s: %w", r.ID, err)
+	}
+	if s.Copy != nil {
+		s.Copy(r)
 	}
 	return nil
 }
@@ -172,24 +186,30 @@ func (s *Store) load(path string) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Decode("run file "+path, id, data)
+}
+
+// Decode reads the record of run id from data, checked as Load checks a file; what
+// names the record in errors ("run file /x/y.json").
+func Decode(what, id string, data []byte) (*Run, error) {
 	var probe struct {
 		Schema int `json:"schema"`
 	}
 	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("run file %s is corrupt or truncated (%v); it was left as it is", path, err)
+		return nil, fmt.Errorf("%s is corrupt or truncated (%v); it was left as it is", what, err)
 	}
 	if probe.Schema > SchemaVersion {
-		return nil, fmt.Errorf("run file %s has schema version %d, newer than this cookbook's %d: use a newer cookbook", path, probe.Schema, SchemaVersion)
+		return nil, fmt.Errorf("%s has schema version %d, newer than this cookbook's %d: use a newer cookbook", what, probe.Schema, SchemaVersion)
 	}
 	if probe.Schema < 1 {
-		return nil, fmt.Errorf("run file %s has no schema version: not a cookbook run file", path)
+		return nil, fmt.Errorf("%s has no schema version: not a cookbook run file", what)
 	}
 	var r Run
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("run file %s is corrupt (%v); it was left as it is", path, err)
+		return nil, fmt.Errorf("%s is corrupt (%v); it was left as it is", what, err)
 	}
 	if err := r.check(id); err != nil {
-		return nil, fmt.Errorf("run file %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return &r, nil
 }
@@ -299,11 +319,11 @@ func CheckDir(dir string) error {
 			return checkAncestor(dir, p, fi)
 		}
 		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: cannot be checked: %s", dir, filekind.Reason(err))
 		}
 		parent := filepath.Dir(p)
 		if parent == p {
-			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: cannot be created: %s", dir, filekind.Reason(err))
 		}
 		p = parent
 	}
@@ -314,47 +334,17 @@ func checkAncestor(dir, p string, fi fs.FileInfo) error {
 	self := p == filepath.Clean(dir)
 	if !fi.IsDir() {
 		if self {
-			return fmt.Errorf("--state-dir %s: is a %s, expected a directory", dir, kind(fi.Mode()))
+			return fmt.Errorf("--state-dir %s: is %s, expected a directory", dir, filekind.Of(fi.Mode()))
 		}
-		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is a %s)", dir, p, kind(fi.Mode()))
+		return fmt.Errorf("--state-dir %s: cannot be created: not a directory (%s is %s)", dir, p, filekind.Of(fi.Mode()))
 	}
 	if err := unix.Access(p, unix.W_OK|unix.X_OK); err != nil {
 		if self {
-			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, reason(err))
+			return fmt.Errorf("--state-dir %s: is not writable by this process: %s, expected a writable directory", dir, filekind.Reason(err))
 		}
-		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, reason(err), p)
+		return fmt.Errorf("--state-dir %s: cannot be created: %s (%s is not writable by this process)", dir, filekind.Reason(err), p)
 	}
 	return nil
-}
-
-// reason returns the system's reason for err without the operation and path around it.
-func reason(err error) string {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		return errno.Error()
-	}
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
-}
-
-// kind names the type of file of mode m, for an operator.
-func kind(m fs.FileMode) string {
-	switch {
-	case m.IsRegular():
-		return "regular file"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeCharDevice != 0:
-		return "character device"
-	case m&fs.ModeDevice != 0:
-		return "device"
-	}
-	return "file that is not a directory"
 }
 
 func checkID(id string) error {

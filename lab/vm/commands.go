@@ -31,6 +31,13 @@ func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
 			args = args[1:]
 		}
 	}
+	// env(1) with variable assignments runs the rest, as hooks run remotely.
+	if len(args) > 0 && args[0] == "env" {
+		args = args[1:]
+		for len(args) > 0 && strings.Contains(args[0], "=") && !strings.HasPrefix(args[0], "=") {
+			args = args[1:]
+		}
+	}
 	code, drop = v.run(args, stdout, stderr)
 	f.record(v.Name, argv, code)
 	return code, drop

@@ -1,0 +1,319 @@
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"golang.org/x/sys/unix"
+)
+
+// HolderAnnotation is the Lease annotation that records its holder as JSON (a Holder).
+const HolderAnnotation = "cookbook.toolforge.org/holder"
+
+// Leases is a Locker holding a coordination.k8s.io/v1 Lease in the cluster, so that runs
+// from every operator host exclude each other. It is taken and renewed with optimistic
+// concurrency (an Update carrying the resourceVersion it read), as client-go's
+// leaderelection does. A Lease not renewed for its duration is taken over; so is, at
+// once, one whose holder ran on this host (Host) in a process that is gone.
+type Leases struct {
+	Client    kubernetes.Interface
+	Namespace string
+	Name      string
+	// Duration is how long a Lease not renewed stays held (default 60s); RenewEvery is
+	// how often the holder renews it (default 5s).
+	Duration   time.Duration
+	RenewEvery time.Duration
+	// Host is this operator host's name, as the holders record it.
+	Host string
+	// Alive reports whether a process of this host runs; nil uses kill(pid, 0).
+	Alive func(pid int) bool
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+var _ Locker = (*Leases)(nil)
+
+func (ls *Leases) now() time.Time {
+	if ls.Now != nil {
+		return ls.Now()
+	}
+	return time.Now()
+}
+
+func (ls *Leases) duration() time.Duration {
+	if ls.Duration > 0 {
+		return ls.Duration
+	}
+	return 60 * time.Second
+}
+
+func (ls *Leases) renewEvery() time.Duration {
+	if ls.RenewEvery > 0 {
+		return ls.RenewEvery
+	}
+	return 5 * time.Second
+}
+
+func (ls *Leases) alive(pid int) bool {
+	if ls.Alive != nil {
+		return ls.Alive(pid)
+	}
+	return pid > 0 && unix.Kill(pid, 0) != unix.ESRCH
+}
+
+func (ls *Leases) where() string { return ls.Namespace + "/" + ls.Name }
+
+// identity is the Lease's spec.holderIdentity for h: unique per process and run.
+func identity(h Holder) string {
+	return fmt.Sprintf("%s %s@%s pid %d", h.RunID, h.User, h.Host, h.PID)
+}
+
+// LeaseHolder returns who holds the Lease l and when it was last renewed; nil when
+// nobody does (never taken or released).
+func LeaseHolder(l *coordinationv1.Lease) (*Holder, time.Time) {
+	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
+		return nil, time.Time{}
+	}
+	h := Holder{RunID: *l.Spec.HolderIdentity}
+	if data, ok := l.Annotations[HolderAnnotation]; ok {
+		_ = json.Unmarshal([]byte(data), &h)
+	}
+	var renewed time.Time
+	if l.Spec.RenewTime != nil {
+		renewed = l.Spec.RenewTime.Time
+	} else if l.Spec.AcquireTime != nil {
+		renewed = l.Spec.AcquireTime.Time
+	}
+	return &h, renewed
+}
+
+// expired reports whether a Lease last renewed at renewed has expired at now.
+func expired(l *coordinationv1.Lease, renewed, now time.Time) bool {
+	d := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, 0)) * time.Second
+	return !now.Before(renewed.Add(d))
+}
+
+// Holder returns who holds the Lease now, when it was last renewed, and whether that
+// renewal is still in force; nil when nobody holds it.
+func (ls *Leases) Holder(ctx context.Context) (*Holder, time.Time, bool, error) {
+	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, time.Time{}, false, nil
+	}
+	if err != nil {
+		return nil, time.Time{}, false, fmt.Errorf("lease %s: %w", ls.where(), err)
+	}
+	h, renewed := LeaseHolder(l)
+	if h == nil {
+		return nil, time.Time{}, false, nil
+	}
+	return h, renewed, !expired(l, renewed, ls.now()), nil
+}
+
+// Lock implements Locker: it takes the Lease, or returns a *HeldError naming its live
+// holder. previous, when not nil, is the holder whose Lease was taken over (expired, or
+// held by a process of this host that is gone). The returned lock renews the Lease
+// until Unlock; its Err says when it was lost.
+func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Holder, error) {
+	api := ls.Client.CoordinationV1().Leases(ls.Namespace)
+	holderJSON, err := json.Marshal(h)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
+	}
+	id := identity(h)
+	for attempt := 0; ; attempt++ {
+		if attempt == 5 {
+			return nil, nil, fmt.Errorf("lock %s: lease %s: it kept changing while being taken", cluster, ls.where())
+		}
+		now := ls.now()
+		l, err := api.Get(ctx, ls.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: ls.Name, Namespace: ls.Namespace}}
+			ls.fill(l, id, string(holderJSON), now, true)
+			_, err := api.Create(ctx, l, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				continue
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+			}
+			return ls.held(id), nil, nil
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+		}
+		prev, renewed := LeaseHolder(l)
+		if prev != nil && !expired(l, renewed, now) && !(prev.Host == ls.Host && !ls.alive(prev.PID)) {
+			return nil, nil, &HeldError{Cluster: cluster, Holder: *prev, Lease: ls.where(), Renewed: renewed}
+		}
+		ls.fill(l, id, string(holderJSON), now, true)
+		if prev != nil {
+			l.Spec.LeaseTransitions = ptr.To(ptr.Deref(l.Spec.LeaseTransitions, 0) + 1)
+		}
+		_, err = api.Update(ctx, l, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+		}
+		return ls.held(id), prev, nil
+	}
+}
+
+// fill records the holder in l.
+func (ls *Leases) fill(l *coordinationv1.Lease, id, holderJSON string, now time.Time, acquire bool) {
+	if l.Annotations == nil {
+		l.Annotations = map[string]string{}
+	}
+	l.Annotations[HolderAnnotation] = holderJSON
+	t := metav1.NewMicroTime(now)
+	l.Spec.HolderIdentity = ptr.To(id)
+	l.Spec.LeaseDurationSeconds = ptr.To(int32(ls.duration() / time.Second))
+	l.Spec.RenewTime = &t
+	if acquire {
+		l.Spec.AcquireTime = &t
+	}
+}
+
+func (ls *Leases) held(id string) *LeaseLock {
+	ll := &LeaseLock{ls: ls, id: id, renewed: ls.now(), stop: make(chan struct{}), done: make(chan struct{})}
+	go ll.renewLoop()
+	return ll
+}
+
+// LeaseLock is a held Lease, renewed in the background until Unlock.
+type LeaseLock struct {
+	ls *Leases
+	id string
+
+	mu      sync.Mutex
+	renewed time.Time // when it was last renewed
+	lost    error
+
+	stop, done chan struct{}
+	once       sync.Once
+}
+
+var _ Lock = (*LeaseLock)(nil)
+
+// ErrLost is wrapped by LeaseLock.Err once the Lease is lost.
+var ErrLost = errors.New("the cluster's lock was lost")
+
+// Err returns nil while the Lease is held, and an error wrapping ErrLost that says why
+// once it was lost: taken by another run, or not renewed for its duration.
+func (l *LeaseLock) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lost
+}
+
+func (l *LeaseLock) renewLoop() {
+	defer close(l.done)
+	t := time.NewTicker(l.ls.renewEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		if l.renew() {
+			return
+		}
+	}
+}
+
+// renew renews the Lease once; it returns true when the Lease is lost.
+func (l *LeaseLock) renew() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), l.ls.renewEvery())
+	defer cancel()
+	api := l.ls.Client.CoordinationV1().Leases(l.ls.Namespace)
+	fail := func(err error) bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if since := l.ls.now().Sub(l.renewed); since >= l.ls.duration() {
+			l.lost = fmt.Errorf("%w: lease %s could not be renewed for %s: %v", ErrLost, l.ls.where(), since.Round(time.Second), err)
+			return true
+		}
+		return false
+	}
+	cur, err := api.Get(ctx, l.ls.Name, metav1.GetOptions{})
+	if err != nil {
+		return fail(err)
+	}
+	if ptr.Deref(cur.Spec.HolderIdentity, "") != l.id {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		what := "released by someone else"
+		if h, _ := LeaseHolder(cur); h != nil {
+			what = "taken by " + h.String()
+		}
+		l.lost = fmt.Errorf("%w: lease %s was %s", ErrLost, l.ls.where(), what)
+		return true
+	}
+	now := l.ls.now()
+	t := metav1.NewMicroTime(now)
+	cur.Spec.RenewTime = &t
+	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		// A conflict is a change behind our back: the next Get says what it was.
+		return fail(err)
+	}
+	l.mu.Lock()
+	l.renewed = now
+	l.mu.Unlock()
+	return false
+}
+
+// Unlock stops the renewal and releases the Lease if this run still holds it (its
+// holder is cleared, so the next run takes it at once). It uses a context of its own:
+// an interrupted run releases its lock too.
+func (l *LeaseLock) Unlock() error {
+	l.once.Do(func() { close(l.stop) })
+	<-l.done
+	if l.Err() != nil {
+		return nil // not ours any more
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	api := l.ls.Client.CoordinationV1().Leases(l.ls.Namespace)
+	for attempt := 0; attempt < 3; attempt++ {
+		cur, err := api.Get(ctx, l.ls.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("release lease %s: %w", l.ls.where(), err)
+		}
+		if ptr.Deref(cur.Spec.HolderIdentity, "") != l.id {
+			return nil
+		}
+		cur.Spec.HolderIdentity = nil
+		cur.Spec.RenewTime = nil
+		cur.Spec.AcquireTime = nil
+		delete(cur.Annotations, HolderAnnotation)
+		_, err = api.Update(ctx, cur, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("release lease %s: %w", l.ls.where(), err)
+		}
+		return nil
+	}
+	return fmt.Errorf("release lease %s: it kept changing", l.ls.where())
+}
+
+// Renewed returns when the Lease was last renewed.
+func (l *LeaseLock) Renewed() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.renewed
+}

@@ -1,0 +1,146 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"example.com/cookbook/lab"
+)
+
+var cp *lab.ControlPlane
+
+func TestMain(m *testing.M) { os.Exit(lab.RunTests(m, &cp)) }
+
+// leases returns the Leases of host for the Lease name in the lab.
+func leases(t *testing.T, name, host string, d time.Duration) *Leases {
+	t.Helper()
+	lab.Need(t, cp)
+	c, err := kubernetes.NewForConfig(cp.RESTConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Leases{Client: c, Namespace: "kube-system", Name: name, Duration: d, RenewEvery: d / 4, Host: host,
+		Alive: func(int) bool { return true }}
+}
+
+// kill stops a lock's renewal without releasing it: what kill -9 leaves.
+func kill(l Lock) {
+	ll := l.(*LeaseLock)
+	ll.once.Do(func() { close(ll.stop) })
+	<-ll.done
+}
+
+func TestLeaseHeldReleasedAndExpired(t *testing.T) {
+	ctx := context.Background()
+	a := leases(t, "t-held", "host-a", 2*time.Second)
+	b := leases(t, "t-held", "host-b", 2*time.Second)
+	h1 := Holder{RunID: "run-1", Cookbook: "toy", User: "alice", Host: "host-a", PID: 4242}
+	l1, prev, err := a.Lock(ctx, "lab1", h1)
+	if err != nil || prev != nil {
+		t.Fatalf("first lock: %v %v", prev, err)
+	}
+	// Renewed while held: the other host is refused past the lease's duration.
+	time.Sleep(3 * time.Second)
+	_, _, err = b.Lock(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"})
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder.RunID != "run-1" || held.Holder.Host != "host-a" || held.Lease != "kube-system/t-held" {
+		t.Fatalf("second lock: %v", err)
+	}
+	for _, want := range []string{"run-1", "toy", "alice", "host-a", "pid 4242", "last renewed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q lacks %q", err, want)
+		}
+	}
+	if err := l1.(*LeaseLock).Err(); err != nil {
+		t.Fatalf("held lock reports %v", err)
+	}
+	// Released: taken at once, with no previous holder.
+	if err := l1.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, _, _ := a.Holder(ctx); h != nil {
+		t.Errorf("holder after unlock: %+v", h)
+	}
+	l2, prev, err := b.Lock(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"})
+	if err != nil || prev != nil {
+		t.Fatalf("lock after release: %v %v", prev, err)
+	}
+	// Not renewed (its process killed): refused until the lease expires, then taken over.
+	kill(l2)
+	if _, _, err := a.Lock(ctx, "lab1", Holder{RunID: "run-3", Host: "host-a"}); !errors.As(err, &held) {
+		t.Fatalf("lock of a fresh lease whose holder died elsewhere: %v", err)
+	}
+	_, renewed, _, _ := a.Holder(ctx)
+	time.Sleep(time.Until(renewed.Add(2*time.Second + 100*time.Millisecond)))
+	l3, prev, err := a.Lock(ctx, "lab1", Holder{RunID: "run-3", Host: "host-a"})
+	if err != nil || prev == nil || prev.RunID != "run-2" {
+		t.Fatalf("takeover of an expired lease: previous %+v, %v", prev, err)
+	}
+	l3.Unlock()
+}
+
+// TestLeaseOfDeadProcessOnThisHost: a holder that ran on this host in a process that is
+// gone is taken over at once (a resume right after kill -9 does not wait).
+func TestLeaseOfDeadProcessOnThisHost(t *testing.T) {
+	ctx := context.Background()
+	a := leases(t, "t-dead", "host-a", time.Minute)
+	l, _, err := a.Lock(ctx, "lab1", Holder{RunID: "run-1", Host: "host-a", PID: 999999})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(l)
+	a.Alive = nil // kill(999999, 0): no such process
+	l2, prev, err := a.Lock(ctx, "lab1", Holder{RunID: "run-2", Host: "host-a", PID: os.Getpid()})
+	if err != nil || prev == nil || prev.RunID != "run-1" {
+		t.Fatalf("takeover: %+v %v", prev, err)
+	}
+	// Another host's view of the same holder: live, refused.
+	b := leases(t, "t-dead", "host-b", time.Minute)
+	b.Alive = nil
+	if _, _, err := b.Lock(ctx, "lab1", Holder{RunID: "run-3", Host: "host-b"}); err == nil {
+		t.Fatal("another host took a live lease")
+	}
+	l2.Unlock()
+}
+
+// TestLeaseStolen: a Lease changed behind the holder's back is reported lost.
+func TestLeaseStolen(t *testing.T) {
+	ctx := context.Background()
+	a := leases(t, "t-stolen", "host-a", 2*time.Second)
+	l, _, err := a.Lock(ctx, "lab1", Holder{RunID: "run-1", Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	api := a.Client.CoordinationV1().Leases("kube-system")
+	cur, err := api.Get(ctx, "t-stolen", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.HolderIdentity = ptr.To("thief")
+	cur.Annotations[HolderAnnotation] = `{"runId":"run-thief","host":"host-x"}`
+	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for l.(*LeaseLock).Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	err = l.(*LeaseLock).Err()
+	if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "run-thief") {
+		t.Fatalf("Err = %v", err)
+	}
+	// Unlock leaves the thief's Lease alone.
+	l.Unlock()
+	if h, _, _, _ := a.Holder(ctx); h == nil || h.RunID != "run-thief" {
+		t.Errorf("holder after the loser's unlock: %+v", h)
+	}
+}
