@@ -767,6 +767,11 @@ func openStore(c *cli.Context) (*state.Store, error) {
 func (a *app) resume(c *cli.Context) error  { return a.continueRun(c, false) }
 func (a *app) abandon(c *cli.Context) error { return a.continueRun(c, true) }
 
+// argString shows a run's flags as an operator types them: "--force", not "--force=true".
 func argString(args map[string]string) string {
-	return strings.Join(replayArgs(args), " ")
+	out := replayArgs(args)
+	for i, a := range out {
+		out[i] = strings.TrimSuffix(a, "=true")
+	}
+	return strings.Join(out, " ")
 }
