@@ -25,8 +25,9 @@ func nodeDone(node string) pipeline.Key[time.Time] { return pipeline.Key[time.Ti
 // rolling is the skeleton of every rolling job: it plans batches of the selected nodes
 // (at most Max unschedulable at once, counting nodes an administrator cordoned; control
 // nodes last and alone), records the plan once (a resumed run replays it), and does each
-// batch as one group "batch-N": record-cordon-state, cordon, drain, the ACTION, wait-ready,
-// uncordon (only what the run cordoned), health-gate, settle. The batch's nodes go
+// batch as one group "batch-N": record-cordon-state, cordon, the beforeDrain hooks, silence,
+// drain, the ACTION, wait-ready, uncordon (only what the run cordoned), health-gate,
+// unsilence, settle (silences and hooks only where configured). The batch's nodes go
 // through each step at once (pipeline.Together): a node that fails fails the step naming
 // the node, and a resume redoes only what that node had not finished.
 //
@@ -175,7 +176,7 @@ func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 	uncordonOwn := uncordon(k, s, n.Name, r.Force)
 	uncordonOwn.Do = logSkip(r.Env, uncordonOwn.Do)
 	drain := cordonDrain(k, s, n.Name, r.Drain)
-	steps := pipeline.Steps(drain[:len(drain)-1], r.beforeDrain(b, n), silence(r.c, s, n.Name, n.Role, r.Job), drain[len(drain)-1:],
+	steps := pipeline.Steps(drain[:len(drain)-1], knownHookSteps(r.c, n.Name, n.Role, hooks.BeforeDrain), silence(r.c, s, n.Name, n.Role, r.Job), drain[len(drain)-1:],
 		action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
 	for i := range steps {
 		st := &steps[i]
@@ -198,24 +199,6 @@ func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 			}
 			return nil
 		}
-	}
-	return steps
-}
-
-// beforeDrain are node n's beforeDrain hook steps, as many as the batch's node with the
-// most has (the nodes of a batch go through the same steps together): a node whose role
-// has fewer skips the rest.
-func (r *rolling) beforeDrain(b []rollNode, n rollNode) []pipeline.Step {
-	most := 0
-	for _, o := range b {
-		most = max(most, len(r.Cluster.HooksAt(o.Role, hooks.BeforeDrain)))
-	}
-	steps := knownHookSteps(r.c, n.Name, n.Role, hooks.BeforeDrain)
-	for i := len(steps); i < most; i++ {
-		steps = append(steps, pipeline.Step{Name: hooks.StepName(hooks.BeforeDrain, i+1), Desc: pipeline.Textf("no beforeDrain hook %d for %s", i+1, n.Name),
-			Do: func(context.Context, *pipeline.Values) error {
-				return pipeline.Skip("role %s of %s has no beforeDrain hook %d", n.Role, n.Name, i+1)
-			}})
 	}
 	return steps
 }
