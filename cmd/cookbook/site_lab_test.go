@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"example.com/cookbook/lab"
 	"example.com/cookbook/silences"
@@ -192,4 +196,40 @@ func domainOf(t *testing.T, path string) string {
 		}
 	}
 	return ""
+}
+
+// TestRollRebootSilencesCrash kills a roll-reboot with SIGKILL at seeded random moments
+// and resumes it until it is done: the resumed runs reuse the recorded (or found) silence
+// of each node, so there is still exactly one per node, and all are expired at the end.
+func TestRollRebootSilencesCrash(t *testing.T) {
+	am := lab.NeedAlertmanager(t)
+	w, s := stackWorld(t, 2, 0)
+	addClusterKeys(t, w.config, "    alertmanager:\n      url: "+am.URL+"\n")
+	amc, err := silences.New(silences.Options{URL: am.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	kills, id := crash(t, w, rand.New(rand.NewSource(seed)), 4, 4*time.Second,
+		"roll-reboot", "--cluster-name", "toolsbeta", "--role", "worker", "--force", "--delete-emptydir-data")
+	t.Logf("%d kill(s), run %s", kills, id)
+	all, err := amc.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, sil := range all {
+		count[sil.Comment]++
+		if sil.Live() {
+			t.Errorf("silence %s (%s) is still live after the run", sil.ID, sil.Comment)
+		}
+	}
+	want := map[string]int{}
+	for _, n := range []string{s.Prefix + "-worker-1", s.Prefix + "-worker-2"} {
+		want["roll-reboot "+silences.Marker(id, "node "+n)] = 1
+	}
+	if diff := cmp.Diff(want, count); diff != "" {
+		t.Errorf("silences by comment after %d kill(s) (-want +got):\n%s", kills, diff)
+	}
 }
