@@ -121,6 +121,23 @@ func TestRollRebootSilences(t *testing.T) {
 	if len(list()) != len(workers) {
 		t.Errorf("the run with an unreachable Alertmanager changed the real one's silences")
 	}
+
+	// Removing a node silences it from before its drain until its server is gone.
+	setClusterKeys(t, w.config, "    alertmanager:\n      url: http://127.0.0.1:1\n", amKeys)
+	r = w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", workers[1], "--force", "--delete-emptydir-data")
+	wantCode(t, r, 0)
+	removal := 0
+	for _, sil := range list() {
+		if strings.HasPrefix(sil.Comment, "removal [cookbook run ") && strings.HasSuffix(sil.Comment, ", node "+workers[1]+"]") {
+			removal++
+			if sil.Live() {
+				t.Errorf("the removal's silence %s is still live", sil.ID)
+			}
+		}
+	}
+	if removal != 1 {
+		t.Errorf("%d silences for the removal of %s, want 1:\n%+v", removal, workers[1], list())
+	}
 }
 
 // TestNodeHooks runs hooks that write their expanded placeholders to a file: afterJoin on
@@ -137,7 +154,16 @@ func TestNodeHooks(t *testing.T) {
         - command: [sh, -c, '`+line+`', removed]
 `)
 	node := s.Prefix + "-worker-2"
-	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+	// A dry-run prints the expanded hook and runs nothing.
+	r := w.run("--dry-run", "add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would run afterJoin hook: sh -c") || !strings.Contains(r.stderr, "joined") {
+		t.Errorf("the dry-run does not print the afterJoin hook:\n%s", r.stderr)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("the dry-run ran the hook")
+	}
+	r = w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
 	wantCode(t, r, 0)
 	if !strings.Contains(r.stderr, "hook-after-join-1") {
 		t.Errorf("no hook-after-join-1 step in the log:\n%s", r.stderr)
