@@ -9,6 +9,7 @@ import (
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/hooks"
 	"example.com/cookbook/openstack"
 	"example.com/cookbook/ssh"
 )
@@ -115,6 +116,8 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "pin-host-key", Desc: desc("pin the SSH host key %s printed on its console"), Do: a.pinHostKey},
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
 	}
+	// The afterCreate hooks: the server is up and answers SSH.
+	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterCreate, a.hookNode)...)
 	if spec.ExtraStorage != nil {
 		steps = append(steps, pipeline.Step{Name: "prepare-storage", Desc: desc("prepare the extra storage of %s"), Do: a.prepareStorage})
 	}
@@ -130,7 +133,20 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		pipeline.Step{Name: "wait-node-ready", Desc: desc("wait for node %s to be Ready"), Do: a.waitReady},
 		pipeline.Step{Name: "apply-labels-taints", Desc: desc("apply the role's labels and taints to %s"), Do: a.labelsTaints},
 	)
+	// The afterJoin hooks: the node is Ready with its labels and taints.
+	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterJoin, a.hookNode)...)
 	return steps, name
+}
+
+// hookNode is the new node's values for its hooks, from what the steps recorded.
+func (a *nodeAdder) hookNode(v *pipeline.Values) (hooks.Node, error) {
+	name, err := a.k.hostname.Must(v)
+	if err != nil {
+		return hooks.Node{}, err
+	}
+	id, _ := a.k.serverID.Get(v)
+	addr, _ := a.k.address.Get(v)
+	return a.c.hookNode(name, a.spec.Role, id, addr), nil
 }
 
 func (a *nodeAdder) pickName(ctx context.Context, v *pipeline.Values) error {
