@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/silences"
 )
@@ -257,5 +259,59 @@ func TestRollRebootSilencesCrash(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, count); diff != "" {
 		t.Errorf("silences by comment after %d kill(s) (-want +got):\n%s", kills, diff)
+	}
+}
+
+// TestHookKilledMidwayResumes: add-k8s-node killed (kill -9) while its second afterJoin
+// hook runs is resumed: the hook that had finished is not run again, the interrupted one
+// runs again to its end, and the run ends done.
+func TestHookKilledMidwayResumes(t *testing.T) {
+	w, s := stackWorld(t, 1, 0)
+	dir := t.TempDir()
+	first, second := filepath.Join(dir, "first.log"), filepath.Join(dir, "second.log")
+	addClusterKeys(t, w.config, `    hooks:
+      afterJoin:
+        - command: [sh, -c, 'echo {hostname} >> `+first+`']
+        - command: [sh, -c, 'echo start >> `+second+`; sleep 2; echo end >> `+second+`']
+`)
+	cmd := w.command("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if b, _ := os.ReadFile(second); strings.Contains(string(b), "start") {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("add-k8s-node ended before its second hook started: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the second afterJoin hook never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+	run := w.runs()[0]
+	if st := run.Step("hook-after-join-2"); st == nil || st.Status != state.Running {
+		t.Fatalf("the kill did not land in the second hook: %+v", st)
+	}
+	wantCode(t, w.run("resume", run.ID), 0)
+	b, _ := os.ReadFile(first)
+	if got := strings.Count(string(b), s.Prefix+"-worker-2"); got != 1 {
+		t.Errorf("the finished first hook ran %d times, want once:\n%s", got, b)
+	}
+	b, _ = os.ReadFile(second)
+	if strings.Count(string(b), "start") < 2 || !strings.Contains(string(b), "end") {
+		t.Errorf("the interrupted hook did not run again to its end:\n%s", b)
+	}
+	if run = w.runs()[0]; run.Status != state.Done {
+		t.Errorf("run after resume: %s", run.Status)
 	}
 }
