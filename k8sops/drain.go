@@ -168,7 +168,7 @@ func (o *Ops) logPlan(plan *DrainPlan) {
 	for _, p := range plan.PDBs {
 		if p.WouldBlock() {
 			o.log().Info(fmt.Sprintf("disruption budget %s/%s would hold the drain of %s now (allows %d)", p.Namespace, p.Name, plan.Node, p.DisruptionsAllowed))
-			l.Debug("disruption budget "+p.String())
+			l.Debug("disruption budget " + p.String())
 		} else {
 			l.Debug("disruption budget allows it now: " + p.String())
 		}
