@@ -566,6 +566,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		logger.Info("resuming", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
+		var pause *pipeline.PauseError
+		if errors.As(err, &pause) {
+			// Stopped on purpose (a canary): exit 0, and say how to go on.
+			logger.Info("paused", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+			fmt.Fprintf(a.stderr, "cookbook: run %s paused: %s; continue the same plan with: cookbook resume %s   (or give up with: cookbook abandon %s)\n", run.ID, pause.Reason, run.ID, run.ID)
+			return end(nil)
+		}
 		return end(a.failed(run, err))
 	}
 	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
