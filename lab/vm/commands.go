@@ -133,6 +133,16 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 	case cmd == "kubeadm upgrade node":
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 	case cmd == "systemctl restart kubelet":
+		return v.restartKubelet(ctx, stderr), false
+	case cmd == "systemctl daemon-reload":
+	case args[0] == "apt-cache":
+		return v.aptCache(args, stdout, stderr), false
+	case args[0] == "apt-mark":
+		return v.aptMark(args, stdout, stderr), false
+	case args[0] == "dpkg-query":
+		return v.dpkgQuery(args, stdout, stderr), false
+	case len(args) >= 2 && args[0] == "apt-get" && args[1] == "install":
+		return v.aptGetInstall(args, stdout, stderr), false
 	case contains(defaultPrograms, args[0]) || contains(f.Programs, args[0]):
 		if args[0] == "apt-get" && len(args) > 1 {
 			fmt.Fprintf(stdout, "Reading package lists... Done\n")

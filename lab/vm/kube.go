@@ -108,3 +108,13 @@ func (k *KubeCluster) KubeletUp(ctx context.Context, node, bootID string) error 
 	}
 	return err
 }
+
+// SetKubeletVersion makes the Node report kubelet version ver, as a kubelet of that
+// version does when it starts.
+func (k *KubeCluster) SetKubeletVersion(ctx context.Context, node, ver string) error {
+	patch := fmt.Sprintf(`{"status":{"nodeInfo":{"kubeletVersion":%q}}}`, ver)
+	if _, err := k.CP.Client.CoreV1().Nodes().PatchStatus(ctx, node, []byte(patch)); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("node %s kubelet version: %w", node, err)
+	}
+	return nil
+}

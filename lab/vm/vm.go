@@ -72,6 +72,10 @@ type Fleet struct {
 	// `kubeadm token create`). Nil means Metadata["cookbook-role"] == "control". A VM
 	// that joins with --control-plane, or is marked with MarkControlPlane, is one too.
 	IsControlPlane func(m cloud.Machine) bool
+	// KubeVersion is the Kubernetes version (X.Y.Z) the VMs' kubeadm, kubelet and
+	// kubectl packages are installed at; the lab's if empty. The lab's apt repository
+	// offers it and its next patch.
+	KubeVersion string
 	// Log receives lines; nil discards.
 	Log *slog.Logger
 
@@ -115,6 +119,8 @@ type VM struct {
 	down      chan struct{} // closed when the current incarnation stops
 	control   bool
 	formatted map[string]bool
+	pkgs      map[string]string // installed package versions that differ from the fleet's
+	held      map[string]bool   // packages apt-mark holds
 }
 
 func (f *Fleet) log() *slog.Logger {

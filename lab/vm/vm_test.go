@@ -181,7 +181,7 @@ func TestCommands(t *testing.T) {
 		{"boot id", "cat /proc/sys/kernel/random/boot_id", v.BootID() + "\n", "", 0},
 		{"uptime", "uptime", "load average", "", 0},
 		{"sudo prefix", "sudo -n -- hostname", "tb-worker-1\n", "", 0},
-		{"apt-get", "sudo apt-get install -y 'kubeadm=1.33.*'", "Reading package lists", "", 0},
+		{"apt-get", "sudo apt-get install -y 'kubeadm=1.*'", "Reading package lists", "", 0},
 		{"kubeadm upgrade node", "kubeadm upgrade node", "successfully completed", "", 0},
 		{"restart kubelet", "systemctl restart kubelet", "", "", 0},
 		{"provisioning program", "run-provision --role worker", "", "", 0},
@@ -203,7 +203,7 @@ func TestCommands(t *testing.T) {
 	if len(h) != len(tests) {
 		t.Fatalf("history has %d records, want %d", len(h), len(tests))
 	}
-	if diff := cmp.Diff([]string{"sudo", "apt-get", "install", "-y", "kubeadm=1.33.*"}, h[5].Argv); diff != "" {
+	if diff := cmp.Diff([]string{"sudo", "apt-get", "install", "-y", "kubeadm=1.*"}, h[5].Argv); diff != "" {
 		t.Errorf("recorded argv (-want +got):\n%s", diff)
 	}
 	for i, r := range h {

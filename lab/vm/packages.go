@@ -1,0 +1,258 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path"
+	"strconv"
+	"strings"
+
+	"example.com/cookbook/lab"
+)
+
+// kubePackages are the packages of the lab's Kubernetes apt repository.
+var kubePackages = []string{"kubeadm", "kubelet", "kubectl"}
+
+// KubeletVersioner is a Cluster whose Nodes can be told the version their kubelet runs
+// (a restarted kubelet reports the version installed).
+type KubeletVersioner interface {
+	// SetKubeletVersion makes the Node report kubelet version v ("v1.37.3").
+	SetKubeletVersion(ctx context.Context, node, v string) error
+}
+
+// kubeVersion is the Kubernetes version (X.Y.Z) the VMs are installed with.
+func (f *Fleet) kubeVersion() string {
+	v := f.KubeVersion
+	if v == "" {
+		v = lab.PinnedVersions().Kubernetes
+	}
+	return strings.TrimPrefix(v, "v")
+}
+
+// Available is what the lab's apt repository offers of each Kubernetes package: the
+// installed version and the next patch, as package versions ("1.37.3-1.1"), newest first.
+func (f *Fleet) Available() []string {
+	base := f.kubeVersion()
+	out := []string{base + "-1.1"}
+	parts := strings.Split(base, ".")
+	if len(parts) == 3 {
+		if p, err := strconv.Atoi(parts[2]); err == nil {
+			out = append([]string{fmt.Sprintf("%s.%s.%d-1.1", parts[0], parts[1], p+1)}, out...)
+		}
+	}
+	return out
+}
+
+// PackageVersion is the installed version of a package on the VM ("1.37.2-1.1"), "" for
+// a package that is not installed.
+func (v *VM) PackageVersion(pkg string) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pkgVersionLocked(pkg)
+}
+
+func (v *VM) pkgVersionLocked(pkg string) string {
+	if ver, ok := v.pkgs[pkg]; ok {
+		return ver
+	}
+	if contains(kubePackages, pkg) {
+		return v.fleet.kubeVersion() + "-1.1"
+	}
+	return ""
+}
+
+// Held reports whether apt-mark holds the package.
+func (v *VM) Held(pkg string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.held[pkg]
+}
+
+// upstream is the Kubernetes version of a package version: "1.37.3-1.1" is "v1.37.3".
+func upstream(pkgVersion string) string {
+	u, _, _ := strings.Cut(pkgVersion, "-")
+	return "v" + u
+}
+
+// aptCache runs apt-cache madison|policy as Debian's does for the lab's packages.
+func (v *VM) aptCache(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 2 || args[1] != "madison" {
+		fmt.Fprintf(stderr, "E: Invalid operation %s\n", strings.Join(args[1:], " "))
+		return 100
+	}
+	for _, pkg := range args[2:] {
+		if !contains(kubePackages, pkg) {
+			fmt.Fprintf(stderr, "N: Unable to locate package %s\n", pkg)
+			continue
+		}
+		for _, ver := range v.fleet.Available() {
+			minor := strings.Join(strings.Split(strings.TrimPrefix(upstream(ver), "v"), ".")[:2], ".")
+			fmt.Fprintf(stdout, "%10s | %s | https://pkgs.k8s.io/core:/stable:/v%s/deb  Packages\n", pkg, ver, minor)
+		}
+	}
+	return 0
+}
+
+// aptMark runs apt-mark hold|unhold|showhold.
+func (v *VM) aptMark(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 2 {
+		fmt.Fprintln(stderr, "E: No operation given")
+		return 100
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.held == nil {
+		v.held = map[string]bool{}
+	}
+	switch args[1] {
+	case "showhold":
+		for _, p := range kubePackages {
+			if v.held[p] {
+				fmt.Fprintln(stdout, p)
+			}
+		}
+		return 0
+	case "hold", "unhold":
+	default:
+		fmt.Fprintf(stderr, "E: Invalid operation %s\n", args[1])
+		return 100
+	}
+	for _, p := range args[2:] {
+		if v.pkgVersionLocked(p) == "" {
+			fmt.Fprintf(stderr, "E: Unable to locate package %s\n", p)
+			return 100
+		}
+	}
+	for _, p := range args[2:] {
+		switch {
+		case args[1] == "hold" && v.held[p]:
+			fmt.Fprintf(stdout, "%s was already set on hold.\n", p)
+		case args[1] == "hold":
+			v.held[p] = true
+			fmt.Fprintf(stdout, "%s set on hold.\n", p)
+		case !v.held[p]:
+			fmt.Fprintf(stdout, "%s was already not on hold.\n", p)
+		default:
+			delete(v.held, p)
+			fmt.Fprintf(stdout, "Canceled hold on %s.\n", p)
+		}
+	}
+	return 0
+}
+
+// aptGetInstall runs apt-get install for the lab's Kubernetes packages (pkg=version,
+// version globs allowed); other packages install as before, with nothing to show.
+// It refuses as apt does: an unknown package or version (exit 100), a held package
+// changed without --allow-change-held-packages.
+func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
+	fmt.Fprint(stdout, "Reading package lists... Done\n")
+	allowHeld := false
+	want := map[string]string{}
+	var order []string
+	for _, a := range args[2:] {
+		if a == "--allow-change-held-packages" {
+			allowHeld = true
+			continue
+		}
+		if strings.HasPrefix(a, "-") {
+			continue
+		}
+		pkg, ver, pinned := strings.Cut(a, "=")
+		if !contains(kubePackages, pkg) {
+			continue
+		}
+		if !pinned {
+			ver = v.fleet.Available()[0]
+		} else {
+			found := ""
+			for _, av := range v.fleet.Available() {
+				if ok, _ := path.Match(ver, av); ok {
+					found = av
+					break
+				}
+			}
+			if found == "" {
+				fmt.Fprintf(stderr, "E: Version '%s' for '%s' was not found\n", ver, pkg)
+				return 100
+			}
+			ver = found
+		}
+		want[pkg] = ver
+		order = append(order, pkg)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var changeHeld []string
+	for _, p := range order {
+		if v.pkgVersionLocked(p) != want[p] && v.held[p] {
+			changeHeld = append(changeHeld, p)
+		}
+	}
+	if len(changeHeld) > 0 && !allowHeld {
+		fmt.Fprintf(stdout, "The following held packages will be changed:\n  %s\n", strings.Join(changeHeld, " "))
+		fmt.Fprintln(stderr, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
+		return 100
+	}
+	if v.pkgs == nil {
+		v.pkgs = map[string]string{}
+	}
+	for _, p := range order {
+		old := v.pkgVersionLocked(p)
+		if old == want[p] {
+			fmt.Fprintf(stdout, "%s is already the newest version (%s).\n", p, old)
+			continue
+		}
+		v.pkgs[p] = want[p]
+		fmt.Fprintf(stdout, "Unpacking %s (%s) over (%s) ...\nSetting up %s (%s) ...\n", p, want[p], old, p, want[p])
+	}
+	return 0
+}
+
+// dpkgQuery runs dpkg-query -W PKG...: "pkg\tversion" lines.
+func (v *VM) dpkgQuery(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 3 || args[1] != "-W" {
+		fmt.Fprintln(stderr, "dpkg-query: error: need an action option")
+		return 2
+	}
+	code := 0
+	for _, p := range args[2:] {
+		ver := v.PackageVersion(p)
+		if ver == "" {
+			fmt.Fprintf(stderr, "dpkg-query: no packages found matching %s\n", p)
+			code = 1
+			continue
+		}
+		fmt.Fprintf(stdout, "%s\t%s\n", p, ver)
+	}
+	return code
+}
+
+// restartKubelet restarts the kubelet: its Node goes NotReady for a moment and comes
+// back reporting the installed kubelet's version.
+func (v *VM) restartKubelet(ctx context.Context, stderr io.Writer) int {
+	f := v.fleet
+	v.kubelet.Lock()
+	defer v.kubelet.Unlock()
+	v.mu.Lock()
+	joined := v.joined
+	v.mu.Unlock()
+	if !joined || f.Cluster == nil {
+		return 0
+	}
+	if err := f.Cluster.KubeletDown(ctx, v.Name); err != nil {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	if kv, ok := f.Cluster.(KubeletVersioner); ok {
+		if err := kv.SetKubeletVersion(ctx, v.Name, upstream(v.PackageVersion("kubelet"))); err != nil {
+			fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+			return 1
+		}
+	}
+	if err := f.Cluster.KubeletUp(ctx, v.Name, v.BootID()); err != nil {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	return 0
+}
