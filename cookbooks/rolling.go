@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/hooks"
@@ -41,6 +43,10 @@ type rolling struct {
 	Job, Did string
 	// Select picks the job's nodes from the cluster's node names (sorted).
 	Select func(names []string) ([]string, error)
+	// Skip, if not nil, looks at each chosen node before the plan is made: a reason
+	// leaves the node out (logged, e.g. already upgraded); an error (bad input) refuses
+	// the run.
+	Skip func(n corev1.Node) (string, error)
 	// Action builds the steps done to node n between its drain and its wait-ready, their
 	// values in scope s. Every node's set must have the same step names.
 	Action func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step
@@ -115,9 +121,11 @@ func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
 	}
 	var names []string
 	cordoned := map[string]bool{}
+	byName := map[string]corev1.Node{}
 	for _, n := range list {
 		names = append(names, n.Name)
 		cordoned[n.Name] = n.Spec.Unschedulable
+		byName[n.Name] = n
 	}
 	sort.Strings(names)
 	chosen, err := r.Select(names)
@@ -127,6 +135,16 @@ func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
 	in := map[string]bool{}
 	var nodes []rollNode
 	for _, n := range chosen {
+		if r.Skip != nil {
+			reason, err := r.Skip(byName[n])
+			if err != nil {
+				return nil, err
+			}
+			if reason != "" {
+				r.Env.Log.Info(reason)
+				continue
+			}
+		}
 		in[n] = true
 		role, rc, _ := r.Cluster.RoleOf(n)
 		nodes = append(nodes, rollNode{Name: n, Role: role, Control: rc != nil && rc.ControlPlane, Cordoned: cordoned[n]})
