@@ -75,10 +75,14 @@ func fromNova(s *servers.Server) Server {
 	return out
 }
 
+// serversPageSize is how many servers one list request asks for; the pager follows Nova's
+// servers_links until the last page. Tests make it small.
+var serversPageSize = 500
+
 // ServersNamed lists the servers whose name matches the regular expression (Nova's name
-// filter is a regular expression search: anchor it).
+// filter is a regular expression search: anchor it). It reads them in pages.
 func (c *Client) ServersNamed(ctx context.Context, re string) ([]Server, error) {
-	pages, err := servers.List(c.compute, servers.ListOpts{Name: re}).AllPages(ctx)
+	pages, err := servers.List(c.compute, servers.ListOpts{Name: re, Limit: serversPageSize}).AllPages(ctx)
 	if err != nil {
 		return nil, wrap("list servers", err)
 	}
