@@ -395,10 +395,11 @@ func (a *nodeAdder) provision(ctx context.Context, v *pipeline.Values) error {
 	return nil
 }
 
-// join gets a join command from a control-plane node and runs it on the new node. The
-// token is a secret: it is neither logged nor recorded, so the step asks for a new one
-// when it runs again.
-func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
+// join gets a join command from a control-plane node and runs it on the new node, then
+// deletes the bootstrap token on that control node, whether the join worked or not. The
+// token is a secret: it is neither logged nor recorded (its id, before the dot, is
+// logged), so the step asks for a new one when it runs again.
+func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) (errp error) {
 	name, err := a.k.hostname.Must(v)
 	if err != nil {
 		return err
@@ -416,6 +417,7 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
 	}
 	var join []string
 	var lastErr error
+	var from string // the control node's SSH target the token came from
 	for _, cn := range a.c.cl.ControlNodes {
 		target, err := a.c.target(ctx, cn)
 		if err != nil {
@@ -429,16 +431,61 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
 			a.env.Log.Warn("cannot get a join command from this control node; trying the next", "node", cn, "err", err)
 			continue
 		}
-		join = strings.Fields(res.Stdout)
+		join, from = strings.Fields(res.Stdout), target
 		break
 	}
-	if len(join) < 3 || join[0] != "kubeadm" || join[1] != "join" {
+	tokenID := joinTokenID(join)
+	if tokenID != "" {
+		// The token is deleted whatever the join did, as the Toolforge cookbook does in a
+		// finally: a bootstrap token left behind lets anyone who has it join a node.
+		defer func() {
+			err := a.deleteToken(ctx, from, tokenID)
+			if err != nil {
+				err = fmt.Errorf("delete bootstrap token %s on %s: %w", tokenID, from, err)
+			}
+			errp = errors.Join(errp, err)
+		}()
+	}
+	if len(join) < 3 || join[0] != "kubeadm" || join[1] != "join" || tokenID == "" {
 		return fmt.Errorf("no join command from the control nodes %s: %v", strings.Join(a.c.cl.ControlNodes, ", "), lastErr)
 	}
 	if a.spec.ControlPlane {
 		join = append(join, "--control-plane")
 	}
-	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: fmt.Sprintf("kubeadm join %s --token [hidden] ...", join[2]), Timeout: 10 * time.Minute})
+	a.env.Log.Info("joining with a new bootstrap token", "token_id", tokenID, "control_node", from)
+	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: fmt.Sprintf("kubeadm join %s --token %s.[hidden] ...", join[2], tokenID), Timeout: 10 * time.Minute})
+}
+
+// joinTokenID returns the id of the bootstrap token of a kubeadm join command line (the
+// part of the token before the dot, which is not secret), or "".
+func joinTokenID(join []string) string {
+	for i, w := range join {
+		tok := ""
+		switch {
+		case w == "--token" && i+1 < len(join):
+			tok = join[i+1]
+		case strings.HasPrefix(w, "--token="):
+			tok = strings.TrimPrefix(w, "--token=")
+		default:
+			continue
+		}
+		if id, _, ok := strings.Cut(tok, "."); ok && id != "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// deleteToken deletes a bootstrap token on the control node it came from, also when the
+// step's context is done (an interrupted join), within a minute.
+func (a *nodeAdder) deleteToken(ctx context.Context, target, id string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if _, err := a.c.ssh.Run(ctx, target, ssh.Command{Argv: []string{"kubeadm", "token", "delete", id}, Timeout: 30 * time.Second}); err != nil {
+		return err
+	}
+	a.env.Log.Info("deleted the bootstrap token", "token_id", id, "control_node", target)
+	return nil
 }
 
 func (a *nodeAdder) waitReady(ctx context.Context, v *pipeline.Values) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -75,15 +76,7 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		}()
 		return 0, true
 	case cmd == "kubeadm token create --print-join-command":
-		v.mu.Lock()
-		control := v.control
-		v.mu.Unlock()
-		if !control {
-			fmt.Fprintln(stderr, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher")
-			return 1, false
-		}
-		if f.Cluster == nil {
-			fmt.Fprintln(stderr, "error: no control plane on this host")
+		if !v.canAdmin(stderr) {
 			return 1, false
 		}
 		join, err := f.Cluster.JoinCommand(ctx)
@@ -92,6 +85,24 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			return 1, false
 		}
 		fmt.Fprintln(stdout, join)
+	case cmd == "kubeadm token list":
+		if !v.canAdmin(stderr) {
+			return 1, false
+		}
+		tokens, err := f.Cluster.Tokens(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "failed to list bootstrap tokens: %v\n", err)
+			return 1, false
+		}
+		if len(tokens) > 0 {
+			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", "TOKEN", "TTL", "EXPIRES", "USAGES", "EXTRA GROUPS")
+		}
+		for _, t := range tokens {
+			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", t.ID+"."+t.Secret, time.Until(t.Expires).Round(time.Hour).String(),
+				t.Expires.Format(time.RFC3339), "authentication,signing", "system:bootstrappers:kubeadm:default-node-token")
+		}
+	case len(args) >= 3 && args[0] == "kubeadm" && args[1] == "token" && args[2] == "delete":
+		return v.deleteTokens(ctx, args[3:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
 		return v.join(ctx, args[2:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
@@ -140,6 +151,49 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 	return 0, false
 }
 
+// canAdmin reports whether the VM has the cluster's admin.conf (a control-plane host
+// of a lab with a cluster), as kubeadm token needs; if not, it says so on stderr.
+func (v *VM) canAdmin(stderr io.Writer) bool {
+	v.mu.Lock()
+	control := v.control
+	v.mu.Unlock()
+	if !control {
+		fmt.Fprintln(stderr, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher")
+		return false
+	}
+	if v.fleet.Cluster == nil {
+		fmt.Fprintln(stderr, "error: no control plane on this host")
+		return false
+	}
+	return true
+}
+
+var tokenRE = regexp.MustCompile(`^([a-z0-9]{6})(\.[a-z0-9]{16})?$`)
+
+// deleteTokens is kubeadm token delete: each argument is a token id or a whole token.
+func (v *VM) deleteTokens(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if !v.canAdmin(stderr) {
+		return 1
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "missing argument; 'token delete' is missing token of form \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"")
+		return 1
+	}
+	for _, a := range args {
+		m := tokenRE.FindStringSubmatch(a)
+		if m == nil {
+			fmt.Fprintf(stderr, "given token didn't match pattern \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"\n")
+			return 1
+		}
+		if err := v.fleet.Cluster.DeleteToken(ctx, m[1]); err != nil {
+			fmt.Fprintf(stderr, "failed to delete bootstrap token %q: %v\n", m[1], err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "bootstrap token %q deleted\n", m[1])
+	}
+	return 0
+}
+
 // join parses kubeadm join's arguments and registers the node.
 func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := v.fleet
@@ -168,6 +222,10 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	v.mu.Lock()
 	joined := v.joined
 	v.mu.Unlock()
+	if f.joinFails(v.Name) {
+		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR CRI]: container runtime is not running")
+		return 1
+	}
 	if joined {
 		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists")
 		return 1

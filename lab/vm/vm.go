@@ -27,6 +27,11 @@ import (
 type Cluster interface {
 	// JoinCommand creates a bootstrap token and returns the kubeadm join command line.
 	JoinCommand(ctx context.Context) (string, error)
+	// Tokens returns the bootstrap tokens there are (`kubeadm token list`).
+	Tokens(ctx context.Context) ([]Token, error)
+	// DeleteToken deletes the bootstrap token of an id (`kubeadm token delete`); an
+	// error wrapping ErrNoToken if there is none.
+	DeleteToken(ctx context.Context, id string) error
 	// Join checks the token and registers the VM's Node (Ready).
 	Join(ctx context.Context, j JoinRequest) error
 	// KubeletDown makes the node NotReady (reboot, kubeadm reset).
@@ -34,6 +39,15 @@ type Cluster interface {
 	// KubeletUp makes a registered node Ready again with the boot id.
 	KubeletUp(ctx context.Context, node, bootID string) error
 }
+
+// Token is a bootstrap token as `kubeadm token list` shows it.
+type Token struct {
+	ID, Secret string
+	Expires    time.Time
+}
+
+// ErrNoToken is the error of deleting a bootstrap token that does not exist.
+var ErrNoToken = errors.New("no such bootstrap token")
 
 // JoinRequest is what a `kubeadm join` on a VM asks of the cluster.
 type JoinRequest struct {
@@ -75,9 +89,10 @@ type Fleet struct {
 	// Log receives lines; nil discards.
 	Log *slog.Logger
 
-	mu      sync.Mutex
-	vms     map[string]*VM
-	history []Record
+	mu       sync.Mutex
+	vms      map[string]*VM
+	history  []Record
+	failJoin map[string]bool
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
@@ -210,6 +225,23 @@ func (f *Fleet) Delete(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// FailJoins makes `kubeadm join` fail on the VM of a name (a container runtime that is
+// not running), or succeed again.
+func (f *Fleet) FailJoins(name string, fail bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failJoin == nil {
+		f.failJoin = map[string]bool{}
+	}
+	f.failJoin[name] = fail
+}
+
+func (f *Fleet) joinFails(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failJoin[name]
 }
 
 // VM returns the VM of a server id, or nil.

@@ -464,10 +464,35 @@ func TestKubeadmJoin(t *testing.T) {
 	if _, errs, code := run(t, wcl, "sudo "+bad); code != 1 || !strings.Contains(errs, "wrong secret") {
 		t.Errorf("join with a wrong token: exit %d, %s", code, errs)
 	}
+	f.FailJoins(worker.Name, true)
+	if _, errs, code := run(t, wcl, "sudo "+join); code != 1 || !strings.Contains(errs, "container runtime is not running") {
+		t.Errorf("join with FailJoins: exit %d, %s", code, errs)
+	}
+	f.FailJoins(worker.Name, false)
 	if _, errs, code := run(t, wcl, "sudo "+join); code != 0 {
 		t.Fatalf("join: exit %d: %s", code, errs)
 	}
 	wcl.Close()
+
+	// The token is listed on the control VM until it is deleted; only there.
+	if out, _, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || !strings.Contains(out, words[4]) {
+		t.Errorf("token list: exit %d, %q; want it to list %s", code, out, tokenID)
+	}
+	if _, errs, code := run(t, redial(t, f, worker, op), "kubeadm token delete "+tokenID); code != 1 || !strings.Contains(errs, "admin.conf") {
+		t.Errorf("token delete on a worker: exit %d, %s", code, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token delete "+tokenID); code != 0 || out != fmt.Sprintf("bootstrap token %q deleted\n", tokenID) {
+		t.Errorf("token delete: exit %d, %q, %s", code, out, errs)
+	}
+	if out, _, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || strings.Contains(out, tokenID) {
+		t.Errorf("token list after delete: exit %d, %q", code, out)
+	}
+	if _, errs, code := run(t, ccl, "sudo kubeadm token delete "+tokenID); code != 1 || !strings.Contains(errs, "not found") {
+		t.Errorf("deleting a deleted token: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, ccl, "sudo kubeadm token delete NOT-A-TOKEN"); code != 1 || !strings.Contains(errs, "didn't match pattern") {
+		t.Errorf("deleting a malformed token: exit %d, %s", code, errs)
+	}
 	if err := cp.WaitNodeReady(ctx, worker.Name, true, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -510,4 +535,15 @@ func TestKubeadmJoin(t *testing.T) {
 	if worker.Joined() {
 		t.Error("the VM still counts as joined after kubeadm reset")
 	}
+}
+
+// redial dials the VM again, closed at the end of the test.
+func redial(t *testing.T, f *Fleet, v *VM, op operator) *ssh.Client {
+	t.Helper()
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }
