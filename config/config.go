@@ -189,12 +189,15 @@ type SSH struct {
 // Role is a kind of node (worker, worker-nfs, control, ingress, ...).
 type Role struct {
 	// Prefix names the role's servers: <prefix>-<number>, e.g. toolsbeta-test-k8s-worker-7.
-	Prefix         string      `json:"prefix"`
-	Flavor         string      `json:"flavor,omitempty"`
-	Image          string      `json:"image,omitempty"`
-	Network        string      `json:"network,omitempty"`
-	SecurityGroups []string    `json:"securityGroups,omitempty"`
-	ServerGroup    ServerGroup `json:"serverGroup,omitempty"`
+	Prefix         string   `json:"prefix"`
+	Flavor         string   `json:"flavor,omitempty"`
+	Image          string   `json:"image,omitempty"`
+	Network        string   `json:"network,omitempty"`
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	// DefaultSecurityGroup, when false, keeps new servers out of the project's
+	// "default" security group; they are in it besides SecurityGroups if unset or true.
+	DefaultSecurityGroup *bool       `json:"defaultSecurityGroup,omitempty"`
+	ServerGroup          ServerGroup `json:"serverGroup,omitempty"`
 	// KeyName is the Nova key pair injected into new servers.
 	KeyName string            `json:"keyName,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
@@ -209,6 +212,12 @@ type Role struct {
 	RebootAfterProvision bool `json:"rebootAfterProvision,omitempty"`
 	// Hooks run at named points of the life of the role's nodes, after the cluster's.
 	Hooks Hooks `json:"hooks,omitempty"`
+}
+
+// InDefaultSecurityGroup reports whether new servers of the role are put in the
+// project's "default" security group (unless defaultSecurityGroup: false).
+func (r *Role) InDefaultSecurityGroup() bool {
+	return r.DefaultSecurityGroup == nil || *r.DefaultSecurityGroup
 }
 
 // ServerGroup is the Nova server group a role's servers are placed in.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,10 +22,13 @@ type addSpec struct {
 	Prefix string `json:"prefix"`
 	// Flavor, Image and Network are the flag, else the configuration's, else "" (copy
 	// the newest node of the role).
-	Flavor               string               `json:"flavor,omitempty"`
-	Image                string               `json:"image,omitempty"`
-	Network              string               `json:"network,omitempty"`
-	SecurityGroups       []string             `json:"securityGroups,omitempty"`
+	Flavor         string   `json:"flavor,omitempty"`
+	Image          string   `json:"image,omitempty"`
+	Network        string   `json:"network,omitempty"`
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	// DefaultSecurityGroup puts the server in the project's "default" security group
+	// besides SecurityGroups.
+	DefaultSecurityGroup bool                 `json:"defaultSecurityGroup,omitempty"`
 	ServerGroup          config.ServerGroup   `json:"serverGroup,omitempty"`
 	KeyName              string               `json:"keyName,omitempty"`
 	Labels               map[string]string    `json:"labels,omitempty"`
@@ -49,7 +53,7 @@ func newAddSpec(roleName string, role *config.Role, o addOverrides) addSpec {
 	return addSpec{
 		Role: roleName, Prefix: role.Prefix,
 		Flavor: first(o.Flavor, role.Flavor), Image: first(o.Image, role.Image), Network: first(o.Network, role.Network),
-		SecurityGroups: role.SecurityGroups, ServerGroup: role.ServerGroup, KeyName: role.KeyName,
+		SecurityGroups: role.SecurityGroups, DefaultSecurityGroup: role.InDefaultSecurityGroup(), ServerGroup: role.ServerGroup, KeyName: role.KeyName,
 		Labels: role.Labels, Taints: role.Taints, ControlPlane: role.ControlPlane,
 		ExtraStorage: role.ExtraStorage, Provision: role.Provision, RebootAfterProvision: role.RebootAfterProvision,
 	}
@@ -206,6 +210,12 @@ func (a *nodeAdder) ensureGroup(ctx context.Context, v *pipeline.Values) error {
 	if err != nil {
 		return err
 	}
+	if want := a.spec.ServerGroup.Policy; want != "" && g.Policy != want {
+		// Nova cannot change a group's policy, and the servers in it were placed by its
+		// own: placing the new one by another would not give what the configuration asks.
+		a.env.Log.Warn("the server group has another policy than the configuration's; using it as it is",
+			"server_group", g.Name, "policy", g.Policy, "configured", want)
+	}
 	return a.k.serverGroup.Set(v, g.ID)
 }
 
@@ -224,9 +234,11 @@ func (a *nodeAdder) createServer(ctx context.Context, v *pipeline.Values) error 
 	if err := errors.Join(errs[:]...); err != nil {
 		return err
 	}
-	for _, sg := range a.spec.SecurityGroups {
-		opts.SecurityGroups = append(opts.SecurityGroups, sg)
+	// OpenStack puts a server in "default" only when it is given no group at all.
+	if a.spec.DefaultSecurityGroup && !slices.Contains(a.spec.SecurityGroups, "default") {
+		opts.SecurityGroups = append(opts.SecurityGroups, "default")
 	}
+	opts.SecurityGroups = append(opts.SecurityGroups, a.spec.SecurityGroups...)
 	srv, adopted, err := a.c.cloud.CreateServer(ctx, opts)
 	if err != nil {
 		return err

@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/stack"
 )
 
@@ -46,10 +50,70 @@ func noWholeToken(t *testing.T, dir string) {
 	})
 }
 
-// TestJoinTokenDeleted adds a worker whose first join fails: the bootstrap token of each
-// join is deleted on the control node it came from, and no token is in a log or state file.
-func TestJoinTokenDeleted(t *testing.T) {
+// TestAddNodeRealSteps adds nodes in the lab and checks the steps a real node needs.
+func TestAddNodeRealSteps(t *testing.T) {
 	w, s := stackWorld(t, 1, 1)
+	t.Run("join-token", func(t *testing.T) { testJoinTokenDeleted(t, w, s) })
+	t.Run("groups", func(t *testing.T) { testGroups(t, w, s) })
+}
+
+// serverOf returns the lab cloud's record of the server of a name.
+func serverOf(t *testing.T, s *stack.Stack, name string) cloud.Server {
+	t.Helper()
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			return srv
+		}
+	}
+	t.Fatalf("no server %s", name)
+	return cloud.Server{}
+}
+
+// testGroups: a new server is in the project's default security group besides the
+// role's, unless the role says defaultSecurityGroup: false; a server group whose policy
+// is not the configuration's is used as it is, with a warning.
+func testGroups(t *testing.T, w *world, s *stack.Stack) {
+	worker := serverOf(t, s, s.Prefix+"-worker-2")
+	if diff := cmp.Diff([]string{"default", "toolsbeta-k8s-full-connectivity"}, worker.SecurityGroups); diff != "" {
+		t.Errorf("security groups of %s (-want +got):\n%s", worker.Name, diff)
+	}
+
+	cfg, err := os.ReadFile(w.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := s.Prefix + "-worker-nfs"
+	old := fmt.Sprintf("serverGroup: {name: %s, policy: soft-anti-affinity}\n", group)
+	if !strings.Contains(string(cfg), old) {
+		t.Fatalf("no %q in the lab config", old)
+	}
+	edited := strings.Replace(string(cfg), old, fmt.Sprintf("serverGroup: {name: %s, policy: anti-affinity}\n        defaultSecurityGroup: false\n", group), 1)
+	if err := os.WriteFile(w.config, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker-nfs")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "the server group has another policy than the configuration's; using it as it is server_group="+group+" policy=soft-anti-affinity configured=anti-affinity") {
+		t.Errorf("no warning about the server group's policy:\n%s", r.stderr)
+	}
+	nfs := serverOf(t, s, s.Prefix+"-worker-nfs-2")
+	if diff := cmp.Diff([]string{"toolsbeta-k8s-full-connectivity"}, nfs.SecurityGroups); diff != "" {
+		t.Errorf("security groups of %s with defaultSecurityGroup: false (-want +got):\n%s", nfs.Name, diff)
+	}
+	var groups []string
+	for _, g := range s.Cloud.Groups() {
+		if slices.Contains(g.Members, nfs.ID) {
+			groups = append(groups, g.Name+" "+g.Policy)
+		}
+	}
+	if diff := cmp.Diff([]string{group + " soft-anti-affinity"}, groups); diff != "" {
+		t.Errorf("server groups of %s (-want +got):\n%s", nfs.Name, diff)
+	}
+}
+
+// testJoinTokenDeleted adds a worker whose first join fails: the bootstrap token of each
+// join is deleted on the control node it came from, and no token is in a log or state file.
+func testJoinTokenDeleted(t *testing.T, w *world, s *stack.Stack) {
 	name := s.Prefix + "-worker-2"
 	control := s.Prefix + "-control-1"
 
