@@ -98,7 +98,7 @@ type nodeAdder struct {
 // addNode is the step set that creates a server as spec says and joins it to the cluster,
 // its values in scope s: pick-name, resolve-flavor-image-network, ensure-server-group,
 // create-server (an existing server of the name is adopted; its id is recorded before any
-// wait), wait-active, pin-host-key, wait-ssh, prepare-storage (with extra storage),
+// wait), wait-active, pin-host-key, wait-ssh, wait-cloud-init, prepare-storage (with extra storage),
 // provision (with provisioning commands), reboot (if the role asks), join,
 // wait-node-ready, apply-labels-taints. name returns the node's name once pick-name ran.
 func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) (steps []pipeline.Step, name func(*pipeline.Values) string) {
@@ -118,6 +118,7 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "wait-active", Desc: desc("wait for server %s to be ACTIVE"), Do: a.waitActive},
 		{Name: "pin-host-key", Desc: desc("pin the SSH host key %s printed on its console"), Do: a.pinHostKey},
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
+		{Name: "wait-cloud-init", Desc: desc("wait for cloud-init to finish on %s"), Do: a.waitCloudInit},
 	}
 	if spec.ExtraStorage != nil {
 		steps = append(steps, pipeline.Step{Name: "prepare-storage", Desc: desc("prepare the extra storage of %s"), Do: a.prepareStorage})
@@ -340,6 +341,64 @@ func (a *nodeAdder) waitSSH(ctx context.Context, v *pipeline.Values) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// bootFinished is the file cloud-init writes when it has finished, on every boot.
+const bootFinished = "/var/lib/cloud/instance/boot-finished"
+
+// cloudInitProgress is how often the wait for cloud-init says it is still waiting.
+const cloudInitProgress = 30 * time.Second
+
+// waitCloudInit waits until cloud-init has finished on the new node: what it does (package
+// installs holding the dpkg lock, users, mounts) would race with provisioning.
+func (a *nodeAdder) waitCloudInit(ctx context.Context, v *pipeline.Values) error {
+	if a.imaginary(v) {
+		return pipeline.Skip("dry-run: the server does not exist")
+	}
+	host, err := a.host(ctx, v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	start := time.Now()
+	var last time.Time // of the last progress line
+	for {
+		_, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"test", "-e", bootFinished}, ReadOnly: true, Timeout: 30 * time.Second})
+		if err == nil {
+			if waited := time.Since(start); waited > time.Second {
+				a.env.Log.Info("cloud-init has finished", "host", host, "waited", waited.Round(time.Second))
+			}
+			return nil
+		}
+		var exit *ssh.ExitError
+		var hk *ssh.HostKeyError
+		switch {
+		case errors.As(err, &exit) && exit.Status == 1: // not yet
+		case errors.As(err, &exit), errors.As(err, &hk):
+			return fmt.Errorf("wait for cloud-init on %s: %w", host, err)
+		default: // the connection failed: try again
+		}
+		if time.Since(last) >= cloudInitProgress {
+			last = time.Now()
+			a.env.Log.Info("waiting for cloud-init to finish", "host", host, "file", bootFinished,
+				"waited", time.Since(start).Round(time.Second), "timeout", a.timeout, "last", errString(err))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for cloud-init on %s (%s): %w", host, bootFinished, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// errString is what a progress line says of the last attempt.
+func errString(err error) string {
+	var exit *ssh.ExitError
+	if errors.As(err, &exit) {
+		return "not yet"
+	}
+	return err.Error()
 }
 
 // runOn runs commands on the new node, skipping them in a dry-run of a new server.

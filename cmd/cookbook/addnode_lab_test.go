@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -91,11 +92,15 @@ func testGroups(t *testing.T, w *world, s *stack.Stack) {
 	if err := os.WriteFile(w.config, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// cloud-init runs long enough on this one to be waited for.
+	s.Fleet.SetCloudInitTime(4 * time.Second)
+	defer s.Fleet.SetCloudInitTime(700 * time.Millisecond)
 	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker-nfs")
 	wantCode(t, r, 0)
 	if !strings.Contains(r.stderr, "the server group has another policy than the configuration's; using it as it is server_group="+group+" policy=soft-anti-affinity configured=anti-affinity") {
 		t.Errorf("no warning about the server group's policy:\n%s", r.stderr)
 	}
+	wantCloudInitWaited(t, s, s.Prefix+"-worker-nfs-2", r.stderr)
 	nfs := serverOf(t, s, s.Prefix+"-worker-nfs-2")
 	if diff := cmp.Diff([]string{"toolsbeta-k8s-full-connectivity"}, nfs.SecurityGroups); diff != "" {
 		t.Errorf("security groups of %s with defaultSecurityGroup: false (-want +got):\n%s", nfs.Name, diff)
@@ -163,4 +168,35 @@ func testJoinTokenDeleted(t *testing.T, w *world, s *stack.Stack) {
 	}
 	noWholeToken(t, w.stateDir)
 	noWholeToken(t, s.AuditPath)
+}
+
+// wantCloudInitWaited checks that add-k8s-node waited for cloud-init on a new node before
+// provisioning it, and that no command failed there.
+func wantCloudInitWaited(t *testing.T, s *stack.Stack, name, log string) {
+	t.Helper()
+	var checks, first int
+	for i, r := range s.Fleet.History() {
+		if r.VM != name {
+			continue
+		}
+		c := strings.Join(r.Argv, " ")
+		switch {
+		case strings.Contains(c, "test -e /var/lib/cloud/instance/boot-finished"):
+			checks++
+		case strings.Contains(c, "apt-get") && first == 0:
+			first = i
+			if checks == 0 {
+				t.Errorf("%s: %q ran before any check of boot-finished", name, c)
+			}
+		}
+		if r.ExitCode != 0 && !strings.Contains(c, "boot-finished") && !strings.Contains(c, "blkid") {
+			t.Errorf("%s: %q exited %d", name, c, r.ExitCode)
+		}
+	}
+	if checks < 2 || !strings.Contains(log, "waiting for cloud-init to finish host=") {
+		t.Errorf("%s: %d check(s) of boot-finished, no progress line: cloud-init was not waited for:\n%s", name, checks, log)
+	}
+	if first == 0 || !strings.Contains(log, "wait for cloud-init to finish on "+name) {
+		t.Errorf("%s: no wait for cloud-init before provisioning (%d checks):\n%s", name, checks, log)
+	}
 }

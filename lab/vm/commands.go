@@ -9,6 +9,24 @@ import (
 	"time"
 )
 
+// bootFinished is the file cloud-init writes when it has finished.
+const bootFinished = "/var/lib/cloud/instance/boot-finished"
+
+// racingPrograms, and the fleet's Programs, are provisioning commands: they fail while
+// cloud-init runs (it holds the dpkg lock and is still configuring the VM).
+var racingPrograms = []string{"apt-get", "puppet", "run-puppet-agent"}
+
+// exists answers test -e for the files the VMs know: cloud-init's boot-finished.
+func (v *VM) exists(path string) bool {
+	switch path {
+	case bootFinished:
+		return v.CloudInitDone()
+	case "/", "/etc", "/var/lib/cloud/instance":
+		return true
+	}
+	return false
+}
+
 // defaultPrograms succeed with no output: what provisioning and package steps run.
 var defaultPrograms = []string{"apt-get", "mkdir", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
 
@@ -140,6 +158,22 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 	case cmd == "kubeadm upgrade node":
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 	case cmd == "systemctl restart kubelet":
+	case (args[0] == "test" || args[0] == "[") && len(args) >= 3 && (args[1] == "-e" || args[1] == "-f"):
+		if !v.exists(args[2]) {
+			return 1, false
+		}
+	case contains(racingPrograms, args[0]) || contains(f.Programs, args[0]):
+		if !v.CloudInitDone() {
+			if args[0] == "apt-get" {
+				fmt.Fprintln(stderr, "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 713 (apt-get)\nN: Be aware that removing the lock file is not a solution and may break your system.\nE: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), is another process using it?")
+				return 100, false
+			}
+			fmt.Fprintf(stderr, "%s: cloud-init is still running (no /var/lib/cloud/instance/boot-finished): what it configures is not there yet\n", args[0])
+			return 1, false
+		}
+		if args[0] == "apt-get" && len(args) > 1 {
+			fmt.Fprintf(stdout, "Reading package lists... Done\n")
+		}
 	case contains(defaultPrograms, args[0]) || contains(f.Programs, args[0]):
 		if args[0] == "apt-get" && len(args) > 1 {
 			fmt.Fprintf(stdout, "Reading package lists... Done\n")

@@ -79,6 +79,11 @@ type Fleet struct {
 	DownTime time.Duration
 	// Programs are extra commands (argv[0]) that succeed, for provisioning steps.
 	Programs []string
+	// CloudInitTime is how long cloud-init runs after a VM's first boot (its SSH answers
+	// from the start): until then /var/lib/cloud/instance/boot-finished is missing and
+	// provisioning commands fail (apt-get finds the dpkg lock held, the others race with
+	// cloud-init), as they would on a real VM. Zero: cloud-init is done at once.
+	CloudInitTime time.Duration
 	// HangReboot makes `systemctl reboot` hang on these VMs (by name), to test the
 	// hard-reboot fallback: the session stays open until the VM is rebooted hard.
 	HangReboot map[string]bool
@@ -128,6 +133,9 @@ type VM struct {
 	down      chan struct{} // closed when the current incarnation stops
 	control   bool
 	formatted map[string]bool
+	// bootFinished is when cloud-init finishes, after the first boot: the file stays on
+	// disk over reboots.
+	bootFinished time.Time
 }
 
 func (f *Fleet) log() *slog.Logger {
@@ -168,6 +176,7 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 		}
 	}
 	f.mu.Lock()
+	v.bootFinished = time.Now().Add(f.CloudInitTime)
 	if f.vms == nil {
 		f.vms = map[string]*VM{}
 	}
@@ -185,6 +194,13 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 // HostKeyLine is the VM's host key as cloud-init prints it.
 func (v *VM) HostKeyLine() string {
 	return fmt.Sprintf("256 %s root@%s (ED25519)", ssh.FingerprintSHA256(v.signer.PublicKey()), v.Name)
+}
+
+// CloudInitDone reports whether cloud-init has finished on the VM (boot-finished exists).
+func (v *VM) CloudInitDone() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !time.Now().Before(v.bootFinished)
 }
 
 // PublicKey is the VM's host key.
@@ -242,6 +258,13 @@ func (f *Fleet) joinFails(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.failJoin[name]
+}
+
+// SetCloudInitTime sets CloudInitTime for the VMs booted from now on.
+func (f *Fleet) SetCloudInitTime(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.CloudInitTime = d
 }
 
 // VM returns the VM of a server id, or nil.

@@ -547,3 +547,45 @@ func redial(t *testing.T, f *Fleet, v *VM, op operator) *ssh.Client {
 	t.Cleanup(func() { cl.Close() })
 	return cl
 }
+
+// TestCloudInitRace: SSH answers at once, but until cloud-init has finished (its
+// boot-finished file) provisioning commands fail, as they race with it on a real VM.
+func TestCloudInitRace(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.CloudInitTime = 700 * time.Millisecond
+	v := boot(t, f, "tb-worker-9", nil)
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	tests := []struct {
+		line     string
+		wantErr  string
+		wantCode int
+	}{
+		{"hostname", "", 0},
+		{"test -e /var/lib/cloud/instance/boot-finished", "", 1},
+		{"sudo -n -- apt-get update", "Could not get lock /var/lib/dpkg/lock-frontend", 100},
+		{"run-provision --role worker", "cloud-init is still running", 1},
+	}
+	for _, tt := range tests {
+		if _, errs, code := run(t, cl, tt.line); code != tt.wantCode || !strings.Contains(errs, tt.wantErr) {
+			t.Errorf("before boot-finished: %s: exit %d, stderr %q; want exit %d, stderr ~%q", tt.line, code, errs, tt.wantCode, tt.wantErr)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !v.CloudInitDone() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, line := range []string{"test -e /var/lib/cloud/instance/boot-finished", "sudo -n -- apt-get update", "run-provision --role worker", "test -e /nonexistent"} {
+		want := 0
+		if line == "test -e /nonexistent" {
+			want = 1
+		}
+		if _, errs, code := run(t, cl, line); code != want {
+			t.Errorf("after boot-finished: %s: exit %d, stderr %q; want %d", line, code, errs, want)
+		}
+	}
+}
