@@ -231,6 +231,19 @@ type ServerGroup struct {
 type ExtraStorage struct {
 	Device     string `json:"device"`
 	MountPoint string `json:"mountPoint"`
+	// FsType is the filesystem, ext4 (the default) or xfs.
+	FsType string `json:"fsType,omitempty"`
+	// Reformat formats a device that has a filesystem of another type; without it that
+	// is an error naming what is on the device.
+	Reformat bool `json:"reformat,omitempty"`
+}
+
+// Type is the filesystem type, ext4 if FsType is empty.
+func (e *ExtraStorage) Type() string {
+	if e.FsType == "" {
+		return "ext4"
+	}
+	return e.FsType
 }
 
 // Taint is a Kubernetes node taint.
@@ -488,6 +501,9 @@ func (cl *Cluster) validate(p string) []error {
 		}
 		if r.ExtraStorage != nil && (r.ExtraStorage.Device == "" || r.ExtraStorage.MountPoint == "") {
 			errs = append(errs, fmt.Errorf("%s.extraStorage: device and mountPoint are required", rp))
+		}
+		if r.ExtraStorage != nil && r.ExtraStorage.Type() != "ext4" && r.ExtraStorage.Type() != "xfs" {
+			errs = append(errs, fmt.Errorf("%s.extraStorage.fsType: %s is not one of ext4, xfs", rp, quote(r.ExtraStorage.FsType)))
 		}
 		errs = append(errs, r.Hooks.validate(rp+".hooks")...)
 	}

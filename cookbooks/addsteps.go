@@ -423,29 +423,86 @@ func (a *nodeAdder) runOn(ctx context.Context, v *pipeline.Values, cmds ...ssh.C
 
 func (a *nodeAdder) prepareStorage(ctx context.Context, v *pipeline.Values) error {
 	st := a.spec.ExtraStorage
+	typ := st.Type()
+	mkfs := ssh.Command{Argv: []string{"mkfs." + typ, "-L", "extra", st.Device}}
 	if a.imaginary(v) {
-		return a.runOn(ctx, v, ssh.Command{Argv: []string{"mkfs.ext4", "-L", "extra", st.Device}}, ssh.Command{Argv: []string{"mount", st.Device, st.MountPoint}})
+		return a.runOn(ctx, v, mkfs, ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}},
+			ssh.Command{Argv: []string{"sed", "-i", fmt.Sprintf("$a UUID=<new> %s %s defaults,nofail 0 2", st.MountPoint, typ), "/etc/fstab"}},
+			ssh.Command{Argv: []string{"mount", "-a"}})
 	}
 	host, err := a.host(ctx, v)
 	if err != nil {
 		return err
 	}
-	// A device that has a filesystem already (an interrupted run) is not formatted again.
-	_, err = a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"blkid", st.Device}, ReadOnly: true})
-	var exit *ssh.ExitError
+	blkid := func(tag string) (string, bool, error) {
+		res, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"blkid", "-s", tag, "-o", "value", st.Device}, ReadOnly: true})
+		var exit *ssh.ExitError
+		switch {
+		case err == nil:
+			return strings.TrimSpace(res.Stdout), true, nil
+		case errors.As(err, &exit) && exit.Status == 2:
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	// A device that has a filesystem of the type already (an interrupted run) is not
+	// formatted again; one of another type is formatted only if the role says so.
+	have, ok, err := blkid("TYPE")
 	switch {
-	case err == nil:
-		a.env.Log.Info("the device has a filesystem already; not formatting it", "device", st.Device)
-	case errors.As(err, &exit) && exit.Status == 2:
-		if _, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"mkfs.ext4", "-L", "extra", st.Device}}); err != nil {
+	case err != nil:
+		return err
+	case !ok:
+		if _, err := a.c.ssh.Run(ctx, host, mkfs); err != nil {
 			return err
 		}
+	case have == typ:
+		a.env.Log.Info("the device has a filesystem of the type already; not formatting it", "device", st.Device, "type", typ)
+	case !st.Reformat:
+		return fmt.Errorf("extra storage %s on %s has a %s filesystem, not %s: set roles.%s.extraStorage.reformat: true to format it (losing what is on it)",
+			st.Device, host, have, typ, a.spec.Role)
 	default:
+		a.env.Log.Warn("formatting the device, which has a filesystem of another type (extraStorage.reformat)", "device", st.Device, "had", have, "type", typ)
+		force := map[string]string{"ext4": "-F", "xfs": "-f"}[typ]
+		if _, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"mkfs." + typ, force, "-L", "extra", st.Device}}); err != nil {
+			return err
+		}
+	}
+	uuid, ok, err := blkid("UUID")
+	switch {
+	case err != nil:
+		return err
+	case (!ok || uuid == "") && a.env.DryRun:
+		uuid = "<new>" // of the filesystem the rehearsal did not make
+	case !ok || uuid == "":
+		return fmt.Errorf("no UUID for %s on %s after formatting", st.Device, host)
+	}
+	if err := a.runOn(ctx, v, ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}}); err != nil {
 		return err
 	}
-	return a.runOn(ctx, v,
-		ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}},
-		ssh.Command{Argv: []string{"mount", st.Device, st.MountPoint}})
+	// The filesystem is in /etc/fstab by UUID (device names can change between boots),
+	// once; another entry for the mount point is an error.
+	res, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"cat", "/etc/fstab"}, ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	listed := false
+	for _, l := range strings.Split(res.Stdout, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || f[1] != st.MountPoint {
+			continue
+		}
+		if f[0] != "UUID="+uuid {
+			return fmt.Errorf("/etc/fstab on %s has another entry for %s: %q", host, st.MountPoint, l)
+		}
+		listed = true
+	}
+	if !listed {
+		line := fmt.Sprintf("UUID=%s %s %s defaults,nofail 0 2", uuid, st.MountPoint, typ)
+		if err := a.runOn(ctx, v, ssh.Command{Argv: []string{"sed", "-i", "$a " + line, "/etc/fstab"}}); err != nil {
+			return err
+		}
+	}
+	return a.runOn(ctx, v, ssh.Command{Argv: []string{"mount", "-a"}})
 }
 
 func (a *nodeAdder) provision(ctx context.Context, v *pipeline.Values) error {

@@ -18,6 +18,7 @@ import (
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/stack"
+	"example.com/cookbook/lab/vm"
 )
 
 // bootstrapTokens returns the ids of the bootstrap token Secrets of the lab's cluster.
@@ -56,6 +57,7 @@ func TestAddNodeRealSteps(t *testing.T) {
 	w, s := stackWorld(t, 1, 1)
 	t.Run("join-token", func(t *testing.T) { testJoinTokenDeleted(t, w, s) })
 	t.Run("groups", func(t *testing.T) { testGroups(t, w, s) })
+	t.Run("storage-of-another-type", func(t *testing.T) { testStorageOfAnotherType(t, w, s) })
 }
 
 // serverOf returns the lab cloud's record of the server of a name.
@@ -145,6 +147,15 @@ func testJoinTokenDeleted(t *testing.T, w *world, s *stack.Stack) {
 	if ids := bootstrapTokens(t, s); len(ids) != 0 {
 		t.Errorf("bootstrap tokens left after add-k8s-node: %v", ids)
 	}
+	// The extra storage is in /etc/fstab by UUID, so the reboot after provisioning
+	// mounted it again.
+	v := s.Fleet.VM(serverOf(t, s, name).ID)
+	if dev, ok := v.Mounted("/var/lib/containerd"); !ok || dev != "/dev/sdb" {
+		t.Errorf("/var/lib/containerd on %s after the reboot: %q %v; fstab: %q", name, dev, ok, v.Fstab())
+	}
+	if fstab := strings.Join(v.Fstab(), "\n"); !regexp.MustCompile(`\nUUID=[0-9a-f-]+ /var/lib/containerd ext4 defaults,nofail 0 2(\n|$)`).MatchString(fstab) || strings.Count(fstab, "/var/lib/containerd") != 1 {
+		t.Errorf("fstab of %s:\n%s", name, fstab)
+	}
 
 	// Each token was created and deleted on the control node; only its id was logged.
 	var creates, deletes int
@@ -198,5 +209,23 @@ func wantCloudInitWaited(t *testing.T, s *stack.Stack, name, log string) {
 	}
 	if first == 0 || !strings.Contains(log, "wait for cloud-init to finish on "+name) {
 		t.Errorf("%s: no wait for cloud-init before provisioning (%d checks):\n%s", name, checks, log)
+	}
+}
+
+// testStorageOfAnotherType: a new node whose extra storage device has a filesystem of
+// another type than the role's is not formatted: the run fails naming the device and
+// what is on it.
+func testStorageOfAnotherType(t *testing.T, w *world, s *stack.Stack) {
+	name := s.Prefix + "-worker-3"
+	s.Fleet.PresetFilesystem(name, "/dev/sdb", vm.Filesystem{Type: "xfs", UUID: "5a1e0000-0000-4000-8000-000000000001", Label: "data"})
+	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "extra storage /dev/sdb on ") || !strings.Contains(r.stderr, "has a xfs filesystem, not ext4: set roles.worker.extraStorage.reformat: true") {
+		t.Errorf("no error naming the device and its filesystem:\n%s", r.stderr)
+	}
+	for _, c := range commandsOn(s, name) {
+		if strings.Contains(c, "mkfs") {
+			t.Errorf("%s: %q ran", name, c)
+		}
 	}
 }

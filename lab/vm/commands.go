@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -28,7 +30,7 @@ func (v *VM) exists(path string) bool {
 }
 
 // defaultPrograms succeed with no output: what provisioning and package steps run.
-var defaultPrograms = []string{"apt-get", "mkdir", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
+var defaultPrograms = []string{"apt-get", "mkdir", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
 
 // exec runs one command line; drop means the session ends without an exit status.
 func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
@@ -139,22 +141,26 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			return 1, false
 		}
 		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
-	case args[0] == "blkid" && len(args) == 2:
+	case args[0] == "blkid":
+		return v.blkid(args[1:], stdout), false
+	case strings.HasPrefix(args[0], "mkfs.") && len(args) >= 2:
+		return v.mkfs(strings.TrimPrefix(args[0], "mkfs."), args[1:], stdout, stderr), false
+	case cmd == "cat /etc/fstab":
+		for _, l := range v.Fstab() {
+			fmt.Fprintln(stdout, l)
+		}
+	case len(args) == 4 && args[0] == "sed" && args[1] == "-i" && strings.HasPrefix(args[2], "$a ") && args[3] == "/etc/fstab":
 		v.mu.Lock()
-		ok := v.formatted[args[1]]
+		v.fstab = append(v.fstab, strings.TrimPrefix(args[2], "$a "))
 		v.mu.Unlock()
+	case args[0] == "mount":
+		return v.mount(args[1:], stderr), false
+	case args[0] == "findmnt" && len(args) == 3 && args[1] == "-n":
+		dev, ok := v.Mounted(args[2])
 		if !ok {
-			return 2, false
+			return 1, false
 		}
-		fmt.Fprintf(stdout, "%s: LABEL=\"extra\" TYPE=\"ext4\"\n", args[1])
-	case args[0] == "mkfs.ext4" && len(args) >= 2:
-		v.mu.Lock()
-		if v.formatted == nil {
-			v.formatted = map[string]bool{}
-		}
-		v.formatted[args[len(args)-1]] = true
-		v.mu.Unlock()
-		fmt.Fprintf(stdout, "Creating filesystem with 5242880 4k blocks\nWriting superblocks and filesystem accounting information: done\n")
+		fmt.Fprintf(stdout, "%s %s ext4 rw,relatime\n", args[2], dev)
 	case cmd == "kubeadm upgrade node":
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 	case cmd == "systemctl restart kubelet":
@@ -286,4 +292,133 @@ func (v *VM) MarkJoined() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.joined = true
+}
+
+// rootFstab is the start of every VM's /etc/fstab.
+func rootFstab() []string {
+	return []string{"# /etc/fstab: static file system information.", "UUID=0f3c2b1a-0000-4000-8000-00000000f00d / ext4 rw,discard,errors=remount-ro 0 1"}
+}
+
+// blkid answers `blkid DEV` and `blkid -s TAG -o value DEV`: exit 2 without a filesystem.
+func (v *VM) blkid(args []string, stdout io.Writer) int {
+	tag := ""
+	if len(args) == 5 && args[0] == "-s" && args[2] == "-o" && args[3] == "value" {
+		tag, args = args[1], args[4:]
+	}
+	if len(args) != 1 {
+		return 2
+	}
+	v.mu.Lock()
+	fs, ok := v.disks[args[0]]
+	v.mu.Unlock()
+	if !ok {
+		return 2
+	}
+	switch tag {
+	case "":
+		fmt.Fprintf(stdout, "%s: UUID=%q LABEL=%q TYPE=%q\n", args[0], fs.UUID, fs.Label, fs.Type)
+	case "UUID":
+		fmt.Fprintln(stdout, fs.UUID)
+	case "TYPE":
+		fmt.Fprintln(stdout, fs.Type)
+	case "LABEL":
+		fmt.Fprintln(stdout, fs.Label)
+	default:
+		return 2
+	}
+	return 0
+}
+
+// mkfs makes a filesystem; like the real ones run without a terminal, it refuses a device
+// that has a filesystem unless forced (-F for ext4, -f for xfs).
+func (v *VM) mkfs(typ string, args []string, stdout, stderr io.Writer) int {
+	if typ != "ext4" && typ != "xfs" {
+		fmt.Fprintf(stderr, "bash: mkfs.%s: command not found\n", typ)
+		return 127
+	}
+	dev, force, label := args[len(args)-1], false, ""
+	for i, a := range args[:len(args)-1] {
+		switch {
+		case a == "-F" || a == "-f":
+			force = true
+		case a == "-L" && i+1 < len(args)-1:
+			label = args[i+1]
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if old, ok := v.disks[dev]; ok && !force {
+		fmt.Fprintf(stderr, "%s contains a %s file system labelled '%s'\nProceed anyway? (y,N) \n", dev, old.Type, old.Label)
+		return 1
+	}
+	for _, d := range v.mounts {
+		if d == dev {
+			fmt.Fprintf(stderr, "%s is mounted; will not make a filesystem here!\n", dev)
+			return 1
+		}
+	}
+	if v.disks == nil {
+		v.disks = map[string]Filesystem{}
+	}
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	v.disks[dev] = Filesystem{Type: typ, Label: label, UUID: fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])}
+	fmt.Fprintf(stdout, "Creating filesystem with 5242880 4k blocks\nWriting superblocks and filesystem accounting information: done\n")
+	return 0
+}
+
+// mount answers `mount -a` (the fstab entries not mounted yet) and `mount DEV DIR`.
+func (v *VM) mount(args []string, stderr io.Writer) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case len(args) == 1 && args[0] == "-a":
+		if err := v.mountFstab(); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 32
+		}
+	case len(args) == 2:
+		if _, ok := v.disks[args[0]]; !ok {
+			fmt.Fprintf(stderr, "mount: %s: wrong fs type, bad option, bad superblock on %s, missing codepage or helper program, or other error.\n", args[1], args[0])
+			return 32
+		}
+		if v.mounts == nil {
+			v.mounts = map[string]string{}
+		}
+		v.mounts[args[1]] = args[0]
+	default:
+		fmt.Fprintln(stderr, "mount: bad usage")
+		return 1
+	}
+	return 0
+}
+
+// mountFstab mounts the fstab entries (UUID=... lines) not mounted yet, as the boot and
+// mount -a do; v.mu is held.
+func (v *VM) mountFstab() error {
+	var errs []error
+	for _, l := range v.fstab {
+		f := strings.Fields(l)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if _, ok := v.mounts[f[1]]; ok {
+			continue
+		}
+		dev := ""
+		for d, fs := range v.disks {
+			if "UUID="+fs.UUID == f[0] || d == f[0] {
+				dev = d
+			}
+		}
+		if dev == "" {
+			errs = append(errs, fmt.Errorf("mount: %s: can't find %s.", f[1], f[0]))
+			continue
+		}
+		if v.mounts == nil {
+			v.mounts = map[string]string{}
+		}
+		v.mounts[f[1]] = dev
+	}
+	return errors.Join(errs...)
 }

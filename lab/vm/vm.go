@@ -98,6 +98,7 @@ type Fleet struct {
 	vms      map[string]*VM
 	history  []Record
 	failJoin map[string]bool
+	preset   map[string]map[string]Filesystem
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
@@ -123,16 +124,21 @@ type VM struct {
 	// boot coming up a moment later.
 	kubelet sync.Mutex
 
-	mu        sync.Mutex
-	bootID    string
-	ln        net.Listener
-	conns     map[net.Conn]bool
-	up        bool
-	joined    bool
-	gen       int
-	down      chan struct{} // closed when the current incarnation stops
-	control   bool
-	formatted map[string]bool
+	mu      sync.Mutex
+	bootID  string
+	ln      net.Listener
+	conns   map[net.Conn]bool
+	up      bool
+	joined  bool
+	gen     int
+	down    chan struct{} // closed when the current incarnation stops
+	control bool
+	// disks are the filesystems on the VM's block devices, by device; fstab is
+	// /etc/fstab's lines (kept over reboots); mounts are the mounted filesystems by
+	// mount point (gone at a reboot, when the fstab entries are mounted again).
+	disks  map[string]Filesystem
+	fstab  []string
+	mounts map[string]string
 	// bootFinished is when cloud-init finishes, after the first boot: the file stays on
 	// disk over reboots.
 	bootFinished time.Time
@@ -177,6 +183,12 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 	}
 	f.mu.Lock()
 	v.bootFinished = time.Now().Add(f.CloudInitTime)
+	for dev, fs := range f.preset[m.Name] {
+		if v.disks == nil {
+			v.disks = map[string]Filesystem{}
+		}
+		v.disks[dev] = fs
+	}
 	if f.vms == nil {
 		f.vms = map[string]*VM{}
 	}
@@ -258,6 +270,48 @@ func (f *Fleet) joinFails(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.failJoin[name]
+}
+
+// Filesystem is what is on a block device of a VM.
+type Filesystem struct{ Type, UUID, Label string }
+
+// SetFilesystem puts a filesystem on a block device of the VM (a volume that had one).
+func (v *VM) SetFilesystem(dev string, fs Filesystem) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.disks == nil {
+		v.disks = map[string]Filesystem{}
+	}
+	v.disks[dev] = fs
+}
+
+// Mounted returns the device mounted at a mount point, if any.
+func (v *VM) Mounted(mountPoint string) (string, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	dev, ok := v.mounts[mountPoint]
+	return dev, ok
+}
+
+// Fstab returns the lines of the VM's /etc/fstab.
+func (v *VM) Fstab() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append(rootFstab(), v.fstab...)
+}
+
+// PresetFilesystem puts a filesystem on a block device of the VMs booted from now on with
+// that name (a volume that had one).
+func (f *Fleet) PresetFilesystem(name, dev string, fs Filesystem) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.preset == nil {
+		f.preset = map[string]map[string]Filesystem{}
+	}
+	if f.preset[name] == nil {
+		f.preset[name] = map[string]Filesystem{}
+	}
+	f.preset[name][dev] = fs
 }
 
 // SetCloudInitTime sets CloudInitTime for the VMs booted from now on.
@@ -383,6 +437,10 @@ func (v *VM) reboot() {
 			return
 		}
 		id := newBootID()
+		v.mu.Lock()
+		v.mounts = nil
+		_ = v.mountFstab() // what cannot be mounted is not, as with nofail
+		v.mu.Unlock()
 		if err := v.start(id); err != nil {
 			f.log().Error("vm did not come back", "vm", v.Name, "err", err)
 			return

@@ -589,3 +589,55 @@ func TestCloudInitRace(t *testing.T) {
 		}
 	}
 }
+
+// TestFstabMountsAfterReboot: a mount is gone after a reboot unless /etc/fstab lists its
+// filesystem; mkfs refuses a device with a filesystem unless forced.
+func TestFstabMountsAfterReboot(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-worker-8", nil)
+	cl := redial(t, f, v, op)
+	v.SetFilesystem("/dev/sdc", Filesystem{Type: "xfs", UUID: "1111-2222", Label: "old"})
+	for _, tt := range []struct {
+		line, wantOut, wantErr string
+		wantCode               int
+	}{
+		{"blkid /dev/sdb", "", "", 2},
+		{"mkfs.ext4 -L extra /dev/sdb", "Writing superblocks", "", 0},
+		{"blkid -s TYPE -o value /dev/sdb", "ext4\n", "", 0},
+		{"mkfs.ext4 -L extra /dev/sdb", "", "contains a ext4 file system labelled 'extra'", 1},
+		{"blkid -s TYPE -o value /dev/sdc", "xfs\n", "", 0},
+		{"mkdir -p /srv/a", "", "", 0},
+		{"mount /dev/sdc /srv/b", "", "", 0},
+		{"findmnt -n /srv/b", "/srv/b /dev/sdc", "", 0},
+		{"mount -a", "", "", 0},
+	} {
+		out, errs, code := run(t, cl, tt.line)
+		if code != tt.wantCode || !strings.Contains(out, tt.wantOut) || !strings.Contains(errs, tt.wantErr) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q", tt.line, code, out, errs, tt.wantCode, tt.wantOut, tt.wantErr)
+		}
+	}
+	uuid, _, _ := run(t, cl, "blkid -s UUID -o value /dev/sdb")
+	line := "UUID=" + strings.TrimSpace(uuid) + " /srv/a ext4 defaults,nofail 0 2"
+	if _, errs, code := run(t, cl, "sed -i '$a "+line+"' /etc/fstab"); code != 0 {
+		t.Fatalf("sed: %d %s", code, errs)
+	}
+	if _, errs, code := run(t, cl, "mount -a"); code != 0 {
+		t.Fatalf("mount -a: %d %s", code, errs)
+	}
+	if out, _, _ := run(t, cl, "cat /etc/fstab"); !strings.Contains(out, line+"\n") {
+		t.Errorf("fstab:\n%s", out)
+	}
+	cl.Close()
+	old := v.BootID()
+	if err := f.Reboot(context.Background(), v.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
+	if dev, ok := v.Mounted("/srv/a"); !ok || dev != "/dev/sdb" {
+		t.Errorf("/srv/a after the reboot: %q %v; want /dev/sdb (in fstab)", dev, ok)
+	}
+	if dev, ok := v.Mounted("/srv/b"); ok {
+		t.Errorf("/srv/b after the reboot: %q; want nothing (not in fstab)", dev)
+	}
+}
