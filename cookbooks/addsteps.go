@@ -10,6 +10,7 @@ import (
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/hooks"
 	"example.com/cookbook/openstack"
 	"example.com/cookbook/ssh"
 )
@@ -120,6 +121,8 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
 		{Name: "wait-cloud-init", Desc: desc("wait for cloud-init to finish on %s"), Do: a.waitCloudInit},
 	}
+	// The afterCreate hooks: the server is up and answers SSH.
+	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterCreate, a.hookNode)...)
 	if spec.ExtraStorage != nil {
 		steps = append(steps, pipeline.Step{Name: "prepare-storage", Desc: desc("prepare the extra storage of %s"), Do: a.prepareStorage})
 	}
@@ -135,7 +138,20 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		pipeline.Step{Name: "wait-node-ready", Desc: desc("wait for node %s to be Ready"), Do: a.waitReady},
 		pipeline.Step{Name: "apply-labels-taints", Desc: desc("apply the role's labels and taints to %s"), Do: a.labelsTaints},
 	)
+	// The afterJoin hooks: the node is Ready with its labels and taints.
+	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterJoin, a.hookNode)...)
 	return steps, name
+}
+
+// hookNode is the new node's values for its hooks, from what the steps recorded.
+func (a *nodeAdder) hookNode(v *pipeline.Values) (hooks.Node, error) {
+	name, err := a.k.hostname.Must(v)
+	if err != nil {
+		return hooks.Node{}, err
+	}
+	id, _ := a.k.serverID.Get(v)
+	addr, _ := a.k.address.Get(v)
+	return a.c.hookNode(name, a.spec.Role, id, addr), nil
 }
 
 func (a *nodeAdder) pickName(ctx context.Context, v *pipeline.Values) error {

@@ -3,12 +3,13 @@ package cookbooks
 // All returns every cookbook, in the order `cookbook list` shows them.
 func All() []Cookbook {
 	return []Cookbook{
-		AddNode(),    // create a server of a role and join it
-		RemoveNode(), // drain a node, remove it, delete its server
-		RollReboot(), // reboot nodes in batches, proven, with health gates
-		Drain(),      // cordon + drain one node
-		Cordon(),     // cordon one node
-		Uncordon(),   // uncordon one node
-		ListNodes(),  // servers and nodes side by side (read-only)
+		AddNode(),      // create a server of a role and join it
+		RemoveNode(),   // drain a node, remove it, delete its server
+		ReplaceNodes(), // replace a role's nodes by new ones on an image (OS upgrade)
+		RollReboot(),   // reboot nodes in batches, proven, with health gates
+		Drain(),        // cordon + drain one node
+		Cordon(),       // cordon one node
+		Uncordon(),     // uncordon one node
+		ListNodes(),    // servers and nodes side by side (read-only)
 	}
 }

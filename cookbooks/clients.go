@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 
 	"example.com/cookbook/config"
+	"example.com/cookbook/hooks"
 	"example.com/cookbook/k8sops"
 	"example.com/cookbook/openstack"
+	"example.com/cookbook/silences"
 	"example.com/cookbook/ssh"
 )
 
@@ -65,13 +67,16 @@ func kubeTaints(ts []config.Taint) []k8sops.Taint {
 	return out
 }
 
-// clients are the three backends of the node cookbooks, for one cluster.
+// clients are the three backends of the node cookbooks, for one cluster, and the site's
+// parts: the run's silencer (nil without an alertmanager) and its hook runner.
 type clients struct {
-	env   *Env
-	cl    *config.Cluster
-	cloud *openstack.Client
-	ssh   *ssh.Client
-	kube  *k8sops.Ops
+	env      *Env
+	cl       *config.Cluster
+	cloud    *openstack.Client
+	ssh      *ssh.Client
+	kube     *k8sops.Ops
+	silencer *silences.Silencer
+	hooks    *hooks.Runner
 }
 
 func newClients(ctx context.Context, env *Env, cl *config.Cluster) (*clients, error) {
@@ -87,7 +92,26 @@ func newClients(ctx context.Context, env *Env, cl *config.Cluster) (*clients, er
 	if err != nil {
 		return nil, err
 	}
-	return &clients{env: env, cl: cl, cloud: cloud, ssh: sshc, kube: k}, nil
+	sil, err := env.Silencer(cl)
+	if err != nil {
+		return nil, err
+	}
+	return &clients{env: env, cl: cl, cloud: cloud, ssh: sshc, kube: k, silencer: sil,
+		hooks: &hooks.Runner{Gate: env.Gate, SSH: sshc, Log: env.Log}}, nil
+}
+
+// Silencer returns the run's silencer of the cluster's Alertmanager, with the run's gate
+// and log; nil when the cluster has no alertmanager.
+func (e *Env) Silencer(cl *config.Cluster) (*silences.Silencer, error) {
+	opts := silences.FromConfig(cl.Alertmanager, e.Gate)
+	if opts == nil {
+		return nil, nil
+	}
+	c, err := silences.New(*opts)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
+	}
+	return silences.NewSilencer(c, e.Log), nil
 }
 
 // target is what SSH connects to for a node: its FQDN, or the address OpenStack reports

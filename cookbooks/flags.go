@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"example.com/cookbook/config"
 )
 
 // The checks below make durations and numbers that make no sense bad input in a
@@ -70,4 +72,31 @@ func ShortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// hostnameList reads a list of node names given with commas or spaces (the Toolforge
+// cookbooks take "H1 H2"): each an RFC 1123 hostname, none twice (the same node twice
+// would land twice in one batch). An empty item between two commas is a mistake, not
+// nothing. It returns nil when the flag is not given.
+func hostnameList(c *cli.Context, flag string) ([]string, error) {
+	if !c.IsSet(flag) {
+		return nil, nil
+	}
+	var list []string
+	for _, item := range strings.Split(c.String(flag), ",") {
+		names := strings.Fields(item)
+		if len(names) == 0 {
+			names = []string{""}
+		}
+		for _, h := range names {
+			if err := config.CheckHostname(h); err != nil {
+				return nil, BadInputf("--%s: %w", flag, err)
+			}
+			list = append(list, h)
+		}
+	}
+	if err := unique(flag, list); err != nil {
+		return nil, err
+	}
+	return list, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/hooks"
 	"example.com/cookbook/k8sops"
 )
 
@@ -24,8 +25,9 @@ func nodeDone(node string) pipeline.Key[time.Time] { return pipeline.Key[time.Ti
 // rolling is the skeleton of every rolling job: it plans batches of the selected nodes
 // (at most Max unschedulable at once, counting nodes an administrator cordoned; control
 // nodes last and alone), records the plan once (a resumed run replays it), and does each
-// batch as one group "batch-N": record-cordon-state, cordon, drain, the ACTION, wait-ready,
-// uncordon (only what the run cordoned), health-gate, settle. The batch's nodes go
+// batch as one group "batch-N": record-cordon-state, cordon, the beforeDrain hooks, silence,
+// drain, the ACTION, wait-ready, uncordon (only what the run cordoned), health-gate,
+// unsilence, settle (silences and hooks only where configured). The batch's nodes go
 // through each step at once (pipeline.Together): a node that fails fails the step naming
 // the node, and a resume redoes only what that node had not finished.
 //
@@ -165,14 +167,17 @@ func (r *rolling) logPlan(ctx context.Context, plan [][]rollNode) {
 	}
 }
 
-// nodeSteps is what a batch does to one of its nodes: cordon and drain, the action, wait
-// Ready, uncordon, each announced as a transition when it is done.
+// nodeSteps is what a batch does to one of its nodes: cordon, the beforeDrain hooks,
+// silence (with an alertmanager), drain, the action, wait Ready, uncordon, each announced
+// as a transition when it is done.
 func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 	k, s := r.c.kube, pipeline.Scope(n.Name)
 	action := r.Action(r.c, s, n)
 	uncordonOwn := uncordon(k, s, n.Name, r.Force)
 	uncordonOwn.Do = logSkip(r.Env, uncordonOwn.Do)
-	steps := pipeline.Steps(cordonDrain(k, s, n.Name, r.Drain), action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
+	drain := cordonDrain(k, s, n.Name, r.Drain)
+	steps := pipeline.Steps(drain[:len(drain)-1], knownHookSteps(r.c, n.Name, n.Role, hooks.BeforeDrain), silence(r.c, s, n.Name, n.Role, r.Job), drain[len(drain)-1:],
+		action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
 	for i := range steps {
 		st := &steps[i]
 		do, label := st.Do, map[string]string{"cordon": "cordoned", "drain": "drained", "wait-ready": "Ready"}[st.Name]
@@ -225,47 +230,60 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 		handled = append(handled, n.Name)
 	}
 	k := r.c.kube
-	return append(steps,
-		pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
-			gate := r.Gate
-			gate.Handled, gate.Timeout = handled, r.Timeout
-			if r.Env.DryRun {
-				bad, err := k.Health(ctx, gate)
-				if err == nil && len(bad) > 0 {
-					r.Env.Log.Info("DRY-RUN: the health gate would wait on: " + strings.Join(bad, "; "))
-				}
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+		gate := r.Gate
+		gate.Handled, gate.Timeout = handled, r.Timeout
+		if r.Env.DryRun {
+			bad, err := k.Health(ctx, gate)
+			if err == nil && len(bad) > 0 {
+				r.Env.Log.Info("DRY-RUN: the health gate would wait on: " + strings.Join(bad, "; "))
+			}
+			return err
+		}
+		if err := k.WaitHealthy(ctx, gate); err != nil {
+			return err
+		}
+		for _, n := range b {
+			_, ok, err := nodeDone(n.Name).Lookup(v)
+			if err != nil {
 				return err
 			}
-			if err := k.WaitHealthy(ctx, gate); err != nil {
-				return err
-			}
-			for _, n := range b {
-				_, ok, err := nodeDone(n.Name).Lookup(v)
-				if err != nil {
+			if !ok {
+				if err := nodeDone(n.Name).Set(v, time.Now()); err != nil {
 					return err
 				}
-				if !ok {
-					if err := nodeDone(n.Name).Set(v, time.Now()); err != nil {
-						return err
-					}
-				}
-				r.progress.finish(n.Name)
 			}
-			r.progress.summary(v)
+			r.progress.finish(n.Name)
+		}
+		r.progress.summary(v)
+		return nil
+	}}
+	settle := pipeline.Step{Name: "settle", Desc: pipeline.Textf("settle for %s", r.Settle), Do: func(ctx context.Context, v *pipeline.Values) error {
+		if r.Settle == 0 || r.Env.DryRun {
+			return pipeline.Skip("no --settle")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.Settle):
 			return nil
-		}},
-		pipeline.Step{Name: "settle", Desc: pipeline.Textf("settle for %s", r.Settle), Do: func(ctx context.Context, v *pipeline.Values) error {
-			if r.Settle == 0 || r.Env.DryRun {
-				return pipeline.Skip("no --settle")
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(r.Settle):
-				return nil
-			}
-		}},
-	), nil
+		}
+	}}
+	return pipeline.Steps(steps, pipeline.One(health), r.unsilence(b), pipeline.One(settle)), nil
+}
+
+// unsilence is the batch's step that expires its nodes' silences once the health gate
+// passed; none without an alertmanager.
+func (r *rolling) unsilence(b []rollNode) []pipeline.Step {
+	if r.c.silencer == nil {
+		return nil
+	}
+	return pipeline.One(pipeline.Step{Name: "unsilence", Desc: pipeline.Textf("expire the silences of %s", batchNames(b)), Do: func(ctx context.Context, v *pipeline.Values) error {
+		for _, n := range b {
+			expire(ctx, r.c, pipeline.In(pipeline.Scope(n.Name), keySilence), v)
+		}
+		return nil
+	}})
 }
 
 // checkRoom refuses to take the batch down if that would make more than --max-unavailable

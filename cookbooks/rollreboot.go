@@ -78,26 +78,9 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	if r.timeout, err = positiveDuration(c, "reboot-timeout", 10*time.Minute); err != nil {
 		return nil, err
 	}
-	var list []string
-	if c.IsSet("hostname-list") {
-		// Commas or spaces (the Toolforge cookbooks take "H1 H2"); an empty item between
-		// two commas is a mistake, not nothing.
-		for _, item := range strings.Split(c.String("hostname-list"), ",") {
-			names := strings.Fields(item)
-			if len(names) == 0 {
-				names = []string{""}
-			}
-			for _, h := range names {
-				if err := config.CheckHostname(h); err != nil {
-					return nil, BadInputf("--hostname-list: %w", err)
-				}
-				list = append(list, h)
-			}
-		}
-		// The same node twice would land twice in one batch.
-		if err := unique("hostname-list", list); err != nil {
-			return nil, err
-		}
+	list, err := hostnameList(c, "hostname-list")
+	if err != nil {
+		return nil, err
 	}
 	if c.IsSet("role") {
 		if _, err := cl.Role(c.String("role")); err != nil {

@@ -167,7 +167,8 @@ func (o *Ops) logPlan(plan *DrainPlan) {
 	}
 	for _, p := range plan.PDBs {
 		if p.WouldBlock() {
-			o.log().Info(fmt.Sprintf("disruption budget %s/%s allows %d disruption(s) for %d pod(s) on %s: would block now", p.Namespace, p.Name, p.DisruptionsAllowed, len(p.Pods), plan.Node))
+			o.log().Info(fmt.Sprintf("disruption budget %s/%s would hold the drain of %s now (allows %d)", p.Namespace, p.Name, plan.Node, p.DisruptionsAllowed))
+			l.Debug("disruption budget " + p.String())
 		} else {
 			l.Debug("disruption budget allows it now: " + p.String())
 		}

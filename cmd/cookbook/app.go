@@ -239,21 +239,43 @@ func switchOn(c *cli.Context, name string) bool {
 	return false
 }
 
-// recordArgs returns the flags given to a cookbook, to be replayed by resume.
+// recordArgs returns the flags given to a cookbook, to be replayed by resume. A list flag
+// (given several times) is recorded as a JSON array.
 func recordArgs(c *cli.Context, cb cookbooks.Cookbook) map[string]string {
 	args := map[string]string{}
 	for _, f := range cb.Flags {
 		name := f.Names()[0]
-		if c.IsSet(name) {
-			args[name] = fmt.Sprint(c.Value(name))
+		if !c.IsSet(name) {
+			continue
 		}
+		if _, ok := f.(*cli.StringSliceFlag); ok {
+			data, _ := json.Marshal(c.StringSlice(name)) // a []string always marshals
+			args[name] = string(data)
+			continue
+		}
+		args[name] = fmt.Sprint(c.Value(name))
 	}
 	return args
 }
 
-func replayArgs(args map[string]string) []string {
+// replayArgs returns the command line of recorded flags, sorted; with the cookbook's
+// flags, a list flag is given once per recorded value, as it was.
+func replayArgs(args map[string]string, flags ...cli.Flag) []string {
+	list := map[string]bool{}
+	for _, f := range flags {
+		if _, ok := f.(*cli.StringSliceFlag); ok {
+			list[f.Names()[0]] = true
+		}
+	}
 	var out []string
 	for k, v := range args {
+		var values []string
+		if list[k] && json.Unmarshal([]byte(v), &values) == nil {
+			for _, one := range values {
+				out = append(out, "--"+k+"="+one)
+			}
+			continue
+		}
 		out = append(out, "--"+k+"="+v)
 	}
 	sort.Strings(out)
@@ -544,6 +566,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		logger.Info("resuming", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "at", currentStep(run))
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
+		var pause *pipeline.PauseError
+		if errors.As(err, &pause) {
+			// Stopped on purpose (a canary): exit 0, and say how to go on.
+			logger.Info("paused", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
+			fmt.Fprintf(a.stderr, "cookbook: run %s paused: %s; continue the same plan with: cookbook resume %s   (or give up with: cookbook abandon %s)\n", run.ID, pause.Reason, run.ID, run.ID)
+			return end(nil)
+		}
 		return end(a.failed(run, err))
 	}
 	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
@@ -692,7 +721,7 @@ func (a *app) continueRun(c *cli.Context, abandon bool) error {
 		args = append(args, "--task-id", task)
 	}
 	args = append(args, cb.Name)
-	args = append(args, replayArgs(run.Args)...)
+	args = append(args, replayArgs(run.Args, cb.Flags...)...)
 	return newAppFor(a.books, a.stdin, a.stderr, &continuation{run: run, abandon: abandon}).RunContext(c.Context, args)
 }
 
@@ -767,6 +796,11 @@ func openStore(c *cli.Context) (*state.Store, error) {
 func (a *app) resume(c *cli.Context) error  { return a.continueRun(c, false) }
 func (a *app) abandon(c *cli.Context) error { return a.continueRun(c, true) }
 
+// argString shows a run's flags as an operator types them: "--force", not "--force=true".
 func argString(args map[string]string) string {
-	return strings.Join(replayArgs(args), " ")
+	out := replayArgs(args)
+	for i, a := range out {
+		out[i] = strings.TrimSuffix(a, "=true")
+	}
+	return strings.Join(out, " ")
 }

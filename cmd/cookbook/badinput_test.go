@@ -189,7 +189,7 @@ func newBadWorld(t *testing.T) *badWorld {
 			return strings.Replace(strings.Replace(string(valid), w.failedID, id, 1), `"schema": 1`, `"schema": 99`, 1)
 		}, 0o600},
 		{"unknown-status", func(id string) string {
-			return strings.Replace(strings.Replace(string(valid), w.failedID, id, 1), `"status": "failed"`, `"status": "paused"`, 1)
+			return strings.Replace(strings.Replace(string(valid), w.failedID, id, 1), `"status": "failed"`, `"status": "suspended"`, 1)
 		}, 0o600},
 	} {
 		id := state.NewID(now.Add(time.Duration(10+i) * time.Second))

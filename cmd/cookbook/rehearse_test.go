@@ -201,3 +201,34 @@ func TestRepeatedHangupsStopCleanly(t *testing.T) {
 		t.Fatalf("exit %v, want 130; stderr:\n%s", err, stderr.String())
 	}
 }
+
+// TestResumeReplaysEveryFlagType: a resumed run gets exactly the flags it was started
+// with, of every type the cookbooks use: string, int, duration, bool and a list given
+// several times (a value with a space included).
+func TestResumeReplaysEveryFlagType(t *testing.T) {
+	w := newWorld(t)
+	os.WriteFile(filepath.Join(w.dir, "break-finish"), nil, 0o600)
+	wantCode(t, w.run(w.toy("--items", "2", "--step-time", "1ms", "--confirm", "--yes", "--tag", "a", "--tag", "b c,d")...), 1)
+	run := w.runs()[0]
+	if got := run.Args["tag"]; got != `["a","b c","d"]` { // urfave/cli splits a value on commas
+		t.Errorf("recorded --tag = %s", got)
+	}
+	os.Remove(filepath.Join(w.dir, "break-finish"))
+	wantCode(t, w.run("resume", run.ID), 0)
+	tags, _ := os.ReadFile(filepath.Join(w.dir, "tags"))
+	if string(tags) != "a|b c|d" {
+		t.Errorf("the resumed run's --tag values: %q, want a|b c|d", tags)
+	}
+	if got := w.markers(); len(got) != 2 {
+		t.Errorf("--items 2 replayed as %d markers", len(got))
+	}
+	done := w.runs()[0]
+	for _, k := range []string{"items", "step-time", "confirm", "cluster-name", "dir"} {
+		if done.Args[k] != run.Args[k] {
+			t.Errorf("--%s: %q after resume, %q before", k, done.Args[k], run.Args[k])
+		}
+	}
+	if run.Args["step-time"] != "1ms" || run.Args["confirm"] != "true" || run.Args["items"] != "2" {
+		t.Errorf("recorded args: %v", run.Args)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -30,6 +31,7 @@ func toy() cookbooks.Cookbook {
 			&cli.IntFlag{Name: "items", Value: 4},
 			&cli.DurationFlag{Name: "step-time"},
 			&cli.DurationFlag{Name: "stop-time"},
+			&cli.StringSliceFlag{Name: "tag"},
 			&cli.BoolFlag{Name: "confirm"},
 		},
 		Prepare: func(c *cli.Context, env *cookbooks.Env) (*cookbooks.Job, error) {
@@ -40,7 +42,7 @@ func toy() cookbooks.Cookbook {
 			if c.Int("items") < 1 {
 				return nil, cookbooks.BadInputf("--items: %d is not a positive number", c.Int("items"))
 			}
-			t := &toyRun{dir: c.String("dir"), stepTime: c.Duration("step-time"), stopTime: c.Duration("stop-time"), env: env}
+			t := &toyRun{dir: c.String("dir"), stepTime: c.Duration("step-time"), stopTime: c.Duration("stop-time"), tags: c.StringSlice("tag"), env: env}
 			job := &cookbooks.Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 				return t.plan(c.Int("items")), nil
 			}}
@@ -59,6 +61,7 @@ type toyRun struct {
 	dir      string
 	stepTime time.Duration
 	stopTime time.Duration // how long a cancelled step takes to stop (an SSH command ending)
+	tags     []string      // --tag, written with the result
 	env      *cookbooks.Env
 }
 
@@ -143,6 +146,11 @@ func (t *toyRun) finish(ctx context.Context, v *pipeline.Values) error {
 		return err
 	}
 	return t.env.Gate.Write(ctx, "write result", func(context.Context) error {
+		if len(t.tags) > 0 {
+			if err := os.WriteFile(filepath.Join(t.dir, "tags"), []byte(strings.Join(t.tags, "|")), 0o600); err != nil {
+				return err
+			}
+		}
 		return os.WriteFile(filepath.Join(t.dir, "result"), []byte(tok), 0o600)
 	}, nil)
 }

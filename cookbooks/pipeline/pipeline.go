@@ -80,6 +80,18 @@ func (e *SkipError) Error() string { return "skipped: " + e.Reason }
 // Skip returns a SkipError.
 func Skip(format string, args ...any) error { return &SkipError{Reason: fmt.Sprintf(format, args...)} }
 
+// PauseError is returned by a step that finished and asks the run to stop there: the
+// step is recorded as done and the run as paused, and `cookbook resume` goes on with the
+// next step (replace-k8s-nodes --canary stops so after its first node).
+type PauseError struct{ Reason string }
+
+func (e *PauseError) Error() string { return "paused: " + e.Reason }
+
+// Pause returns a PauseError.
+func Pause(format string, args ...any) error {
+	return &PauseError{Reason: fmt.Sprintf(format, args...)}
+}
+
 var nameRE = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*(/[a-z0-9]+(-[a-z0-9]+)*)*$`)
 
 // Validate checks that names are kebab-case and unique.

@@ -159,6 +159,10 @@ func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 			if errors.Is(err, ErrInterrupted) {
 				return r.finish(run, state.Interrupted, err)
 			}
+			var pause *PauseError
+			if errors.As(err, &pause) {
+				return r.finish(run, state.Paused, err)
+			}
 			choice := Abort
 			if r.Prompt != nil && ctx.Err() == nil {
 				choice = r.Prompt.AfterFailure(ctx, s.Name, err)
@@ -225,9 +229,13 @@ func (r *Runner) runStep(ctx context.Context, run *state.Run, rec *state.Step, s
 	dur := end.Sub(start).Round(time.Millisecond)
 	status, recErr := state.Done, ""
 	var skip *SkipError
+	var pause *PauseError
 	switch {
 	case err == nil:
 		log.Info("done", "took", dur)
+	case errors.As(err, &pause):
+		// The step is done; the run stops after it.
+		log.Info("done; pausing the run: "+pause.Reason, "took", dur)
 	case errors.As(err, &skip):
 		status, recErr = state.Skipped, skip.Reason
 		log.Info("skipped: "+skip.Reason, "took", dur)

@@ -172,3 +172,36 @@ func TestResumeWithChangedPlanFails(t *testing.T) {
 		t.Fatal("a run recorded with another plan was resumed")
 	}
 }
+
+// TestPauseThenResume: a step that returns Pause is done and the run is saved as paused
+// (resumable); running it again goes on with the next step without redoing the paused one.
+func TestPauseThenResume(t *testing.T) {
+	var aCalls, bCalls int
+	steps := []Step{
+		{Name: "a", Do: func(context.Context, *Values) error { aCalls++; return Pause("canary done") }},
+		{Name: "b", Do: func(context.Context, *Values) error { bCalls++; return nil }},
+	}
+	store := &state.Store{Dir: t.TempDir()}
+	r := &Runner{Store: store}
+	run := &state.Run{ID: "20260101-000000-bbbbbb", Cookbook: "t", Status: state.Running, StartedAt: time.Now()}
+	err := r.Run(context.Background(), run, steps)
+	var pause *PauseError
+	if !errors.As(err, &pause) || pause.Reason != "canary done" {
+		t.Fatalf("Run = %v, want the pause", err)
+	}
+	saved, lerr := store.Load(run.ID)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	got := map[string]state.Status{"run": saved.Status, "a": saved.Step("a").Status, "b": saved.Step("b").Status}
+	want := map[string]state.Status{"run": state.Paused, "a": state.Done, "b": state.Pending}
+	if diff := cmp.Diff(want, got); diff != "" || !saved.Resumable() {
+		t.Errorf("saved run (-want +got):\n%s resumable %v", diff, saved.Resumable())
+	}
+	if err := r.Run(context.Background(), saved, steps); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if aCalls != 1 || bCalls != 1 || saved.Status != state.Done {
+		t.Errorf("after resume: a ran %d, b ran %d, status %s; want 1, 1, done", aCalls, bCalls, saved.Status)
+	}
+}

@@ -38,6 +38,7 @@ const (
 	Skipped     Status = "skipped"     // step skipped (by itself or by the operator)
 	Failed      Status = "failed"      // stopped on an error; resumable
 	Interrupted Status = "interrupted" // stopped by a signal; resumable
+	Paused      Status = "paused"      // stopped on purpose after a step (a canary); resumable
 	Abandoned   Status = "abandoned"   // given up by the operator; not resumable
 )
 
@@ -92,7 +93,7 @@ type Step struct {
 
 // Resumable reports whether `cookbook resume` may continue the run.
 func (r *Run) Resumable() bool {
-	return !r.DryRun && (r.Status == Failed || r.Status == Interrupted || r.Status == Running)
+	return !r.DryRun && (r.Status == Failed || r.Status == Interrupted || r.Status == Paused || r.Status == Running)
 }
 
 // Current returns the step the run is at: the first step not finished, or nil.
@@ -244,7 +245,7 @@ func readPrivate(path string) ([]byte, error) {
 }
 
 // statuses are the known statuses, in the order they are listed to the operator.
-var statuses = []Status{Pending, Running, Done, Skipped, Failed, Interrupted, Abandoned}
+var statuses = []Status{Pending, Running, Done, Skipped, Failed, Interrupted, Paused, Abandoned}
 
 // check reports the first problem of a run read from the file of run id: a recorded id
 // that is not the file's, missing required fields, an unknown status.

@@ -36,6 +36,8 @@ type Machine struct {
 	AuthorizedKeys []string
 	UserData       []byte
 	Metadata       map[string]string
+	// Image is the name of the server's image ("debian-13.0-trixie"): the OS the VM runs.
+	Image string
 }
 
 // Options configure a cloud.

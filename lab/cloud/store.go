@@ -251,6 +251,11 @@ func (c *Cloud) nextAddress() string {
 
 func (c *Cloud) machine(s *Server) Machine {
 	m := Machine{ID: s.ID, Name: s.Name, Address: s.Address, UserData: s.UserData, Metadata: s.Metadata}
+	for _, i := range c.st.Images {
+		if i.ID == s.ImageID {
+			m.Image = i.Name
+		}
+	}
 	for _, k := range c.st.KeyPairs {
 		if k.Name == s.KeyName {
 			m.AuthorizedKeys = append(m.AuthorizedKeys, k.PublicKey)

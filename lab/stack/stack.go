@@ -154,7 +154,10 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			{ID: "g4.cores4.ram8.disk20", Name: "g4.cores4.ram8.disk20", VCPUs: 4, RAM: 8192, Disk: 20},
 			{ID: "g4.cores2.ram4.disk20", Name: "g4.cores2.ram4.disk20", VCPUs: 2, RAM: 4096, Disk: 20},
 		},
-		Images:         []cloud.Image{{ID: "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0001", Name: "debian-12.0-bookworm", Created: time.Now().Add(-24 * time.Hour)}},
+		Images: []cloud.Image{
+			{ID: "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0001", Name: "debian-12.0-bookworm", Created: time.Now().Add(-24 * time.Hour)},
+			{ID: "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0002", Name: "debian-13.0-trixie", Created: time.Now().Add(-time.Hour)},
+		},
 		Networks:       []cloud.Named{{ID: "a1b2c3d4-0000-4000-8000-000000000001", Name: "lan-flat-cloudinstances2b"}},
 		SecurityGroups: []cloud.Named{{ID: "a1b2c3d4-0000-4000-8000-000000000002", Name: "toolsbeta-k8s-full-connectivity"}},
 		KeyPairs:       []cloud.KeyPair{{Name: "toolsbeta-cookbook", PublicKey: pubLine}},

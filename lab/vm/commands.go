@@ -81,6 +81,10 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		} else {
 			fmt.Fprintln(stdout, v.Name)
 		}
+	case cmd == "cat /etc/os-release":
+		fmt.Fprint(stdout, osRelease(v.Image))
+	case cmd == "lsb_release -cs":
+		fmt.Fprintln(stdout, debianRelease(v.Image).codename)
 	case cmd == "cat /proc/sys/kernel/random/boot_id":
 		fmt.Fprintln(stdout, v.BootID())
 	case args[0] == "uptime":
@@ -421,4 +425,30 @@ func (v *VM) mountFstab() error {
 		v.mounts[f[1]] = dev
 	}
 	return errors.Join(errs...)
+}
+
+// debian is a Debian release as /etc/os-release names it.
+type debian struct{ version, codename string }
+
+// debianRelease is the release of an image named like "debian-13.0-trixie"; bookworm
+// (Debian 12) for a name that says nothing else.
+func debianRelease(image string) debian {
+	parts := strings.Split(image, "-")
+	if len(parts) == 3 && parts[0] == "debian" {
+		return debian{version: strings.SplitN(parts[1], ".", 2)[0], codename: parts[2]}
+	}
+	return debian{version: "12", codename: "bookworm"}
+}
+
+// osRelease is /etc/os-release of the image's release.
+func osRelease(image string) string {
+	d := debianRelease(image)
+	return fmt.Sprintf(`PRETTY_NAME="Debian GNU/Linux %[1]s (%[2]s)"
+NAME="Debian GNU/Linux"
+VERSION_ID="%[1]s"
+VERSION="%[1]s (%[2]s)"
+VERSION_CODENAME=%[2]s
+ID=debian
+HOME_URL="https://www.debian.org/"
+`, d.version, d.codename)
 }

@@ -114,9 +114,11 @@ type Record struct {
 // VM is one simulated VM.
 type VM struct {
 	ID, Name, Address string
-	fleet             *Fleet
-	signer            ssh.Signer
-	authorized        map[string]bool
+	// Image is the name of the image the VM was booted from: what /etc/os-release says.
+	Image      string
+	fleet      *Fleet
+	signer     ssh.Signer
+	authorized map[string]bool
 
 	// kubelet serialises what the VM's kubelet does to its Node (join, reboot, reset,
 	// delete), so that the last thing done to the VM is what its Node shows: a kubeadm
@@ -169,7 +171,7 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &VM{ID: m.ID, Name: m.Name, Address: m.Address, fleet: f, signer: signer, authorized: map[string]bool{}, conns: map[net.Conn]bool{}}
+	v := &VM{ID: m.ID, Name: m.Name, Address: m.Address, Image: m.Image, fleet: f, signer: signer, authorized: map[string]bool{}, conns: map[net.Conn]bool{}}
 	if f.IsControlPlane != nil {
 		v.control = f.IsControlPlane(m)
 	} else {

@@ -189,6 +189,7 @@ func TestCommands(t *testing.T) {
 		{"join without token", "kubeadm join 127.0.0.1:6443", "", "--token is required", 1},
 		{"unknown", "frobnicate --now", "", "bash: frobnicate: command not found", 127},
 		{"bad quoting", "echo 'open", "", "syntax error", 2},
+		{"os-release without an image", "cat /etc/os-release", "VERSION_CODENAME=bookworm\n", "", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -209,6 +210,35 @@ func TestCommands(t *testing.T) {
 		if r.VM != "tb-worker-1" || r.ExitCode != tests[i].wantCode || r.Time.IsZero() {
 			t.Errorf("record %d = %+v", i, r)
 		}
+	}
+}
+
+// TestOSRelease: a VM says the release of the image it was booted from.
+func TestOSRelease(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	for _, tt := range []struct{ name, image, codename, version string }{
+		{"bookworm", "debian-12.0-bookworm", "bookworm", `VERSION_ID="12"`},
+		{"trixie", "debian-13.0-trixie", "trixie", `VERSION_ID="13"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := f.Boot(context.Background(), cloud.Machine{ID: "id-" + tt.name, Name: "tb-" + tt.name + "-1", Address: newAddress(), Image: tt.image}); err != nil {
+				t.Fatal(err)
+			}
+			v := f.VM("id-" + tt.name)
+			cl, err := dial(t, f, v, op)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			out, _, code := run(t, cl, "cat /etc/os-release")
+			if code != 0 || !strings.Contains(out, "VERSION_CODENAME="+tt.codename+"\n") || !strings.Contains(out, tt.version) {
+				t.Errorf("os-release: exit %d, %q; want %s, %s", code, out, tt.codename, tt.version)
+			}
+			if out, _, _ := run(t, cl, "lsb_release -cs"); out != tt.codename+"\n" {
+				t.Errorf("lsb_release -cs = %q, want %q", out, tt.codename)
+			}
+		})
 	}
 }
 
