@@ -328,7 +328,8 @@ func (c *Client) ServerGroups(ctx context.Context, name string) ([]ServerGroup, 
 }
 
 // EnsureServerGroup returns the server group of that name, created with the policy if
-// missing. A group of that name with another policy, or several, is an error.
+// missing. An existing group is returned whatever its policy (see its Policy field);
+// several groups of that name are an error.
 func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (ServerGroup, error) {
 	for attempt := 0; ; attempt++ {
 		list, err := c.ServerGroups(ctx, name)
@@ -343,9 +344,8 @@ func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (Se
 			}
 			return ServerGroup{}, fmt.Errorf("server group %q: %d match, expected one: %s", name, len(list), strings.Join(found, ", "))
 		case len(list) == 1:
-			if policy != "" && list[0].Policy != policy {
-				return ServerGroup{}, fmt.Errorf("server group %s has policy %s, the configuration says %s", name, list[0].Policy, policy)
-			}
+			// Its policy is the caller's to compare: Nova cannot change it, and the
+			// servers in the group were placed by it.
 			return list[0], nil
 		}
 		var sg ServerGroup

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -509,7 +510,12 @@ func (c *Cloud) createServer(w http.ResponseWriter, r *http.Request) {
 		s.UserData, _ = base64.StdEncoding.DecodeString(in.UserData)
 	}
 	for _, g := range in.SecurityGroups {
-		s.SecurityGroups = append(s.SecurityGroups, g.Name)
+		i := slices.IndexFunc(c.st.SecurityGroups, func(n Named) bool { return n.Name == g.Name || n.ID == g.Name })
+		if i < 0 {
+			novaError(w, 400, fmt.Sprintf("Security group %s not found for project %s.", g.Name, c.st.Project))
+			return
+		}
+		s.SecurityGroups = append(s.SecurityGroups, c.st.SecurityGroups[i].Name)
 	}
 	if len(s.SecurityGroups) == 0 {
 		s.SecurityGroups = []string{"default"}

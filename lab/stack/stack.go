@@ -48,6 +48,9 @@ type Options struct {
 	RebootDownTime time.Duration
 	// BuildTime is how long a new server stays in BUILD; 1s if zero.
 	BuildTime time.Duration
+	// CloudInitTime is how long cloud-init runs on a new VM after its SSH answers
+	// (provisioning commands fail until then); 3s if zero, none if negative.
+	CloudInitTime time.Duration
 	// SampleWorkload applies the lab's sample workload in namespace "sample".
 	SampleWorkload bool
 	// Log receives progress; nil discards.
@@ -105,6 +108,9 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	if opts.RebootDownTime == 0 {
 		opts.RebootDownTime = 2 * time.Second
 	}
+	if opts.CloudInitTime == 0 {
+		opts.CloudInitTime = 3 * time.Second
+	}
 	if opts.CloudAddr == "" {
 		opts.CloudAddr = "127.0.0.1:0"
 	}
@@ -141,7 +147,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return s, err
 		}
 	}
-	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, Log: log}
+	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), Log: log}
 	password := randomHex(12)
 	seed := cloud.Seed{
 		Project: opts.Cluster,
