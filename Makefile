@@ -50,7 +50,8 @@ lab: build lab-bins ## run the lab in the foreground (Ctrl-C stops it); prints t
 demo: build ## bring up the lab and run add-k8s-node, roll-reboot and remove-k8s-node against it
 	@bash scripts/demo.sh
 
-bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identical 100-pod nodes; peak RSS in a 10,000-pod lab (prints a table)
+# BENCH_WORKERS: the number of workers of the list-nodes benchmark's lab (200 if unset).
+bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identical 100-pod nodes; peak RSS in a 10,000-pod lab; list-nodes in a lab of BENCH_WORKERS workers (prints tables)
 	@$(GO) test -run '^$$' -bench BenchmarkDrain -benchtime 1x -timeout 40m ./k8sops/ > bench.out 2>&1 || { cat bench.out; exit 1; }
 	@$(GO) test -run '^$$' -bench BenchmarkDrainMemory -benchtime 1x -timeout 40m ./cmd/cookbook/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
 	@awk 'BEGIN {printf "%-52s %10s %10s %7s %10s %10s\n", "benchmark", "cookbook", "kubectl", "ratio", "peak RSS", "of it anon"} \
@@ -60,3 +61,8 @@ bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identic
 	    m = ("peak-RSS-MB" in v) ? sprintf("%7.0f MB", v["peak-RSS-MB"]) : "-"; \
 	    a = ("peak-anon-MB" in v) ? sprintf("%7.0f MB", v["peak-anon-MB"]) : "-"; \
 	    printf "%-52s %9.1fs %10s %7s %10s %10s\n", $$1, v["cookbook-s/drain"], k, r, m, a }' bench.out
+	@$(GO) test -run '^$$' -bench BenchmarkListNodes -benchtime 1x -timeout 40m ./lab/stack/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
+	@echo
+	@awk 'BEGIN {printf "%-36s %8s %10s %10s %10s %10s\n", "benchmark", "workers", "lab up", "cookbook", "peak RSS", "of it anon"} \
+	  /^BenchmarkListNodes/ { delete v; for (i = 2; i <= NF; i++) v[$$i] = $$(i-1); \
+	    printf "%-36s %8d %9.1fs %9.2fs %7.0f MB %7.0f MB\n", $$1, v["workers"], v["lab-up-s"], v["cookbook-s/list-nodes"], v["peak-RSS-MB"], v["peak-anon-MB"] }' bench.out

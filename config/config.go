@@ -189,12 +189,15 @@ type SSH struct {
 // Role is a kind of node (worker, worker-nfs, control, ingress, ...).
 type Role struct {
 	// Prefix names the role's servers: <prefix>-<number>, e.g. toolsbeta-test-k8s-worker-7.
-	Prefix         string      `json:"prefix"`
-	Flavor         string      `json:"flavor,omitempty"`
-	Image          string      `json:"image,omitempty"`
-	Network        string      `json:"network,omitempty"`
-	SecurityGroups []string    `json:"securityGroups,omitempty"`
-	ServerGroup    ServerGroup `json:"serverGroup,omitempty"`
+	Prefix         string   `json:"prefix"`
+	Flavor         string   `json:"flavor,omitempty"`
+	Image          string   `json:"image,omitempty"`
+	Network        string   `json:"network,omitempty"`
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	// DefaultSecurityGroup, when false, keeps new servers out of the project's
+	// "default" security group; they are in it besides SecurityGroups if unset or true.
+	DefaultSecurityGroup *bool       `json:"defaultSecurityGroup,omitempty"`
+	ServerGroup          ServerGroup `json:"serverGroup,omitempty"`
 	// KeyName is the Nova key pair injected into new servers.
 	KeyName string            `json:"keyName,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
@@ -211,6 +214,12 @@ type Role struct {
 	Hooks Hooks `json:"hooks,omitempty"`
 }
 
+// InDefaultSecurityGroup reports whether new servers of the role are put in the
+// project's "default" security group (unless defaultSecurityGroup: false).
+func (r *Role) InDefaultSecurityGroup() bool {
+	return r.DefaultSecurityGroup == nil || *r.DefaultSecurityGroup
+}
+
 // ServerGroup is the Nova server group a role's servers are placed in.
 type ServerGroup struct {
 	Name string `json:"name,omitempty"`
@@ -222,6 +231,19 @@ type ServerGroup struct {
 type ExtraStorage struct {
 	Device     string `json:"device"`
 	MountPoint string `json:"mountPoint"`
+	// FsType is the filesystem, ext4 (the default) or xfs.
+	FsType string `json:"fsType,omitempty"`
+	// Reformat formats a device that has a filesystem of another type; without it that
+	// is an error naming what is on the device.
+	Reformat bool `json:"reformat,omitempty"`
+}
+
+// Type is the filesystem type, ext4 if FsType is empty.
+func (e *ExtraStorage) Type() string {
+	if e.FsType == "" {
+		return "ext4"
+	}
+	return e.FsType
 }
 
 // Taint is a Kubernetes node taint.
@@ -479,6 +501,9 @@ func (cl *Cluster) validate(p string) []error {
 		}
 		if r.ExtraStorage != nil && (r.ExtraStorage.Device == "" || r.ExtraStorage.MountPoint == "") {
 			errs = append(errs, fmt.Errorf("%s.extraStorage: device and mountPoint are required", rp))
+		}
+		if r.ExtraStorage != nil && r.ExtraStorage.Type() != "ext4" && r.ExtraStorage.Type() != "xfs" {
+			errs = append(errs, fmt.Errorf("%s.extraStorage.fsType: %s is not one of ext4, xfs", rp, quote(r.ExtraStorage.FsType)))
 		}
 		errs = append(errs, r.Hooks.validate(rp+".hooks")...)
 	}

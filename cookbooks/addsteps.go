@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,10 +23,13 @@ type addSpec struct {
 	Prefix string `json:"prefix"`
 	// Flavor, Image and Network are the flag, else the configuration's, else "" (copy
 	// the newest node of the role).
-	Flavor               string               `json:"flavor,omitempty"`
-	Image                string               `json:"image,omitempty"`
-	Network              string               `json:"network,omitempty"`
-	SecurityGroups       []string             `json:"securityGroups,omitempty"`
+	Flavor         string   `json:"flavor,omitempty"`
+	Image          string   `json:"image,omitempty"`
+	Network        string   `json:"network,omitempty"`
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	// DefaultSecurityGroup puts the server in the project's "default" security group
+	// besides SecurityGroups.
+	DefaultSecurityGroup bool                 `json:"defaultSecurityGroup,omitempty"`
 	ServerGroup          config.ServerGroup   `json:"serverGroup,omitempty"`
 	KeyName              string               `json:"keyName,omitempty"`
 	Labels               map[string]string    `json:"labels,omitempty"`
@@ -50,7 +54,7 @@ func newAddSpec(roleName string, role *config.Role, o addOverrides) addSpec {
 	return addSpec{
 		Role: roleName, Prefix: role.Prefix,
 		Flavor: first(o.Flavor, role.Flavor), Image: first(o.Image, role.Image), Network: first(o.Network, role.Network),
-		SecurityGroups: role.SecurityGroups, ServerGroup: role.ServerGroup, KeyName: role.KeyName,
+		SecurityGroups: role.SecurityGroups, DefaultSecurityGroup: role.InDefaultSecurityGroup(), ServerGroup: role.ServerGroup, KeyName: role.KeyName,
 		Labels: role.Labels, Taints: role.Taints, ControlPlane: role.ControlPlane,
 		ExtraStorage: role.ExtraStorage, Provision: role.Provision, RebootAfterProvision: role.RebootAfterProvision,
 	}
@@ -95,7 +99,7 @@ type nodeAdder struct {
 // addNode is the step set that creates a server as spec says and joins it to the cluster,
 // its values in scope s: pick-name, resolve-flavor-image-network, ensure-server-group,
 // create-server (an existing server of the name is adopted; its id is recorded before any
-// wait), wait-active, pin-host-key, wait-ssh, prepare-storage (with extra storage),
+// wait), wait-active, pin-host-key, wait-ssh, wait-cloud-init, prepare-storage (with extra storage),
 // provision (with provisioning commands), reboot (if the role asks), join,
 // wait-node-ready, apply-labels-taints. name returns the node's name once pick-name ran.
 func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) (steps []pipeline.Step, name func(*pipeline.Values) string) {
@@ -115,6 +119,7 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "wait-active", Desc: desc("wait for server %s to be ACTIVE"), Do: a.waitActive},
 		{Name: "pin-host-key", Desc: desc("pin the SSH host key %s printed on its console"), Do: a.pinHostKey},
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
+		{Name: "wait-cloud-init", Desc: desc("wait for cloud-init to finish on %s"), Do: a.waitCloudInit},
 	}
 	// The afterCreate hooks: the server is up and answers SSH.
 	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterCreate, a.hookNode)...)
@@ -222,6 +227,12 @@ func (a *nodeAdder) ensureGroup(ctx context.Context, v *pipeline.Values) error {
 	if err != nil {
 		return err
 	}
+	if want := a.spec.ServerGroup.Policy; want != "" && g.Policy != want {
+		// Nova cannot change a group's policy, and the servers in it were placed by its
+		// own: placing the new one by another would not give what the configuration asks.
+		a.env.Log.Warn("the server group has another policy than the configuration's; using it as it is",
+			"server_group", g.Name, "policy", g.Policy, "configured", want)
+	}
 	return a.k.serverGroup.Set(v, g.ID)
 }
 
@@ -240,9 +251,11 @@ func (a *nodeAdder) createServer(ctx context.Context, v *pipeline.Values) error 
 	if err := errors.Join(errs[:]...); err != nil {
 		return err
 	}
-	for _, sg := range a.spec.SecurityGroups {
-		opts.SecurityGroups = append(opts.SecurityGroups, sg)
+	// OpenStack puts a server in "default" only when it is given no group at all.
+	if a.spec.DefaultSecurityGroup && !slices.Contains(a.spec.SecurityGroups, "default") {
+		opts.SecurityGroups = append(opts.SecurityGroups, "default")
 	}
+	opts.SecurityGroups = append(opts.SecurityGroups, a.spec.SecurityGroups...)
 	srv, adopted, err := a.c.cloud.CreateServer(ctx, opts)
 	if err != nil {
 		return err
@@ -346,6 +359,64 @@ func (a *nodeAdder) waitSSH(ctx context.Context, v *pipeline.Values) error {
 	}
 }
 
+// bootFinished is the file cloud-init writes when it has finished, on every boot.
+const bootFinished = "/var/lib/cloud/instance/boot-finished"
+
+// cloudInitProgress is how often the wait for cloud-init says it is still waiting.
+const cloudInitProgress = 30 * time.Second
+
+// waitCloudInit waits until cloud-init has finished on the new node: what it does (package
+// installs holding the dpkg lock, users, mounts) would race with provisioning.
+func (a *nodeAdder) waitCloudInit(ctx context.Context, v *pipeline.Values) error {
+	if a.imaginary(v) {
+		return pipeline.Skip("dry-run: the server does not exist")
+	}
+	host, err := a.host(ctx, v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	start := time.Now()
+	var last time.Time // of the last progress line
+	for {
+		_, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"test", "-e", bootFinished}, ReadOnly: true, Timeout: 30 * time.Second})
+		if err == nil {
+			if waited := time.Since(start); waited > time.Second {
+				a.env.Log.Info("cloud-init has finished", "host", host, "waited", waited.Round(time.Second))
+			}
+			return nil
+		}
+		var exit *ssh.ExitError
+		var hk *ssh.HostKeyError
+		switch {
+		case errors.As(err, &exit) && exit.Status == 1: // not yet
+		case errors.As(err, &exit), errors.As(err, &hk):
+			return fmt.Errorf("wait for cloud-init on %s: %w", host, err)
+		default: // the connection failed: try again
+		}
+		if time.Since(last) >= cloudInitProgress {
+			last = time.Now()
+			a.env.Log.Info("waiting for cloud-init to finish", "host", host, "file", bootFinished,
+				"waited", time.Since(start).Round(time.Second), "timeout", a.timeout, "last", errString(err))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for cloud-init on %s (%s): %w", host, bootFinished, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// errString is what a progress line says of the last attempt.
+func errString(err error) string {
+	var exit *ssh.ExitError
+	if errors.As(err, &exit) {
+		return "not yet"
+	}
+	return err.Error()
+}
+
 // runOn runs commands on the new node, skipping them in a dry-run of a new server.
 func (a *nodeAdder) runOn(ctx context.Context, v *pipeline.Values, cmds ...ssh.Command) error {
 	if a.imaginary(v) {
@@ -368,29 +439,86 @@ func (a *nodeAdder) runOn(ctx context.Context, v *pipeline.Values, cmds ...ssh.C
 
 func (a *nodeAdder) prepareStorage(ctx context.Context, v *pipeline.Values) error {
 	st := a.spec.ExtraStorage
+	typ := st.Type()
+	mkfs := ssh.Command{Argv: []string{"mkfs." + typ, "-L", "extra", st.Device}}
 	if a.imaginary(v) {
-		return a.runOn(ctx, v, ssh.Command{Argv: []string{"mkfs.ext4", "-L", "extra", st.Device}}, ssh.Command{Argv: []string{"mount", st.Device, st.MountPoint}})
+		return a.runOn(ctx, v, mkfs, ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}},
+			ssh.Command{Argv: []string{"sed", "-i", fmt.Sprintf("$a UUID=<new> %s %s defaults,nofail 0 2", st.MountPoint, typ), "/etc/fstab"}},
+			ssh.Command{Argv: []string{"mount", "-a"}})
 	}
 	host, err := a.host(ctx, v)
 	if err != nil {
 		return err
 	}
-	// A device that has a filesystem already (an interrupted run) is not formatted again.
-	_, err = a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"blkid", st.Device}, ReadOnly: true})
-	var exit *ssh.ExitError
+	blkid := func(tag string) (string, bool, error) {
+		res, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"blkid", "-s", tag, "-o", "value", st.Device}, ReadOnly: true})
+		var exit *ssh.ExitError
+		switch {
+		case err == nil:
+			return strings.TrimSpace(res.Stdout), true, nil
+		case errors.As(err, &exit) && exit.Status == 2:
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	// A device that has a filesystem of the type already (an interrupted run) is not
+	// formatted again; one of another type is formatted only if the role says so.
+	have, ok, err := blkid("TYPE")
 	switch {
-	case err == nil:
-		a.env.Log.Info("the device has a filesystem already; not formatting it", "device", st.Device)
-	case errors.As(err, &exit) && exit.Status == 2:
-		if _, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"mkfs.ext4", "-L", "extra", st.Device}}); err != nil {
+	case err != nil:
+		return err
+	case !ok:
+		if _, err := a.c.ssh.Run(ctx, host, mkfs); err != nil {
 			return err
 		}
+	case have == typ:
+		a.env.Log.Info("the device has a filesystem of the type already; not formatting it", "device", st.Device, "type", typ)
+	case !st.Reformat:
+		return fmt.Errorf("extra storage %s on %s has a %s filesystem, not %s: set roles.%s.extraStorage.reformat: true to format it (losing what is on it)",
+			st.Device, host, have, typ, a.spec.Role)
 	default:
+		a.env.Log.Warn("formatting the device, which has a filesystem of another type (extraStorage.reformat)", "device", st.Device, "had", have, "type", typ)
+		force := map[string]string{"ext4": "-F", "xfs": "-f"}[typ]
+		if _, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"mkfs." + typ, force, "-L", "extra", st.Device}}); err != nil {
+			return err
+		}
+	}
+	uuid, ok, err := blkid("UUID")
+	switch {
+	case err != nil:
+		return err
+	case (!ok || uuid == "") && a.env.DryRun:
+		uuid = "<new>" // of the filesystem the rehearsal did not make
+	case !ok || uuid == "":
+		return fmt.Errorf("no UUID for %s on %s after formatting", st.Device, host)
+	}
+	if err := a.runOn(ctx, v, ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}}); err != nil {
 		return err
 	}
-	return a.runOn(ctx, v,
-		ssh.Command{Argv: []string{"mkdir", "-p", st.MountPoint}},
-		ssh.Command{Argv: []string{"mount", st.Device, st.MountPoint}})
+	// The filesystem is in /etc/fstab by UUID (device names can change between boots),
+	// once; another entry for the mount point is an error.
+	res, err := a.c.ssh.Run(ctx, host, ssh.Command{Argv: []string{"cat", "/etc/fstab"}, ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	listed := false
+	for _, l := range strings.Split(res.Stdout, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || f[1] != st.MountPoint {
+			continue
+		}
+		if f[0] != "UUID="+uuid {
+			return fmt.Errorf("/etc/fstab on %s has another entry for %s: %q", host, st.MountPoint, l)
+		}
+		listed = true
+	}
+	if !listed {
+		line := fmt.Sprintf("UUID=%s %s %s defaults,nofail 0 2", uuid, st.MountPoint, typ)
+		if err := a.runOn(ctx, v, ssh.Command{Argv: []string{"sed", "-i", "$a " + line, "/etc/fstab"}}); err != nil {
+			return err
+		}
+	}
+	return a.runOn(ctx, v, ssh.Command{Argv: []string{"mount", "-a"}})
 }
 
 func (a *nodeAdder) provision(ctx context.Context, v *pipeline.Values) error {
@@ -411,10 +539,11 @@ func (a *nodeAdder) provision(ctx context.Context, v *pipeline.Values) error {
 	return nil
 }
 
-// join gets a join command from a control-plane node and runs it on the new node. The
-// token is a secret: it is neither logged nor recorded, so the step asks for a new one
-// when it runs again.
-func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
+// join gets a join command from a control-plane node and runs it on the new node, then
+// deletes the bootstrap token on that control node, whether the join worked or not. The
+// token is a secret: it is neither logged nor recorded (its id, before the dot, is
+// logged), so the step asks for a new one when it runs again.
+func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) (errp error) {
 	name, err := a.k.hostname.Must(v)
 	if err != nil {
 		return err
@@ -432,6 +561,7 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
 	}
 	var join []string
 	var lastErr error
+	var from string // the control node's SSH target the token came from
 	for _, cn := range a.c.cl.ControlNodes {
 		target, err := a.c.target(ctx, cn)
 		if err != nil {
@@ -445,16 +575,61 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) error {
 			a.env.Log.Warn("cannot get a join command from this control node; trying the next", "node", cn, "err", err)
 			continue
 		}
-		join = strings.Fields(res.Stdout)
+		join, from = strings.Fields(res.Stdout), target
 		break
 	}
-	if len(join) < 3 || join[0] != "kubeadm" || join[1] != "join" {
+	tokenID := joinTokenID(join)
+	if tokenID != "" {
+		// The token is deleted whatever the join did, as the Toolforge cookbook does in a
+		// finally: a bootstrap token left behind lets anyone who has it join a node.
+		defer func() {
+			err := a.deleteToken(ctx, from, tokenID)
+			if err != nil {
+				err = fmt.Errorf("delete bootstrap token %s on %s: %w", tokenID, from, err)
+			}
+			errp = errors.Join(errp, err)
+		}()
+	}
+	if len(join) < 3 || join[0] != "kubeadm" || join[1] != "join" || tokenID == "" {
 		return fmt.Errorf("no join command from the control nodes %s: %v", strings.Join(a.c.cl.ControlNodes, ", "), lastErr)
 	}
 	if a.spec.ControlPlane {
 		join = append(join, "--control-plane")
 	}
-	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: fmt.Sprintf("kubeadm join %s --token [hidden] ...", join[2]), Timeout: 10 * time.Minute})
+	a.env.Log.Info("joining with a new bootstrap token", "token_id", tokenID, "control_node", from)
+	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: fmt.Sprintf("kubeadm join %s --token %s.[hidden] ...", join[2], tokenID), Timeout: 10 * time.Minute})
+}
+
+// joinTokenID returns the id of the bootstrap token of a kubeadm join command line (the
+// part of the token before the dot, which is not secret), or "".
+func joinTokenID(join []string) string {
+	for i, w := range join {
+		tok := ""
+		switch {
+		case w == "--token" && i+1 < len(join):
+			tok = join[i+1]
+		case strings.HasPrefix(w, "--token="):
+			tok = strings.TrimPrefix(w, "--token=")
+		default:
+			continue
+		}
+		if id, _, ok := strings.Cut(tok, "."); ok && id != "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// deleteToken deletes a bootstrap token on the control node it came from, also when the
+// step's context is done (an interrupted join), within a minute.
+func (a *nodeAdder) deleteToken(ctx context.Context, target, id string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if _, err := a.c.ssh.Run(ctx, target, ssh.Command{Argv: []string{"kubeadm", "token", "delete", id}, Timeout: 30 * time.Second}); err != nil {
+		return err
+	}
+	a.env.Log.Info("deleted the bootstrap token", "token_id", id, "control_node", target)
+	return nil
 }
 
 func (a *nodeAdder) waitReady(ctx context.Context, v *pipeline.Values) error {

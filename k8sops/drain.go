@@ -121,12 +121,12 @@ func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod) ([]PDBState, error
 	}
 	var out []PDBState
 	for ns, nsPods := range byNS {
-		list, err := o.Client.PolicyV1().PodDisruptionBudgets(ns).List(ctx, metav1.ListOptions{})
+		list, err := o.listPDBs(ctx, ns, metav1.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("list disruption budgets of %s: %w", ns, err)
 		}
-		for i := range list.Items {
-			pdb := &list.Items[i]
+		for i := range list {
+			pdb := &list[i]
 			st := PDBState{Namespace: ns, Name: pdb.Name, DisruptionsAllowed: pdb.Status.DisruptionsAllowed}
 			for j := range nsPods {
 				if selects(pdb, &nsPods[j]) {

@@ -36,31 +36,31 @@ func (o *Ops) Health(ctx context.Context, opts GateOptions) ([]string, error) {
 	for _, n := range opts.Handling {
 		skip[n] = true
 	}
-	nodes, err := o.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	nodes, err := o.listNodes(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("health: list nodes: %w", err)
 	}
-	for i := range nodes.Items {
-		n := &nodes.Items[i]
+	for i := range nodes {
+		n := &nodes[i]
 		if !skip[n.Name] && !IsReady(n) {
 			bad = append(bad, fmt.Sprintf("node %s is not Ready (%s)", n.Name, describeReady(n)))
 		}
 	}
-	pdbs, err := o.Client.PolicyV1().PodDisruptionBudgets("").List(ctx, metav1.ListOptions{})
+	pdbs, err := o.listPDBs(ctx, "", metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("health: list disruption budgets: %w", err)
 	}
-	for _, p := range pdbs.Items {
+	for _, p := range pdbs {
 		if p.Status.ObservedGeneration >= p.Generation && p.Status.CurrentHealthy < p.Status.DesiredHealthy {
 			bad = append(bad, fmt.Sprintf("PDB %s/%s has %d healthy pod(s), needs %d", p.Namespace, p.Name, p.Status.CurrentHealthy, p.Status.DesiredHealthy))
 		}
 	}
 	for _, node := range opts.Handled {
-		pods, err := o.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+		pods, err := o.listPods(ctx, "", metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
 		if err != nil {
 			return nil, fmt.Errorf("health: list pods of %s: %w", node, err)
 		}
-		for _, p := range pods.Items {
+		for _, p := range pods {
 			if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodRunning && p.Status.Phase != corev1.PodSucceeded {
 				bad = append(bad, fmt.Sprintf("pod %s/%s on %s is %s", p.Namespace, p.Name, node, p.Status.Phase))
 			}

@@ -25,6 +25,8 @@ type Ops struct {
 	Log *slog.Logger
 	// ReportEvery is how often a long wait says what it waits on; 5s if zero.
 	ReportEvery time.Duration
+	// PageSize is how many objects one list request asks for; DefaultPageSize if zero.
+	PageSize int64
 }
 
 func (o *Ops) log() *slog.Logger {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -428,3 +429,74 @@ func TestDryRunDrainAsksTheAPIServer(t *testing.T) {
 		t.Errorf("pods changed in dry-run: %v -> %v", before, got)
 	}
 }
+
+// TestNodesListedInPages lists more nodes than one page: every node comes back once, in
+// list requests of the page size (client-go's chunking), and so does the health check.
+func TestNodesListedInPages(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "page-1", "page-2", "page-3", "page-4", "page-5")
+	all, err := cp.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var limits []string
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if r.Method == http.MethodGet && r.URL.Path == "/api/v1/nodes" {
+				mu.Lock()
+				limits = append(limits, r.URL.Query().Get("limit"))
+				mu.Unlock()
+			}
+			return rt.RoundTrip(r)
+		})
+	})
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &Ops{Client: c, PageSize: 2}
+	nodes, err := o.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, n := range nodes {
+		seen[n.Name]++
+	}
+	for _, n := range all.Items {
+		if seen[n.Name] != 1 {
+			t.Errorf("node %s listed %d times", n.Name, seen[n.Name])
+		}
+	}
+	if len(nodes) != len(all.Items) {
+		t.Errorf("listed %d nodes, the cluster has %d", len(nodes), len(all.Items))
+	}
+	want := (len(all.Items) + 1) / 2
+	mu.Lock()
+	got := limits
+	limits = nil
+	mu.Unlock()
+	if len(got) < want {
+		t.Errorf("%d node list requests (limits %v), want at least %d pages of 2", len(got), got, want)
+	}
+	for _, l := range got {
+		if l != "2" {
+			t.Errorf("a node list asked for limit %q, want 2", l)
+		}
+	}
+	if _, err := o.Health(ctx, GateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(limits) < want {
+		t.Errorf("the health check listed nodes in %d requests, want %d pages", len(limits), want)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

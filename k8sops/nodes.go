@@ -8,11 +8,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Nodes lists the cluster's nodes.
+// Nodes lists the cluster's nodes, in pages of the page size.
 func (o *Ops) Nodes(ctx context.Context) ([]corev1.Node, error) {
-	list, err := o.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	list, err := o.listNodes(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	return list.Items, nil
+	return list, nil
 }

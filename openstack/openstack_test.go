@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
+	"github.com/gophercloud/gophercloud/v2/pagination"
+
 	"example.com/cookbook/dryrun"
 	"example.com/cookbook/lab/cloud"
 )
@@ -206,8 +209,8 @@ func TestErrorFaultAndQuota(t *testing.T) {
 	if err != nil || again.ID != g.ID {
 		t.Fatalf("ensure twice: %+v %v", again, err)
 	}
-	if _, err := c.EnsureServerGroup(ctx, "tb-control", "affinity"); err == nil {
-		t.Error("a group with another policy was accepted")
+	if other, err := c.EnsureServerGroup(ctx, "tb-control", "affinity"); err != nil || other.ID != g.ID || other.Policy != "anti-affinity" {
+		t.Errorf("a group with another policy: %+v %v; want the existing group with its own policy", other, err)
 	}
 	for i := 1; i <= 2; i++ {
 		s, _, err := c.CreateServer(ctx, CreateOpts{Name: fmt.Sprintf("c-%d", i), FlavorID: "f1", ImageID: seed.Images[0].ID, ServerGroupID: g.ID})
@@ -397,5 +400,48 @@ func TestLongWaitSaysWhatItWaitsFor(t *testing.T) {
 	n := strings.Count(e.logs.String(), "waiting for server slow-1 to be ACTIVE")
 	if n < 2 || n > 8 || !strings.Contains(e.logs.String(), "status=BUILD waited=") {
 		t.Errorf("%d progress lines in 0.7s of BUILD at one per 100ms (polls every 20ms):\n%s", n, e.logs)
+	}
+}
+
+// TestServersPaged lists more servers than one page: the lab cloud pages as Nova does
+// (limit, marker, a servers_links next link) and the client reads every page, once.
+func TestServersPaged(t *testing.T) {
+	e := newEnv(t, cloud.Options{})
+	c := e.client(t, "lab", false)
+	ctx := context.Background()
+	defer func(n int) { serversPageSize = n }(serversPageSize)
+	serversPageSize = 3
+	const n = 8
+	for i := 1; i <= n; i++ {
+		if _, err := e.cloud.AddServer(ctx, cloud.Server{Name: fmt.Sprintf("tb-worker-%d", i), FlavorID: "f1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := c.RoleServers(ctx, "tb-worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, s := range list {
+		if seen[s.ID] {
+			t.Errorf("server %s listed twice", s.Name)
+		}
+		seen[s.ID] = true
+	}
+	if len(list) != n || list[0].Name != "tb-worker-1" || list[n-1].Name != fmt.Sprintf("tb-worker-%d", n) {
+		t.Fatalf("role servers = %v, want %d", names(list), n)
+	}
+	// The same list, page by page: full pages of 3 with a next link, then the rest.
+	var sizes []int
+	err = servers.List(c.compute, servers.ListOpts{Limit: 3}).EachPage(ctx, func(_ context.Context, p pagination.Page) (bool, error) {
+		page, err := servers.ExtractServers(p)
+		sizes = append(sizes, len(page))
+		return true, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(sizes) != "[3 3 2]" {
+		t.Errorf("page sizes = %v, want [3 3 2]", sizes)
 	}
 }

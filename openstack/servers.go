@@ -75,10 +75,14 @@ func fromNova(s *servers.Server) Server {
 	return out
 }
 
+// serversPageSize is how many servers one list request asks for; the pager follows Nova's
+// servers_links until the last page. Tests make it small.
+var serversPageSize = 500
+
 // ServersNamed lists the servers whose name matches the regular expression (Nova's name
-// filter is a regular expression search: anchor it).
+// filter is a regular expression search: anchor it). It reads them in pages.
 func (c *Client) ServersNamed(ctx context.Context, re string) ([]Server, error) {
-	pages, err := servers.List(c.compute, servers.ListOpts{Name: re}).AllPages(ctx)
+	pages, err := servers.List(c.compute, servers.ListOpts{Name: re, Limit: serversPageSize}).AllPages(ctx)
 	if err != nil {
 		return nil, wrap("list servers", err)
 	}
@@ -324,7 +328,8 @@ func (c *Client) ServerGroups(ctx context.Context, name string) ([]ServerGroup, 
 }
 
 // EnsureServerGroup returns the server group of that name, created with the policy if
-// missing. A group of that name with another policy, or several, is an error.
+// missing. An existing group is returned whatever its policy (see its Policy field);
+// several groups of that name are an error.
 func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (ServerGroup, error) {
 	for attempt := 0; ; attempt++ {
 		list, err := c.ServerGroups(ctx, name)
@@ -339,9 +344,8 @@ func (c *Client) EnsureServerGroup(ctx context.Context, name, policy string) (Se
 			}
 			return ServerGroup{}, fmt.Errorf("server group %q: %d match, expected one: %s", name, len(list), strings.Join(found, ", "))
 		case len(list) == 1:
-			if policy != "" && list[0].Policy != policy {
-				return ServerGroup{}, fmt.Errorf("server group %s has policy %s, the configuration says %s", name, list[0].Policy, policy)
-			}
+			// Its policy is the caller's to compare: Nova cannot change it, and the
+			// servers in the group were placed by it.
 			return list[0], nil
 		}
 		var sg ServerGroup

@@ -54,6 +54,7 @@ func newApp() *cli.App {
 				&cli.IntFlag{Name: "workers", Value: 4, Usage: "number of workers"},
 				&cli.IntFlag{Name: "nfs-workers", Value: 2, Usage: "number of NFS workers"},
 				&cli.IntFlag{Name: "controls", Value: 3, Usage: "number of control nodes"},
+				&cli.Float64Flag{Name: "reboot-seconds", Value: 2, Usage: "how long a VM stays down when it reboots (a real one: 20 to 60)"},
 				&cli.IntFlag{Name: "ssh-port", Usage: "port of the VMs' SSH servers (default: a free one)"},
 				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
 				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
@@ -126,7 +127,8 @@ func up(c *cli.Context) error {
 	start := time.Now()
 	s, err := stack.Up(ctx, stack.Options{
 		Dir: dir, Workers: orNone(c.Int("workers")), NFSWorkers: orNone(c.Int("nfs-workers")), Controls: orNone(c.Int("controls")),
-		SSHPort: c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), Log: slog.New(logger),
+		RebootDownTime: time.Duration(c.Float64("reboot-seconds") * float64(time.Second)),
+		SSHPort:        c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), Log: slog.New(logger),
 	})
 	if err != nil {
 		return err

@@ -35,7 +35,7 @@ func stackWorld(t *testing.T, workers, nfs int) (*world, *stack.Stack) {
 	}
 	s, err := stack.Up(context.Background(), stack.Options{
 		Dir: t.TempDir(), Controls: 1, Workers: workers, NFSWorkers: nfs,
-		RebootDownTime: 500 * time.Millisecond, BuildTime: 300 * time.Millisecond, SampleWorkload: true,
+		RebootDownTime: 500 * time.Millisecond, BuildTime: 300 * time.Millisecond, CloudInitTime: 700 * time.Millisecond, SampleWorkload: true,
 	})
 	if err != nil {
 		t.Fatal(err)

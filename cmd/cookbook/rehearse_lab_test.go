@@ -31,7 +31,7 @@ func markWrites(s *stack.Stack) writes {
 
 // none fails the test if anything was written since the mark: a cloud write, an API
 // write by cookbook, or a command on a VM that changes it. Reads (hostname, boot id,
-// blkid) are fine.
+// blkid, test -e, cat /etc/fstab) are fine.
 func (m writes) none(t *testing.T, what string) {
 	t.Helper()
 	if n := m.s.Cloud.TotalWrites() - m.cloud; n != 0 {
@@ -45,7 +45,7 @@ func (m writes) none(t *testing.T, what string) {
 	if len(evs) != 0 {
 		t.Errorf("%s: %d API writes: %+v", what, len(evs), evs)
 	}
-	reads := []string{"hostname", "cat /proc/sys/kernel/random/boot_id", "blkid ", "apt-cache madison ", "dpkg-query -W ", "apt-mark showhold"}
+	reads := []string{"hostname", "cat /proc/sys/kernel/random/boot_id", "blkid ", "test -e ", "cat /etc/fstab", "apt-cache madison ", "dpkg-query -W ", "apt-mark showhold"}
 	for _, r := range m.s.Fleet.History()[m.history:] {
 		cmd := strings.TrimPrefix(strings.Join(r.Argv, " "), "sudo -n -- ")
 		read := false

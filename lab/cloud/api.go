@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -346,13 +347,60 @@ func (c *Cloud) listServers(detail bool) http.HandlerFunc {
 			}
 			list = append(list, s)
 		}
-		sort.Slice(list, func(i, j int) bool { return list[i].Created.After(list[j].Created) })
+		// Newest first, as Nova lists; the ID breaks ties so that pages are stable.
+		sort.Slice(list, func(i, j int) bool {
+			if !list[i].Created.Equal(list[j].Created) {
+				return list[i].Created.After(list[j].Created)
+			}
+			return list[i].ID < list[j].ID
+		})
+		// Paging as Nova's: limit, marker (the last server of the previous page), and a
+		// servers_links "next" link when a page is full.
+		if m := q.Get("marker"); m != "" {
+			at := -1
+			for i, s := range list {
+				if s.ID == m {
+					at = i
+					break
+				}
+			}
+			if at < 0 {
+				c.mu.Unlock()
+				novaError(w, 400, fmt.Sprintf("marker [%s] not found", m))
+				return
+			}
+			list = list[at+1:]
+		}
+		var links []any
+		if l := q.Get("limit"); l != "" {
+			limit, err := strconv.Atoi(l)
+			if err != nil || limit < 0 {
+				c.mu.Unlock()
+				novaError(w, 400, fmt.Sprintf("Invalid input for query parameters limit. Value: %s.", l))
+				return
+			}
+			if limit < len(list) {
+				list = list[:limit]
+			}
+			if limit > 0 && len(list) == limit {
+				next := *r.URL
+				next.Scheme, next.Host = "http", r.Host
+				nq := next.Query()
+				nq.Set("marker", list[limit-1].ID)
+				next.RawQuery = nq.Encode()
+				links = append(links, map[string]string{"rel": "next", "href": next.String()})
+			}
+		}
 		out := []any{}
 		for _, s := range list {
 			out = append(out, c.serverJSON(s, detail))
 		}
 		c.mu.Unlock()
-		reply(w, 200, map[string]any{"servers": out})
+		body := map[string]any{"servers": out}
+		if links != nil {
+			body["servers_links"] = links
+		}
+		reply(w, 200, body)
 	}
 }
 
@@ -462,7 +510,12 @@ func (c *Cloud) createServer(w http.ResponseWriter, r *http.Request) {
 		s.UserData, _ = base64.StdEncoding.DecodeString(in.UserData)
 	}
 	for _, g := range in.SecurityGroups {
-		s.SecurityGroups = append(s.SecurityGroups, g.Name)
+		i := slices.IndexFunc(c.st.SecurityGroups, func(n Named) bool { return n.Name == g.Name || n.ID == g.Name })
+		if i < 0 {
+			novaError(w, 400, fmt.Sprintf("Security group %s not found for project %s.", g.Name, c.st.Project))
+			return
+		}
+		s.SecurityGroups = append(s.SecurityGroups, c.st.SecurityGroups[i].Name)
 	}
 	if len(s.SecurityGroups) == 0 {
 		s.SecurityGroups = []string{"default"}

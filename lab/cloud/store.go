@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -118,6 +119,10 @@ func newStore(seed Seed) *store {
 	}
 	if s.Project == "" {
 		s.Project = "lab"
+	}
+	// Neutron gives every project a security group named default.
+	if !slices.ContainsFunc(s.SecurityGroups, func(g Named) bool { return g.Name == "default" }) {
+		s.SecurityGroups = append(slices.Clone(s.SecurityGroups), Named{ID: newID(), Name: "default"})
 	}
 	return s
 }

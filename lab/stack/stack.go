@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -47,6 +48,9 @@ type Options struct {
 	RebootDownTime time.Duration
 	// BuildTime is how long a new server stays in BUILD; 1s if zero.
 	BuildTime time.Duration
+	// CloudInitTime is how long cloud-init runs on a new VM after its SSH answers
+	// (provisioning commands fail until then); 3s if zero, none if negative.
+	CloudInitTime time.Duration
 	// SampleWorkload applies the lab's sample workload in namespace "sample".
 	SampleWorkload bool
 	// Log receives progress; nil discards.
@@ -104,6 +108,9 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	if opts.RebootDownTime == 0 {
 		opts.RebootDownTime = 2 * time.Second
 	}
+	if opts.CloudInitTime == 0 {
+		opts.CloudInitTime = 3 * time.Second
+	}
 	if opts.CloudAddr == "" {
 		opts.CloudAddr = "127.0.0.1:0"
 	}
@@ -140,7 +147,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return s, err
 		}
 	}
-	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, Log: log}
+	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), Log: log}
 	password := randomHex(12)
 	seed := cloud.Seed{
 		Project: opts.Cluster,
@@ -170,38 +177,73 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	for _, r := range roles {
 		groups[r.name] = s.Cloud.AddGroup(s.Prefix+"-"+r.suffix, r.policy).ID
 	}
-	var controls []string
-	var known []string
+	// The VMs and their nodes are created side by side (a few at a time: a lab of hundreds
+	// of workers comes up in minutes); known_hosts and the control nodes keep their order.
+	type member struct {
+		name    string
+		role    int
+		control bool
+		known   string
+	}
+	var members []*member
 	wants := map[string]int{"control": count(opts.Controls, 3), "worker": count(opts.Workers, 4), "worker-nfs": count(opts.NFSWorkers, 2), "ingress": 0}
-	for _, r := range roles {
+	for ri, r := range roles {
 		for i := 1; i <= wants[r.name]; i++ {
-			name := fmt.Sprintf("%s-%s-%d", s.Prefix, r.suffix, i)
-			log.Info("creating VM and node", "name", name)
-			flavor := "g4.cores4.ram8.disk20"
-			if r.control {
-				flavor = "g4.cores2.ram4.disk20"
-			}
-			srv, err := s.Cloud.AddServer(ctx, cloud.Server{
-				Name: name, FlavorID: flavor, ImageID: seed.Images[0].ID, Network: seed.Networks[0].Name,
-				KeyName: "toolsbeta-cookbook", Group: groups[r.name], SecurityGroups: []string{seed.SecurityGroups[0].Name},
-				Metadata: map[string]string{"cookbook-cluster": opts.Cluster, "cookbook-role": r.name},
-			})
-			if err != nil {
-				return s, err
-			}
-			v := s.Fleet.VM(srv.ID)
-			spec := lab.NodeSpec{Name: name, Labels: r.labels, BootID: v.BootID(), Address: srv.Address}
-			if r.control {
-				spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
-				spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
-				controls = append(controls, name)
-			}
-			if err := s.CP.AddNode(ctx, spec); err != nil {
-				return s, err
-			}
-			v.MarkJoined()
-			known = append(known, fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey())))))
+			members = append(members, &member{name: fmt.Sprintf("%s-%s-%d", s.Prefix, r.suffix, i), role: ri, control: r.control})
 		}
+	}
+	create := func(m *member) error {
+		r := roles[m.role]
+		log.Info("creating VM and node", "name", m.name)
+		flavor := "g4.cores4.ram8.disk20"
+		if r.control {
+			flavor = "g4.cores2.ram4.disk20"
+		}
+		srv, err := s.Cloud.AddServer(ctx, cloud.Server{
+			Name: m.name, FlavorID: flavor, ImageID: seed.Images[0].ID, Network: seed.Networks[0].Name,
+			KeyName: "toolsbeta-cookbook", Group: groups[r.name], SecurityGroups: []string{seed.SecurityGroups[0].Name},
+			Metadata: map[string]string{"cookbook-cluster": opts.Cluster, "cookbook-role": r.name},
+		})
+		if err != nil {
+			return err
+		}
+		v := s.Fleet.VM(srv.ID)
+		spec := lab.NodeSpec{Name: m.name, Labels: r.labels, BootID: v.BootID(), Address: srv.Address}
+		if r.control {
+			spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
+			spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
+		}
+		if err := s.CP.AddNode(ctx, spec); err != nil {
+			return err
+		}
+		v.MarkJoined()
+		m.known = fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
+		return nil
+	}
+	var wg sync.WaitGroup
+	var errOnce sync.Once
+	var firstErr error
+	sem := make(chan struct{}, 16)
+	for _, m := range members {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := create(m); err != nil {
+				errOnce.Do(func() { firstErr = err })
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return s, firstErr
+	}
+	var controls, known []string
+	for _, m := range members {
+		if m.control {
+			controls = append(controls, m.name)
+		}
+		known = append(known, m.known)
 	}
 	if err := os.WriteFile(s.KnownHostsPath, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
 		return s, err

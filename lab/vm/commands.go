@@ -2,14 +2,35 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 )
 
+// bootFinished is the file cloud-init writes when it has finished.
+const bootFinished = "/var/lib/cloud/instance/boot-finished"
+
+// racingPrograms, and the fleet's Programs, are provisioning commands: they fail while
+// cloud-init runs (it holds the dpkg lock and is still configuring the VM).
+var racingPrograms = []string{"apt-get", "puppet", "run-puppet-agent"}
+
+// exists answers test -e for the files the VMs know: cloud-init's boot-finished.
+func (v *VM) exists(path string) bool {
+	switch path {
+	case bootFinished:
+		return v.CloudInitDone()
+	case "/", "/etc", "/var/lib/cloud/instance":
+		return true
+	}
+	return false
+}
+
 // defaultPrograms succeed with no output: what provisioning and package steps run.
-var defaultPrograms = []string{"apt-get", "mkdir", "mount", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
+var defaultPrograms = []string{"apt-get", "mkdir", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
 
 // exec runs one command line; drop means the session ends without an exit status.
 func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
@@ -79,15 +100,7 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		}()
 		return 0, true
 	case cmd == "kubeadm token create --print-join-command":
-		v.mu.Lock()
-		control := v.control
-		v.mu.Unlock()
-		if !control {
-			fmt.Fprintln(stderr, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher")
-			return 1, false
-		}
-		if f.Cluster == nil {
-			fmt.Fprintln(stderr, "error: no control plane on this host")
+		if !v.canAdmin(stderr) {
 			return 1, false
 		}
 		join, err := f.Cluster.JoinCommand(ctx)
@@ -96,6 +109,24 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			return 1, false
 		}
 		fmt.Fprintln(stdout, join)
+	case cmd == "kubeadm token list":
+		if !v.canAdmin(stderr) {
+			return 1, false
+		}
+		tokens, err := f.Cluster.Tokens(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "failed to list bootstrap tokens: %v\n", err)
+			return 1, false
+		}
+		if len(tokens) > 0 {
+			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", "TOKEN", "TTL", "EXPIRES", "USAGES", "EXTRA GROUPS")
+		}
+		for _, t := range tokens {
+			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", t.ID+"."+t.Secret, time.Until(t.Expires).Round(time.Hour).String(),
+				t.Expires.Format(time.RFC3339), "authentication,signing", "system:bootstrappers:kubeadm:default-node-token")
+		}
+	case len(args) >= 3 && args[0] == "kubeadm" && args[1] == "token" && args[2] == "delete":
+		return v.deleteTokens(ctx, args[3:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
 		return v.join(ctx, args[2:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
@@ -114,22 +145,26 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			return 1, false
 		}
 		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
-	case args[0] == "blkid" && len(args) == 2:
+	case args[0] == "blkid":
+		return v.blkid(args[1:], stdout), false
+	case strings.HasPrefix(args[0], "mkfs.") && len(args) >= 2:
+		return v.mkfs(strings.TrimPrefix(args[0], "mkfs."), args[1:], stdout, stderr), false
+	case cmd == "cat /etc/fstab":
+		for _, l := range v.Fstab() {
+			fmt.Fprintln(stdout, l)
+		}
+	case len(args) == 4 && args[0] == "sed" && args[1] == "-i" && strings.HasPrefix(args[2], "$a ") && args[3] == "/etc/fstab":
 		v.mu.Lock()
-		ok := v.formatted[args[1]]
+		v.fstab = append(v.fstab, strings.TrimPrefix(args[2], "$a "))
 		v.mu.Unlock()
+	case args[0] == "mount":
+		return v.mount(args[1:], stderr), false
+	case args[0] == "findmnt" && len(args) == 3 && args[1] == "-n":
+		dev, ok := v.Mounted(args[2])
 		if !ok {
-			return 2, false
+			return 1, false
 		}
-		fmt.Fprintf(stdout, "%s: LABEL=\"extra\" TYPE=\"ext4\"\n", args[1])
-	case args[0] == "mkfs.ext4" && len(args) >= 2:
-		v.mu.Lock()
-		if v.formatted == nil {
-			v.formatted = map[string]bool{}
-		}
-		v.formatted[args[len(args)-1]] = true
-		v.mu.Unlock()
-		fmt.Fprintf(stdout, "Creating filesystem with 5242880 4k blocks\nWriting superblocks and filesystem accounting information: done\n")
+		fmt.Fprintf(stdout, "%s %s ext4 rw,relatime\n", args[2], dev)
 	case cmd == "kubeadm upgrade node":
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 	case cmd == "systemctl restart kubelet":
@@ -141,8 +176,24 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		return v.aptMark(args, stdout, stderr), false
 	case args[0] == "dpkg-query":
 		return v.dpkgQuery(args, stdout, stderr), false
-	case len(args) >= 2 && args[0] == "apt-get" && args[1] == "install":
+	case len(args) >= 2 && args[0] == "apt-get" && args[1] == "install" && v.CloudInitDone():
 		return v.aptGetInstall(args, stdout, stderr), false
+	case (args[0] == "test" || args[0] == "[") && len(args) >= 3 && (args[1] == "-e" || args[1] == "-f"):
+		if !v.exists(args[2]) {
+			return 1, false
+		}
+	case contains(racingPrograms, args[0]) || contains(f.Programs, args[0]):
+		if !v.CloudInitDone() {
+			if args[0] == "apt-get" {
+				fmt.Fprintln(stderr, "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 713 (apt-get)\nN: Be aware that removing the lock file is not a solution and may break your system.\nE: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), is another process using it?")
+				return 100, false
+			}
+			fmt.Fprintf(stderr, "%s: cloud-init is still running (no /var/lib/cloud/instance/boot-finished): what it configures is not there yet\n", args[0])
+			return 1, false
+		}
+		if args[0] == "apt-get" && len(args) > 1 {
+			fmt.Fprintf(stdout, "Reading package lists... Done\n")
+		}
 	case contains(defaultPrograms, args[0]) || contains(f.Programs, args[0]):
 		if args[0] == "apt-get" && len(args) > 1 {
 			fmt.Fprintf(stdout, "Reading package lists... Done\n")
@@ -152,6 +203,49 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		return 127, false
 	}
 	return 0, false
+}
+
+// canAdmin reports whether the VM has the cluster's admin.conf (a control-plane host
+// of a lab with a cluster), as kubeadm token needs; if not, it says so on stderr.
+func (v *VM) canAdmin(stderr io.Writer) bool {
+	v.mu.Lock()
+	control := v.control
+	v.mu.Unlock()
+	if !control {
+		fmt.Fprintln(stderr, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher")
+		return false
+	}
+	if v.fleet.Cluster == nil {
+		fmt.Fprintln(stderr, "error: no control plane on this host")
+		return false
+	}
+	return true
+}
+
+var tokenRE = regexp.MustCompile(`^([a-z0-9]{6})(\.[a-z0-9]{16})?$`)
+
+// deleteTokens is kubeadm token delete: each argument is a token id or a whole token.
+func (v *VM) deleteTokens(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if !v.canAdmin(stderr) {
+		return 1
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "missing argument; 'token delete' is missing token of form \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"")
+		return 1
+	}
+	for _, a := range args {
+		m := tokenRE.FindStringSubmatch(a)
+		if m == nil {
+			fmt.Fprintf(stderr, "given token didn't match pattern \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"\n")
+			return 1
+		}
+		if err := v.fleet.Cluster.DeleteToken(ctx, m[1]); err != nil {
+			fmt.Fprintf(stderr, "failed to delete bootstrap token %q: %v\n", m[1], err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "bootstrap token %q deleted\n", m[1])
+	}
+	return 0
 }
 
 // join parses kubeadm join's arguments and registers the node.
@@ -182,6 +276,10 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	v.mu.Lock()
 	joined := v.joined
 	v.mu.Unlock()
+	if f.joinFails(v.Name) {
+		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR CRI]: container runtime is not running")
+		return 1
+	}
 	if joined {
 		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists")
 		return 1
@@ -208,6 +306,135 @@ func (v *VM) MarkJoined() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.joined = true
+}
+
+// rootFstab is the start of every VM's /etc/fstab.
+func rootFstab() []string {
+	return []string{"# /etc/fstab: static file system information.", "UUID=0f3c2b1a-0000-4000-8000-00000000f00d / ext4 rw,discard,errors=remount-ro 0 1"}
+}
+
+// blkid answers `blkid DEV` and `blkid -s TAG -o value DEV`: exit 2 without a filesystem.
+func (v *VM) blkid(args []string, stdout io.Writer) int {
+	tag := ""
+	if len(args) == 5 && args[0] == "-s" && args[2] == "-o" && args[3] == "value" {
+		tag, args = args[1], args[4:]
+	}
+	if len(args) != 1 {
+		return 2
+	}
+	v.mu.Lock()
+	fs, ok := v.disks[args[0]]
+	v.mu.Unlock()
+	if !ok {
+		return 2
+	}
+	switch tag {
+	case "":
+		fmt.Fprintf(stdout, "%s: UUID=%q LABEL=%q TYPE=%q\n", args[0], fs.UUID, fs.Label, fs.Type)
+	case "UUID":
+		fmt.Fprintln(stdout, fs.UUID)
+	case "TYPE":
+		fmt.Fprintln(stdout, fs.Type)
+	case "LABEL":
+		fmt.Fprintln(stdout, fs.Label)
+	default:
+		return 2
+	}
+	return 0
+}
+
+// mkfs makes a filesystem; like the real ones run without a terminal, it refuses a device
+// that has a filesystem unless forced (-F for ext4, -f for xfs).
+func (v *VM) mkfs(typ string, args []string, stdout, stderr io.Writer) int {
+	if typ != "ext4" && typ != "xfs" {
+		fmt.Fprintf(stderr, "bash: mkfs.%s: command not found\n", typ)
+		return 127
+	}
+	dev, force, label := args[len(args)-1], false, ""
+	for i, a := range args[:len(args)-1] {
+		switch {
+		case a == "-F" || a == "-f":
+			force = true
+		case a == "-L" && i+1 < len(args)-1:
+			label = args[i+1]
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if old, ok := v.disks[dev]; ok && !force {
+		fmt.Fprintf(stderr, "%s contains a %s file system labelled '%s'\nProceed anyway? (y,N) \n", dev, old.Type, old.Label)
+		return 1
+	}
+	for _, d := range v.mounts {
+		if d == dev {
+			fmt.Fprintf(stderr, "%s is mounted; will not make a filesystem here!\n", dev)
+			return 1
+		}
+	}
+	if v.disks == nil {
+		v.disks = map[string]Filesystem{}
+	}
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	v.disks[dev] = Filesystem{Type: typ, Label: label, UUID: fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])}
+	fmt.Fprintf(stdout, "Creating filesystem with 5242880 4k blocks\nWriting superblocks and filesystem accounting information: done\n")
+	return 0
+}
+
+// mount answers `mount -a` (the fstab entries not mounted yet) and `mount DEV DIR`.
+func (v *VM) mount(args []string, stderr io.Writer) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case len(args) == 1 && args[0] == "-a":
+		if err := v.mountFstab(); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 32
+		}
+	case len(args) == 2:
+		if _, ok := v.disks[args[0]]; !ok {
+			fmt.Fprintf(stderr, "mount: %s: wrong fs type, bad option, bad superblock on %s, missing codepage or helper program, or other error.\n", args[1], args[0])
+			return 32
+		}
+		if v.mounts == nil {
+			v.mounts = map[string]string{}
+		}
+		v.mounts[args[1]] = args[0]
+	default:
+		fmt.Fprintln(stderr, "mount: bad usage")
+		return 1
+	}
+	return 0
+}
+
+// mountFstab mounts the fstab entries (UUID=... lines) not mounted yet, as the boot and
+// mount -a do; v.mu is held.
+func (v *VM) mountFstab() error {
+	var errs []error
+	for _, l := range v.fstab {
+		f := strings.Fields(l)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if _, ok := v.mounts[f[1]]; ok {
+			continue
+		}
+		dev := ""
+		for d, fs := range v.disks {
+			if "UUID="+fs.UUID == f[0] || d == f[0] {
+				dev = d
+			}
+		}
+		if dev == "" {
+			errs = append(errs, fmt.Errorf("mount: %s: can't find %s.", f[1], f[0]))
+			continue
+		}
+		if v.mounts == nil {
+			v.mounts = map[string]string{}
+		}
+		v.mounts[f[1]] = dev
+	}
+	return errors.Join(errs...)
 }
 
 // debian is a Debian release as /etc/os-release names it.

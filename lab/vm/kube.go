@@ -62,6 +62,30 @@ func (k *KubeCluster) JoinCommand(ctx context.Context) (string, error) {
 	return fmt.Sprintf("kubeadm join %s --token %s.%s --discovery-token-ca-cert-hash sha256:%s", host, id, secret, hex.EncodeToString(sum[:])), nil
 }
 
+// Tokens lists the bootstrap token Secrets.
+func (k *KubeCluster) Tokens(ctx context.Context) ([]Token, error) {
+	list, err := k.CP.Client.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "type=bootstrap.kubernetes.io/token"})
+	if err != nil {
+		return nil, fmt.Errorf("list bootstrap tokens: %w", err)
+	}
+	var out []Token
+	for _, s := range list.Items {
+		t := Token{ID: string(s.Data["token-id"]), Secret: string(s.Data["token-secret"])}
+		t.Expires, _ = time.Parse(time.RFC3339, string(s.Data["expiration"]))
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// DeleteToken deletes the bootstrap token Secret of an id.
+func (k *KubeCluster) DeleteToken(ctx context.Context, id string) error {
+	err := k.CP.Client.CoreV1().Secrets("kube-system").Delete(ctx, "bootstrap-token-"+id, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: %v", ErrNoToken, err)
+	}
+	return err
+}
+
 // Join checks the token against the bootstrap token Secrets and registers the Node.
 func (k *KubeCluster) Join(ctx context.Context, j JoinRequest) error {
 	node := j.Node

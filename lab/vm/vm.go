@@ -27,6 +27,11 @@ import (
 type Cluster interface {
 	// JoinCommand creates a bootstrap token and returns the kubeadm join command line.
 	JoinCommand(ctx context.Context) (string, error)
+	// Tokens returns the bootstrap tokens there are (`kubeadm token list`).
+	Tokens(ctx context.Context) ([]Token, error)
+	// DeleteToken deletes the bootstrap token of an id (`kubeadm token delete`); an
+	// error wrapping ErrNoToken if there is none.
+	DeleteToken(ctx context.Context, id string) error
 	// Join checks the token and registers the VM's Node (Ready).
 	Join(ctx context.Context, j JoinRequest) error
 	// KubeletDown makes the node NotReady (reboot, kubeadm reset).
@@ -34,6 +39,15 @@ type Cluster interface {
 	// KubeletUp makes a registered node Ready again with the boot id.
 	KubeletUp(ctx context.Context, node, bootID string) error
 }
+
+// Token is a bootstrap token as `kubeadm token list` shows it.
+type Token struct {
+	ID, Secret string
+	Expires    time.Time
+}
+
+// ErrNoToken is the error of deleting a bootstrap token that does not exist.
+var ErrNoToken = errors.New("no such bootstrap token")
 
 // JoinRequest is what a `kubeadm join` on a VM asks of the cluster.
 type JoinRequest struct {
@@ -65,6 +79,11 @@ type Fleet struct {
 	DownTime time.Duration
 	// Programs are extra commands (argv[0]) that succeed, for provisioning steps.
 	Programs []string
+	// CloudInitTime is how long cloud-init runs after a VM's first boot (its SSH answers
+	// from the start): until then /var/lib/cloud/instance/boot-finished is missing and
+	// provisioning commands fail (apt-get finds the dpkg lock held, the others race with
+	// cloud-init), as they would on a real VM. Zero: cloud-init is done at once.
+	CloudInitTime time.Duration
 	// HangReboot makes `systemctl reboot` hang on these VMs (by name), to test the
 	// hard-reboot fallback: the session stays open until the VM is rebooted hard.
 	HangReboot map[string]bool
@@ -79,9 +98,11 @@ type Fleet struct {
 	// Log receives lines; nil discards.
 	Log *slog.Logger
 
-	mu      sync.Mutex
-	vms     map[string]*VM
-	history []Record
+	mu       sync.Mutex
+	vms      map[string]*VM
+	history  []Record
+	failJoin map[string]bool
+	preset   map[string]map[string]Filesystem
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
@@ -109,18 +130,26 @@ type VM struct {
 	// boot coming up a moment later.
 	kubelet sync.Mutex
 
-	mu        sync.Mutex
-	bootID    string
-	ln        net.Listener
-	conns     map[net.Conn]bool
-	up        bool
-	joined    bool
-	gen       int
-	down      chan struct{} // closed when the current incarnation stops
-	control   bool
-	formatted map[string]bool
-	pkgs      map[string]string // installed package versions that differ from the fleet's
-	held      map[string]bool   // packages apt-mark holds
+	mu      sync.Mutex
+	bootID  string
+	ln      net.Listener
+	conns   map[net.Conn]bool
+	up      bool
+	joined  bool
+	gen     int
+	down    chan struct{} // closed when the current incarnation stops
+	control bool
+	// disks are the filesystems on the VM's block devices, by device; fstab is
+	// /etc/fstab's lines (kept over reboots); mounts are the mounted filesystems by
+	// mount point (gone at a reboot, when the fstab entries are mounted again).
+	disks  map[string]Filesystem
+	fstab  []string
+	mounts map[string]string
+	// bootFinished is when cloud-init finishes, after the first boot: the file stays on
+	// disk over reboots.
+	bootFinished time.Time
+	pkgs         map[string]string // installed package versions that differ from the fleet's
+	held         map[string]bool   // packages apt-mark holds
 }
 
 func (f *Fleet) log() *slog.Logger {
@@ -161,6 +190,13 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 		}
 	}
 	f.mu.Lock()
+	v.bootFinished = time.Now().Add(f.CloudInitTime)
+	for dev, fs := range f.preset[m.Name] {
+		if v.disks == nil {
+			v.disks = map[string]Filesystem{}
+		}
+		v.disks[dev] = fs
+	}
 	if f.vms == nil {
 		f.vms = map[string]*VM{}
 	}
@@ -178,6 +214,13 @@ func (f *Fleet) Boot(ctx context.Context, m cloud.Machine) ([]string, error) {
 // HostKeyLine is the VM's host key as cloud-init prints it.
 func (v *VM) HostKeyLine() string {
 	return fmt.Sprintf("256 %s root@%s (ED25519)", ssh.FingerprintSHA256(v.signer.PublicKey()), v.Name)
+}
+
+// CloudInitDone reports whether cloud-init has finished on the VM (boot-finished exists).
+func (v *VM) CloudInitDone() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !time.Now().Before(v.bootFinished)
 }
 
 // PublicKey is the VM's host key.
@@ -218,6 +261,72 @@ func (f *Fleet) Delete(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// FailJoins makes `kubeadm join` fail on the VM of a name (a container runtime that is
+// not running), or succeed again.
+func (f *Fleet) FailJoins(name string, fail bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failJoin == nil {
+		f.failJoin = map[string]bool{}
+	}
+	f.failJoin[name] = fail
+}
+
+func (f *Fleet) joinFails(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failJoin[name]
+}
+
+// Filesystem is what is on a block device of a VM.
+type Filesystem struct{ Type, UUID, Label string }
+
+// SetFilesystem puts a filesystem on a block device of the VM (a volume that had one).
+func (v *VM) SetFilesystem(dev string, fs Filesystem) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.disks == nil {
+		v.disks = map[string]Filesystem{}
+	}
+	v.disks[dev] = fs
+}
+
+// Mounted returns the device mounted at a mount point, if any.
+func (v *VM) Mounted(mountPoint string) (string, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	dev, ok := v.mounts[mountPoint]
+	return dev, ok
+}
+
+// Fstab returns the lines of the VM's /etc/fstab.
+func (v *VM) Fstab() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append(rootFstab(), v.fstab...)
+}
+
+// PresetFilesystem puts a filesystem on a block device of the VMs booted from now on with
+// that name (a volume that had one).
+func (f *Fleet) PresetFilesystem(name, dev string, fs Filesystem) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.preset == nil {
+		f.preset = map[string]map[string]Filesystem{}
+	}
+	if f.preset[name] == nil {
+		f.preset[name] = map[string]Filesystem{}
+	}
+	f.preset[name][dev] = fs
+}
+
+// SetCloudInitTime sets CloudInitTime for the VMs booted from now on.
+func (f *Fleet) SetCloudInitTime(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.CloudInitTime = d
 }
 
 // VM returns the VM of a server id, or nil.
@@ -336,6 +445,10 @@ func (v *VM) reboot() {
 			return
 		}
 		id := newBootID()
+		v.mu.Lock()
+		v.mounts = nil
+		_ = v.mountFstab() // what cannot be mounted is not, as with nofail
+		v.mu.Unlock()
 		if err := v.start(id); err != nil {
 			f.log().Error("vm did not come back", "vm", v.Name, "err", err)
 			return

@@ -494,10 +494,35 @@ func TestKubeadmJoin(t *testing.T) {
 	if _, errs, code := run(t, wcl, "sudo "+bad); code != 1 || !strings.Contains(errs, "wrong secret") {
 		t.Errorf("join with a wrong token: exit %d, %s", code, errs)
 	}
+	f.FailJoins(worker.Name, true)
+	if _, errs, code := run(t, wcl, "sudo "+join); code != 1 || !strings.Contains(errs, "container runtime is not running") {
+		t.Errorf("join with FailJoins: exit %d, %s", code, errs)
+	}
+	f.FailJoins(worker.Name, false)
 	if _, errs, code := run(t, wcl, "sudo "+join); code != 0 {
 		t.Fatalf("join: exit %d: %s", code, errs)
 	}
 	wcl.Close()
+
+	// The token is listed on the control VM until it is deleted; only there.
+	if out, _, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || !strings.Contains(out, words[4]) {
+		t.Errorf("token list: exit %d, %q; want it to list %s", code, out, tokenID)
+	}
+	if _, errs, code := run(t, redial(t, f, worker, op), "kubeadm token delete "+tokenID); code != 1 || !strings.Contains(errs, "admin.conf") {
+		t.Errorf("token delete on a worker: exit %d, %s", code, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token delete "+tokenID); code != 0 || out != fmt.Sprintf("bootstrap token %q deleted\n", tokenID) {
+		t.Errorf("token delete: exit %d, %q, %s", code, out, errs)
+	}
+	if out, _, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || strings.Contains(out, tokenID) {
+		t.Errorf("token list after delete: exit %d, %q", code, out)
+	}
+	if _, errs, code := run(t, ccl, "sudo kubeadm token delete "+tokenID); code != 1 || !strings.Contains(errs, "not found") {
+		t.Errorf("deleting a deleted token: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, ccl, "sudo kubeadm token delete NOT-A-TOKEN"); code != 1 || !strings.Contains(errs, "didn't match pattern") {
+		t.Errorf("deleting a malformed token: exit %d, %s", code, errs)
+	}
 	if err := cp.WaitNodeReady(ctx, worker.Name, true, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -539,5 +564,110 @@ func TestKubeadmJoin(t *testing.T) {
 	}
 	if worker.Joined() {
 		t.Error("the VM still counts as joined after kubeadm reset")
+	}
+}
+
+// redial dials the VM again, closed at the end of the test.
+func redial(t *testing.T, f *Fleet, v *VM, op operator) *ssh.Client {
+	t.Helper()
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// TestCloudInitRace: SSH answers at once, but until cloud-init has finished (its
+// boot-finished file) provisioning commands fail, as they race with it on a real VM.
+func TestCloudInitRace(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.CloudInitTime = 700 * time.Millisecond
+	v := boot(t, f, "tb-worker-9", nil)
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	tests := []struct {
+		line     string
+		wantErr  string
+		wantCode int
+	}{
+		{"hostname", "", 0},
+		{"test -e /var/lib/cloud/instance/boot-finished", "", 1},
+		{"sudo -n -- apt-get update", "Could not get lock /var/lib/dpkg/lock-frontend", 100},
+		{"run-provision --role worker", "cloud-init is still running", 1},
+	}
+	for _, tt := range tests {
+		if _, errs, code := run(t, cl, tt.line); code != tt.wantCode || !strings.Contains(errs, tt.wantErr) {
+			t.Errorf("before boot-finished: %s: exit %d, stderr %q; want exit %d, stderr ~%q", tt.line, code, errs, tt.wantCode, tt.wantErr)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !v.CloudInitDone() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, line := range []string{"test -e /var/lib/cloud/instance/boot-finished", "sudo -n -- apt-get update", "run-provision --role worker", "test -e /nonexistent"} {
+		want := 0
+		if line == "test -e /nonexistent" {
+			want = 1
+		}
+		if _, errs, code := run(t, cl, line); code != want {
+			t.Errorf("after boot-finished: %s: exit %d, stderr %q; want %d", line, code, errs, want)
+		}
+	}
+}
+
+// TestFstabMountsAfterReboot: a mount is gone after a reboot unless /etc/fstab lists its
+// filesystem; mkfs refuses a device with a filesystem unless forced.
+func TestFstabMountsAfterReboot(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-worker-8", nil)
+	cl := redial(t, f, v, op)
+	v.SetFilesystem("/dev/sdc", Filesystem{Type: "xfs", UUID: "1111-2222", Label: "old"})
+	for _, tt := range []struct {
+		line, wantOut, wantErr string
+		wantCode               int
+	}{
+		{"blkid /dev/sdb", "", "", 2},
+		{"mkfs.ext4 -L extra /dev/sdb", "Writing superblocks", "", 0},
+		{"blkid -s TYPE -o value /dev/sdb", "ext4\n", "", 0},
+		{"mkfs.ext4 -L extra /dev/sdb", "", "contains a ext4 file system labelled 'extra'", 1},
+		{"blkid -s TYPE -o value /dev/sdc", "xfs\n", "", 0},
+		{"mkdir -p /srv/a", "", "", 0},
+		{"mount /dev/sdc /srv/b", "", "", 0},
+		{"findmnt -n /srv/b", "/srv/b /dev/sdc", "", 0},
+		{"mount -a", "", "", 0},
+	} {
+		out, errs, code := run(t, cl, tt.line)
+		if code != tt.wantCode || !strings.Contains(out, tt.wantOut) || !strings.Contains(errs, tt.wantErr) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q", tt.line, code, out, errs, tt.wantCode, tt.wantOut, tt.wantErr)
+		}
+	}
+	uuid, _, _ := run(t, cl, "blkid -s UUID -o value /dev/sdb")
+	line := "UUID=" + strings.TrimSpace(uuid) + " /srv/a ext4 defaults,nofail 0 2"
+	if _, errs, code := run(t, cl, "sed -i '$a "+line+"' /etc/fstab"); code != 0 {
+		t.Fatalf("sed: %d %s", code, errs)
+	}
+	if _, errs, code := run(t, cl, "mount -a"); code != 0 {
+		t.Fatalf("mount -a: %d %s", code, errs)
+	}
+	if out, _, _ := run(t, cl, "cat /etc/fstab"); !strings.Contains(out, line+"\n") {
+		t.Errorf("fstab:\n%s", out)
+	}
+	cl.Close()
+	old := v.BootID()
+	if err := f.Reboot(context.Background(), v.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
+	if dev, ok := v.Mounted("/srv/a"); !ok || dev != "/dev/sdb" {
+		t.Errorf("/srv/a after the reboot: %q %v; want /dev/sdb (in fstab)", dev, ok)
+	}
+	if dev, ok := v.Mounted("/srv/b"); ok {
+		t.Errorf("/srv/b after the reboot: %q; want nothing (not in fstab)", dev)
 	}
 }
