@@ -339,6 +339,30 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 		}
 		return m, nil
 	}
+	// setHold holds (or unholds) the Kubernetes packages that are not held (or are) yet.
+	setHold := func(hold bool) pipeline.Func {
+		verb := map[bool]string{true: "hold", false: "unhold"}[hold]
+		return func(ctx context.Context, v *pipeline.Values) error {
+			_, h, err := host(ctx, v)
+			if err != nil {
+				return err
+			}
+			hm, err := held(ctx, h)
+			if err != nil {
+				return err
+			}
+			var argv []string
+			for _, p := range kubePkgs {
+				if hm[p] != hold {
+					argv = append(argv, p)
+				}
+			}
+			if len(argv) == 0 {
+				return pipeline.Skip("kubeadm, kubelet and kubectl: %s already", map[bool]string{true: "held", false: "not held"}[hold])
+			}
+			return write(ctx, h, append([]string{"apt-mark", verb}, argv...)...)
+		}
+	}
 	install := func(ctx context.Context, v *pipeline.Values, pkgs ...string) error {
 		_, h, err := host(ctx, v)
 		if err != nil {
@@ -426,26 +450,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, found["kubeadm"]))
 			return pkgKey.Set(v, found["kubeadm"])
 		}},
-		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %s"), Do: func(ctx context.Context, v *pipeline.Values) error {
-			_, h, err := host(ctx, v)
-			if err != nil {
-				return err
-			}
-			hm, err := held(ctx, h)
-			if err != nil {
-				return err
-			}
-			var argv []string
-			for _, p := range kubePkgs {
-				if hm[p] {
-					argv = append(argv, p)
-				}
-			}
-			if len(argv) == 0 {
-				return pipeline.Skip("no package held")
-			}
-			return write(ctx, h, append([]string{"apt-mark", "unhold"}, argv...)...)
-		}},
+		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %s"), Do: setHold(false)},
 		{Name: "install-kubeadm", Desc: desc("install kubeadm=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubeadm")
 		}},
@@ -455,26 +460,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 		{Name: "install-kubelet", Desc: desc("install kubelet=%[2]s kubectl=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubelet", "kubectl")
 		}},
-		{Name: "hold", Desc: desc("apt-mark hold kubeadm kubelet kubectl on %s"), Do: func(ctx context.Context, v *pipeline.Values) error {
-			_, h, err := host(ctx, v)
-			if err != nil {
-				return err
-			}
-			hm, err := held(ctx, h)
-			if err != nil {
-				return err
-			}
-			var argv []string
-			for _, p := range kubePkgs {
-				if !hm[p] {
-					argv = append(argv, p)
-				}
-			}
-			if len(argv) == 0 {
-				return pipeline.Skip("kubeadm, kubelet and kubectl held already")
-			}
-			return write(ctx, h, append([]string{"apt-mark", "hold"}, argv...)...)
-		}},
+		{Name: "hold", Desc: desc("apt-mark hold kubeadm kubelet kubectl on %s"), Do: setHold(true)},
 		{Name: "daemon-reload", Desc: desc("systemctl daemon-reload on %s"), Do: unlessAtTarget("daemon-reload", func(ctx context.Context, _, h string) error {
 			return write(ctx, h, "systemctl", "daemon-reload")
 		})},
