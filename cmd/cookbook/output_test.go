@@ -222,7 +222,8 @@ func TestColoursOnATerminal(t *testing.T) {
 	var out syncBuffer
 	go io.Copy(&out, master)
 	cmd := w.command(w.toy()...)
-	cmd.Env = append(cmd.Env, "TERM=xterm-256color", "NO_COLOR=", "CLICOLOR_FORCE=")
+	// termenv takes a set CI variable to mean "no terminal": unset it, as on an operator host.
+	cmd.Env = append(cmd.Env, "TERM=xterm-256color", "NO_COLOR=", "CLICOLOR_FORCE=", "CI=")
 	cmd.Stderr = tty
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
