@@ -65,6 +65,17 @@ type adder struct {
 	c                      *clients
 }
 
+// lookupFlag looks up the cloud object a flag names: a name that matches nothing, or
+// several things, is bad input naming the flag; any other error is not.
+func lookupFlag(ctx context.Context, flag, ref string, lookup func(context.Context, string) (openstack.Ref, error)) (openstack.Ref, error) {
+	r, err := lookup(ctx, ref)
+	var amb *openstack.LookupError
+	if errors.As(err, &amb) {
+		return r, BadInputf("--%s: %v", flag, err)
+	}
+	return r, err
+}
+
 // check looks up the flavor, image and network given as flags before the run starts: a
 // name that matches nothing, or several things, is bad input.
 func (a *adder) check(ctx context.Context) error {
@@ -81,11 +92,7 @@ func (a *adder) check(ctx context.Context) error {
 		if f.ref == "" {
 			continue
 		}
-		if _, err := f.lookup(ctx, f.ref); err != nil {
-			var amb *openstack.LookupError
-			if errors.As(err, &amb) {
-				return BadInputf("--%s: %v", f.flag, err)
-			}
+		if _, err := lookupFlag(ctx, f.flag, f.ref, f.lookup); err != nil {
 			return err
 		}
 	}

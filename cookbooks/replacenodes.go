@@ -2,7 +2,6 @@ package cookbooks
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -143,12 +142,8 @@ func (r *replacer) check(ctx context.Context) error {
 		if f.ref == "" {
 			continue
 		}
-		ref, err := f.lookup(ctx, f.ref)
+		ref, err := lookupFlag(ctx, f.flag, f.ref, f.lookup)
 		if err != nil {
-			var amb *openstack.LookupError
-			if errors.As(err, &amb) {
-				return BadInputf("--%s: %v", f.flag, err)
-			}
 			return err
 		}
 		if f.flag == "image" {
