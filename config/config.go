@@ -58,6 +58,8 @@ type Cluster struct {
 	Lock Lock `json:"lock,omitempty"`
 	// Records says how many run records the cluster keeps (lease clusters only).
 	Records Records `json:"records,omitempty"`
+	// Drain are the cluster's defaults for the drain flags of every cookbook that drains.
+	Drain Drain `json:"drain,omitempty"`
 
 	// Name is the cluster's key in Config.Clusters.
 	Name string `json:"-"`
@@ -88,6 +90,38 @@ type Lock struct {
 	Duration string `json:"duration,omitempty"`
 	// RenewEvery is how often the holder renews the Lease. Default 5s.
 	RenewEvery string `json:"renewEvery,omitempty"`
+}
+
+// Drain are a cluster's drain defaults: a flag given on the command line wins over them,
+// and they win over the flags' own defaults.
+type Drain struct {
+	// Force evicts bare pods (--force).
+	Force *bool `json:"force,omitempty"`
+	// DeleteEmptyDirData evicts pods with emptyDir volumes (--delete-emptydir-data).
+	DeleteEmptyDirData *bool `json:"deleteEmptyDirData,omitempty"`
+	// GracePeriod is the seconds pods get to terminate, -1 for each pod's own
+	// (--grace-period).
+	GracePeriod *int `json:"gracePeriod,omitempty"`
+	// Timeout bounds a node's drain (--drain-timeout).
+	Timeout *Duration `json:"timeout,omitempty"`
+	// SkipWaitForDeleteTimeout is how long after their deletion time the pods of a node
+	// that is not Ready are no longer waited for, 0 to wait for every pod
+	// (--skip-wait-for-delete-timeout).
+	SkipWaitForDeleteTimeout *Duration `json:"skipWaitForDeleteTimeout,omitempty"`
+}
+
+func (d *Drain) validate(p string) []error {
+	var errs []error
+	if d.GracePeriod != nil && *d.GracePeriod < -1 {
+		errs = append(errs, fmt.Errorf("%s.gracePeriod: %d is negative (expected seconds, 0 or more, or -1 for each pod's own)", p, *d.GracePeriod))
+	}
+	if d.Timeout != nil && *d.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("%s.timeout: %s is not a positive duration (expected one such as 10m)", p, d.Timeout.D()))
+	}
+	if d.SkipWaitForDeleteTimeout != nil && *d.SkipWaitForDeleteTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%s.skipWaitForDeleteTimeout: %s is negative (expected 0 or a duration such as 5m)", p, d.SkipWaitForDeleteTimeout.D()))
+	}
+	return errs
 }
 
 // Records configures the copies of run records kept in the cluster.
@@ -465,6 +499,7 @@ func (cl *Cluster) validate(p string) []error {
 		errs = append(errs, fmt.Errorf("%s.roles: at least one role is required", p))
 	}
 	errs = append(errs, cl.validateLock(p)...)
+	errs = append(errs, cl.Drain.validate(p+".drain")...)
 	for name, r := range cl.Roles {
 		rp := join(p+".roles", name)
 		if r == nil {

@@ -147,8 +147,12 @@ func (d Duration) Or(def time.Duration) time.Duration {
 // MarshalJSON writes d as a string such as "10m0s".
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
-// UnmarshalJSON reads a string such as "10m".
+// UnmarshalJSON reads a string such as "10m", or 0.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "0" { // a bare 0, which the YAML check accepts as a duration
+		*d = 0
+		return nil
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("a duration must be a string such as 10m: %w", err)

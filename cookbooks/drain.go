@@ -33,7 +33,7 @@ func Drain() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			opts, err := drainOptions(c)
+			opts, err := drainOptions(c, cl)
 			if err != nil {
 				return nil, err
 			}

@@ -3,6 +3,12 @@ package cookbooks
 import (
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/urfave/cli/v2"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/k8sops"
 )
 
 func TestShortDuration(t *testing.T) {
@@ -23,5 +29,45 @@ func TestUnique(t *testing.T) {
 	err := unique("hostname-list", []string{"a", "b", "a"})
 	if err == nil || err.Error() != "--hostname-list: a is listed twice" {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestDrainOptionsFromConfig: the cluster's drain section gives the defaults, a flag on
+// the command line wins over it, and without either the flags' own defaults hold.
+func TestDrainOptionsFromConfig(t *testing.T) {
+	yes, grace, timeout, skip := true, 30, config.Duration(20*time.Minute), config.Duration(0)
+	withDrain := &config.Cluster{Drain: config.Drain{Force: &yes, DeleteEmptyDirData: &yes, GracePeriod: &grace, Timeout: &timeout, SkipWaitForDeleteTimeout: &skip}}
+	sec := func(n int64) *int64 { return &n }
+	tests := []struct {
+		name string
+		cl   *config.Cluster
+		args []string
+		want k8sops.DrainOptions
+	}{
+		{"flag defaults", &config.Cluster{}, nil,
+			k8sops.DrainOptions{Timeout: k8sops.DefaultDrainTimeout, SkipWaitForDeleteTimeout: k8sops.DefaultSkipWaitForDeleteTimeout}},
+		{"config defaults", withDrain, nil,
+			k8sops.DrainOptions{Force: true, DeleteEmptyDirData: true, GracePeriodSeconds: sec(30), Timeout: 20 * time.Minute}},
+		{"flags win", withDrain, []string{"--force=false", "--delete-emptydir-data=false", "--grace-period", "-1", "--drain-timeout", "3m", "--skip-wait-for-delete-timeout", "1m"},
+			k8sops.DrainOptions{Timeout: 3 * time.Minute, SkipWaitForDeleteTimeout: time.Minute}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got k8sops.DrainOptions
+			var err error
+			app := &cli.App{Flags: drainFlags(), Action: func(c *cli.Context) error {
+				got, err = drainOptions(c, tt.cl)
+				return nil
+			}}
+			if runErr := app.Run(append([]string{"x"}, tt.args...)); runErr != nil {
+				t.Fatal(runErr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("drain options (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -132,32 +132,59 @@ func ifInCluster(k *k8sops.Ops, node string, steps []pipeline.Step) []pipeline.S
 	return out
 }
 
-// drainFlags are the flags of every cookbook that drains nodes.
+// drainFlags are the flags of every cookbook that drains nodes. The cluster's drain
+// section of the configuration gives their defaults (see drainOptions).
 func drainFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "force", Usage: "also evict pods no controller will replace (bare pods)"},
-		&cli.BoolFlag{Name: "delete-emptydir-data", Usage: "also evict pods with emptyDir volumes (their data is lost)"},
+		&cli.BoolFlag{Name: "force", Usage: "also evict pods no controller will replace (bare pods) (config: drain.force)"},
+		&cli.BoolFlag{Name: "delete-emptydir-data", Usage: "also evict pods with emptyDir volumes (their data is lost) (config: drain.deleteEmptyDirData)"},
 		&cli.BoolFlag{Name: "disable-eviction", Usage: "delete pods instead of evicting them, bypassing PodDisruptionBudgets (explicit choice)"},
-		&cli.IntFlag{Name: "grace-period", Value: -1, Usage: "seconds pods get to terminate; -1 respects each pod's own"},
-		&cli.DurationFlag{Name: "drain-timeout", Value: k8sops.DefaultDrainTimeout, Usage: "how long a node's drain may take"},
+		&cli.IntFlag{Name: "grace-period", Value: -1, Usage: "seconds pods get to terminate; -1 respects each pod's own (config: drain.gracePeriod)"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: k8sops.DefaultDrainTimeout, Usage: "how long a node's drain may take (config: drain.timeout)"},
+		&cli.DurationFlag{Name: "skip-wait-for-delete-timeout", Value: k8sops.DefaultSkipWaitForDeleteTimeout,
+			Usage: "on a node that is not Ready, stop waiting for pods whose deletion started longer ago than this; 0 waits for every pod (config: drain.skipWaitForDeleteTimeout)"},
 	}
 }
 
-func drainOptions(c *cli.Context) (k8sops.DrainOptions, error) {
+// drainOptions reads the drain flags; a flag not given takes the cluster's drain default
+// from the configuration, if it has one, else the flag's own default.
+func drainOptions(c *cli.Context, cl *config.Cluster) (k8sops.DrainOptions, error) {
+	d := cl.Drain
+	flagOr := func(name string, def *bool) bool {
+		if !c.IsSet(name) && def != nil {
+			return *def
+		}
+		return c.Bool(name)
+	}
 	opts := k8sops.DrainOptions{
-		Force:              c.Bool("force"),
-		DeleteEmptyDirData: c.Bool("delete-emptydir-data"),
+		Force:              flagOr("force", d.Force),
+		DeleteEmptyDirData: flagOr("delete-emptydir-data", d.DeleteEmptyDirData),
 		DisableEviction:    c.Bool("disable-eviction"),
 	}
-	if g := c.Int("grace-period"); g >= 0 {
+	g := c.Int("grace-period")
+	if !c.IsSet("grace-period") && d.GracePeriod != nil {
+		g = *d.GracePeriod
+	}
+	if g >= 0 {
 		gp := int64(g)
 		opts.GracePeriodSeconds = &gp
 	} else if g != -1 {
 		return opts, BadInputf("--grace-period: %d is negative (expected seconds, 0 or more, or -1 for each pod's own)", g)
 	}
 	var err error
-	opts.Timeout, err = positiveDuration(c, "drain-timeout", k8sops.DefaultDrainTimeout)
-	return opts, err
+	if opts.Timeout, err = positiveDuration(c, "drain-timeout", k8sops.DefaultDrainTimeout); err != nil {
+		return opts, err
+	}
+	if !c.IsSet("drain-timeout") && d.Timeout != nil {
+		opts.Timeout = d.Timeout.D()
+	}
+	if opts.SkipWaitForDeleteTimeout, err = nonNegativeDuration(c, "skip-wait-for-delete-timeout", k8sops.DefaultSkipWaitForDeleteTimeout); err != nil {
+		return opts, err
+	}
+	if !c.IsSet("skip-wait-for-delete-timeout") && d.SkipWaitForDeleteTimeout != nil {
+		opts.SkipWaitForDeleteTimeout = d.SkipWaitForDeleteTimeout.D()
+	}
+	return opts, nil
 }
 
 // hostnameFlag reads a hostname flag, validated as an RFC 1123 label.

@@ -46,7 +46,7 @@ func RemoveNode() Cookbook {
 					return nil, BadInputf("--hostname-to-remove: %s is not a node of role %s (its names are %s-N)", host, roleName, role.Prefix)
 				}
 			}
-			opts, err := drainOptions(c)
+			opts, err := drainOptions(c, cl)
 			if err != nil {
 				return nil, err
 			}

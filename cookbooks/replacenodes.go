@@ -99,7 +99,7 @@ func prepareReplace(c *cli.Context, env *Env) (*Job, error) {
 	if r.timeout, err = positiveDuration(c, "timeout", 20*time.Minute); err != nil {
 		return nil, err
 	}
-	if r.drain, err = drainOptions(c); err != nil {
+	if r.drain, err = drainOptions(c, cl); err != nil {
 		return nil, err
 	}
 	if r.hosts, err = hostnameList(c, "hostname-list"); err != nil {

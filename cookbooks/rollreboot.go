@@ -64,7 +64,7 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	if n != 1 {
 		return nil, BadInputf("give exactly one of --all, --all-workers, --all-nfs-workers, --role R, --hostname-list H1,H2 (got %d)", n)
 	}
-	opts, err := drainOptions(c)
+	opts, err := drainOptions(c, cl)
 	if err != nil {
 		return nil, err
 	}

@@ -134,7 +134,7 @@ func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
 	if u.dst, err = versionFlag(c, "dst-version"); err != nil {
 		return nil, err
 	}
-	if u.drain, err = drainOptions(c); err != nil {
+	if u.drain, err = drainOptions(c, cl); err != nil {
 		return nil, err
 	}
 	if u.timeout, err = positiveDuration(c, "timeout", 10*time.Minute); err != nil {

@@ -35,7 +35,18 @@ type DrainOptions struct {
 	GracePeriodSeconds *int64
 	// Timeout bounds the whole drain; 10 minutes if zero.
 	Timeout time.Duration
+	// SkipWaitForDeleteTimeout, when more than zero, is how long after its deletion
+	// time (metadata.deletionTimestamp) a pod on a node that is not Ready is no longer
+	// waited for, as kubectl drain's --skip-wait-for-delete-timeout and Cluster API do
+	// for unreachable nodes: no kubelet will confirm the deletion. Zero waits for every
+	// pod. A Ready node's pods are always waited for.
+	SkipWaitForDeleteTimeout time.Duration
 }
+
+// DefaultSkipWaitForDeleteTimeout is the SkipWaitForDeleteTimeout of the drain flags
+// when neither the flag nor the cluster's configuration sets it: Cluster API's
+// five minutes for unreachable nodes.
+const DefaultSkipWaitForDeleteTimeout = 5 * time.Minute
 
 // DefaultDrainTimeout is the drain timeout when none is given.
 const DefaultDrainTimeout = 10 * time.Minute
@@ -85,11 +96,30 @@ func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*D
 		IgnoreAllDaemonSets: true, GracePeriodSeconds: -1,
 		Out: io.Discard, ErrOut: io.Discard,
 	}
+	var gone []string
+	if opts.SkipWaitForDeleteTimeout > 0 {
+		dead, err := o.notReady(ctx, node)
+		if err != nil {
+			return nil, err
+		}
+		if dead {
+			// kubectl's filter leaves out, without a word, the pods whose deletion
+			// started longer ago than this; the plan names them.
+			h.SkipWaitForDeleteTimeoutSeconds = int(opts.SkipWaitForDeleteTimeout / time.Second)
+			if gone, err = o.deletedBefore(ctx, node, opts.SkipWaitForDeleteTimeout); err != nil {
+				return nil, err
+			}
+		}
+	}
 	list, errs := h.GetPodsForDeletion(node)
 	if list == nil {
 		return nil, fmt.Errorf("list pods of node %s: %w", node, errors.Join(errs...))
 	}
 	plan := &DrainPlan{Node: node, pods: list.Pods()}
+	if len(gone) > 0 {
+		plan.Skipped = append(plan.Skipped, fmt.Sprintf("not waited for (the node is not Ready and their deletion started more than %s ago): %s",
+			opts.SkipWaitForDeleteTimeout, strings.Join(gone, ", ")))
+	}
 	for _, p := range plan.pods {
 		plan.Evict = append(plan.Evict, podKey(&p))
 	}
@@ -111,6 +141,39 @@ func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*D
 	}
 	plan.PDBs = pdbs
 	return plan, nil
+}
+
+// notReady reports whether the node's Ready condition is not True.
+func (o *Ops) notReady(ctx context.Context, node string) (bool, error) {
+	n, err := o.Node(ctx, node)
+	if err != nil {
+		return false, err
+	}
+	return !IsReady(n), nil
+}
+
+// deletedBefore names the pods of the node whose deletion time is more than d ago, by
+// kubectl's rule (whole seconds).
+func (o *Ops) deletedBefore(ctx context.Context, node string, d time.Duration) ([]string, error) {
+	pods, err := o.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return nil, fmt.Errorf("list pods of node %s: %w", node, err)
+	}
+	var out []string
+	for i := range pods.Items {
+		if overdue(&pods.Items[i], d, time.Now()) {
+			out = append(out, podKey(&pods.Items[i]))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// overdue reports whether the pod's deletion time is more than d before now, in whole
+// seconds as kubectl's drain counts it.
+func overdue(p *corev1.Pod, d time.Duration, now time.Time) bool {
+	ts := p.DeletionTimestamp
+	return d > 0 && ts != nil && !ts.IsZero() && int(now.Sub(ts.Time).Seconds()) > int(d/time.Second)
 }
 
 // pdbsFor lists the budgets of the pods' namespaces and returns those selecting them.
@@ -211,7 +274,7 @@ func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	d := &drainer{ops: o, node: node, opts: opts, waiting: map[string]string{}, remaining: map[types.UID]string{}}
+	d := &drainer{ops: o, node: node, opts: opts, waiting: map[string]string{}, remaining: map[types.UID]string{}, deleted: map[types.UID]metav1.Time{}}
 	return d.run(ctx, plan)
 }
 
@@ -248,6 +311,7 @@ type drainer struct {
 	pdbs      map[string]*policyv1.PodDisruptionBudget // namespace/name -> latest
 	waiting   map[string]string                        // pod -> why it waits
 	remaining map[types.UID]string                     // pods not gone yet
+	deleted   map[types.UID]metav1.Time                // their deletion times, as seen
 	gone      chan struct{}                            // closed when remaining is empty
 }
 
@@ -274,6 +338,14 @@ func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
 	}
 	ticker := time.NewTicker(d.ops.reportEvery())
 	defer ticker.Stop()
+	// With SkipWaitForDeleteTimeout, the pods are looked at every second (or a quarter
+	// of it when shorter): those overdue on a node that is not Ready are let go.
+	var overdueC <-chan time.Time
+	if d.opts.SkipWaitForDeleteTimeout > 0 {
+		t := time.NewTicker(min(time.Second, max(d.opts.SkipWaitForDeleteTimeout/4, 50*time.Millisecond)))
+		defer t.Stop()
+		overdueC = t.C
+	}
 	for {
 		select {
 		case err := <-errc:
@@ -283,10 +355,62 @@ func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
 		case <-d.gone:
 			d.ops.log().Info("all evicted pods are gone", "node", d.node)
 			return nil
+		case <-overdueC:
+			if err := d.letOverdueGo(ctx); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("drain %s: %w", d.node, err)
+			}
 		case <-ticker.C:
 			d.report()
 		case <-ctx.Done():
 			return fmt.Errorf("drain %s: %w: %s", d.node, ErrTimeout, d.stillThere())
+		}
+	}
+}
+
+// letOverdueGo stops waiting for the pods whose deletion time is more than
+// SkipWaitForDeleteTimeout ago, if the node is not Ready: no kubelet will confirm it.
+func (d *drainer) letOverdueGo(ctx context.Context) error {
+	now := time.Now()
+	d.mu.Lock()
+	var due []types.UID
+	for uid := range d.remaining {
+		if ts, ok := d.deleted[uid]; ok && overdue(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{DeletionTimestamp: &ts}}, d.opts.SkipWaitForDeleteTimeout, now) {
+			due = append(due, uid)
+		}
+	}
+	d.mu.Unlock()
+	if len(due) == 0 {
+		return nil
+	}
+	dead, err := d.ops.notReady(ctx, d.node)
+	if err != nil || !dead {
+		return err
+	}
+	d.mu.Lock()
+	var names []string
+	for _, uid := range due {
+		if name, ok := d.remaining[uid]; ok {
+			names = append(names, name)
+			delete(d.remaining, uid)
+		}
+	}
+	d.mu.Unlock()
+	sort.Strings(names)
+	d.ops.log().Warn(fmt.Sprintf("not waiting for %d pod(s) any longer: the node is not Ready and their deletion started more than %s ago", len(names), d.opts.SkipWaitForDeleteTimeout),
+		"node", d.node, "pods", strings.Join(names, " "))
+	d.checkGone()
+	return nil
+}
+
+// checkGone closes d.gone once no pod remains.
+func (d *drainer) checkGone() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.remaining) == 0 {
+		select {
+		case <-d.gone:
+		default:
+			close(d.gone)
 		}
 	}
 }
@@ -416,18 +540,19 @@ func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
 		o.FieldSelector = "spec.nodeName=" + d.node
 	}))
 	inf := f.Core().V1().Pods().Informer()
-	present := func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if len(d.remaining) == 0 {
-			select {
-			case <-d.gone:
-			default:
-				close(d.gone)
+	present := d.checkGone
+	seen := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok && p.DeletionTimestamp != nil {
+			d.mu.Lock()
+			if _, ok := d.remaining[p.UID]; ok {
+				d.deleted[p.UID] = *p.DeletionTimestamp
 			}
+			d.mu.Unlock()
 		}
 	}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    seen,
+		UpdateFunc: func(_, obj any) { seen(obj) },
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj

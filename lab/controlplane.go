@@ -63,6 +63,8 @@ type ControlPlane struct {
 	bg      sync.WaitGroup
 	bgCtx   context.Context
 	bgStop  context.CancelFunc
+	// watchOnce starts watchNodeDeletions.
+	watchOnce sync.Once
 }
 
 // auditPolicy records the metadata of every write request, once it completed.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 )
 
@@ -160,12 +163,77 @@ func (cp *ControlPlane) cancelReboot(name string) {
 	}
 }
 
+// KubeletDownFinalizer is the finalizer the lab puts on the pods of a node whose kubelet
+// is down: their deletion starts (a deletionTimestamp) but does not finish, as on a real
+// node whose kubelet is not there to confirm it (kwok, which would finish it, does not
+// tell a down node from a live one). It goes when the kubelet is back or the Node is
+// deleted (the pod garbage collector then force-deletes the pods of a node that is gone).
+const KubeletDownFinalizer = "lab.cookbook.example/kubelet-down"
+
+// holdPods puts (hold) or takes away (!hold) KubeletDownFinalizer on every pod bound to
+// the node.
+func (cp *ControlPlane) holdPods(ctx context.Context, node string, hold bool) error {
+	pods, err := cp.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return fmt.Errorf("pods of node %s: %w", node, err)
+	}
+	for _, p := range pods.Items {
+		if slices.Contains(p.Finalizers, KubeletDownFinalizer) == hold {
+			continue
+		}
+		patch := fmt.Sprintf(`{"metadata":{"finalizers":[%q]}}`, KubeletDownFinalizer)
+		if !hold {
+			patch = fmt.Sprintf(`{"metadata":{"$deleteFromPrimitiveList/finalizers":[%q]}}`, KubeletDownFinalizer)
+		}
+		_, err := cp.Client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("pod %s/%s of node %s: %w", p.Namespace, p.Name, node, err)
+		}
+	}
+	return nil
+}
+
+// watchNodeDeletions, started once, releases the pods of a Node that is deleted (see
+// KubeletDownFinalizer).
+func (cp *ControlPlane) watchNodeDeletions() {
+	cp.watchOnce.Do(func() {
+		f := informers.NewSharedInformerFactory(cp.Client, 0)
+		inf := f.Core().V1().Nodes().Informer()
+		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				cp.bg.Add(1)
+				go func() {
+					defer cp.bg.Done()
+					ctx, cancel := context.WithTimeout(cp.bgCtx, 30*time.Second)
+					defer cancel()
+					_ = cp.holdPods(ctx, n.Name, false)
+				}()
+			}
+		}})
+		f.Start(cp.bgCtx.Done())
+		cp.bg.Add(1)
+		go func() {
+			defer cp.bg.Done()
+			<-cp.bgCtx.Done()
+			f.Shutdown()
+		}()
+	})
+}
+
 // SetNodeNotReady makes the node report NotReady, as when its kubelet stops: kwok stops
-// managing it (its annotation is removed) and its Ready condition turns False. kwok may
-// still be acting on the node for a moment, so the condition is set until it holds.
+// managing it (its annotation is removed), its Ready condition turns False, and the
+// deletion of its pods no longer finishes (KubeletDownFinalizer). kwok may still be
+// acting on the node for a moment, so the condition is set until it holds.
 func (cp *ControlPlane) SetNodeNotReady(ctx context.Context, name string) error {
+	cp.watchNodeDeletions()
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, KwokAnnotation)
 	if _, err := cp.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("node %s not ready: %w", name, err)
+	}
+	if err := cp.holdPods(ctx, name, true); err != nil {
 		return fmt.Errorf("node %s not ready: %w", name, err)
 	}
 	for attempt := 0; attempt < 20; attempt++ {
@@ -198,8 +266,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // SetNodeReady makes the node report Ready with the given boot id, and gives it back to
-// kwok.
+// kwok, which finishes the deletions started while it was down.
 func (cp *ControlPlane) SetNodeReady(ctx context.Context, name, bootID string) error {
+	if err := cp.holdPods(ctx, name, false); err != nil {
+		return fmt.Errorf("node %s ready: %w", name, err)
+	}
 	if err := cp.patchReady(ctx, name, corev1.ConditionTrue, "KubeletReady", "kubelet is posting ready status", bootID); err != nil {
 		return err
 	}

@@ -306,6 +306,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "remove grace-period negative", args: []string{"remove-k8s-node", "--cluster-name", tb, "--role", "worker", "--grace-period", "-5"}, want: "--grace-period: -5 is negative"},
 		{name: "drain drain-timeout zero", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--drain-timeout", "0s"}, want: "--drain-timeout: 0s is not a positive duration (expected one such as 10m)"},
 		{name: "drain drain-timeout not a duration", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--drain-timeout", "ten"}, want: `"ten"`},
+		{name: "drain skip-wait-for-delete-timeout negative", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--skip-wait-for-delete-timeout", "-1m"}, want: "--skip-wait-for-delete-timeout: -1m0s is negative (expected a duration of 0 or more, such as 5m)"},
 		{name: "drain grace-period minus two", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--grace-period", "-2"}, want: "--grace-period: -2 is negative"},
 		{name: "drain grace-period not a number", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--grace-period", "1.5"}, want: "1.5"},
 		{name: "roll-reboot settle negative", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--settle", "-5s"}, want: "--settle: -5s is negative (expected a duration of 0 or more, such as 30s)"},

@@ -286,7 +286,7 @@ func (c *Cloud) serverJSON(s *Server, detail bool) map[string]any {
 	if md == nil {
 		md = map[string]string{}
 	}
-	vm, task := strings.ToLower(s.Status), any(nil)
+	vm, task := vmState(s.Status), any(nil)
 	switch s.Status {
 	case "BUILD":
 		vm, task = "building", "spawning"
@@ -314,7 +314,11 @@ func (c *Cloud) serverJSON(s *Server, detail bool) map[string]any {
 	out["security_groups"] = sgs
 	out["OS-EXT-STS:vm_state"] = vm
 	out["OS-EXT-STS:task_state"] = task
-	out["OS-EXT-STS:power_state"] = 1
+	power := 1 // running
+	if s.Status == "SHUTOFF" {
+		power = 4 // shutdown
+	}
+	out["OS-EXT-STS:power_state"] = power
 	out["OS-EXT-AZ:availability_zone"] = "nova"
 	out["progress"] = 0
 	out["config_drive"] = ""
@@ -606,6 +610,14 @@ func (c *Cloud) deleteServer(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(204)
 }
 
+// vmState is Nova's vm_state of a server status: SHUTOFF is "stopped".
+func vmState(status string) string {
+	if status == "SHUTOFF" {
+		return "stopped"
+	}
+	return strings.ToLower(status)
+}
+
 func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Reboot *struct {
@@ -615,10 +627,18 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 			Length any `json:"length"`
 		} `json:"os-getConsoleOutput"`
 	}
-	if err := decode(r, &req); err != nil {
+	var raw map[string]json.RawMessage
+	if err := decode(r, &raw); err != nil || len(raw) != 1 {
 		novaError(w, 400, "Malformed request body")
 		return
 	}
+	body, _ := json.Marshal(raw)
+	if err := json.Unmarshal(body, &req); err != nil {
+		novaError(w, 400, "Malformed request body")
+		return
+	}
+	// {"os-stop": null} has a null value: its key is what counts.
+	_, stop := raw["os-stop"]
 	c.mu.Lock()
 	s, ok := c.st.Servers[r.PathValue("id")]
 	if !ok {
@@ -629,9 +649,10 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case req.Reboot != nil:
 		hard := strings.EqualFold(req.Reboot.Type, "HARD")
-		if s.Status != "ACTIVE" && !(hard && (s.Status == "REBOOT" || s.Status == "ERROR")) {
+		// Nova reboots hard from active, stopped and error; soft from active only.
+		if s.Status != "ACTIVE" && !(hard && (s.Status == "REBOOT" || s.Status == "ERROR" || s.Status == "SHUTOFF")) {
 			c.mu.Unlock()
-			novaError(w, 409, fmt.Sprintf("Cannot 'reboot' instance %s while it is in vm_state %s", s.ID, strings.ToLower(s.Status)))
+			novaError(w, 409, fmt.Sprintf("Cannot 'reboot' instance %s while it is in vm_state %s", s.ID, vmState(s.Status)))
 			return
 		}
 		s.Status = "REBOOT"
@@ -647,6 +668,25 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 			defer cancel()
 			if err := c.opts.Machines.Reboot(ctx, id, hard); err != nil {
 				novaError(w, 500, "reboot: "+err.Error())
+				return
+			}
+		}
+		w.WriteHeader(202)
+	case stop:
+		if s.Status != "ACTIVE" && s.Status != "ERROR" {
+			c.mu.Unlock()
+			novaError(w, 409, fmt.Sprintf("Cannot 'stop' instance %s while it is in vm_state %s", s.ID, vmState(s.Status)))
+			return
+		}
+		s.Status, s.Until, s.Updated = "SHUTOFF", time.Time{}, time.Now()
+		id := s.ID
+		c.persist()
+		c.mu.Unlock()
+		if c.opts.Machines != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+			defer cancel()
+			if err := c.opts.Machines.PowerOff(ctx, id); err != nil {
+				novaError(w, 500, "stop: "+err.Error())
 				return
 			}
 		}

@@ -42,13 +42,14 @@ func TestOpenStackCLI(t *testing.T) {
     region_name: RegionOne
     identity_api_version: 3
 `, c.AuthURL())), 0o600)
-	run := func(args ...string) string {
+	// run runs the CLI; a want starting with "!" expects it to fail (Nova refuses).
+	run := func(fails bool, args ...string) string {
 		t.Helper()
 		cmd := exec.Command("openstack", args...)
 		cmd.Env = append(os.Environ(), "OS_CLIENT_CONFIG_FILE="+clouds, "OS_CLOUD=lab", "HOME="+dir)
 		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("openstack %s: %v\n%s", strings.Join(args, " "), err, out)
+		if (err != nil) != fails {
+			t.Fatalf("openstack %s: %v (want failure: %v)\n%s", strings.Join(args, " "), err, fails, out)
 		}
 		return string(out)
 	}
@@ -66,11 +67,17 @@ func TestOpenStackCLI(t *testing.T) {
 		{[]string{"server", "list", "-f", "value", "-c", "Name", "-c", "Status"}, "tb-worker-1 ACTIVE"},
 		{[]string{"server", "show", "tb-worker-1", "-f", "value", "-c", "addresses"}, "127.42.0."},
 		{[]string{"console", "log", "show", "tb-worker-1"}, "-----BEGIN SSH HOST KEY FINGERPRINTS-----"},
+		// Powered off (os-stop), a server is SHUTOFF; a hard reboot starts it again.
+		{[]string{"server", "stop", "tb-worker-1"}, ""},
+		{[]string{"server", "show", "tb-worker-1", "-f", "value", "-c", "status", "-c", "OS-EXT-STS:power_state", "-c", "OS-EXT-STS:vm_state"}, "4\nstopped\nSHUTOFF"},
+		{[]string{"server", "stop", "tb-worker-1"}, "!Cannot 'stop' instance"},
+		{[]string{"server", "reboot", "--soft", "tb-worker-1"}, "!Cannot 'reboot' instance"},
 		{[]string{"server", "reboot", "--hard", "--wait", "tb-worker-1"}, "Complete"},
 		{[]string{"server", "delete", "--wait", "tb-worker-1"}, ""},
 	}
 	for _, tt := range tests {
-		if out := run(tt.args...); !strings.Contains(out, tt.want) {
+		fails := strings.HasPrefix(tt.want, "!")
+		if out := run(fails, tt.args...); !strings.Contains(out, strings.TrimPrefix(tt.want, "!")) {
 			t.Errorf("openstack %s:\n%s\nwant it to contain %q", strings.Join(tt.args, " "), out, tt.want)
 		}
 	}

@@ -18,13 +18,17 @@ import (
 )
 
 // Machines runs the simulated VMs behind servers. The cloud calls it when a server
-// becomes ACTIVE, is rebooted or deleted.
+// becomes ACTIVE, is rebooted, powered off or deleted.
 type Machines interface {
 	// Boot starts the VM of a server that became ACTIVE and returns the host key lines
 	// cloud-init prints ("256 SHA256:... root@name (ED25519)").
 	Boot(ctx context.Context, m Machine) (hostKeyLines []string, err error)
 	// Reboot restarts the VM; it returns when the VM is down (it comes back by itself).
+	// A hard reboot also starts a VM that is powered off.
 	Reboot(ctx context.Context, id string, hard bool) error
+	// PowerOff stops the VM as pulling its plug does (os-stop): it stays down until a
+	// hard reboot.
+	PowerOff(ctx context.Context, id string) error
 	// Delete stops the VM for good.
 	Delete(ctx context.Context, id string) error
 }

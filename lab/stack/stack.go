@@ -23,6 +23,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
 	"golang.org/x/crypto/ssh"
 	corev1 "k8s.io/api/core/v1"
 
@@ -69,6 +72,8 @@ type Stack struct {
 	ConfigPath, CloudsPath, KeyPath, KnownHostsPath, AuditPath string
 	// Prefix is the name prefix of the cluster's servers ("toolsbeta-test-k8s").
 	Prefix string
+
+	password string // of the cloud's user, in clouds.yaml
 }
 
 // Roles of the lab cluster: name -> (prefix suffix, labels, taints, control plane).
@@ -149,6 +154,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	}
 	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), Log: log}
 	password := randomHex(12)
+	s.password = password
 	seed := cloud.Seed{
 		Project: opts.Cluster,
 		Flavors: []cloud.Flavor{
@@ -258,6 +264,37 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 		return s, err
 	}
 	return s, nil
+}
+
+// PowerOff stops the server of a name through the cloud's compute API (os-stop), as an
+// operator or a failing hypervisor does: its VM stops answering SSH, its Node turns
+// NotReady, and the pods on it stay as they are (kwok no longer acts on them, as a dead
+// kubelet does not).
+func (s *Stack) PowerOff(ctx context.Context, name string) error {
+	var id string
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			id = srv.ID
+		}
+	}
+	if id == "" {
+		return fmt.Errorf("power off %s: no such server", name)
+	}
+	provider, err := openstack.AuthenticatedClient(ctx, gophercloud.AuthOptions{
+		IdentityEndpoint: s.Cloud.AuthURL(), Username: "novaadmin", Password: s.password,
+		DomainName: "Default", TenantName: s.Cluster,
+	})
+	if err != nil {
+		return fmt.Errorf("power off %s: %w", name, err)
+	}
+	compute, err := openstack.NewComputeV2(provider, gophercloud.EndpointOpts{Region: "RegionOne"})
+	if err != nil {
+		return fmt.Errorf("power off %s: %w", name, err)
+	}
+	if err := servers.Stop(ctx, compute, id).ExtractErr(); err != nil {
+		return fmt.Errorf("power off %s: %w", name, err)
+	}
+	return nil
 }
 
 // Env is the one export line that points cookbook at the lab.

@@ -96,7 +96,7 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		}
 		go func() {
 			time.Sleep(50 * time.Millisecond)
-			v.reboot()
+			v.reboot(false)
 		}()
 		return 0, true
 	case cmd == "kubeadm token create --print-join-command":

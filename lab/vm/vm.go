@@ -135,6 +135,7 @@ type VM struct {
 	ln      net.Listener
 	conns   map[net.Conn]bool
 	up      bool
+	off     bool // powered off: only a hard reboot starts it
 	joined  bool
 	gen     int
 	down    chan struct{} // closed when the current incarnation stops
@@ -239,7 +240,33 @@ func (f *Fleet) Reboot(ctx context.Context, id string, hard bool) error {
 	if v == nil {
 		return fmt.Errorf("no VM %s", id)
 	}
-	v.reboot()
+	v.reboot(hard)
+	return nil
+}
+
+// PowerOff implements cloud.Machines: the VM goes down (SSH stops answering, its Node
+// turns NotReady and kwok no longer acts on its pods) and stays down until a hard reboot.
+func (f *Fleet) PowerOff(ctx context.Context, id string) error {
+	v := f.VM(id)
+	if v == nil {
+		return fmt.Errorf("no VM %s", id)
+	}
+	v.kubelet.Lock()
+	defer v.kubelet.Unlock()
+	v.mu.Lock()
+	joined, up := v.joined, v.up
+	v.off = true
+	v.mu.Unlock()
+	if !up {
+		return nil
+	}
+	v.stop()
+	if joined && f.Cluster != nil {
+		if err := f.Cluster.KubeletDown(ctx, v.Name); err != nil {
+			return fmt.Errorf("vm %s: node down: %w", v.Name, err)
+		}
+	}
+	f.log().Info("vm powered off", "vm", v.Name)
 	return nil
 }
 
@@ -410,15 +437,17 @@ func (v *VM) stop() {
 	}
 }
 
-// reboot takes the VM down now and brings it back with a new boot id after DownTime.
-func (v *VM) reboot() {
+// reboot takes the VM down now and brings it back with a new boot id after DownTime. A
+// hard reboot also starts a powered-off VM.
+func (v *VM) reboot(hard bool) {
 	v.kubelet.Lock()
 	defer v.kubelet.Unlock()
 	v.mu.Lock()
-	if !v.up {
+	if !v.up && !(hard && v.off) {
 		v.mu.Unlock()
 		return
 	}
+	v.off = false
 	joined := v.joined
 	v.mu.Unlock()
 	v.stop()

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/lab/stack"
+)
+
+// terminatingOn returns the pods on the node whose deletion started (Terminating).
+func terminatingOn(t *testing.T, s *stack.Stack, node string) []string {
+	t.Helper()
+	pods, err := s.CP.Client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			out = append(out, p.Namespace+"/"+p.Name)
+		}
+	}
+	return out
+}
+
+// TestRemovePoweredOffWorker powers a worker off through the cloud's compute API: its
+// Node turns NotReady and the pods evicted from it stay Terminating, as with a dead
+// kubelet. A drain that waits for them never ends (shown first with a short drain
+// timeout); remove-k8s-node with --skip-wait-for-delete-timeout ends unattended, the
+// Node and the server gone.
+func TestRemovePoweredOffWorker(t *testing.T) {
+	w, s := stackWorld(t, 3, 0)
+	ctx := context.Background()
+	dead := s.Prefix + "-worker-1"
+	if err := s.PowerOff(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.WaitNodeReady(ctx, dead, false, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == dead && srv.Status != "SHUTOFF" {
+			t.Fatalf("server %s is %s after os-stop, want SHUTOFF", dead, srv.Status)
+		}
+	}
+
+	// Waiting for every pod: the drain times out on the pods the dead kubelet never
+	// finishes.
+	r := w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", dead,
+		"--force", "--delete-emptydir-data", "--drain-timeout", "8s", "--skip-wait-for-delete-timeout", "0")
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "still on the node") {
+		t.Errorf("stuck drain: no pods named as still on the node:\n%s", r.stderr)
+	}
+	stuck := terminatingOn(t, s, dead)
+	if len(stuck) == 0 {
+		t.Fatalf("no pod Terminating on the powered-off %s: the lab does not reproduce a dead kubelet", dead)
+	}
+	if nodeOf(t, s, dead) == nil {
+		t.Fatal("the failed removal deleted the Node")
+	}
+	wantCode(t, w.run("abandon", w.runs()[0].ID), 0)
+
+	// A dry-run of the removal writes nothing and says which pods it would not wait for.
+	before := s.Cloud.TotalWrites()
+	r = w.run("--dry-run", "--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", dead,
+		"--force", "--delete-emptydir-data", "--skip-wait-for-delete-timeout", "1s")
+	wantCode(t, r, 0)
+	if s.Cloud.TotalWrites() != before || !strings.Contains(r.stderr, "not waited for (the node is not Ready and their deletion started more than 1s ago)") {
+		t.Errorf("dry-run: %d cloud writes:\n%s", s.Cloud.TotalWrites()-before, r.stderr)
+	}
+
+	// The cluster's default (drain.skipWaitForDeleteTimeout) lets the pods go: the removal
+	// ends unattended.
+	cfg, err := os.ReadFile(s.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = []byte(strings.Replace(string(cfg), "    roles:\n", "    drain: {skipWaitForDeleteTimeout: 3s}\n    roles:\n", 1))
+	if err := os.WriteFile(s.ConfigPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r = w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", dead,
+		"--force", "--delete-emptydir-data")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "not waited for (the node is not Ready") {
+		t.Errorf("the plan does not name the pods it does not wait for:\n%s", r.stderr)
+	}
+	if nodeOf(t, s, dead) != nil {
+		t.Errorf("node %s still in Kubernetes", dead)
+	}
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == dead {
+			t.Errorf("server %s still in the cloud (%s)", dead, srv.Status)
+		}
+	}
+	t.Logf("removal of the powered-off worker: %s", time.Since(start).Round(time.Millisecond))
+
+	// A node found dead by the drain itself: the pods it evicts are waited for until
+	// their deletion is 2s old, then let go.
+	dead = s.Prefix + "-worker-2"
+	if err := s.PowerOff(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.WaitNodeReady(ctx, dead, false, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r = w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", dead,
+		"--force", "--delete-emptydir-data", "--skip-wait-for-delete-timeout", "2s")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "pod(s) any longer: the node is not Ready and their deletion started more than 2s ago") {
+		t.Errorf("the drain does not say which pods it stopped waiting for:\n%s", r.stderr)
+	}
+	if nodeOf(t, s, dead) != nil {
+		t.Errorf("node %s still in Kubernetes", dead)
+	}
+}
