@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -223,7 +224,10 @@ type SSH struct {
 // Role is a kind of node (worker, worker-nfs, control, ingress, ...).
 type Role struct {
 	// Prefix names the role's servers: <prefix>-<number>, e.g. toolsbeta-test-k8s-worker-7.
-	Prefix         string   `json:"prefix"`
+	Prefix string `json:"prefix"`
+	// Aliases are other names --role accepts for the role (worker_nfs for worker-nfs, as
+	// the Toolforge cookbooks spell it).
+	Aliases        []string `json:"aliases,omitempty"`
 	Flavor         string   `json:"flavor,omitempty"`
 	Image          string   `json:"image,omitempty"`
 	Network        string   `json:"network,omitempty"`
@@ -440,10 +444,32 @@ func (c *Config) Cluster(name string) (*Cluster, error) {
 
 // Role returns the named role or an error listing the known ones.
 func (cl *Cluster) Role(name string) (*Role, error) {
+	_, r, err := cl.RoleNamed(name)
+	return r, err
+}
+
+// aliasRE is what a role alias may be: a role name, or one spelled with underscores.
+var aliasRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$`)
+
+// RoleNamed returns the role a name or one of its aliases names, with the role's own
+// name, or an error listing the known names.
+func (cl *Cluster) RoleNamed(name string) (string, *Role, error) {
 	if r, ok := cl.Roles[name]; ok {
-		return r, nil
+		return name, r, nil
 	}
-	return nil, fmt.Errorf("role %s is not defined for cluster %s (known: %s)", quote(name), cl.Name, strings.Join(sortedKeys(cl.Roles), ", "))
+	var known []string
+	for _, n := range sortedKeys(cl.Roles) {
+		r := cl.Roles[n]
+		if r != nil && slices.Contains(r.Aliases, name) {
+			return n, r, nil
+		}
+		k := n
+		if r != nil && len(r.Aliases) > 0 {
+			k += " (" + strings.Join(r.Aliases, ", ") + ")"
+		}
+		known = append(known, k)
+	}
+	return "", nil, fmt.Errorf("role %s is not defined for cluster %s (known: %s)", quote(name), cl.Name, strings.Join(known, ", "))
 }
 
 // RoleOf returns the role whose prefix the hostname carries (<prefix>-<number>).
@@ -545,6 +571,26 @@ func (cl *Cluster) validate(p string) []error {
 	errs = append(errs, cl.Hooks.validate(p+".hooks")...)
 	if cl.Alertmanager != nil {
 		errs = append(errs, cl.Alertmanager.validate(p+".alertmanager")...)
+	}
+	// A name that is a role's name or alias names that role only.
+	names := map[string]string{}
+	for _, name := range sortedKeys(cl.Roles) {
+		names[name] = name
+	}
+	for _, name := range sortedKeys(cl.Roles) {
+		r := cl.Roles[name]
+		if r == nil {
+			continue
+		}
+		for i, a := range r.Aliases {
+			ap := fmt.Sprintf("%s.aliases[%d]", join(p+".roles", name), i)
+			if !aliasRE.MatchString(a) {
+				errs = append(errs, fmt.Errorf("%s: %s is not a role name (expected lowercase letters, digits, - and _)", ap, quote(a)))
+			} else if other, ok := names[a]; ok {
+				errs = append(errs, fmt.Errorf("%s: %s already names role %s", ap, quote(a), other))
+			}
+			names[a] = name
+		}
 	}
 	// Two roles sharing a prefix would make "the next worker" ambiguous.
 	seen := map[string]string{}

@@ -43,6 +43,15 @@ func TestLoadExample(t *testing.T) {
 	if got := cl.FQDN("toolsbeta-test-k8s-worker-1"); got != "toolsbeta-test-k8s-worker-1.toolsbeta.eqiad1.wikimedia.cloud" {
 		t.Errorf("FQDN = %q", got)
 	}
+	if name, r, err := cl.RoleNamed("worker_nfs"); err != nil || name != "worker-nfs" || r != nfs {
+		t.Errorf("RoleNamed(worker_nfs) = %q, %v, %v; want the role worker-nfs", name, r, err)
+	}
+	if _, err := cl.Role("worker_nf"); err == nil || !strings.Contains(err.Error(), "worker-nfs (worker_nfs)") {
+		t.Errorf("unknown role error = %v, want it to list worker-nfs (worker_nfs)", err)
+	}
+	if d := cl.Drain; d.Force == nil || !*d.Force || d.SkipWaitForDeleteTimeout == nil || d.SkipWaitForDeleteTimeout.D() != 5*time.Minute {
+		t.Errorf("drain defaults = %+v", d)
+	}
 	if _, err := c.Cluster("tools"); err == nil || !strings.Contains(err.Error(), "known: toolsbeta") {
 		t.Errorf("unknown cluster error = %v", err)
 	}
@@ -97,6 +106,11 @@ clusters:
 			wantErr: `clusters.toolsbeta.drain.force: "maybe" is not true or false`},
 		{name: "drain unknown key", yaml: strings.Replace(good, "ssh:", "drain: {deleteLocalData: true}\n    ssh:", 1),
 			wantErr: `clusters.toolsbeta.drain.deleteLocalData: unknown key`},
+		{name: "aliases", yaml: strings.Replace(good, "{prefix: toolsbeta-test-k8s-worker}", "{prefix: toolsbeta-test-k8s-worker, aliases: [k8s_worker, wrk]}", 1)},
+		{name: "alias of another role", yaml: strings.Replace(good, "{prefix: toolsbeta-test-k8s-worker}", "{prefix: toolsbeta-test-k8s-worker}\n      ingress: {prefix: toolsbeta-test-k8s-ingress, aliases: [worker]}", 1),
+			wantErr: `clusters.toolsbeta.roles.ingress.aliases[0]: "worker" already names role worker`},
+		{name: "bad alias", yaml: strings.Replace(good, "{prefix: toolsbeta-test-k8s-worker}", "{prefix: toolsbeta-test-k8s-worker, aliases: [Worker NFS]}", 1),
+			wantErr: `clusters.toolsbeta.roles.worker.aliases[0]: "Worker NFS" is not a role name (expected lowercase letters, digits, - and _)`},
 		{name: "not yaml", yaml: "clusters: [", wantErr: "config test.yaml:"},
 		{name: "empty", yaml: "", wantErr: "clusters: at least one cluster is required"},
 	}

@@ -36,10 +36,9 @@ func AddNode() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			roleName := c.String("role")
-			role, err := cl.Role(roleName)
+			roleName, role, err := roleFlag(c, cl)
 			if err != nil {
-				return nil, BadInput(err)
+				return nil, err
 			}
 			timeout, err := positiveDuration(c, "timeout", 20*time.Minute)
 			if err != nil {

@@ -74,6 +74,20 @@ func ShortDuration(d time.Duration) string {
 	return s
 }
 
+// roleFlag reads --role: a role of the cluster by its name or one of its aliases
+// (worker_nfs for worker-nfs); it returns the role's own name, which is what the run
+// records and compares. Empty when the flag is not given.
+func roleFlag(c *cli.Context, cl *config.Cluster) (string, *config.Role, error) {
+	if !c.IsSet("role") {
+		return "", nil, nil
+	}
+	name, role, err := cl.RoleNamed(c.String("role"))
+	if err != nil {
+		return "", nil, BadInputf("--role: %w", err)
+	}
+	return name, role, nil
+}
+
 // hostnameList reads a list of node names given with commas or spaces (the Toolforge
 // cookbooks take "H1 H2"): each an RFC 1123 hostname, none twice (the same node twice
 // would land twice in one batch). An empty item between two commas is a mistake, not

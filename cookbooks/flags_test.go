@@ -1,6 +1,7 @@
 package cookbooks
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -69,5 +70,34 @@ func TestDrainOptionsFromConfig(t *testing.T) {
 				t.Errorf("drain options (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestRoleFlagAliases: --role takes a role's name or one of its aliases and gives the
+// role's own name; an unknown name is bad input listing the names with their aliases.
+func TestRoleFlagAliases(t *testing.T) {
+	nfs := &config.Role{Prefix: "tb-worker-nfs", Aliases: []string{"worker_nfs"}}
+	cl := &config.Cluster{Name: "tb", Roles: map[string]*config.Role{"worker-nfs": nfs, "worker": {Prefix: "tb-worker"}}}
+	for _, tt := range []struct{ arg, want, err string }{
+		{"worker-nfs", "worker-nfs", ""},
+		{"worker_nfs", "worker-nfs", ""},
+		{"worker", "worker", ""},
+		{"worker_nf", "", `--role: role "worker_nf" is not defined for cluster tb (known: worker, worker-nfs (worker_nfs))`},
+	} {
+		var name string
+		var err error
+		app := &cli.App{Flags: []cli.Flag{&cli.StringFlag{Name: "role"}}, Action: func(c *cli.Context) error {
+			name, _, err = roleFlag(c, cl)
+			return nil
+		}}
+		if runErr := app.Run([]string{"x", "--role", tt.arg}); runErr != nil {
+			t.Fatal(runErr)
+		}
+		switch {
+		case tt.err == "" && (err != nil || name != tt.want):
+			t.Errorf("--role %s = %q, %v; want %q", tt.arg, name, err, tt.want)
+		case tt.err != "" && (err == nil || err.Error() != tt.err || !errors.As(err, new(*InputError))):
+			t.Errorf("--role %s: error %v, want bad input %q", tt.arg, err, tt.err)
+		}
 	}
 }

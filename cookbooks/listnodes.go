@@ -33,11 +33,9 @@ func ListNodes() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			roleFilter := c.String("role")
-			if roleFilter != "" {
-				if _, err := cl.Role(roleFilter); err != nil {
-					return nil, BadInput(err)
-				}
+			roleFilter, _, err := roleFlag(c, cl)
+			if err != nil {
+				return nil, err
 			}
 			if err := env.CheckAccess(cl); err != nil {
 				return nil, err

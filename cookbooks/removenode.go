@@ -25,6 +25,7 @@ func RemoveNode() Cookbook {
 			&cli.StringFlag{Name: "role", Usage: "the node role", Required: true},
 			&cli.StringFlag{Name: "hostname-to-remove", Usage: "the node to remove (default: the oldest of the role, lowest number)"},
 			&cli.BoolFlag{Name: "force-removal", Usage: "remove even the last node of a role, or a control node leaving fewer than three"},
+			&cli.BoolFlag{Name: "ignore-drain-failure", Usage: "remove the node even if its drain fails (what the Toolforge cookbook's --force does; --force here is kubectl's bare-pod flag)"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long deleting the server may take"},
 		}, drainFlags()...),
 		Prepare: func(c *cli.Context, env *Env) (*Job, error) {
@@ -32,10 +33,9 @@ func RemoveNode() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			roleName := c.String("role")
-			role, err := cl.Role(roleName)
+			roleName, role, err := roleFlag(c, cl)
 			if err != nil {
-				return nil, BadInput(err)
+				return nil, err
 			}
 			var host string
 			if c.IsSet("hostname-to-remove") {
@@ -54,7 +54,7 @@ func RemoveNode() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			force := c.Bool("force-removal")
+			force, ignoreDrain := c.Bool("force-removal"), c.Bool("ignore-drain-failure")
 			var cs *clients
 			var victim openstack.Server
 			// choose finds the server to remove and checks the role keeps enough nodes.
@@ -124,7 +124,7 @@ func RemoveNode() Cookbook {
 					}
 				}
 				node := srv.Name
-				steps := pipeline.Group(node, "node "+node, removeNode(cs, pipeline.Scope(node), srv, removeOpts{Drain: opts, Timeout: timeout})...)
+				steps := pipeline.Group(node, "node "+node, removeNode(cs, pipeline.Scope(node), srv, removeOpts{Drain: opts, Timeout: timeout, IgnoreDrainFailure: ignoreDrain})...)
 				role := roleName
 				steps = append(steps, auditStep(env, fmt.Sprintf("Removed k8s %s %s from the cluster %s", role, cl.FQDN(node), cl.Name)))
 				return steps, nil

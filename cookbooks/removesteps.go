@@ -17,6 +17,9 @@ type removeOpts struct {
 	Drain k8sops.DrainOptions
 	// Timeout is how long deleting its server may take.
 	Timeout time.Duration
+	// IgnoreDrainFailure goes on with the removal when the drain fails (the Toolforge
+	// cookbook's --force): the failure is a warning and the drain step is skipped.
+	IgnoreDrainFailure bool
 }
 
 // removeNode is the step set that takes the node of server srv out of the cluster and
@@ -32,6 +35,18 @@ func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeO
 	hn := c.hookNode(node, role, srv.ID, srv.Address)
 	hookNode := func(*pipeline.Values) (hooks.Node, error) { return hn, nil }
 	drain := cordonDrain(k, s, node, opts.Drain)
+	if opts.IgnoreDrainFailure {
+		last := &drain[len(drain)-1]
+		do := last.Do
+		last.Do = func(ctx context.Context, v *pipeline.Values) error {
+			err := do(ctx, v)
+			if err == nil || ctx.Err() != nil {
+				return err
+			}
+			k.Log.Warn("drain failed; removing the node anyway (--ignore-drain-failure)", "node", node, "err", err)
+			return pipeline.Skip("drain failed, ignored (--ignore-drain-failure): %v", err)
+		}
+	}
 	drain = pipeline.Steps(drain[:len(drain)-1], hookSteps(c, role, hooks.BeforeDrain, hookNode), drain[len(drain)-1:])
 	return pipeline.Steps(
 		hookSteps(c, role, hooks.BeforeRemove, hookNode),

@@ -80,10 +80,9 @@ func prepareReplace(c *cli.Context, env *Env) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	roleName := c.String("role")
-	role, err := cl.Role(roleName)
+	roleName, role, err := roleFlag(c, cl)
 	if err != nil {
-		return nil, BadInput(err)
+		return nil, err
 	}
 	if role.ControlPlane {
 		return nil, BadInputf("--role %s: replacing control nodes needs the etcd membership and health checks of issue 14 (not done yet); replace workers only", roleName)

@@ -82,10 +82,9 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.IsSet("role") {
-		if _, err := cl.Role(c.String("role")); err != nil {
-			return nil, BadInput(err)
-		}
+	roleName, roleConf, err := roleFlag(c, cl)
+	if err != nil {
+		return nil, err
 	}
 	r.selectNodes = func(names []string) ([]string, error) {
 		var out []string
@@ -111,7 +110,7 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 				out = append(out, n)
 			case c.Bool("all-nfs-workers") && role == "worker-nfs":
 				out = append(out, n)
-			case c.String("role") == role:
+			case roleName != "" && roleName == role:
 				out = append(out, n)
 			}
 		}
@@ -123,10 +122,7 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 			case c.Bool("all-nfs-workers"):
 				sel = "--all-nfs-workers"
 			case c.IsSet("role"):
-				sel = "--role " + c.String("role")
-				if role, err := cl.Role(c.String("role")); err == nil {
-					sel += fmt.Sprintf(" (its nodes are named %s-N)", role.Prefix)
-				}
+				sel = fmt.Sprintf("--role %s (its nodes are named %s-N)", c.String("role"), roleConf.Prefix)
 			}
 			return nil, BadInputf("no node of cluster %s matches %s", cl.Name, sel)
 		}

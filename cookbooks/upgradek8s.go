@@ -190,12 +190,11 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 	if u.settle, err = nonNegativeDuration(c, "settle", 30*time.Second); err != nil {
 		return nil, err
 	}
-	role := c.String("role")
-	if role != "" {
-		rc, err := u.cl.Role(role)
-		if err != nil {
-			return nil, BadInput(err)
-		}
+	role, rc, err := roleFlag(c, u.cl)
+	if err != nil {
+		return nil, err
+	}
+	if rc != nil {
 		if rc.ControlPlane {
 			return nil, BadInputf("--role %s: %s", role, controlRefused)
 		}

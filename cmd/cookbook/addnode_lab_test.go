@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/stack"
@@ -58,6 +59,7 @@ func TestAddNodeRealSteps(t *testing.T) {
 	t.Run("join-token", func(t *testing.T) { testJoinTokenDeleted(t, w, s) })
 	t.Run("groups", func(t *testing.T) { testGroups(t, w, s) })
 	t.Run("storage-of-another-type", func(t *testing.T) { testStorageOfAnotherType(t, w, s) })
+	t.Run("storage-reformat", func(t *testing.T) { testStorageReformat(t, w, s) })
 }
 
 // serverOf returns the lab cloud's record of the server of a name.
@@ -227,5 +229,63 @@ func testStorageOfAnotherType(t *testing.T, w *world, s *stack.Stack) {
 		if strings.Contains(c, "mkfs") {
 			t.Errorf("%s: %q ran", name, c)
 		}
+	}
+}
+
+// testStorageReformat: with extraStorage.reformat: true, a device with a filesystem of
+// another type is formatted (forced, as mkfs needs on a device with a filesystem), listed
+// in /etc/fstab by its new UUID and mounted; the node joins. Runs after
+// testStorageOfAnotherType: its failed run is abandoned and its server removed first.
+func testStorageReformat(t *testing.T, w *world, s *stack.Stack) {
+	name := s.Prefix + "-worker-3"
+	for _, run := range w.runs() {
+		if run.Status != state.Done && run.Status != state.Abandoned {
+			wantCode(t, w.run("abandon", run.ID), 0)
+		}
+	}
+	// The failed run's server stays (create-server has no undo): the operator removes it,
+	// and the next server gets its name.
+	wantCode(t, w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", name), 0)
+	cfg, err := os.ReadFile(s.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(cfg), "extraStorage: {device: /dev/sdb, mountPoint: /var/lib/containerd}", "extraStorage: {device: /dev/sdb, mountPoint: /var/lib/containerd, reformat: true}", 1)
+	if edited == string(cfg) {
+		t.Fatal("the lab config has no extraStorage line to edit")
+	}
+	if err := os.WriteFile(s.ConfigPath, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(s.ConfigPath, cfg, 0o600) })
+	old := vm.Filesystem{Type: "xfs", UUID: "5a1e0000-0000-4000-8000-000000000001", Label: "data"}
+	s.Fleet.PresetFilesystem(name, "/dev/sdb", old)
+	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "formatting the device, which has a filesystem of another type (extraStorage.reformat)") {
+		t.Errorf("no warning about the reformat:\n%s", r.stderr)
+	}
+	forced := false
+	for _, c := range commandsOn(s, name) {
+		forced = forced || strings.Contains(c, "mkfs.ext4 -F -L extra /dev/sdb")
+	}
+	if !forced {
+		t.Errorf("%s: no forced mkfs.ext4 of /dev/sdb: %v", name, commandsOn(s, name))
+	}
+	v := s.Fleet.VM(serverOf(t, s, name).ID)
+	if dev, ok := v.Mounted("/var/lib/containerd"); !ok || dev == "" {
+		t.Errorf("/var/lib/containerd not mounted on %s", name)
+	}
+	var entry string
+	for _, l := range v.Fstab() {
+		if strings.Contains(l, "/var/lib/containerd") {
+			entry = l
+		}
+	}
+	if !strings.HasPrefix(entry, "UUID=") || strings.Contains(entry, old.UUID) || !strings.Contains(entry, " ext4 ") {
+		t.Errorf("fstab entry of the reformatted device = %q, want a new ext4 UUID", entry)
+	}
+	if n := nodeOf(t, s, name); n == nil || !lab.IsReady(n) {
+		t.Errorf("node %s not Ready", name)
 	}
 }

@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/stack"
 )
 
@@ -28,13 +31,13 @@ func terminatingOn(t *testing.T, s *stack.Stack, node string) []string {
 	return out
 }
 
-// TestRemovePoweredOffWorker powers a worker off through the cloud's compute API: its
+// TestRemoveDeadOrHeldWorkers powers a worker off through the cloud's compute API: its
 // Node turns NotReady and the pods evicted from it stay Terminating, as with a dead
 // kubelet. A drain that waits for them never ends (shown first with a short drain
 // timeout); remove-k8s-node with --skip-wait-for-delete-timeout ends unattended, the
 // Node and the server gone.
-func TestRemovePoweredOffWorker(t *testing.T) {
-	w, s := stackWorld(t, 3, 0)
+func TestRemoveDeadOrHeldWorkers(t *testing.T) {
+	w, s := stackWorld(t, 3, -1)
 	ctx := context.Background()
 	dead := s.Prefix + "-worker-1"
 	if err := s.PowerOff(ctx, dead); err != nil {
@@ -119,5 +122,49 @@ func TestRemovePoweredOffWorker(t *testing.T) {
 	}
 	if nodeOf(t, s, dead) != nil {
 		t.Errorf("node %s still in Kubernetes", dead)
+	}
+
+	// --ignore-drain-failure (the Toolforge cookbook's --force): a drain that a
+	// disruption budget holds fails, and the removal goes on. The role is named by an
+	// alias, as the Toolforge cookbooks spell it.
+	cfg = []byte(strings.Replace(string(cfg), "        prefix: "+s.Prefix+"-worker\n", "        prefix: "+s.Prefix+"-worker\n        aliases: [k8s_worker]\n", 1))
+	if err := os.WriteFile(s.ConfigPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	last := s.Prefix + "-worker-3"
+	ns := "held"
+	if _, err := s.CP.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CP.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "solo", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	one := intstr.FromInt32(1)
+	if _, err := s.CP.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "solo", nil, &one), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.WaitPodsRunning(ctx, ns, 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "k8s_worker", "--hostname-to-remove", last,
+		"--force-removal", "--force", "--delete-emptydir-data", "--drain-timeout", "3s"}
+	r = w.run(args...)
+	wantCode(t, r, 1)
+	if nodeOf(t, s, last) == nil {
+		t.Fatal("a failed drain without --ignore-drain-failure removed the node")
+	}
+	wantCode(t, w.run("abandon", w.runs()[0].ID), 0)
+	r = w.run(append(args, "--ignore-drain-failure")...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "drain failed; removing the node anyway (--ignore-drain-failure)") {
+		t.Errorf("no warning about the ignored drain failure:\n%s", r.stderr)
+	}
+	if nodeOf(t, s, last) != nil {
+		t.Errorf("node %s still in Kubernetes after --ignore-drain-failure", last)
+	}
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == last {
+			t.Errorf("server %s still in the cloud", last)
+		}
 	}
 }
