@@ -225,7 +225,7 @@ func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, sta
 
 // followTick is how often followRecord asks the Lease whether the run's host still
 // holds it (a host killed mid-run leaves its record "running").
-var followTick = 2 * time.Second
+const followTick = 2 * time.Second
 
 // followRecord follows a run of another operator host through its cluster's record
 // (records.Follow: a watch on its ConfigMap, which the running host rewrites at every
