@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/urfave/cli/v2"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/k8sops"
@@ -98,6 +100,37 @@ func TestRoleFlagAliases(t *testing.T) {
 			t.Errorf("--role %s = %q, %v; want %q", tt.arg, name, err, tt.want)
 		case tt.err != "" && (err == nil || err.Error() != tt.err || !errors.As(err, new(*InputError))):
 			t.Errorf("--role %s: error %v, want bad input %q", tt.arg, err, tt.err)
+		}
+	}
+}
+
+// TestNotReadySince: the Ready condition's last transition, and whether it is not True;
+// a node without the condition counts from its creation.
+func TestNotReadySince(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	node := func(st corev1.ConditionStatus) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.NewTime(t0.Add(-time.Hour))}}
+		if st != "" {
+			n.Status.Conditions = []corev1.NodeCondition{
+				{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, LastTransitionTime: metav1.NewTime(t0.Add(-2 * time.Hour))},
+				{Type: corev1.NodeReady, Status: st, LastTransitionTime: metav1.NewTime(t0)},
+			}
+		}
+		return n
+	}
+	for _, tt := range []struct {
+		st    corev1.ConditionStatus
+		since time.Time
+		stuck bool
+	}{
+		{corev1.ConditionTrue, t0, false},
+		{corev1.ConditionFalse, t0, true},
+		{corev1.ConditionUnknown, t0, true},
+		{"", t0.Add(-time.Hour), true},
+	} {
+		since, stuck := notReadySince(node(tt.st))
+		if !since.Equal(tt.since) || stuck != tt.stuck {
+			t.Errorf("Ready=%q: since %v, stuck %v; want %v, %v", tt.st, since, stuck, tt.since, tt.stuck)
 		}
 	}
 }

@@ -104,12 +104,20 @@ func uncordon(k *k8sops.Ops, s pipeline.Scope, node string, force bool) pipeline
 	}
 }
 
-// waitReady is the step that waits for a node to be Ready.
+// waitReady is the step that waits for a node to be Ready. A dry-run, which did not
+// reboot or repair anything, does not wait for a node that is not Ready now: it says it
+// would.
 func waitReady(k *k8sops.Ops, node string, timeout time.Duration) pipeline.Step {
 	return pipeline.Step{
 		Name: "wait-ready",
 		Desc: pipeline.Textf("wait for %s to be Ready", node),
 		Do: func(ctx context.Context, v *pipeline.Values) error {
+			if k.Gate.Enabled() {
+				if n, err := k.Node(ctx, node); err == nil && !k8sops.IsReady(n) {
+					k.Gate.Would(ctx, fmt.Sprintf("wait for %s to be Ready (it is not now)", node))
+					return nil
+				}
+			}
 			return k.WaitReady(ctx, node, timeout)
 		},
 	}

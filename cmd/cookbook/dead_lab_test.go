@@ -168,3 +168,76 @@ func TestRemoveDeadOrHeldWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestRebootStuckWorkers: a powered-off worker (NotReady, SSH unreachable) is hard-rebooted
+// through OpenStack and a worker whose kubelet is down but whose SSH answers is rebooted
+// over SSH; both come back Ready with a new boot id. A dry-run writes nothing, and
+// without --yes the confirmation names them.
+func TestRebootStuckWorkers(t *testing.T) {
+	w, s := stackWorld(t, 3, -1)
+	ctx := context.Background()
+	dead, hung, fine := s.Prefix+"-worker-1", s.Prefix+"-worker-2", s.Prefix+"-worker-3"
+	if err := s.PowerOff(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.SetNodeNotReady(ctx, hung); err != nil {
+		t.Fatal(err)
+	}
+	boot := map[string]string{}
+	for _, n := range []string{dead, hung, fine} {
+		boot[n] = nodeOf(t, s, n).Status.NodeInfo.BootID
+	}
+	time.Sleep(2 * time.Second)
+	args := []string{"reboot-stuck-workers", "--cluster-name", "toolsbeta", "--not-ready-for", "1s", "--max-unavailable", "2",
+		"--force", "--delete-emptydir-data", "--skip-wait-for-delete-timeout", "1s", "--reboot-timeout", "1m"}
+
+	// Too short a time NotReady: nothing is stuck, bad input, nothing changed.
+	r := w.run("reboot-stuck-workers", "--cluster-name", "toolsbeta", "--not-ready-for", "1h")
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "no worker of cluster toolsbeta has been NotReady for more than 1h (--not-ready-for)") {
+		t.Errorf("nothing stuck:\n%s", r.stderr)
+	}
+
+	// Without a terminal and without --yes, the confirmation names them and aborts.
+	r = w.run(args...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "Reboot 2 stuck worker(s) of cluster toolsbeta ("+dead+", "+hung+")?") {
+		t.Errorf("confirmation does not name the stuck workers:\n%s", r.stderr)
+	}
+
+	// Dry-run: every read, no write.
+	since, before := time.Now(), s.Cloud.TotalWrites()
+	r = w.run(append([]string{"--dry-run", "--yes"}, args...)...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would hard reboot server "+dead) {
+		t.Errorf("dry-run does not say it would hard-reboot %s:\n%s", dead, r.stderr)
+	}
+	wantSkippedCounted(t, "dry-run reboot-stuck-workers", r)
+	time.Sleep(time.Second)
+	if writes, _ := s.CP.WriteRequests(ctx, since, "cookbook"); len(writes) != 0 || s.Cloud.TotalWrites() != before {
+		t.Errorf("dry-run made %d API writes, %d cloud writes", len(writes), s.Cloud.TotalWrites()-before)
+	}
+
+	r = w.run(append([]string{"--yes"}, args...)...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "SSH cannot reach the node; hard rebooting it through OpenStack") {
+		t.Errorf("no hard reboot of the powered-off %s:\n%s", dead, r.stderr)
+	}
+	for _, n := range []string{dead, hung, fine} {
+		node := nodeOf(t, s, n)
+		changed := node.Status.NodeInfo.BootID != boot[n]
+		if changed != (n != fine) || !lab.IsReady(node) || node.Spec.Unschedulable {
+			t.Errorf("%s: boot id changed %v, Ready %v, cordoned %v", n, changed, lab.IsReady(node), node.Spec.Unschedulable)
+		}
+	}
+	soft := false
+	for _, c := range commandsOn(s, hung) {
+		soft = soft || strings.HasSuffix(c, "systemctl reboot")
+	}
+	if !soft {
+		t.Errorf("%s, reachable over SSH, was not rebooted with systemctl reboot: %v", hung, commandsOn(s, hung))
+	}
+	if srv := serverOf(t, s, dead); srv.Status != "ACTIVE" {
+		t.Errorf("server %s is %s after its hard reboot", dead, srv.Status)
+	}
+}

@@ -1,0 +1,208 @@
+package cookbooks
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	corev1 "k8s.io/api/core/v1"
+
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/k8sops"
+)
+
+// keyNodeBootIDBefore is the boot id a node's Node reported before the run hard-rebooted
+// it (a node SSH cannot reach has no other): "<node>/node-boot-id-before".
+const keyNodeBootIDBefore = pipeline.Key[string]("node-boot-id-before")
+
+// RebootStuckWorkers reboots the workers that have been NotReady for too long, on the
+// rolling skeleton: a hard reboot through OpenStack for those SSH cannot reach, a soft
+// reboot proven by a new boot id for the others.
+func RebootStuckWorkers() Cookbook {
+	return Cookbook{
+		Name:    "reboot-stuck-workers",
+		Usage:   "reboot the workers NotReady for longer than --not-ready-for (hard through OpenStack when SSH cannot reach them)",
+		Example: "cookbook reboot-stuck-workers --cluster-name toolsbeta --not-ready-for 10m",
+		Flags: append([]cli.Flag{
+			clusterFlag(),
+			&cli.DurationFlag{Name: "not-ready-for", Value: 10 * time.Minute, Usage: "a worker NotReady for longer than this is stuck"},
+			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
+			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
+			&cli.DurationFlag{Name: "reboot-timeout", Value: 10 * time.Minute, Usage: "how long a node may take to come back"},
+			&cli.BoolFlag{Name: "force-uncordon", Usage: "also uncordon nodes an administrator had cordoned before the run"},
+		}, drainFlags()...),
+		Prepare: prepareRebootStuck,
+	}
+}
+
+// stuckRebooter is one reboot-stuck-workers job.
+type stuckRebooter struct {
+	env         *Env
+	cl          *config.Cluster
+	notReadyFor time.Duration
+	roll        *rolling
+	stuck       []string // found once, before the confirmation or the plan
+}
+
+func prepareRebootStuck(c *cli.Context, env *Env) (*Job, error) {
+	cl, err := env.Cluster(c.String("cluster-name"))
+	if err != nil {
+		return nil, err
+	}
+	s := &stuckRebooter{env: env, cl: cl}
+	if s.notReadyFor, err = positiveDuration(c, "not-ready-for", 10*time.Minute); err != nil {
+		return nil, err
+	}
+	r := &rolling{Env: env, Cluster: cl, Job: "reboot-stuck-workers", Did: "rebooted", Force: c.Bool("force-uncordon")}
+	if r.Drain, err = drainOptions(c, cl); err != nil {
+		return nil, err
+	}
+	if r.Max, err = positiveInt(c, "max-unavailable"); err != nil {
+		return nil, err
+	}
+	if r.Settle, err = nonNegativeDuration(c, "settle", 30*time.Second); err != nil {
+		return nil, err
+	}
+	if r.Timeout, err = positiveDuration(c, "reboot-timeout", 10*time.Minute); err != nil {
+		return nil, err
+	}
+	r.Select = s.selectStuck
+	r.Action = func(c *clients, sc pipeline.Scope, n rollNode) []pipeline.Step {
+		return []pipeline.Step{s.rebootStep(c, sc, n.Name, r.Timeout)}
+	}
+	s.roll = r
+	if err := env.CheckAccess(cl); err != nil {
+		return nil, err
+	}
+	return &Job{Cluster: cl.Name, Confirm: s.confirm, Plan: s.plan}, nil
+}
+
+// find lists the workers (nodes of roles that are not control planes) whose Ready
+// condition has not been True for longer than notReadyFor; none is bad input.
+func (s *stuckRebooter) find(ctx context.Context) error {
+	if s.stuck != nil {
+		return nil
+	}
+	k, err := s.env.Kube(s.cl)
+	if err != nil {
+		return err
+	}
+	nodes, err := k.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	s.stuck = []string{}
+	for i := range nodes {
+		n := &nodes[i]
+		_, role, ok := s.cl.RoleOf(n.Name)
+		if !ok || role.ControlPlane {
+			continue
+		}
+		if since, stuck := notReadySince(n); stuck && now.Sub(since) > s.notReadyFor {
+			s.env.Log.Info("stuck worker", "node", n.Name, "not_ready_for", ShortDuration(now.Sub(since).Round(time.Second)))
+			s.stuck = append(s.stuck, n.Name)
+		}
+	}
+	sort.Strings(s.stuck)
+	if len(s.stuck) == 0 {
+		return BadInputf("no worker of cluster %s has been NotReady for more than %s (--not-ready-for)", s.cl.Name, ShortDuration(s.notReadyFor))
+	}
+	return nil
+}
+
+// notReadySince returns when the node's Ready condition last turned to something other
+// than True, and whether it is not True now. A node without the condition has never
+// been Ready: it counts from its creation.
+func notReadySince(n *corev1.Node) (time.Time, bool) {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastTransitionTime.Time, c.Status != corev1.ConditionTrue
+		}
+	}
+	return n.CreationTimestamp.Time, true
+}
+
+func (s *stuckRebooter) confirm(ctx context.Context) (string, error) {
+	if err := s.find(ctx); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("Reboot %d stuck worker(s) of cluster %s (%s)?", len(s.stuck), s.cl.Name, strings.Join(s.stuck, ", ")), nil
+}
+
+func (s *stuckRebooter) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+	if _, recorded, err := keyRollPlan.Lookup(v); err != nil {
+		return nil, err
+	} else if !recorded {
+		if err := s.find(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return s.roll.Plan(ctx, v)
+}
+
+// selectStuck keeps the stuck workers found (still nodes of the cluster).
+func (s *stuckRebooter) selectStuck(names []string) ([]string, error) {
+	var out []string
+	for _, n := range names {
+		if slices.Contains(s.stuck, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// rebootStep reboots a stuck node: over SSH, proven by a new boot id (falling back to a
+// hard reboot), when SSH reaches it; else hard through OpenStack, proven by the Node
+// reporting a new boot id and Ready. The Node's boot id before is recorded in scope sc.
+func (s *stuckRebooter) rebootStep(c *clients, sc pipeline.Scope, node string, timeout time.Duration) pipeline.Step {
+	key := pipeline.In(sc, keyNodeBootIDBefore)
+	return pipeline.Step{
+		Name: "reboot",
+		Desc: pipeline.Textf("reboot %s (hard through OpenStack if SSH cannot reach it), proven by a new boot id", node),
+		Do: func(ctx context.Context, v *pipeline.Values) error {
+			old, recorded, err := key.Lookup(v)
+			if err != nil {
+				return err
+			}
+			n, err := c.kube.Node(ctx, node)
+			if err != nil {
+				return err
+			}
+			if !recorded {
+				old = n.Status.NodeInfo.BootID
+				if err := key.Set(v, old); err != nil {
+					return err
+				}
+			} else if n.Status.NodeInfo.BootID != old && k8sops.IsReady(n) {
+				return nil // rebooted before the run stopped
+			}
+			host, err := c.target(ctx, node)
+			if err != nil {
+				return err
+			}
+			if _, err = c.ssh.BootID(ctx, host); err == nil {
+				return rebootNode(ctx, c, pipeline.In(sc, keyBootIDBefore), v, node, host, rebootOpts{Timeout: timeout, HardFallback: true})
+			}
+			c.env.Log.Warn("SSH cannot reach the node; hard rebooting it through OpenStack", "node", node, "err", err)
+			srv, err := c.cloud.ServerByName(ctx, node)
+			if err != nil {
+				return fmt.Errorf("hard reboot %s: %w", node, err)
+			}
+			if err := c.cloud.Reboot(ctx, srv.ID, node, true); err != nil {
+				return err
+			}
+			if c.env.DryRun {
+				return nil
+			}
+			return c.kube.WaitNode(ctx, node, "back with a new boot id", timeout, func(n *corev1.Node) bool {
+				return n != nil && n.Status.NodeInfo.BootID != old && k8sops.IsReady(n)
+			})
+		},
+	}
+}
