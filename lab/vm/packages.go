@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	utilversion "k8s.io/apimachinery/pkg/util/version"
+
 	"example.com/cookbook/lab"
 )
 
@@ -30,15 +32,22 @@ func (f *Fleet) kubeVersion() string {
 	return strings.TrimPrefix(v, "v")
 }
 
-// Available is what the lab's apt repository offers of each Kubernetes package: the
-// installed version and the next patch, as package versions ("1.37.3-1.1"), newest first.
+// Available is what the lab's apt repository offers of each Kubernetes package, as
+// package versions ("1.37.3-1.1"), newest first: the installed version X.Y.Z, its next
+// patch X.Y.Z+1, and the next minor's first two patches X.Y+1.0 and X.Y+1.1.
 func (f *Fleet) Available() []string {
 	base := f.kubeVersion()
 	out := []string{base + "-1.1"}
 	parts := strings.Split(base, ".")
 	if len(parts) == 3 {
-		if p, err := strconv.Atoi(parts[2]); err == nil {
-			out = append([]string{fmt.Sprintf("%s.%s.%d-1.1", parts[0], parts[1], p+1)}, out...)
+		minor, err1 := strconv.Atoi(parts[1])
+		p, err2 := strconv.Atoi(parts[2])
+		if err1 == nil && err2 == nil {
+			out = append([]string{
+				fmt.Sprintf("%s.%d.1-1.1", parts[0], minor+1),
+				fmt.Sprintf("%s.%d.0-1.1", parts[0], minor+1),
+				fmt.Sprintf("%s.%d.%d-1.1", parts[0], minor, p+1),
+			}, out...)
 		}
 	}
 	return out
@@ -147,12 +156,16 @@ func (v *VM) aptMark(args []string, stdout, stderr io.Writer) int {
 // changed without --allow-change-held-packages.
 func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprint(stdout, "Reading package lists... Done\n")
-	allowHeld := false
+	allowHeld, allowDown := false, false
 	want := map[string]string{}
 	var order []string
 	for _, a := range args[2:] {
 		if a == "--allow-change-held-packages" {
 			allowHeld = true
+			continue
+		}
+		if a == "--allow-downgrades" {
+			allowDown = true
 			continue
 		}
 		if strings.HasPrefix(a, "-") {
@@ -194,6 +207,17 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
 		return 100
 	}
+	var down []string
+	for _, p := range order {
+		if older(want[p], v.pkgVersionLocked(p)) {
+			down = append(down, p)
+		}
+	}
+	if len(down) > 0 && !allowDown {
+		fmt.Fprintf(stdout, "The following packages will be DOWNGRADED:\n  %s\n", strings.Join(down, " "))
+		fmt.Fprintln(stderr, "E: Packages were downgraded and -y was used without --allow-downgrades.")
+		return 100
+	}
 	if v.pkgs == nil {
 		v.pkgs = map[string]string{}
 	}
@@ -207,6 +231,13 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "Unpacking %s (%s) over (%s) ...\nSetting up %s (%s) ...\n", p, want[p], old, p, want[p])
 	}
 	return 0
+}
+
+// older reports whether package version a is older than b (both "X.Y.Z-R").
+func older(a, b string) bool {
+	va, err1 := utilversion.ParseSemantic(strings.TrimPrefix(upstream(a), "v"))
+	vb, err2 := utilversion.ParseSemantic(strings.TrimPrefix(upstream(b), "v"))
+	return err1 == nil && err2 == nil && va.LessThan(vb)
 }
 
 // dpkgQuery runs dpkg-query -W PKG...: "pkg\tversion" lines.
@@ -242,6 +273,16 @@ func (v *VM) restartKubelet(ctx context.Context, stderr io.Writer) int {
 	}
 	if err := f.Cluster.KubeletDown(ctx, v.Name); err != nil {
 		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	// A kubelet newer than the control plane does not register: the node stays NotReady.
+	_, cluster, err := v.clusterVersion(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	if skew := kubeletSkew(v.installedVersion("kubelet"), cluster); skew != "" {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed because the control process exited with error code.\nSee \"systemctl status kubelet.service\" and \"journalctl -xeu kubelet.service\" for details.\nkubelet: %s\n", skew)
 		return 1
 	}
 	if kv, ok := f.Cluster.(KubeletVersioner); ok {

@@ -38,12 +38,12 @@ func TestKubePackages(t *testing.T) {
 		{"sudo apt-get install -y kubeadm=1.37.2-1.1", "already the newest version", "", 0},
 		{"sudo apt-mark unhold kubeadm", "Canceled hold on kubeadm.", "", 0},
 		{"sudo apt-mark unhold kubeadm", "kubeadm was already not on hold.", "", 0},
-		{"sudo apt-get install -y kubeadm=1.38.0-1.1", "", "E: Version '1.38.0-1.1' for 'kubeadm' was not found", 100},
+		{"sudo apt-get install -y kubeadm=1.39.0-1.1", "", "E: Version '1.39.0-1.1' for 'kubeadm' was not found", 100},
 		{"sudo apt-get install -y kubeadm=1.37.3-1.1", "Setting up kubeadm (1.37.3-1.1)", "", 0},
 		{"dpkg-query -W kubeadm", "kubeadm\t1.37.3-1.1\n", "", 0},
 		{"sudo apt-get install -y kubelet=1.37.3-1.1 kubectl=1.37.3-1.1", "", "E: Held packages were changed", 100},
 		{"sudo apt-get install -y --allow-change-held-packages kubelet=1.37.3-1.1 kubectl=1.37.3-1.1", "Setting up kubelet (1.37.3-1.1)", "", 0},
-		{"kubeadm upgrade node", "successfully completed", "", 0},
+		{"kubeadm upgrade node", "", "cannot reach the API server", 1}, // no cluster in this fleet
 		{"systemctl daemon-reload", "", "", 0},
 	}
 	for _, s := range steps {

@@ -61,6 +61,8 @@ type JoinRequest struct {
 	Address string
 	// BootID is the VM's boot id, reported in status.nodeInfo.bootID.
 	BootID string
+	// KubeletVersion is the installed kubelet's version ("v1.37.2").
+	KubeletVersion string
 }
 
 // Fleet runs the simulated VMs. It implements cloud.Machines.
