@@ -21,17 +21,23 @@ import (
 // ("1.37.3-1.1"), found with apt-cache madison, in the node's scope.
 const keyPkgVersion = pipeline.Key[string]("pkg-version")
 
+// keySrcVersion is the kubelet version a node reported before its upgrade ("v1.37.2"),
+// in the node's scope: the audit line says from what to what.
+const keySrcVersion = pipeline.Key[string]("src-version")
+
+// keyApplyNode is the control node that ran (or runs) `kubeadm upgrade apply`: the
+// first control node of the run to reach its kubeadm-upgrade step while the control
+// plane was older than the target. Every other node runs `kubeadm upgrade node`.
+const keyApplyNode = pipeline.Key[string]("upgrade/apply-node")
+
 // kubePkgs are the packages a Kubernetes upgrade installs and holds.
 var kubePkgs = []string{"kubeadm", "kubelet", "kubectl"}
 
-// controlRefused is why control nodes are not upgraded yet.
-const controlRefused = "control nodes are not upgraded by this cookbook yet: the first needs kubeadm upgrade apply and every one the etcd checks of issue 14"
-
-// UpgradeNode upgrades the Kubernetes packages of one worker.
+// UpgradeNode upgrades the Kubernetes packages of one node.
 func UpgradeNode() Cookbook {
 	return Cookbook{
 		Name:    "upgrade-k8s-node",
-		Usage:   "upgrade a worker's kubeadm, kubelet and kubectl: cordon, drain, install, kubeadm upgrade node, restart kubelet, wait for the new version, uncordon",
+		Usage:   "upgrade a node's kubeadm, kubelet and kubectl: cordon, drain, install, kubeadm upgrade apply (the first control node) or node, restart kubelet, wait for the new version, uncordon",
 		Example: "cookbook upgrade-k8s-node --cluster-name toolsbeta --hostname toolsbeta-test-k8s-worker-3 --dst-version 1.37.3",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
@@ -43,16 +49,19 @@ func UpgradeNode() Cookbook {
 	}
 }
 
-// UpgradeCluster upgrades the Kubernetes packages of a cluster's workers in batches.
+// UpgradeCluster upgrades the Kubernetes packages of a cluster: control nodes one at a
+// time, then workers in batches.
 func UpgradeCluster() Cookbook {
 	return Cookbook{
 		Name:    "upgrade-k8s-cluster",
-		Usage:   "upgrade the workers' kubeadm, kubelet and kubectl in batches of --max-unavailable, with health gates",
+		Usage:   "upgrade a cluster's Kubernetes: control nodes one at a time (the first with kubeadm upgrade apply), then workers in batches of --max-unavailable, with health gates",
 		Example: "cookbook upgrade-k8s-cluster --cluster-name toolsbeta --dst-version 1.37.3 --max-unavailable 2",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
 			&cli.StringFlag{Name: "dst-version", Usage: "the Kubernetes version to upgrade to (X.Y.Z)"},
-			&cli.StringFlag{Name: "role", Usage: "only the nodes of this (worker) role; default every worker role"},
+			&cli.StringFlag{Name: "role", Usage: "only the nodes of this role; default every role"},
+			&cli.BoolFlag{Name: "workers-only", Usage: "only the nodes of non-control roles (the control plane must be at --dst-version already)"},
+			&cli.BoolFlag{Name: "control-only", Usage: "only the control nodes"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 		}, upgradeFlags()...),
@@ -162,9 +171,6 @@ func prepareUpgradeNode(c *cli.Context, env *Env) (*Job, error) {
 		}
 		u.src = &src
 	}
-	if _, rc, ok := u.cl.RoleOf(host); ok && rc != nil && rc.ControlPlane {
-		return nil, BadInputf("%s is a control node: %s", host, controlRefused)
-	}
 	u.selectNodes = func(names []string) ([]string, error) {
 		for _, n := range names {
 			if n == host {
@@ -191,26 +197,31 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 		return nil, err
 	}
 	role := c.String("role")
+	workersOnly, controlOnly := c.Bool("workers-only"), c.Bool("control-only")
+	if workersOnly && controlOnly {
+		return nil, BadInputf("--workers-only and --control-only: give one of them, not both")
+	}
 	if role != "" {
 		rc, err := u.cl.Role(role)
 		if err != nil {
 			return nil, BadInput(err)
 		}
-		if rc.ControlPlane {
-			return nil, BadInputf("--role %s: %s", role, controlRefused)
+		if rc.ControlPlane && workersOnly || !rc.ControlPlane && controlOnly {
+			return nil, BadInputf("--role %s does not go with --workers-only or --control-only", role)
 		}
 	}
 	u.selectNodes = func(names []string) ([]string, error) {
 		var out []string
 		for _, n := range names {
 			r, rc, ok := u.cl.RoleOf(n)
-			if !ok || (rc != nil && rc.ControlPlane) || (role != "" && r != role) {
+			control := rc != nil && rc.ControlPlane
+			if !ok || (role != "" && r != role) || (workersOnly && control) || (controlOnly && !control) {
 				continue
 			}
 			out = append(out, n)
 		}
 		if len(out) == 0 {
-			return nil, BadInputf("no worker of cluster %s to upgrade (role %q)", u.cl.Name, role)
+			return nil, BadInputf("no node of cluster %s to upgrade (role %q, --workers-only %v, --control-only %v)", u.cl.Name, role, workersOnly, controlOnly)
 		}
 		return out, nil
 	}
@@ -271,24 +282,22 @@ func (u *upgrader) check(ctx context.Context) error {
 // plan is the rolling skeleton with the package upgrade as its action.
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: u.env, Cluster: u.cl, Job: u.job, Did: "upgraded to v" + u.dst.String(), Select: u.selectNodes,
-		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain,
+		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain, ControlFirst: true,
 		Action: func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
-			if n.Control {
-				return pipeline.One(pipeline.Step{Name: "refuse-control", Desc: pipeline.Textf("refuse control node %s", n.Name), Do: func(context.Context, *pipeline.Values) error {
-					return BadInputf("%s is a control node: %s", n.Name, controlRefused)
-				}})
-			}
-			return upgradePackages(c, s, knownNode(c, n.Name), u.dst, u.timeout)
+			return upgradePackages(c, s, knownNode(c, n.Name), n.Control, u.dst, u.timeout)
 		}}
 	return roll.Plan(ctx, v)
 }
 
-// upgradePackages is the step set that upgrades a drained worker to dst: find-package
-// (apt-cache madison), unhold, install-kubeadm, kubeadm-upgrade-node, install-kubelet
-// (and kubectl), hold, daemon-reload, restart-kubelet, wait-version (the Node reports
-// dst). Each step checks before it acts: the installed versions (dpkg-query), the holds
-// (apt-mark showhold), the version the Node reports.
-func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeout time.Duration) []pipeline.Step {
+// upgradePackages is the step set that upgrades a drained node to dst: find-package
+// (apt-cache madison), unhold, install-kubeadm, kubeadm-upgrade-node on a worker (on a
+// control node: kubeadm-upgrade, the plan and apply of the first or upgrade node of the
+// others, then wait-static-pods), install-kubelet (and kubectl), hold, daemon-reload,
+// restart-kubelet, wait-version (the Node reports dst), audit-node. Each step checks
+// before it acts: the installed versions (dpkg-query), the holds (apt-mark showhold),
+// the version the Node reports, the static pods' versions.
+func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst version, timeout time.Duration) []pipeline.Step {
+	srcKey := pipeline.In(s, keySrcVersion)
 	pkgKey := pipeline.In(s, keyPkgVersion)
 	want := "v" + dst.String()
 	host := func(ctx context.Context, v *pipeline.Values) (string, string, error) {
@@ -414,7 +423,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 			return fmt.Sprintf(f, name, pv)
 		}
 	}
-	return []pipeline.Step{
+	first := []pipeline.Step{
 		{Name: "find-package", Desc: pipeline.Textf("find the package version of Kubernetes %s (apt-cache madison kubeadm)", want), Do: func(ctx context.Context, v *pipeline.Values) error {
 			if pv, ok := pkgKey.Get(v); ok {
 				return pipeline.Skip("package version %s found already", pv)
@@ -422,6 +431,15 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 			name, h, err := host(ctx, v)
 			if err != nil {
 				return err
+			}
+			if _, ok := srcKey.Get(v); !ok {
+				node, err := c.kube.Node(ctx, name)
+				if err != nil {
+					return err
+				}
+				if err := srcKey.Set(v, node.Status.NodeInfo.KubeletVersion); err != nil {
+					return err
+				}
 			}
 			out, err := read(ctx, h, append([]string{"apt-cache", "madison"}, kubePkgs...)...)
 			if err != nil {
@@ -454,9 +472,16 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 		{Name: "install-kubeadm", Desc: desc("install kubeadm=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubeadm")
 		}},
-		{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
+	}
+	var kubeadm []pipeline.Step
+	if control {
+		kubeadm = kubeadmControl(c, n, dst, timeout)
+	} else {
+		kubeadm = pipeline.One(pipeline.Step{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
 			return write(ctx, h, "kubeadm", "upgrade", "node")
-		})},
+		})})
+	}
+	last := []pipeline.Step{
 		{Name: "install-kubelet", Desc: desc("install kubelet=%[2]s kubectl=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubelet", "kubectl")
 		}},
@@ -480,5 +505,145 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 				return node != nil && node.Status.NodeInfo.KubeletVersion == want
 			})
 		}},
+		{Name: "audit-node", Desc: desc("tell the team: %[1]s upgraded to " + want), Do: func(ctx context.Context, v *pipeline.Values) error {
+			name, err := n.Name(v)
+			if err != nil {
+				return err
+			}
+			from, _ := srcKey.Get(v)
+			line := fmt.Sprintf("upgraded node %s from Kubernetes %s to %s", name, from, want)
+			if c.env.DryRun {
+				c.env.Gate.Would(ctx, "send audit line: "+line)
+				return nil
+			}
+			c.env.Audit.Send(ctx, line)
+			return nil
+		}},
 	}
+	return pipeline.Steps(first, kubeadm, last)
 }
+
+// kubeadmControl is what a control node does between install-kubeadm and
+// install-kubelet. kubeadm-upgrade: while the control plane (kubeadm-config) is older
+// than dst, the first control node of the run to get here runs `kubeadm upgrade plan
+// vX` (its output logged) and, once confirmed (--yes, or the operator at the terminal),
+// `kubeadm upgrade apply vX -y`; once the control plane is at dst, `kubeadm upgrade node`;
+// skipped when the node's static pods run dst already. wait-static-pods: until the
+// node's kube-apiserver, kube-controller-manager and kube-scheduler mirror pods run dst.
+// The etcd health check of issue 14 goes before and after these (etcdChecks).
+func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) []pipeline.Step {
+	want := "v" + dst.String()
+	atTarget := func(pods map[string]string) bool {
+		for _, comp := range k8sops.ControlPlaneComponents {
+			if pods[comp] != want {
+				return false
+			}
+		}
+		return true
+	}
+	run := func(ctx context.Context, h string, argv ...string) (string, error) {
+		res, err := c.ssh.Run(ctx, h, ssh.Command{Argv: argv, Timeout: 15 * time.Minute})
+		return res.Stdout, err
+	}
+	upgrade := pipeline.Step{Name: "kubeadm-upgrade", Desc: func(v *pipeline.Values) string {
+		name, _ := n.Name(v)
+		return fmt.Sprintf("kubeadm upgrade plan %[2]s and apply %[2]s -y on %[1]s if the control plane is older, else kubeadm upgrade node", name, want)
+	}, Do: func(ctx context.Context, v *pipeline.Values) error {
+		name, err := n.Name(v)
+		if err != nil {
+			return err
+		}
+		h, err := n.Host(ctx, v)
+		if err != nil {
+			return err
+		}
+		pods, err := c.kube.StaticPods(ctx, name)
+		if err != nil {
+			return err
+		}
+		cvs, err := c.kube.ClusterVersion(ctx)
+		if err != nil {
+			return err
+		}
+		cv, err := parseVersion(cvs)
+		if err != nil {
+			return fmt.Errorf("kube-system/kubeadm-config kubernetesVersion: %w", err)
+		}
+		if dst.less(cv) {
+			return fmt.Errorf("the control plane is at %s, newer than %s", cvs, want)
+		}
+		if cv == dst && atTarget(pods) {
+			return pipeline.Skip("node %s: the control plane and its static pods run %s already", name, want)
+		}
+		if cv != dst {
+			applier, ok := keyApplyNode.Get(v)
+			if !ok {
+				applier = name
+				if err := keyApplyNode.Set(v, name); err != nil {
+					return err
+				}
+			}
+			if applier == name {
+				out, err := run(ctx, h, "kubeadm", "upgrade", "plan", want)
+				if err != nil {
+					return err
+				}
+				for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+					if l != "" {
+						c.env.Log.Info("kubeadm upgrade plan: "+l, "node", name)
+					}
+				}
+				if !c.env.DryRun && !c.env.Yes {
+					q := fmt.Sprintf("Upgrade the control plane of %s from %s to %s (kubeadm upgrade apply %s -y on %s)?", c.cl.Name, cvs, want, want, name)
+					ok, err := false, fmt.Errorf("no one to ask")
+					if c.env.Ask != nil {
+						ok, err = c.env.Ask(q)
+					}
+					if err != nil || !ok {
+						return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%v): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, name, err)
+					}
+				}
+				_, err = run(ctx, h, "kubeadm", "upgrade", "apply", want, "-y")
+				return err
+			}
+			if !c.env.DryRun { // in a dry-run, the apply on the applier was not done
+				return fmt.Errorf("the control plane is at %s, not %s: %s runs kubeadm upgrade apply first", cvs, want, applier)
+			}
+		}
+		_, err = run(ctx, h, "kubeadm", "upgrade", "node")
+		return err
+	}}
+	wait := pipeline.Step{Name: "wait-static-pods", Desc: func(v *pipeline.Values) string {
+		name, _ := n.Name(v)
+		return fmt.Sprintf("wait until the static pods %s of %s run %s", strings.Join(k8sops.ControlPlaneComponents, ", "), name, want)
+	}, Do: func(ctx context.Context, v *pipeline.Values) error {
+		name, err := n.Name(v)
+		if err != nil {
+			return err
+		}
+		if c.env.DryRun {
+			c.env.Log.Info(fmt.Sprintf("DRY-RUN: the static pods of %s would be waited on to run %s", name, want))
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			pods, err := c.kube.StaticPods(ctx, name)
+			if err == nil && atTarget(pods) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("static pods of %s not running %s after %s (running: %v, last error: %v)", name, want, timeout, pods, err)
+			case <-tick.C:
+			}
+		}
+	}}
+	return pipeline.Steps(etcdChecks(c, n, "before"), []pipeline.Step{upgrade, wait}, etcdChecks(c, n, "after"))
+}
+
+// etcdChecks is the place of the etcd health check of issue 14 (etcd members healthy,
+// before a control node is upgraded and after): none until that check lands.
+func etcdChecks(c *clients, n nodeRef, when string) []pipeline.Step { return nil }
