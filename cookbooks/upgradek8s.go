@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -62,6 +63,9 @@ func UpgradeCluster() Cookbook {
 			&cli.StringFlag{Name: "role", Usage: "only the nodes of this role; default every role"},
 			&cli.BoolFlag{Name: "workers-only", Usage: "only the nodes of non-control roles (the control plane must be at --dst-version already)"},
 			&cli.BoolFlag{Name: "control-only", Usage: "only the control nodes"},
+			&cli.StringFlag{Name: "hostname-list", Usage: "only these nodes (commas or spaces)"},
+			&cli.IntFlag{Name: "batches", Usage: "split the selected workers (natural order) into K nearly equal chunks; with --batch-number"},
+			&cli.IntFlag{Name: "batch-number", Usage: "the chunk (1..K) of --batches this run upgrades"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 		}, upgradeFlags()...),
@@ -210,18 +214,47 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 			return nil, BadInputf("--role %s does not go with --workers-only or --control-only", role)
 		}
 	}
+	list, err := hostnameList(c, "hostname-list")
+	if err != nil {
+		return nil, err
+	}
+	chunks, chunk := c.Int("batches"), c.Int("batch-number")
+	switch {
+	case c.IsSet("batches") != c.IsSet("batch-number"):
+		return nil, BadInputf("--batches and --batch-number go together")
+	case c.IsSet("batches") && chunks < 1:
+		return nil, BadInputf("--batches %d: want a positive number", chunks)
+	case c.IsSet("batches") && (chunk < 1 || chunk > chunks):
+		return nil, BadInputf("--batch-number %d: want 1 to --batches %d", chunk, chunks)
+	case c.IsSet("batches") && controlOnly:
+		return nil, BadInputf("--batches splits workers: it does not go with --control-only")
+	}
+	listed := map[string]bool{}
+	for _, h := range list {
+		listed[h] = true
+	}
 	u.selectNodes = func(names []string) ([]string, error) {
+		have := map[string]bool{}
 		var out []string
 		for _, n := range names {
+			have[n] = true
 			r, rc, ok := u.cl.RoleOf(n)
 			control := rc != nil && rc.ControlPlane
-			if !ok || (role != "" && r != role) || (workersOnly && control) || (controlOnly && !control) {
+			if !ok || (role != "" && r != role) || (workersOnly && control) || (controlOnly && !control) || (list != nil && !listed[n]) || (chunks > 0 && control) {
 				continue
 			}
 			out = append(out, n)
 		}
+		for _, h := range list {
+			if !have[h] {
+				return nil, BadInputf("--hostname-list: no node %s in cluster %s", h, u.cl.Name)
+			}
+		}
+		if chunks > 0 {
+			out = chunkOf(out, chunks, chunk)
+		}
 		if len(out) == 0 {
-			return nil, BadInputf("no node of cluster %s to upgrade (role %q, --workers-only %v, --control-only %v)", u.cl.Name, role, workersOnly, controlOnly)
+			return nil, BadInputf("no node of cluster %s to upgrade (role %q, --workers-only %v, --control-only %v, --hostname-list %q, chunk %d of %d)", u.cl.Name, role, workersOnly, controlOnly, c.String("hostname-list"), chunk, chunks)
 		}
 		return out, nil
 	}
@@ -229,6 +262,21 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 		return nil, err
 	}
 	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+}
+
+// chunkOf is the i-th (1-based) of k nearly equal chunks of names in natural order
+// (worker-2 before worker-10), as the Toolforge upgrade_workers cookbook splits them:
+// the first len%k chunks have one node more.
+func chunkOf(names []string, k, i int) []string {
+	sorted := append([]string(nil), names...)
+	sort.SliceStable(sorted, func(a, b int) bool { return lessByNumber(sorted[a], sorted[b]) })
+	size, extra := len(sorted)/k, len(sorted)%k
+	start := (i-1)*size + min(i-1, extra)
+	end := start + size
+	if i <= extra {
+		end++
+	}
+	return sorted[start:end]
 }
 
 // skip leaves out a node already at the target version, and refuses one at neither
@@ -249,13 +297,21 @@ func (u *upgrader) skip(n corev1.Node) (string, error) {
 	return "", nil
 }
 
-// check refuses, with reads only and before a run is recorded, a selection that matches
-// no node and a node at neither version.
+// check is the preflight, with reads only and before a run is recorded (also in a
+// dry-run): every problem found is listed at once, as bad input (exit 2). It refuses a
+// selection that matches no node, a node at neither version; the version skew policy:
+// a target that skips a minor or is older than the control plane, kubelets upgraded while
+// the control plane stays older (a selection without the control nodes), a kubelet
+// newer than the control plane, a node left more than three minors behind the target;
+// a node to upgrade without the target packages in its apt sources (apt-cache madison);
+// a node that is not Ready; a PodDisruptionBudget at zero allowed disruptions that covers
+// pods of a node to upgrade, and pods the drain could not evict.
 func (u *upgrader) check(ctx context.Context) error {
-	k, err := u.env.Kube(u.cl)
+	c, err := newClients(ctx, u.env, u.cl)
 	if err != nil {
 		return err
 	}
+	k := c.kube
 	list, err := k.Nodes(ctx)
 	if err != nil {
 		return err
@@ -271,12 +327,172 @@ func (u *upgrader) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var problems []string
+	add := func(f string, a ...any) { problems = append(problems, fmt.Sprintf(f, a...)) }
+	in := map[string]bool{}
+	var todo []string
+	controlsLeft := false
 	for _, n := range chosen {
-		if _, err := u.skip(byName[n]); err != nil {
-			return err
+		in[n] = true
+		reason, err := u.skip(byName[n])
+		if err != nil {
+			add("%v", err)
+			continue
+		}
+		if reason == "" {
+			todo = append(todo, n)
 		}
 	}
+
+	// The version skew policy.
+	want := "v" + u.dst.String()
+	cvs, err := k.ClusterVersion(ctx)
+	var cv version
+	if err == nil {
+		cv, err = parseVersion(cvs)
+	}
+	if err != nil {
+		add("the control plane's version: %v", err)
+	} else {
+		switch {
+		case u.dst.less(cv):
+			add("--dst-version %s is older than the control plane (%s in kube-system/kubeadm-config): downgrades are not supported", u.dst, cvs)
+		case u.dst[0] != cv[0] || u.dst[1] > cv[1]+1:
+			add("--dst-version %s skips a minor: the control plane is at %s and kubeadm upgrades one minor at a time (upgrade to %d.%d.x first)", u.dst, cvs, cv[0], cv[1]+1)
+		}
+		for _, n := range names {
+			node := byName[n]
+			kv, err := parseVersion(node.Status.NodeInfo.KubeletVersion)
+			if err != nil {
+				add("node %s: kubelet version: %v", n, err)
+				continue
+			}
+			_, rc, _ := u.cl.RoleOf(n)
+			control := rc != nil && rc.ControlPlane
+			if control && !in[n] && kv != u.dst {
+				controlsLeft = true
+			}
+			if cv.less(kv) {
+				add("node %s: kubelet %s is newer than the control plane (%s): the skew policy forbids it", n, node.Status.NodeInfo.KubeletVersion, cvs)
+			}
+			if !in[n] && kv[0] == u.dst[0] && kv[1]+3 < u.dst[1] {
+				add("node %s: kubelet %s is not upgraded by this run and would be more than three minors older than the API server at %s", n, node.Status.NodeInfo.KubeletVersion, want)
+			}
+		}
+		workersToDo := false
+		for _, n := range todo {
+			if _, rc, _ := u.cl.RoleOf(n); rc == nil || !rc.ControlPlane {
+				workersToDo = true
+			}
+		}
+		if controlsLeft && workersToDo {
+			add("the control plane is at %s and not every control node at %s: upgrade the control nodes before any other kubelet (run without --workers-only, --role, --hostname-list or --batches, or with --control-only first)", cvs, want)
+		}
+	}
+
+	// Every node Ready.
+	for _, n := range names {
+		node := byName[n]
+		if !nodeReady(&node) {
+			add("node %s is not Ready", n)
+		}
+	}
+
+	// The packages and the drains of the nodes to upgrade.
+	type found struct {
+		node, problem string
+	}
+	results := make([]found, len(todo))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, n := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] = found{node: n}
+			h, err := c.target(ctx, n)
+			if err != nil {
+				results[i].problem = fmt.Sprintf("node %s: %v", n, err)
+				return
+			}
+			res, err := c.ssh.Run(ctx, h, ssh.Command{Argv: append([]string{"apt-cache", "madison"}, kubePkgs...), ReadOnly: true, Timeout: time.Minute})
+			if err != nil {
+				results[i].problem = fmt.Sprintf("node %s: apt-cache madison: %v", n, err)
+				return
+			}
+			if _, err := madisonVersion(res.Stdout, u.dst); err != nil {
+				results[i].problem = fmt.Sprintf("node %s: %v", n, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range results {
+		if r.problem != "" {
+			add("%s", r.problem)
+		}
+	}
+	for _, n := range todo {
+		p, err := k.PlanDrain(ctx, n, u.drain)
+		if err != nil {
+			add("node %s: %v", n, err)
+			continue
+		}
+		for _, pdb := range p.PDBs {
+			if pdb.DisruptionsAllowed == 0 {
+				add("node %s: PodDisruptionBudget %s would block its drain", n, pdb)
+			}
+		}
+		for _, b := range p.Blocking {
+			add("node %s: the drain cannot evict: %s", n, b)
+		}
+	}
+	problems = append(problems, etcdPreflight(ctx, c)...)
+	if len(problems) > 0 {
+		return BadInputf("preflight of the upgrade of %s to %s: %d problem(s), nothing was changed:\n  - %s", u.cl.Name, want, len(problems), strings.Join(problems, "\n  - "))
+	}
 	return nil
+}
+
+// etcdPreflight is the place of the etcd health check of issue 14 in the preflight (its
+// problems, if any): none until that check lands.
+func etcdPreflight(ctx context.Context, c *clients) []string { return nil }
+
+// nodeReady reports whether the node's Ready condition is True.
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// madisonVersion finds in `apt-cache madison kubeadm kubelet kubectl` output the package
+// version of dst that all three packages offer ("1.37.3-1.1").
+func madisonVersion(out string, dst version) (string, error) {
+	found := map[string]string{}
+	var offered []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Split(l, "|")
+		if len(f) < 2 {
+			continue
+		}
+		p, ver := strings.TrimSpace(f[0]), strings.TrimSpace(f[1])
+		if p == "kubeadm" {
+			offered = append(offered, ver)
+		}
+		if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
+			found[p] = ver
+		}
+	}
+	for _, p := range kubePkgs {
+		if found[p] == "" || found[p] != found["kubeadm"] {
+			return "", fmt.Errorf("no package %s=%s-* in its apt sources (kubeadm offered: %s)", p, dst, strings.Join(offered, ", "))
+		}
+	}
+	return found["kubeadm"], nil
 }
 
 // plan is the rolling skeleton with the package upgrade as its action.
@@ -445,28 +661,12 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 			if err != nil {
 				return err
 			}
-			found := map[string]string{}
-			var offered []string
-			for _, l := range strings.Split(out, "\n") {
-				f := strings.Split(l, "|")
-				if len(f) < 2 {
-					continue
-				}
-				p, ver := strings.TrimSpace(f[0]), strings.TrimSpace(f[1])
-				if p == "kubeadm" {
-					offered = append(offered, ver)
-				}
-				if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
-					found[p] = ver
-				}
+			pv, err := madisonVersion(out, dst)
+			if err != nil {
+				return fmt.Errorf("node %s: %w", name, err)
 			}
-			for _, p := range kubePkgs {
-				if found[p] == "" || found[p] != found["kubeadm"] {
-					return fmt.Errorf("node %s: no package %s=%s-* in its apt sources (kubeadm offered: %s)", name, p, dst, strings.Join(offered, ", "))
-				}
-			}
-			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, found["kubeadm"]))
-			return pkgKey.Set(v, found["kubeadm"])
+			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, pv))
+			return pkgKey.Set(v, pv)
 		}},
 		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %s"), Do: setHold(false)},
 		{Name: "install-kubeadm", Desc: desc("install kubeadm=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {

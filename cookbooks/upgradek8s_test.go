@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -41,5 +43,40 @@ func TestUpgradeSkip(t *testing.T) {
 	}
 	if _, err := parseVersion("1.37"); err == nil {
 		t.Error("1.37 parsed as a version")
+	}
+}
+
+// TestChunkOf: --batches K --batch-number I picks the I-th of K nearly equal chunks of
+// the nodes in natural order, the first len%K chunks one node longer; every node is in
+// exactly one chunk.
+func TestChunkOf(t *testing.T) {
+	nodes := []string{"w-10", "w-2", "w-1", "w-3", "w-4", "w-5", "w-6", "w-7", "w-8", "w-9"}
+	tests := []struct {
+		name string
+		k, i int
+		want []string
+	}{
+		{"first of 4", 4, 1, []string{"w-1", "w-2", "w-3"}},
+		{"second of 4", 4, 2, []string{"w-4", "w-5", "w-6"}},
+		{"third of 4", 4, 3, []string{"w-7", "w-8"}},
+		{"last of 4", 4, 4, []string{"w-9", "w-10"}},
+		{"one chunk", 1, 1, []string{"w-1", "w-2", "w-3", "w-4", "w-5", "w-6", "w-7", "w-8", "w-9", "w-10"}},
+		{"more chunks than nodes", 12, 11, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, chunkOf(nodes, tt.k, tt.i), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("chunk %d of %d (-want +got):\n%s", tt.i, tt.k, diff)
+			}
+		})
+	}
+	seen := map[string]int{}
+	for i := 1; i <= 3; i++ {
+		for _, n := range chunkOf(nodes, 3, i) {
+			seen[n]++
+		}
+	}
+	if len(seen) != len(nodes) {
+		t.Errorf("3 chunks cover %d nodes, want %d: %v", len(seen), len(nodes), seen)
 	}
 }

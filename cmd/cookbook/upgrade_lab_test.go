@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/stack"
@@ -27,11 +30,12 @@ func nextPatch(t *testing.T) (string, string) {
 	return cur, fmt.Sprintf("%s.%s.%d", parts[0], parts[1], p+1)
 }
 
-// TestUpgradeK8s: upgrade-k8s-node and upgrade-k8s-cluster in the lab, 1 control node
-// and 2 workers, to the next patch: --dry-run writes nothing and says what it would run
-// (kubeadm upgrade apply on the control node); bad input is exit 2 with no write; a
-// worker is not upgraded past the control plane (the lab's kubeadm upgrade node refuses,
-// the run fails and is resumed once the control plane is upgraded); --control-only
+// TestUpgradeK8s: upgrade-k8s-node and upgrade-k8s-cluster in the lab, 1 control node,
+// 2 workers and 2 NFS workers, to the next patch: --dry-run writes nothing and says what
+// it would run (kubeadm upgrade apply on the control node, before any worker); bad input
+// is exit 2 with no write; the preflight lists every problem (a node without the
+// packages, a NotReady node, a skipped minor, workers before the control plane) and
+// writes nothing; --control-only
 // without --yes and without a terminal stops before kubeadm upgrade apply, and resumed
 // with --yes it plans, applies once, and waits for the static pods; the workers follow;
 // a last run skips every node and runs nothing.
@@ -67,20 +71,59 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 	m.none(t, "bad input")
 
-	// The lab refuses a worker upgraded past the control plane, as kubeadm does.
-	r = w.run(append([]string{"upgrade-k8s-node", "--hostname", workers[0]}, common...)...)
-	wantCode(t, r, 1)
-	if !strings.Contains(r.stderr, `run "kubeadm upgrade apply v`+dst+`" on a control plane node first`) {
-		t.Errorf("a worker upgraded before the control plane is not refused with kubeadm's reason:\n%s", r.stderr)
+	// The preflight: every problem at once, exit 2, nothing written.
+	s.Fleet.VM(serverIDOf(t, s, workers[0])).SetKubeRepo(false)
+	if err := s.CP.SetNodeNotReady(ctx, workers[1]); err != nil {
+		t.Fatal(err)
 	}
-	if n := nodeOf(t, s, workers[0]); n == nil || n.Status.NodeInfo.KubeletVersion != "v"+cur {
-		t.Errorf("%s upgraded past the control plane: %+v", workers[0], n)
+	zero := intstr.FromInt32(0)
+	pdbs := s.CP.Client.PolicyV1().PodDisruptionBudgets("sample")
+	frozen := lab.PDB("sample", "cache-frozen", &zero, nil)
+	frozen.Spec.Selector.MatchLabels = map[string]string{"app": "cache"}
+	if _, err := pdbs.Create(ctx, frozen, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
-	failedWorker := lastRun(w)
+	m = markWrites(s)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{append([]string{"upgrade-k8s-cluster"}, common...), []string{
+			"PodDisruptionBudget sample/cache-frozen (allows 0 disruption(s)",
+			"node " + workers[0] + ": no package kubeadm=" + dst + "-* in its apt sources",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{[]string{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", "1.39.0"}, []string{
+			"--dst-version 1.39.0 skips a minor: the control plane is at v" + cur,
+			"node " + control + ": no package kubeadm=1.39.0-*",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{append([]string{"upgrade-k8s-node", "--hostname", workers[1]}, common...), []string{
+			"the control plane is at v" + cur + " and not every control node at v" + dst + ": upgrade the control nodes before any other kubelet",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{append([]string{"upgrade-k8s-cluster", "--workers-only"}, common...), []string{"upgrade the control nodes before any other kubelet"}},
+	} {
+		r := w.run(tc.args...)
+		wantCode(t, r, 2)
+		for _, want := range tc.want {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("%v: the preflight does not say %q:\n%s", tc.args, want, r.stderr)
+			}
+		}
+	}
+	m.none(t, "refused preflights")
+	s.Fleet.VM(serverIDOf(t, s, workers[0])).SetKubeRepo(true)
+	if err := pdbs.Delete(ctx, "cache-frozen", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.SetNodeReady(ctx, workers[1], ""); err != nil {
+		t.Fatal(err)
+	}
 
 	// The control plane: no terminal and no --yes, the apply is not confirmed; resumed
-	// with --yes, it is done. --max-unavailable 2: worker-1 stays cordoned by its run.
-	r = w.run(append([]string{"upgrade-k8s-cluster", "--control-only", "--max-unavailable", "2"}, common...)...)
+	// with --yes, it is done.
+	r = w.run(append([]string{"upgrade-k8s-cluster", "--control-only"}, common...)...)
 	wantCode(t, r, 1)
 	if !strings.Contains(r.stderr, "kubeadm upgrade apply v"+dst+" on "+control+" not confirmed") || !strings.Contains(r.stderr, "kubeadm upgrade plan: ") {
 		t.Errorf("the apply is not stopped for a confirmation after the plan is shown:\n%s", r.stderr)
@@ -107,14 +150,17 @@ func TestUpgradeK8s(t *testing.T) {
 		t.Errorf("%s after the upgrade: %+v", control, n)
 	}
 
-	wantCode(t, w.run("resume", failedWorker), 0)
-	r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "2"}, common...)...)
-	wantCode(t, r, 0)
-	for _, n := range []string{control, workers[0]} {
-		if !strings.Contains(r.stderr, "node "+n+" is already at v"+dst) {
-			t.Errorf("the cluster run does not skip %s:\n%s", n, r.stderr)
+	// The workers in Toolforge's two chunks (--batches 2 --batch-number I, natural
+	// order), one run after the other: the cluster lock admits one run at a time.
+	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
+	for i, chunk := range [][]string{workers, nfs} {
+		r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "2", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)...)
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stderr, "plan: batch 1/1: "+strings.Join(chunk, ", ")) || strings.Contains(r.stderr, "plan: batch 2/") {
+			t.Errorf("chunk %d of 2 is not %v alone:\n%s", i+1, chunk, r.stderr)
 		}
 	}
+	workers = append(workers, nfs...)
 	for _, n := range workers {
 		node := nodeOf(t, s, n)
 		if node == nil || node.Status.NodeInfo.KubeletVersion != "v"+dst || node.Spec.Unschedulable {
@@ -128,12 +174,8 @@ func TestUpgradeK8s(t *testing.T) {
 		}
 		cmds := strings.Join(commandsOn(s, n), "\n")
 		for _, want := range []string{"apt-get install -y kubeadm=" + dst + "-1.1", "kubeadm upgrade node", "apt-get install -y kubelet=" + dst + "-1.1 kubectl=" + dst + "-1.1", "systemctl restart kubelet"} {
-			times := 1
-			if n == workers[0] && want == "kubeadm upgrade node" {
-				times = 2 // refused before the control plane was upgraded, then resumed
-			}
-			if strings.Count(cmds, want) != times {
-				t.Errorf("%s ran %q %d times, want %d:\n%s", n, want, strings.Count(cmds, want), times, cmds)
+			if strings.Count(cmds, want) != 1 {
+				t.Errorf("%s ran %q %d times, want once:\n%s", n, want, strings.Count(cmds, want), cmds)
 			}
 		}
 	}
@@ -163,6 +205,18 @@ func lastRun(w *world) string {
 		}
 	}
 	return last.ID
+}
+
+// serverIDOf is the id of the server of a name.
+func serverIDOf(t *testing.T, s *stack.Stack, name string) string {
+	t.Helper()
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			return srv.ID
+		}
+	}
+	t.Fatalf("no server %s", name)
+	return ""
 }
 
 // vmOf is the lab VM of a server name.

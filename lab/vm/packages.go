@@ -78,6 +78,20 @@ func (v *VM) Held(pkg string) bool {
 	return v.held[pkg]
 }
 
+// SetKubeRepo adds (true) or removes (false) the lab's Kubernetes apt repository from
+// the VM's apt sources: without it apt-cache and apt-get find none of its packages.
+func (v *VM) SetKubeRepo(on bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.noKubeRepo = !on
+}
+
+func (v *VM) kubeRepo() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.noKubeRepo
+}
+
 // upstream is the Kubernetes version of a package version: "1.37.3-1.1" is "v1.37.3".
 func upstream(pkgVersion string) string {
 	u, _, _ := strings.Cut(pkgVersion, "-")
@@ -91,7 +105,7 @@ func (v *VM) aptCache(args []string, stdout, stderr io.Writer) int {
 		return 100
 	}
 	for _, pkg := range args[2:] {
-		if !contains(kubePackages, pkg) {
+		if !contains(kubePackages, pkg) || !v.kubeRepo() {
 			fmt.Fprintf(stderr, "N: Unable to locate package %s\n", pkg)
 			continue
 		}
@@ -174,6 +188,10 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		pkg, ver, pinned := strings.Cut(a, "=")
 		if !contains(kubePackages, pkg) {
 			continue
+		}
+		if !v.kubeRepo() {
+			fmt.Fprintf(stderr, "E: Unable to locate package %s\n", pkg)
+			return 100
 		}
 		if !pinned {
 			ver = v.fleet.Available()[0]

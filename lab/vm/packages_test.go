@@ -55,6 +55,14 @@ func TestKubePackages(t *testing.T) {
 	if v.PackageVersion("kubelet") != "1.37.3-1.1" || !v.Held("kubelet") || v.Held("kubeadm") {
 		t.Errorf("kubelet %s held %v, kubeadm held %v", v.PackageVersion("kubelet"), v.Held("kubelet"), v.Held("kubeadm"))
 	}
+	// Without the Kubernetes repository in its sources, apt finds none of its packages.
+	v.SetKubeRepo(false)
+	if out, errs, code := run(t, cl, "apt-cache madison kubeadm"); code != 0 || out != "" || !strings.Contains(errs, "N: Unable to locate package kubeadm") {
+		t.Errorf("madison without the repository: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if _, errs, code := run(t, cl, "sudo apt-get install -y kubeadm=1.37.2-1.1"); code != 100 || !strings.Contains(errs, "E: Unable to locate package kubeadm") {
+		t.Errorf("install without the repository: exit %d, stderr %q", code, errs)
+	}
 }
 
 // TestRestartKubeletReportsVersion: after an upgrade of the kubelet package, the Node

@@ -152,6 +152,7 @@ type VM struct {
 	bootFinished time.Time
 	pkgs         map[string]string // installed package versions that differ from the fleet's
 	held         map[string]bool   // packages apt-mark holds
+	noKubeRepo   bool              // the Kubernetes apt repository is missing from its sources
 }
 
 func (f *Fleet) log() *slog.Logger {
