@@ -7,8 +7,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"example.com/cookbook/cookbooks/state"
@@ -229,4 +231,91 @@ func vmOf(t *testing.T, s *stack.Stack, name string) *vm.VM {
 	}
 	t.Fatalf("no server %s", name)
 	return nil
+}
+
+// TestUpgradeK8sClusterCrashes: the Toolforge-shaped lab (3 control nodes, 4 workers, 2
+// NFS workers) at v1.36.5 is upgraded to v1.37.1 by upgrade-k8s-cluster
+// --max-unavailable 2: a dry-run first writes nothing; then the run is killed (SIGKILL)
+// at 20 or more seeded moments and resumed (with --yes) until done. The end state is an
+// uninterrupted run's: every node reports v1.37.1, kubeadm-config and every control
+// node's static pods say v1.37.1, the admin's cordon is kept and nothing else is left
+// cordoned, never more than 2 nodes unschedulable, no PodDisruptionBudget violated
+// (watched), each node's packages installed once, one kubeadm upgrade apply in the whole
+// record, an audit line per node.
+func TestUpgradeK8sClusterCrashes(t *testing.T) {
+	const from, to = "1.36.5", "1.37.1"
+	w, s := stackWorldOf(t, stack.Options{Controls: 3, Workers: 4, NFSWorkers: 2, KubernetesVersion: from})
+	ctx := context.Background()
+	rng := seededRand(t)
+	var nodes, controls []string
+	for _, srv := range s.Cloud.Servers() {
+		nodes = append(nodes, srv.Name)
+		if strings.Contains(srv.Name, "-control-") {
+			controls = append(controls, srv.Name)
+		}
+	}
+	if len(nodes) != 9 || len(controls) != 3 {
+		t.Fatalf("lab nodes %v", nodes)
+	}
+	adminCordoned := s.Prefix + "-worker-nfs-2"
+	if _, err := s.CP.Client.CoreV1().Nodes().Patch(ctx, adminCordoned, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--yes", "upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", to, "--max-unavailable", "2", "--force", "--delete-emptydir-data", "--timeout", "90s"}
+
+	m := markWrites(s)
+	r := w.run(append([]string{"--dry-run"}, args...)...)
+	wantCode(t, r, 0)
+	m.none(t, "upgrade-k8s-cluster --dry-run")
+	if strings.Count(r.stderr, "kubeadm upgrade apply v"+to+" -y host=") != 1 || strings.Count(r.stderr, "kubeadm upgrade node host=") != 8 {
+		t.Errorf("the dry-run does not apply on one control node and upgrade-node the 8 others:\n%s", r.stderr)
+	}
+
+	web := minRunningPods(t, s, "sample", "web", 4)
+	api := minRunningPods(t, s, "sample", "api", 3)
+	cw := watchCluster(t, s)
+	kills, id := crashResumingWith(t, w, rng, 24, 3*time.Second, []string{"--yes"}, args...)
+	maxUnsched := cw.finish()
+	t.Logf("run %s: %d kills", id, kills)
+	if kills < 20 {
+		t.Errorf("only %d kills", kills)
+	}
+	if fewest := web(); fewest < 3 {
+		t.Errorf("web (PDB maxUnavailable 1 of 4) had %d pods running at once", fewest)
+	}
+	if fewest := api(); fewest < 2 {
+		t.Errorf("api (PDB minAvailable 2) had %d pods running at once", fewest)
+	}
+	if maxUnsched > 2 {
+		t.Errorf("%d nodes were unschedulable at once, more than --max-unavailable 2", maxUnsched)
+	}
+	if v, _ := s.CP.ClusterVersion(ctx); v != "v"+to {
+		t.Errorf("kubeadm-config says %s, want v%s", v, to)
+	}
+	audit, _ := os.ReadFile(s.AuditPath)
+	applies := 0
+	for _, n := range nodes {
+		node := nodeOf(t, s, n)
+		if node == nil || node.Status.NodeInfo.KubeletVersion != "v"+to || !lab.IsReady(node) || node.Spec.Unschedulable != (n == adminCordoned) {
+			t.Errorf("%s after the upgrade: %+v", n, node)
+		}
+		cmds := strings.Join(commandsOn(s, n), "\n")
+		for _, want := range []string{"apt-get install -y kubeadm=" + to + "-1.1", "apt-get install -y kubelet=" + to + "-1.1 kubectl=" + to + "-1.1"} {
+			if strings.Count(cmds, want) != 1 {
+				t.Errorf("%s ran %q %d times, want once", n, want, strings.Count(cmds, want))
+			}
+		}
+		applies += strings.Count(cmds, "kubeadm upgrade apply")
+		if want := "upgraded node " + n + " from Kubernetes v" + from + " to v" + to; !strings.Contains(string(audit), want) {
+			t.Errorf("no audit line %q", want)
+		}
+	}
+	if applies != 1 {
+		t.Errorf("kubeadm upgrade apply ran %d times in the whole record, want once", applies)
+	}
+	for _, n := range controls {
+		if pods, err := s.CP.StaticPodVersions(ctx, n); err != nil || pods["kube-apiserver"] != "v"+to || pods["kube-controller-manager"] != "v"+to || pods["kube-scheduler"] != "v"+to {
+			t.Errorf("static pods of %s: %v %v", n, pods, err)
+		}
+	}
 }
