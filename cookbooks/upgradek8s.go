@@ -372,8 +372,8 @@ func (u *upgrader) check(ctx context.Context) error {
 			if control && !in[n] && kv != u.dst {
 				controlsLeft = true
 			}
-			if cv.less(kv) {
-				add("node %s: kubelet %s is newer than the control plane (%s): the skew policy forbids it", n, node.Status.NodeInfo.KubeletVersion, cvs)
+			if kv[0] > cv[0] || kv[0] == cv[0] && kv[1] > cv[1] {
+				add("node %s: kubelet %s is of a newer minor than the control plane (%s): the skew policy forbids it", n, node.Status.NodeInfo.KubeletVersion, cvs)
 			}
 			if !in[n] && kv[0] == u.dst[0] && kv[1]+3 < u.dst[1] {
 				add("node %s: kubelet %s is not upgraded by this run and would be more than three minors older than the API server at %s", n, node.Status.NodeInfo.KubeletVersion, want)
@@ -452,6 +452,7 @@ func (u *upgrader) check(ctx context.Context) error {
 	if len(problems) > 0 {
 		return BadInputf("preflight of the upgrade of %s to %s: %d problem(s), nothing was changed:\n  - %s", u.cl.Name, want, len(problems), strings.Join(problems, "\n  - "))
 	}
+	u.env.Log.Info(fmt.Sprintf("preflight of the upgrade of %s to %s: no problem; control plane at %s, %d node(s) to upgrade: %s", u.cl.Name, want, cvs, len(todo), strings.Join(todo, ", ")))
 	return nil
 }
 

@@ -53,6 +53,20 @@ func (f *Fleet) Available() []string {
 	return out
 }
 
+// candidate is what apt-get install installs without a version: the newest patch of the
+// fleet's minor (the lab's apt preferences pin the cluster's minor's repository above
+// the next minor's, as an operator's apt component setting does).
+func (f *Fleet) candidate() string {
+	base := f.kubeVersion()
+	parts := strings.Split(base, ".")
+	for _, av := range f.Available() {
+		if len(parts) == 3 && strings.HasPrefix(av, parts[0]+"."+parts[1]+".") {
+			return av
+		}
+	}
+	return base + "-1.1"
+}
+
 // PackageVersion is the installed version of a package on the VM ("1.37.2-1.1"), "" for
 // a package that is not installed.
 func (v *VM) PackageVersion(pkg string) string {
@@ -194,7 +208,7 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 			return 100
 		}
 		if !pinned {
-			ver = v.fleet.Available()[0]
+			ver = v.fleet.candidate()
 		} else {
 			found := ""
 			for _, av := range v.fleet.Available() {

@@ -48,10 +48,11 @@ func (v *VM) installedVersion(pkg string) *utilversion.Version {
 	return ver
 }
 
-// kubeletSkew is kubeadm's KubeletVersion preflight check: a kubelet newer than the
-// control plane is an error ("" when it is not).
+// kubeletSkew is kubeadm's KubeletVersion preflight check: a kubelet of a newer minor
+// (or major) than the control plane is an error ("" when it is not); a newer patch is
+// allowed, as the skew policy allows it.
 func kubeletSkew(kubelet, cluster *utilversion.Version) string {
-	if kubelet == nil || cluster == nil || !cluster.LessThan(kubelet) {
+	if kubelet == nil || cluster == nil || (kubelet.Major() <= cluster.Major() && kubelet.Minor() <= cluster.Minor()) {
 		return ""
 	}
 	return fmt.Sprintf("the kubelet version is higher than the control plane version. This is not a supported version skew and may lead to a malfunctional cluster. Kubelet version: %q Control plane version: %q", kubelet, cluster)
