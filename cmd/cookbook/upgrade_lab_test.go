@@ -63,6 +63,13 @@ func TestUpgradeK8s(t *testing.T) {
 	if strings.Index(r.stderr, "kubeadm upgrade apply v"+dst+" -y host=") > strings.Index(r.stderr, "kubeadm upgrade node host=") {
 		t.Errorf("dry-run upgrades a worker before the control plane:\n%s", r.stderr)
 	}
+	m = markWrites(s)
+	r = w.run(append([]string{"--dry-run", "upgrade-k8s-node", "--hostname", control}, common...)...)
+	wantCode(t, r, 0)
+	m.none(t, "upgrade-k8s-node --dry-run")
+	if !strings.Contains(r.stderr, "kubeadm upgrade apply v"+dst+" -y host=") || !strings.Contains(r.stderr, "preflight of the upgrade of toolsbeta to v"+dst+": no problem") {
+		t.Errorf("the dry-run of a control node does not show the preflight and the apply:\n%s", r.stderr)
+	}
 
 	m = markWrites(s)
 	for _, args := range [][]string{
