@@ -337,7 +337,6 @@ func (u *upgrader) check(ctx context.Context) error {
 	add := func(f string, a ...any) { problems = append(problems, fmt.Sprintf(f, a...)) }
 	in := map[string]bool{}
 	var todo []string
-	controlsLeft := false
 	for _, n := range chosen {
 		in[n] = true
 		reason, err := u.skip(byName[n])
@@ -353,47 +352,22 @@ func (u *upgrader) check(ctx context.Context) error {
 	// The version skew policy.
 	want := "v" + u.dst.String()
 	cvs, err := k.ClusterVersion(ctx)
-	var cv version
-	if err == nil {
-		cv, err = parseVersion(cvs)
-	}
 	if err != nil {
 		add("the control plane's version: %v", err)
 	} else {
-		switch {
-		case u.dst.less(cv):
-			add("--dst-version %s is older than the control plane (%s in kube-system/kubeadm-config): downgrades are not supported", u.dst, cvs)
-		case u.dst[0] != cv[0] || u.dst[1] > cv[1]+1:
-			add("--dst-version %s skips a minor: the control plane is at %s and kubeadm upgrades one minor at a time (upgrade to %d.%d.x first)", u.dst, cvs, cv[0], cv[1]+1)
-		}
+		var nodes []skewNode
 		for _, n := range names {
-			node := byName[n]
-			kv, err := parseVersion(node.Status.NodeInfo.KubeletVersion)
-			if err != nil {
-				add("node %s: kubelet version: %v", n, err)
-				continue
-			}
 			_, rc, _ := u.cl.RoleOf(n)
-			control := rc != nil && rc.ControlPlane
-			if control && !in[n] && kv != u.dst {
-				controlsLeft = true
-			}
-			if kv[0] > cv[0] || kv[0] == cv[0] && kv[1] > cv[1] {
-				add("node %s: kubelet %s is of a newer minor than the control plane (%s): the skew policy forbids it", n, node.Status.NodeInfo.KubeletVersion, cvs)
-			}
-			if !in[n] && kv[0] == u.dst[0] && kv[1]+3 < u.dst[1] {
-				add("node %s: kubelet %s is not upgraded by this run and would be more than three minors older than the API server at %s", n, node.Status.NodeInfo.KubeletVersion, want)
-			}
+			nodes = append(nodes, skewNode{Name: n, Kubelet: byName[n].Status.NodeInfo.KubeletVersion, Control: rc != nil && rc.ControlPlane, Selected: in[n]})
 		}
-		workersToDo := false
+		todoSet := map[string]bool{}
 		for _, n := range todo {
-			if _, rc, _ := u.cl.RoleOf(n); rc == nil || !rc.ControlPlane {
-				workersToDo = true
-			}
+			todoSet[n] = true
 		}
-		if controlsLeft && workersToDo {
-			add("the control plane is at %s and not every control node at %s: upgrade the control nodes before any other kubelet (run without --workers-only, --role, --hostname-list or --batches, or with --control-only first)", cvs, want)
+		for i := range nodes {
+			nodes[i].ToDo = todoSet[nodes[i].Name]
 		}
+		problems = append(problems, skewProblems(cvs, u.dst, nodes)...)
 	}
 
 	// Every node Ready.
@@ -460,6 +434,58 @@ func (u *upgrader) check(ctx context.Context) error {
 	}
 	u.env.Log.Info(fmt.Sprintf("preflight of the upgrade of %s to %s: no problem; control plane at %s, %d node(s) to upgrade: %s", u.cl.Name, want, cvs, len(todo), strings.Join(todo, ", ")))
 	return nil
+}
+
+// skewNode is what the skew policy looks at of a node.
+type skewNode struct {
+	Name, Kubelet string
+	// Control: a control node; Selected: chosen by the run; ToDo: chosen and not at the
+	// target yet.
+	Control, Selected, ToDo bool
+}
+
+// skewProblems are the version skew policy's objections to upgrading the ToDo nodes to
+// dst while the control plane is at cvs (kubeadm-config): a downgrade, a skipped minor,
+// a kubelet of a newer minor than the control plane, a node left more than three minors
+// behind dst, kubelets upgraded while a control node the run does not take is not at dst.
+func skewProblems(cvs string, dst version, nodes []skewNode) []string {
+	var problems []string
+	add := func(f string, a ...any) { problems = append(problems, fmt.Sprintf(f, a...)) }
+	cv, err := parseVersion(cvs)
+	if err != nil {
+		return []string{fmt.Sprintf("the control plane's version in kube-system/kubeadm-config: %v", err)}
+	}
+	want := "v" + dst.String()
+	switch {
+	case dst.less(cv):
+		add("--dst-version %s is older than the control plane (%s in kube-system/kubeadm-config): downgrades are not supported", dst, cvs)
+	case dst[0] != cv[0] || dst[1] > cv[1]+1:
+		add("--dst-version %s skips a minor: the control plane is at %s and kubeadm upgrades one minor at a time (upgrade to %d.%d.x first)", dst, cvs, cv[0], cv[1]+1)
+	}
+	controlsLeft, workersToDo := false, false
+	for _, n := range nodes {
+		kv, err := parseVersion(n.Kubelet)
+		if err != nil {
+			add("node %s: kubelet version: %v", n.Name, err)
+			continue
+		}
+		if n.Control && !n.Selected && kv != dst {
+			controlsLeft = true
+		}
+		if !n.Control && n.ToDo {
+			workersToDo = true
+		}
+		if kv[0] > cv[0] || kv[0] == cv[0] && kv[1] > cv[1] {
+			add("node %s: kubelet %s is of a newer minor than the control plane (%s): the skew policy forbids it", n.Name, n.Kubelet, cvs)
+		}
+		if !n.Selected && kv[0] == dst[0] && kv[1]+3 < dst[1] {
+			add("node %s: kubelet %s is not upgraded by this run and would be more than three minors older than the API server at %s", n.Name, n.Kubelet, want)
+		}
+	}
+	if controlsLeft && workersToDo {
+		add("the control plane is at %s and not every control node at %s: upgrade the control nodes before any other kubelet (run without --workers-only, --role, --hostname-list or --batches, or with --control-only first)", cvs, want)
+	}
+	return problems
 }
 
 // etcdPreflight is the place of the etcd health check of issue 14 in the preflight (its
