@@ -254,16 +254,11 @@ func (r *replacer) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 		return nil, err
 	}
 	total := 0
-	for i, b := range p.Batches {
+	for _, b := range p.Batches {
 		total += len(b)
-		var olds []string
-		for _, o := range b {
-			olds = append(olds, fmt.Sprintf("%s (%s)", o.Server.Name, o.Image))
-		}
-		r.env.Log.Info(fmt.Sprintf("plan: batch %d/%d: replace %s with new %s node(s) on %s", i+1, len(p.Batches), strings.Join(olds, ", "), r.roleName, p.Image))
 	}
-	for _, n := range p.Current {
-		r.env.Log.Info(fmt.Sprintf("plan: %s is on %s already: left alone", n, p.Image))
+	if err := r.logPlan(ctx, v, spec, p); err != nil {
+		return nil, err
 	}
 	parts := [][]pipeline.Step{pipeline.One(auditStepNamed("audit-start", r.env, fmt.Sprintf("replace-k8s-nodes of %s started by %s: %d %s node(s) to %s in %d batch(es)", r.cl.Name, operator(), total, r.roleName, p.Image, len(p.Batches))))}
 	for i, b := range p.Batches {
@@ -300,7 +295,7 @@ func oldNames(b []oldNode) string {
 	return strings.Join(n, ", ")
 }
 
-// batchSteps is one batch: pick-names, the add sets of its new nodes side by side, the
+// batchSteps is one batch: pick-names, check-quota, the add sets of its new nodes side by side, the
 // health gate, then the removal (or, with --keep-old, the cordon and drain) of its old
 // nodes side by side, and one audit line per replacement.
 func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNode) ([]pipeline.Step, error) {
@@ -329,6 +324,9 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 	pick := pipeline.Step{Name: "pick-names", Desc: pipeline.Textf("pick the names of %d new %s node(s)", len(b), r.roleName), Do: func(ctx context.Context, v *pipeline.Values) error {
 		return r.pickNames(ctx, v, spec, b)
 	}}
+	quota := pipeline.Step{Name: "check-quota", Desc: pipeline.Textf("check the project's quota has room for %d new server(s)", len(b)), Do: func(ctx context.Context, v *pipeline.Values) error {
+		return r.checkQuota(ctx, v, spec, b)
+	}}
 	k := r.c.kube
 	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := k8sops.GateOptions{Timeout: r.timeout}
@@ -356,7 +354,7 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 		}
 		return nil
 	}}
-	return pipeline.Steps(pipeline.One(pick), add, pipeline.One(health), remove, pipeline.One(audit)), nil
+	return pipeline.Steps(pipeline.One(pick), pipeline.One(quota), add, pipeline.One(health), remove, pipeline.One(audit)), nil
 }
 
 // pickNames records the names of the batch's new nodes before their add sets run side by
@@ -388,6 +386,125 @@ func (r *replacer) pickNames(ctx context.Context, v *pipeline.Values, spec addSp
 		}
 		taken = append(taken, openstack.Server{Name: n})
 		r.env.Log.Info("new node name", "name", n)
+	}
+	return nil
+}
+
+// newFlavor is the flavor of the new nodes, as the add sets resolve it: --flavor, else the
+// role's, else the newest server's of the role.
+func (r *replacer) newFlavor(ctx context.Context, spec addSpec) (openstack.FlavorSize, error) {
+	ref := spec.Flavor
+	if ref == "" {
+		list, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+		if err != nil {
+			return openstack.FlavorSize{}, err
+		}
+		var newest *openstack.Server
+		for i := range list {
+			if newest == nil || list[i].Created.After(newest.Created) {
+				newest = &list[i]
+			}
+		}
+		if newest == nil {
+			return openstack.FlavorSize{}, BadInputf("no flavor for role %s: give --flavor or set roles.%s.flavor in the configuration", spec.Role, spec.Role)
+		}
+		ref = newest.FlavorID
+	}
+	return r.c.cloud.FlavorSize(ctx, ref)
+}
+
+// checkQuota refuses to start the batch's new servers when the project's quota has no
+// room for them, naming what is missing. Servers already made (a resumed run) need none.
+func (r *replacer) checkQuota(ctx context.Context, v *pipeline.Values, spec addSpec, b []oldNode) error {
+	list, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+	if err != nil {
+		return err
+	}
+	exists := map[string]bool{}
+	for _, s := range list {
+		exists[s.Name] = true
+	}
+	var todo []string
+	for _, o := range b {
+		n, err := addKeysIn(newScope(o.Server.Name)).hostname.Must(v)
+		if err != nil {
+			return err
+		}
+		if !exists[n] {
+			todo = append(todo, n)
+		}
+	}
+	if len(todo) == 0 {
+		return pipeline.Skip("the new servers exist already")
+	}
+	f, err := r.newFlavor(ctx, spec)
+	if err != nil {
+		return err
+	}
+	l, err := r.c.cloud.Limits(ctx)
+	if err != nil {
+		return err
+	}
+	if err := l.Check(openstack.NeedFor(len(todo), f)); err != nil {
+		err = fmt.Errorf("new server(s) %s of flavor %s: %w", strings.Join(todo, ", "), f.Name, err)
+		if r.env.DryRun {
+			r.env.Log.Warn("DRY-RUN: the run would stop here: " + err.Error())
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+// logPlan prints the plan: per batch the old nodes and the names of their new ones (those
+// recorded, else the next free numbers), the image and flavor; the nodes left alone; the
+// quota the run needs at its peak and what is left now. In dry-run also the pods each old
+// node would lose now and the budgets that would block now.
+func (r *replacer) logPlan(ctx context.Context, v *pipeline.Values, spec addSpec, p replacePlan) error {
+	for _, n := range p.Current {
+		r.env.Log.Info(fmt.Sprintf("plan: %s is on %s already: left alone", n, p.Image))
+	}
+	if len(p.Batches) == 0 {
+		return nil
+	}
+	f, err := r.newFlavor(ctx, spec)
+	if err != nil {
+		return err
+	}
+	taken, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+	if err != nil {
+		return err
+	}
+	peak, total := 0, 0
+	for i, b := range p.Batches {
+		var pairs []string
+		for _, o := range b {
+			n, ok := addKeysIn(newScope(o.Server.Name)).hostname.Get(v)
+			if !ok {
+				n = openstack.NextName(spec.Prefix, taken)
+				taken = append(taken, openstack.Server{Name: n})
+			}
+			pairs = append(pairs, fmt.Sprintf("%s (%s) -> %s", o.Server.Name, o.Image, n))
+		}
+		r.env.Log.Info(fmt.Sprintf("plan: batch %d/%d: %s on %s, flavor %s", i+1, len(p.Batches), strings.Join(pairs, ", "), p.Image, f.Name))
+		if r.env.DryRun {
+			for _, o := range b {
+				logDrainPlan(ctx, r.env, r.c.kube, o.Server.Name, r.drain)
+			}
+		}
+		peak, total = max(peak, len(b)), total+len(b)
+	}
+	if r.keep {
+		peak = total
+	}
+	l, err := r.c.cloud.Limits(ctx)
+	if err != nil {
+		return err
+	}
+	need := openstack.NeedFor(peak, f)
+	r.env.Log.Info(fmt.Sprintf("plan: quota needed at once: %s (%d new server(s) of flavor %s before old ones go); left now: %s", need, peak, f.Name, l.Left()))
+	if err := l.Check(need); err != nil {
+		r.env.Log.Warn("plan: " + err.Error())
 	}
 	return nil
 }

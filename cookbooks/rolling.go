@@ -167,21 +167,27 @@ func (r *rolling) logPlan(ctx context.Context, plan [][]rollNode) {
 			continue
 		}
 		for _, n := range b {
-			p, err := r.c.kube.PlanDrain(ctx, n.Name, r.Drain)
-			if err != nil {
-				r.Env.Log.Warn("cannot plan the drain", "node", n.Name, "err", err)
-				continue
-			}
-			r.Env.Log.Info(fmt.Sprintf("plan: %s: %d pod(s) to evict", n.Name, len(p.Evict)), "cordoned-by-admin", n.Cordoned)
-			for _, pdb := range p.PDBs {
-				if pdb.WouldBlock() {
-					r.Env.Log.Info("plan: " + n.Name + ": would wait on " + pdb.String())
-				}
-			}
-			for _, b := range p.Blocking {
-				r.Env.Log.Warn("plan: " + n.Name + ": blocks: " + b)
-			}
+			logDrainPlan(ctx, r.Env, r.c.kube, n.Name, r.Drain, "cordoned-by-admin", n.Cordoned)
 		}
+	}
+}
+
+// logDrainPlan prints what draining the node would do now: the pods it would evict, the
+// budgets that would make it wait and what would block it.
+func logDrainPlan(ctx context.Context, env *Env, k *k8sops.Ops, node string, opts k8sops.DrainOptions, attrs ...any) {
+	p, err := k.PlanDrain(ctx, node, opts)
+	if err != nil {
+		env.Log.Warn("cannot plan the drain", "node", node, "err", err)
+		return
+	}
+	env.Log.Info(fmt.Sprintf("plan: %s: %d pod(s) to evict", node, len(p.Evict)), attrs...)
+	for _, pdb := range p.PDBs {
+		if pdb.WouldBlock() {
+			env.Log.Info("plan: " + node + ": would wait on " + pdb.String())
+		}
+	}
+	for _, b := range p.Blocking {
+		env.Log.Warn("plan: " + node + ": blocks: " + b)
 	}
 }
 

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/cloud"
 )
 
 // TestReplaceNodes: replace-k8s-nodes upgrades the workers' OS by replacing them, end to
@@ -48,11 +50,25 @@ func TestReplaceNodes(t *testing.T) {
 		t.Errorf("bad input recorded %d run(s)", len(w.runs()))
 	}
 
+	// The project has room for one more server: enough for the canary, not for two at once.
+	used := s.Cloud.Usage()
+	s.Cloud.SetQuota(cloud.Quota{Instances: used.Instances + 1, Cores: 400, RAM: 800000})
+	quotaShort := fmt.Sprintf("quota: need 2 instances, 1 left of %d", used.Instances+1)
+
 	args := append(base, "--role", "worker", "--image", trixie, "--max-surge", "2", "--force", "--delete-emptydir-data")
 	r := w.run(append([]string{"--dry-run"}, args...)...)
 	wantCode(t, r, 0)
-	if !strings.Contains(r.stderr, "DRY-RUN: would create server "+prefix+"-worker-4") || !strings.Contains(r.stderr, "DRY-RUN: would delete server "+oldNames[0]) {
-		t.Errorf("dry-run does not show the plan:\n%s", r.stderr)
+	for _, want := range []string{
+		"DRY-RUN: would create server " + prefix + "-worker-4", "DRY-RUN: would delete server " + oldNames[0],
+		"plan: batch 1/2: " + oldNames[0] + " (debian-12.0-bookworm) -> " + prefix + "-worker-4, " + oldNames[1] + " (debian-12.0-bookworm) -> " + prefix + "-worker-5 on " + trixie + ", flavor ",
+		"plan: batch 2/2: " + oldNames[2] + " (debian-12.0-bookworm) -> " + prefix + "-worker-6",
+		"plan: " + oldNames[0] + ": ", " pod(s) to evict",
+		"plan: quota needed at once: 2 instance(s), ", "plan: " + quotaShort,
+		"DRY-RUN: the run would stop here: new server(s) " + prefix + "-worker-4, " + prefix + "-worker-5 of flavor ",
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("dry-run does not show %q:\n%s", want, r.stderr)
+		}
 	}
 	mark.none(t, "dry-run replace-k8s-nodes")
 
@@ -66,6 +82,20 @@ func TestReplaceNodes(t *testing.T) {
 		t.Fatalf("after the canary: want worker-1 replaced by worker-4, the others left:\n%s", r.stderr)
 	}
 
+	// Two new servers at once do not fit: the batch stops before creating any, naming
+	// what is missing; with the quota raised, resume goes on.
+	before := len(s.Cloud.Servers())
+	r = w.run("resume", m[1])
+	if r.code == 0 || !strings.Contains(r.stderr, quotaShort) {
+		t.Fatalf("resume short of quota: exit %d, want a failure naming %q:\n%s", r.code, quotaShort, r.stderr)
+	}
+	if n := len(s.Cloud.Servers()); n != before {
+		t.Errorf("short of quota: %d servers, want %d (none created)", n, before)
+	}
+	if n := nodeOf(t, s, oldNames[1]); n == nil || n.Spec.Unschedulable {
+		t.Errorf("short of quota: %s cordoned or gone", oldNames[1])
+	}
+	s.Cloud.SetQuota(cloud.Quota{Instances: used.Instances + 2, Cores: 400, RAM: 800000})
 	r = w.run("resume", m[1])
 	wantCode(t, r, 0)
 

@@ -81,3 +81,18 @@ func (c *Cloud) applyServerFaults(s *Server) {
 		}
 	}
 }
+
+// SetQuota changes the project's quota (as an administrator raising or lowering it);
+// servers beyond it are kept, new ones refused.
+func (c *Cloud) SetQuota(q Quota) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.Quota = q
+}
+
+// Usage is what the project's servers use of its quota.
+func (c *Cloud) Usage() Quota {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.usage()
+}
