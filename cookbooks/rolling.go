@@ -343,6 +343,11 @@ type rollProgress struct {
 	every   time.Duration // between summaries; 0 means 30 seconds
 	total   int
 	started time.Time
+	// plan returns the job's nodes and inFlight whether a node not done is in progress;
+	// nil means the rolling plan and its recorded cordon state (replace-k8s-nodes counts
+	// its old nodes and their new nodes' recorded names).
+	plan     func(v *pipeline.Values) [][]rollNode
+	inFlight func(v *pipeline.Values, node string) bool
 }
 
 func (p *rollProgress) transition(node, state string) {
@@ -365,6 +370,10 @@ func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.
 				if last.IsZero() || t.After(last) {
 					last = t
 				}
+			} else if p.inFlight != nil {
+				if p.inFlight(v, n.Name) {
+					inProgress++
+				}
 			} else if _, ok := pipeline.In(pipeline.Scope(n.Name), keyWasCordoned).Get(v); ok {
 				inProgress++
 			}
@@ -379,6 +388,9 @@ func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.
 
 func (p *rollProgress) summary(v *pipeline.Values) {
 	plan, _ := keyRollPlan.Get(v)
+	if p.plan != nil {
+		plan = p.plan(v)
+	}
 	p.log.Info("progress: " + p.snapshot(v, plan).String())
 }
 

@@ -78,6 +78,9 @@ func TestReplaceNodes(t *testing.T) {
 	if m == nil {
 		t.Fatalf("canary: no resume command:\n%s", r.stderr)
 	}
+	if !strings.Contains(r.stderr, "progress: 1/3 done, 0 in progress, 2 left, ETA ") {
+		t.Errorf("canary: no progress line 1/3 done with an ETA:\n%s", r.stderr)
+	}
 	if nodeOf(t, s, oldNames[0]) != nil || nodeOf(t, s, oldNames[1]) == nil || nodeOf(t, s, prefix+"-worker-4") == nil {
 		t.Fatalf("after the canary: want worker-1 replaced by worker-4, the others left:\n%s", r.stderr)
 	}
@@ -98,6 +101,9 @@ func TestReplaceNodes(t *testing.T) {
 	s.Cloud.SetQuota(cloud.Quota{Instances: used.Instances + 2, Cores: 400, RAM: 800000})
 	r = w.run("resume", m[1])
 	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "progress: 3/3 done, 0 in progress, 0 left") {
+		t.Errorf("resume: no final progress line 3/3 done:\n%s", r.stderr)
+	}
 
 	images := map[string]string{"7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0001": "debian-12.0-bookworm", "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0002": trixie}
 	var workers []string
@@ -135,6 +141,11 @@ func TestReplaceNodes(t *testing.T) {
 	}
 	b, _ := os.ReadFile(s.AuditPath)
 	audit := string(b)
+	for _, want := range []string{"replace-k8s-nodes of toolsbeta started by ", "replace-k8s-nodes of toolsbeta finished: 3 worker node(s) replaced"} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("audit log has no %q:\n%s", want, audit)
+		}
+	}
 	if !strings.Contains(audit, "Replaced "+oldNames[0]) || !strings.Contains(audit, "(debian-12.0-bookworm) with "+prefix+"-worker-4") || strings.Count(audit, "Replaced ") != 3 {
 		t.Errorf("audit log:\n%s", audit)
 	}
