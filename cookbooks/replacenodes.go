@@ -560,6 +560,13 @@ func (r *replacer) logPlan(ctx context.Context, v *pipeline.Values, spec addSpec
 	for _, n := range p.Current {
 		r.env.Log.Info(fmt.Sprintf("plan: %s is on %s already: left alone", n, p.Image))
 	}
+	for _, o := range p.Kept {
+		what := "remove it"
+		if r.keep {
+			what = "left kept (a run without --keep-old removes it)"
+		}
+		r.env.Log.Info(fmt.Sprintf("plan: %s (%s) was replaced by %s in an earlier --keep-old run: %s", o.Server.Name, o.Image, o.ReplacedBy, what))
+	}
 	if len(p.Batches) == 0 {
 		return nil
 	}

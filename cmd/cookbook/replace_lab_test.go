@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
@@ -14,7 +17,8 @@ import (
 // TestReplaceNodes: replace-k8s-nodes upgrades the workers' OS by replacing them, end to
 // end through the binary in the lab: bad input is exit 2 with one line; --dry-run writes
 // nothing; --canary replaces one node and pauses (exit 0, the resume command); resume
-// replaces the rest, two at a time: afterwards as many workers as before, every one on the
+// replaces the rest, two at a time (the quota checked first, the sample workload within
+// its PDBs throughout): afterwards as many workers as before, every one on the
 // new image and Ready with the role's labels, no old server or Node left.
 func TestReplaceNodes(t *testing.T) {
 	w, s := stackWorld(t, 3, 0)
@@ -72,6 +76,8 @@ func TestReplaceNodes(t *testing.T) {
 	}
 	mark.none(t, "dry-run replace-k8s-nodes")
 
+	// The sample workload stays within its PDBs throughout the replacement.
+	stopWeb, stopAPI := minRunningPods(t, s, "sample", "web", 4), minRunningPods(t, s, "sample", "api", 3)
 	r = w.run(append(args, "--canary")...)
 	wantCode(t, r, 0)
 	m := regexp.MustCompile(`continue the same plan with: cookbook resume (\S+)`).FindStringSubmatch(r.stderr)
@@ -101,6 +107,9 @@ func TestReplaceNodes(t *testing.T) {
 	s.Cloud.SetQuota(cloud.Quota{Instances: used.Instances + 2, Cores: 400, RAM: 800000})
 	r = w.run("resume", m[1])
 	wantCode(t, r, 0)
+	if web, api := stopWeb(), stopAPI(); web < 3 || api < 2 {
+		t.Errorf("fewest running pods: web %d (PDB maxUnavailable 1 of 4), api %d (PDB minAvailable 2)", web, api)
+	}
 	if !strings.Contains(r.stderr, "progress: 3/3 done, 0 in progress, 0 left") {
 		t.Errorf("resume: no final progress line 3/3 done:\n%s", r.stderr)
 	}
@@ -148,5 +157,114 @@ func TestReplaceNodes(t *testing.T) {
 	}
 	if !strings.Contains(audit, "Replaced "+oldNames[0]) || !strings.Contains(audit, "(debian-12.0-bookworm) with "+prefix+"-worker-4") || strings.Count(audit, "Replaced ") != 3 {
 		t.Errorf("audit log:\n%s", audit)
+	}
+}
+
+// TestReplaceKeepOld: --keep-old adds the new nodes and only cordons and drains the old
+// ones, labelled with their replacement, then pauses (exit 0); `resume` removes them. A
+// second --keep-old run (back to the first image) is finished by a new run without
+// --keep-old (and --new), which finds the kept nodes by their label and only removes them. The sample
+// workload's web Deployment never loses more than its PDB allows.
+func TestReplaceKeepOld(t *testing.T) {
+	w, s := stackWorld(t, 2, 0)
+	prefix := s.Prefix
+	const trixie, bookworm = "debian-13.0-trixie", "debian-12.0-bookworm"
+	base := []string{"replace-k8s-nodes", "--cluster-name", "toolsbeta", "--role", "worker", "--max-surge", "2", "--force", "--delete-emptydir-data"}
+	workers := func() map[string]string {
+		out := map[string]string{}
+		images := map[string]string{"7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0001": bookworm, "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0002": trixie}
+		for _, srv := range s.Cloud.Servers() {
+			if regexp.MustCompile("^" + prefix + `-worker-[0-9]+$`).MatchString(srv.Name) {
+				out[srv.Name] = images[srv.ImageID]
+			}
+		}
+		return out
+	}
+	// kept checks the old nodes are there, cordoned, drained of the sample workload and
+	// labelled with their replacement, and the new ones Ready and schedulable.
+	kept := func(old, repl []string) {
+		t.Helper()
+		for i, o := range old {
+			n := nodeOf(t, s, o)
+			if n == nil || !n.Spec.Unschedulable || n.Labels["cookbook/replaced-by"] != repl[i] {
+				t.Errorf("kept node %s: want there, cordoned, labelled cookbook/replaced-by=%s; got %v", o, repl[i], n)
+				continue
+			}
+			pods, err := s.CP.Client.CoreV1().Pods("sample").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + o})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pods.Items {
+				if p.Labels["app"] != lab.SampleWorkload.DaemonSet { // a drain leaves DaemonSet pods
+					t.Errorf("kept node %s: pod %s left, want drained", o, p.Name)
+				}
+			}
+			if n := nodeOf(t, s, repl[i]); n == nil || n.Spec.Unschedulable || !lab.IsReady(n) {
+				t.Errorf("new node %s not Ready and schedulable", repl[i])
+			}
+		}
+	}
+	gone := func(old []string) {
+		t.Helper()
+		ws := workers()
+		for _, o := range old {
+			if _, ok := ws[o]; ok || nodeOf(t, s, o) != nil {
+				t.Errorf("old node %s: server or Node still there", o)
+			}
+		}
+		if len(ws) != 2 {
+			t.Errorf("workers %v, want 2", ws)
+		}
+		for name := range ws {
+			if n := nodeOf(t, s, name); n == nil || n.Spec.Unschedulable || !lab.IsReady(n) {
+				t.Errorf("worker %s missing, cordoned or not Ready", name)
+			}
+		}
+	}
+	old := []string{prefix + "-worker-1", prefix + "-worker-2"}
+	repl := []string{prefix + "-worker-3", prefix + "-worker-4"}
+
+	stopWeb := minRunningPods(t, s, "sample", "web", 4)
+	r := w.run(append(base, "--image", trixie, "--keep-old")...)
+	wantCode(t, r, 0)
+	m := regexp.MustCompile(`--keep-old: .* kept, cordoned and drained, .*continue the same plan with: cookbook resume (\S+)`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("--keep-old: no pause naming the kept nodes and the resume command:\n%s", r.stderr)
+	}
+	if got := workers(); len(got) != 4 || got[repl[0]] != trixie || got[repl[1]] != trixie {
+		t.Fatalf("--keep-old: workers %v, want the 2 old and 2 new on %s", got, trixie)
+	}
+	kept(old, repl)
+	r = w.run("resume", m[1])
+	wantCode(t, r, 0)
+	gone(old)
+	if !strings.Contains(r.stderr, "replace-k8s-nodes of toolsbeta finished: 2 worker node(s) replaced") {
+		t.Errorf("resume: no end line:\n%s", r.stderr)
+	}
+
+	// Back to bookworm, kept again; a new run without --keep-old removes the kept nodes
+	// and creates no server.
+	r = w.run(append(base, "--image", bookworm, "--keep-old")...)
+	wantCode(t, r, 0)
+	repl2 := []string{prefix + "-worker-5", prefix + "-worker-6"}
+	kept(repl, repl2)
+	creates := s.Cloud.Writes()["POST /compute/v2.1/servers"]
+	// The paused run would remove them too; a new run (--new: the paused one is left
+	// to be abandoned) is the other way.
+	r = w.run(append(base, "--image", bookworm, "--keep-old=false", "--new")...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "plan: "+repl[0]+" ("+trixie+") was replaced by "+repl2[0]+" in an earlier --keep-old run: remove it") {
+		t.Errorf("the plan does not name the kept node to remove:\n%s", r.stderr)
+	}
+	if n := s.Cloud.Writes()["POST /compute/v2.1/servers"]; n != creates {
+		t.Errorf("removing kept nodes created %d server(s)", n-creates)
+	}
+	gone(repl)
+	if webMin := stopWeb(); webMin < 3 {
+		t.Errorf("web fell to %d running pods; its PDB (maxUnavailable 1) allows 3", webMin)
+	}
+	b, _ := os.ReadFile(s.AuditPath)
+	if c := strings.Count(string(b), "kept after its replacement by"); c != 4 {
+		t.Errorf("%d removal audit lines, want 4:\n%s", c, b)
 	}
 }
