@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -267,4 +268,119 @@ func TestReplaceKeepOld(t *testing.T) {
 	if c := strings.Count(string(b), "kept after its replacement by"); c != 4 {
 		t.Errorf("%d removal audit lines, want 4:\n%s", c, b)
 	}
+}
+
+// TestReplaceCrashAndFaults kills replace-k8s-nodes with SIGKILL at seeded moments and
+// resumes it, round after round (the workers go from one image to the other and back):
+// after each round exactly as many workers as before, all on the round's image, Ready and
+// schedulable, one server per name, no old server or Node left. Then, with the cloud
+// failing 30% of server creates (the response lost after the server was made) and 30% of
+// deletes, a run completes with the same end state. COOKBOOK_CRASH_KILLS sets how many
+// kills (default 8; 20 is the issue's full run).
+func TestReplaceCrashAndFaults(t *testing.T) {
+	w, s := stackWorld(t, 2, 0)
+	prefix := s.Prefix
+	rng := seededRand(t)
+	want := 8
+	if v := os.Getenv("COOKBOOK_CRASH_KILLS"); v != "" {
+		fmt.Sscan(v, &want)
+	}
+	images := []string{"debian-13.0-trixie", "debian-12.0-bookworm"}
+	imageID := map[string]string{"7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0001": images[1], "7b5ac6e3-7a9a-4d1e-9a3c-2c6f1b1d0002": images[0]}
+	workerRE := regexp.MustCompile("^" + prefix + `-worker-[0-9]+$`)
+	// check verifies the end state of a round onto image; before are the workers it
+	// replaced.
+	check := func(round string, image string, before map[string]bool) {
+		t.Helper()
+		count := map[string]int{}
+		workers := 0
+		for _, srv := range s.Cloud.Servers() {
+			count[srv.Name]++
+			if !workerRE.MatchString(srv.Name) {
+				continue
+			}
+			workers++
+			if before[srv.Name] {
+				t.Errorf("%s: old server %s still there", round, srv.Name)
+			}
+			if imageID[srv.ImageID] != image || s.Fleet.VM(srv.ID).Image != image {
+				t.Errorf("%s: server %s on %s (VM %s), want %s", round, srv.Name, imageID[srv.ImageID], s.Fleet.VM(srv.ID).Image, image)
+			}
+			if n := nodeOf(t, s, srv.Name); n == nil || n.Spec.Unschedulable || !lab.IsReady(n) {
+				t.Errorf("%s: node %s missing, cordoned or not Ready", round, srv.Name)
+			}
+		}
+		for name, c := range count {
+			if c != 1 {
+				t.Errorf("%s: %d servers named %s", round, c, name)
+			}
+		}
+		if workers != 2 {
+			t.Errorf("%s: %d workers, want 2: %v", round, workers, keys(count))
+		}
+		nodes, err := s.CP.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes.Items {
+			if count[n.Name] != 1 {
+				t.Errorf("%s: node %s has no server", round, n.Name)
+			}
+		}
+	}
+	workers := func() map[string]bool {
+		out := map[string]bool{}
+		for _, srv := range s.Cloud.Servers() {
+			if workerRE.MatchString(srv.Name) {
+				out[srv.Name] = true
+			}
+		}
+		return out
+	}
+	args := func(image string) []string {
+		return []string{"replace-k8s-nodes", "--cluster-name", "toolsbeta", "--role", "worker", "--image", image, "--max-surge", "2", "--force", "--delete-emptydir-data", "--new"}
+	}
+
+	start := time.Now()
+	total, round := 0, 0
+	for ; total < want && round < 10; round++ {
+		image := images[round%2]
+		before := workers()
+		k, id := crash(t, w, rng, min(5, want-total), 6*time.Second, args(image)...)
+		total += k
+		check(fmt.Sprintf("round %d (%d kills, run %s)", round, k, id), image, before)
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	if total < want {
+		t.Errorf("only %d kills in %d rounds", total, round)
+	}
+	t.Logf("%d kills in %d rounds, %s", total, round, time.Since(start).Round(time.Second))
+
+	s.Cloud.SetFaults(cloud.Faults{Rules: []cloud.FaultRule{
+		{Method: "POST", PathPrefix: "/compute/v2.1/servers", ErrorRate: 0.3, After: true},
+		{Method: "DELETE", PathPrefix: "/compute/v2.1/servers", ErrorRate: 0.3},
+	}})
+	defer s.Cloud.SetFaults(cloud.Faults{})
+	// Rounds under faults until both a create and a delete were retried (each round
+	// makes 2 creates and 2 deletes: most often the first round does).
+	var creates, deletes bool
+	faultRounds := 0
+	retried := regexp.MustCompile(`transient failure, retrying.* request="?(create server|DELETE )`)
+	for i := 0; i < 6 && !(creates && deletes); i, round = i+1, round+1 {
+		image := images[round%2]
+		before := workers()
+		r := w.run(args(image)...)
+		wantCode(t, r, 0)
+		check(fmt.Sprintf("with faults, round %d", i), image, before)
+		faultRounds++
+		for _, m := range retried.FindAllStringSubmatch(r.stderr, -1) {
+			creates, deletes = creates || m[1] == "create server", deletes || m[1] == "DELETE "
+		}
+	}
+	if !creates || !deletes {
+		t.Errorf("the injected faults made no create (%v) or no delete (%v) retry", creates, deletes)
+	}
+	t.Logf("%d round(s) under faults", faultRounds)
 }
