@@ -99,8 +99,7 @@ func replaceProgress(env *Env, p replacePlan, total int) *rollProgress {
 		}
 		plan = append(plan, nodes)
 	}
-	return &rollProgress{log: env.Log, total: total, started: time.Now(),
-		plan: func(*pipeline.Values) [][]rollNode { return plan },
+	return &rollProgress{log: env.Log, total: total, started: time.Now(), nodes: plan,
 		inFlight: func(v *pipeline.Values, old string) bool {
 			_, ok := addKeysIn(newScope(old)).hostname.Get(v)
 			return ok
@@ -353,8 +352,12 @@ func (r *replacer) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 		}
 		parts = append(parts, pipeline.One(pause), steps)
 	}
-	parts = append(parts, pipeline.One(auditStep(r.env, fmt.Sprintf("replace-k8s-nodes of %s finished: %d %s node(s) replaced", r.cl.Name, total, r.roleName))))
-	if !r.env.DryRun {
+	end := fmt.Sprintf("replace-k8s-nodes of %s finished: %d %s node(s) replaced", r.cl.Name, total, r.roleName)
+	if len(p.Kept) > 0 && !r.keep {
+		end += fmt.Sprintf(", %d kept by an earlier run removed", len(p.Kept))
+	}
+	parts = append(parts, pipeline.One(auditStep(r.env, end)))
+	if !r.env.DryRun && total > 0 {
 		go r.progress.tick(ctx, v)
 	}
 	return pipeline.Steps(parts...), nil
@@ -368,9 +371,9 @@ func oldNames(b []oldNode) string {
 	return strings.Join(n, ", ")
 }
 
-// batchSteps is one batch: pick-names, check-quota, the add sets of its new nodes side by side, the
-// health gate, then the removal (or, with --keep-old, the cordon and drain) of its old
-// nodes side by side, and one audit line per replacement.
+// batchSteps is one batch: pick-names, check-quota, the add sets of its new nodes side by
+// side, the health gate, then the removal (or, with --keep-old, the label, cordon and
+// drain) of its old nodes side by side, and one audit line per replacement.
 func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNode) ([]pipeline.Step, error) {
 	adds := make([]pipeline.Set, len(b))
 	removes := make([]pipeline.Set, len(b))

@@ -343,10 +343,10 @@ type rollProgress struct {
 	every   time.Duration // between summaries; 0 means 30 seconds
 	total   int
 	started time.Time
-	// plan returns the job's nodes and inFlight whether a node not done is in progress;
-	// nil means the rolling plan and its recorded cordon state (replace-k8s-nodes counts
+	// nodes are the job's nodes and inFlight says whether a node not done is in progress;
+	// nil means the recorded rolling plan and its cordon state (replace-k8s-nodes counts
 	// its old nodes and their new nodes' recorded names).
-	plan     func(v *pipeline.Values) [][]rollNode
+	nodes    [][]rollNode
 	inFlight func(v *pipeline.Values, node string) bool
 }
 
@@ -387,9 +387,9 @@ func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.
 }
 
 func (p *rollProgress) summary(v *pipeline.Values) {
-	plan, _ := keyRollPlan.Get(v)
-	if p.plan != nil {
-		plan = p.plan(v)
+	plan := p.nodes
+	if plan == nil {
+		plan, _ = keyRollPlan.Get(v)
 	}
 	p.log.Info("progress: " + p.snapshot(v, plan).String())
 }

@@ -257,6 +257,9 @@ func TestReplaceKeepOld(t *testing.T) {
 	if !strings.Contains(r.stderr, "plan: "+repl[0]+" ("+trixie+") was replaced by "+repl2[0]+" in an earlier --keep-old run: remove it") {
 		t.Errorf("the plan does not name the kept node to remove:\n%s", r.stderr)
 	}
+	if !strings.Contains(r.stderr, "finished: 0 worker node(s) replaced, 2 kept by an earlier run removed") {
+		t.Errorf("no end line naming the removed kept nodes:\n%s", r.stderr)
+	}
 	if n := s.Cloud.Writes()["POST /compute/v2.1/servers"]; n != creates {
 		t.Errorf("removing kept nodes created %d server(s)", n-creates)
 	}
