@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
 )
@@ -279,12 +280,13 @@ func TestReplaceKeepOld(t *testing.T) {
 // schedulable, one server per name, no old server or Node left. Then, with the cloud
 // failing 30% of server creates (the response lost after the server was made) and 30% of
 // deletes, a run completes with the same end state. COOKBOOK_CRASH_KILLS sets how many
-// kills (default 8; 20 is the full run).
+// kills (default 5; 20 is the full run). The second round (and every third after
+// it) is a --keep-old one: paused with the old nodes kept, then resumed, killed as well.
 func TestReplaceCrashAndFaults(t *testing.T) {
 	w, s := stackWorld(t, 2, 0)
 	prefix := s.Prefix
 	rng := seededRand(t)
-	want := 8
+	want := 5
 	if v := os.Getenv("COOKBOOK_CRASH_KILLS"); v != "" {
 		fmt.Sscan(v, &want)
 	}
@@ -349,9 +351,31 @@ func TestReplaceCrashAndFaults(t *testing.T) {
 	for ; total < want && round < 10; round++ {
 		image := images[round%2]
 		before := workers()
-		k, id := crash(t, w, rng, min(5, want-total), 6*time.Second, args(image)...)
+		a, keep := args(image), round%3 == 1
+		if keep {
+			a = append(a, "--keep-old")
+		}
+		k, id := crash(t, w, rng, min(5, want-total), 6*time.Second, a...)
 		total += k
-		check(fmt.Sprintf("round %d (%d kills, run %s)", round, k, id), image, before)
+		// A --keep-old round pauses with the old nodes kept (unless a kill at the pause made
+		// the harness resume it to the end); resuming it, killed too, removes them.
+		if run, _ := (&state.Store{Dir: w.stateDir}).Load(id); keep && run != nil && run.Status == state.Paused {
+			now := workers()
+			if len(now) != 4 {
+				t.Errorf("round %d (--keep-old): workers %v, want the 2 old and 2 new", round, keys2(now))
+			}
+			for old := range before {
+				n := nodeOf(t, s, old)
+				if n == nil || !n.Spec.Unschedulable || !now[n.Labels["cookbook/replaced-by"]] || before[n.Labels["cookbook/replaced-by"]] {
+					t.Errorf("round %d (--keep-old): old node %s not kept cordoned and labelled with a new worker: %v", round, old, n)
+				}
+			}
+			t.Logf("round %d: --keep-old paused with the old nodes kept; resuming it", round)
+			k2, _ := crash(t, w, rng, min(5, max(want-total, 0)), 6*time.Second, "resume", id)
+			total += k2
+			k += k2
+		}
+		check(fmt.Sprintf("round %d (%d kills, run %s, keep-old %v)", round, k, id, keep), image, before)
 		if t.Failed() {
 			t.FailNow()
 		}
@@ -386,4 +410,12 @@ func TestReplaceCrashAndFaults(t *testing.T) {
 		t.Errorf("the injected faults made no create (%v) or no delete (%v) retry", creates, deletes)
 	}
 	t.Logf("%d round(s) under faults", faultRounds)
+}
+
+func keys2(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
