@@ -330,7 +330,7 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 		return r.pickNames(ctx, v, spec, b)
 	}}
 	k := r.c.kube
-	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes (for 2s without a break)"), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := k8sops.GateOptions{Timeout: r.timeout}
 		if r.env.DryRun {
 			bad, err := k.Health(ctx, gate)

@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -58,13 +59,47 @@ type rolling struct {
 	Timeout time.Duration
 	Force   bool
 	Drain   k8sops.DrainOptions
-	// Gate configures the health gate's checks (Handled and Timeout are set per batch).
+	// Gate configures the health gate (its Window; Handling, Handled and Timeout are set
+	// per batch).
 	Gate k8sops.GateOptions
 	// Clients makes the backends; nil means the cluster's real (or dry-run) ones.
 	Clients func(ctx context.Context) (*clients, error)
 
 	c        *clients
 	progress *rollProgress
+
+	watchMu sync.Mutex
+	watch   *k8sops.HealthWatch // the health gates' watches, started at the first gate
+	closed  bool
+}
+
+// healthWatch returns the run's health watch, started by the first gate that asks: one
+// set of watches serves every batch.
+func (r *rolling) healthWatch(ctx context.Context) (*k8sops.HealthWatch, error) {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("health gate: %w", context.Canceled)
+	}
+	if r.watch == nil {
+		w, err := r.c.kube.WatchHealth(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.watch = w
+	}
+	return r.watch, nil
+}
+
+// Close stops the health gate's watches; the job's Close calls it when the run ends.
+func (r *rolling) Close() {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	r.closed = true
+	if r.watch != nil {
+		r.watch.Stop()
+		r.watch = nil
+	}
 }
 
 // Plan is the job's Plan.
@@ -248,7 +283,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 		handled = append(handled, n.Name)
 	}
 	k := r.c.kube
-	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+	window := r.Gate.Window
+	if window <= 0 {
+		window = k8sops.DefaultHealthWindow
+	}
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Textf("wait until the cluster is healthy for %s without a break", ShortDuration(window)), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := r.Gate
 		gate.Handled, gate.Timeout = handled, r.Timeout
 		if r.Env.DryRun {
@@ -258,7 +297,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 			}
 			return err
 		}
-		if err := k.WaitHealthy(ctx, gate); err != nil {
+		w, err := r.healthWatch(ctx)
+		if err != nil {
+			return err
+		}
+		if err := w.Wait(ctx, gate); err != nil {
 			return err
 		}
 		for _, n := range b {

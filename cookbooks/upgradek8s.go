@@ -64,6 +64,7 @@ func upgradeFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long a node may take to report the new version and be Ready"},
 		&cli.BoolFlag{Name: "force-uncordon", Usage: "also uncordon nodes an administrator had cordoned before the run"},
+		healthWindowFlag(),
 	}, drainFlags()...)
 }
 
@@ -118,11 +119,20 @@ type upgrader struct {
 	src     *version
 	max     int
 	settle  time.Duration
+	window  time.Duration
 	timeout time.Duration
 	force   bool
 	drain   k8sops.DrainOptions
 
 	selectNodes func(names []string) ([]string, error)
+	roll        *rolling
+}
+
+// close stops what the run's rolling skeleton started (the job's Close).
+func (u *upgrader) close() {
+	if u.roll != nil {
+		u.roll.Close()
+	}
 }
 
 func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
@@ -138,6 +148,9 @@ func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
 		return nil, err
 	}
 	if u.timeout, err = positiveDuration(c, "timeout", 10*time.Minute); err != nil {
+		return nil, err
+	}
+	if u.window, err = positiveDuration(c, "health-window", k8sops.DefaultHealthWindow); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -176,7 +189,7 @@ func prepareUpgradeNode(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(u.cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}, nil
 }
 
 func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
@@ -217,7 +230,7 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(u.cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}, nil
 }
 
 // skip leaves out a node already at the target version, and refuses one at neither
@@ -271,7 +284,7 @@ func (u *upgrader) check(ctx context.Context) error {
 // plan is the rolling skeleton with the package upgrade as its action.
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: u.env, Cluster: u.cl, Job: u.job, Did: "upgraded to v" + u.dst.String(), Select: u.selectNodes,
-		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain,
+		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain, Gate: k8sops.GateOptions{Window: u.window},
 		Action: func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
 			if n.Control {
 				return pipeline.One(pipeline.Step{Name: "refuse-control", Desc: pipeline.Textf("refuse control node %s", n.Name), Do: func(context.Context, *pipeline.Values) error {
@@ -280,6 +293,7 @@ func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 			}
 			return upgradePackages(c, s, knownNode(c, n.Name), u.dst, u.timeout)
 		}}
+	u.roll = roll
 	return roll.Plan(ctx, v)
 }
 
