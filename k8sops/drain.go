@@ -265,11 +265,11 @@ type drainer struct {
 	opts DrainOptions
 
 	mu        sync.Mutex
-	changed   chan struct{}                            // closed and replaced when a budget changes
+	changed   chan struct{}         // closed and replaced when a budget changes
 	pdbs      map[string]watchedPDB // namespace/name -> latest
-	waiting   map[string]string                        // pod -> why it waits
-	remaining map[types.UID]string                     // pods not gone yet
-	gone      chan struct{}                            // closed when remaining is empty
+	waiting   map[string]string     // pod -> why it waits
+	remaining map[types.UID]string  // pods not gone yet
+	gone      chan struct{}         // closed when remaining is empty
 }
 
 func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
