@@ -344,6 +344,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		Log:        logger,
 		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
 	}
+	env.Ask = func(question string) (bool, error) {
+		t := newTerminal(a.stdin, a.stderr)
+		if t == nil {
+			return false, fmt.Errorf("%s: no terminal to confirm on; pass --yes to confirm", question)
+		}
+		return t.Confirm(question), nil
+	}
 	prepared, err := cb.Prepare(c, env)
 	if err != nil {
 		return err
@@ -509,7 +516,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		}
 	}
 	if sh != nil {
-		store.Copy = sh.copier(logger, hold)
+		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
 		store.Copy(run)
 		defer sh.prune(logger)
 	}
