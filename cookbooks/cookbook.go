@@ -46,6 +46,9 @@ type Job struct {
 	// Plan returns the steps. It may read the cluster; what it decides is recorded in v
 	// so that a resumed run follows the same plan.
 	Plan func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error)
+	// Close, if not nil, is called once the run's steps have ended, however they ended:
+	// it stops what Plan started for the run (the health gate's watches).
+	Close func()
 }
 
 // Env is what cookbooks get from the command line and the configuration.

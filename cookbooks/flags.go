@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"example.com/cookbook/config"
+	"example.com/cookbook/k8sops"
 )
 
 // The checks below make durations and numbers that make no sense bad input in a
@@ -39,6 +40,12 @@ func positiveInt(c *cli.Context, name string) (int, error) {
 		return n, BadInputf("--%s: %d is not a positive number (expected 1 or more)", name, n)
 	}
 	return n, nil
+}
+
+// healthWindowFlag is --health-window of the rolling cookbooks.
+func healthWindowFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "health-window", Value: k8sops.DefaultHealthWindow,
+		Usage: "how long the cluster must stay healthy without a break (nodes Ready, disruption budgets whole, the batch's pods Running) before the next batch"}
 }
 
 // NonNegativeInt checks a number flag that may be 0 or more (`cookbook runs --limit`).

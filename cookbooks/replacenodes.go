@@ -410,7 +410,7 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 		return r.checkQuota(ctx, v, spec, b)
 	}}
 	k := r.c.kube
-	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes, their pods Running (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes, their pods Running (for 2s without a break)"), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := k8sops.GateOptions{Timeout: r.timeout}
 		for _, o := range b {
 			if n, ok := addKeysIn(newScope(o.Server.Name)).hostname.Get(v); ok {

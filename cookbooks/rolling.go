@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -58,7 +59,8 @@ type rolling struct {
 	Timeout time.Duration
 	Force   bool
 	Drain   k8sops.DrainOptions
-	// Gate configures the health gate's checks (Handled and Timeout are set per batch).
+	// Gate configures the health gate (its Window; Handling, Handled and Timeout are set
+	// per batch).
 	Gate k8sops.GateOptions
 	// Clients makes the backends; nil means the cluster's real (or dry-run) ones.
 	Clients func(ctx context.Context) (*clients, error)
@@ -68,6 +70,39 @@ type rolling struct {
 
 	c        *clients
 	progress *rollProgress
+
+	watchMu sync.Mutex
+	watch   *k8sops.HealthWatch // the health gates' watches, started at the first gate
+	closed  bool
+}
+
+// healthWatch returns the run's health watch, started by the first gate that asks: one
+// set of watches serves every batch.
+func (r *rolling) healthWatch(ctx context.Context) (*k8sops.HealthWatch, error) {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("health gate: %w", context.Canceled)
+	}
+	if r.watch == nil {
+		w, err := r.c.kube.WatchHealth(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.watch = w
+	}
+	return r.watch, nil
+}
+
+// Close stops the health gate's watches; the job's Close calls it when the run ends.
+func (r *rolling) Close() {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	r.closed = true
+	if r.watch != nil {
+		r.watch.Stop()
+		r.watch = nil
+	}
 }
 
 // Plan is the job's Plan.
@@ -208,8 +243,10 @@ func logDrainPlan(ctx context.Context, env *Env, k *k8sops.Ops, node string, opt
 
 // nodeSteps is what a batch does to one of its nodes: cordon, the beforeDrain hooks,
 // silence (with an alertmanager), drain, the action, wait Ready, uncordon, each announced
-// as a transition when it is done.
-func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
+// as a transition when it is done; the drain, the action and wait-ready with the time the
+// node itself took (what the batch would take without any overhead). room checks, once
+// for the whole batch, that taking it down keeps within --max-unavailable.
+func (r *rolling) nodeSteps(room func(context.Context) error, n rollNode) []pipeline.Step {
 	k, s := r.c.kube, pipeline.Scope(n.Name)
 	action := r.Action(r.c, s, n)
 	uncordonOwn := uncordon(k, s, n.Name, r.Force)
@@ -217,29 +254,55 @@ func (r *rolling) nodeSteps(b []rollNode, n rollNode) []pipeline.Step {
 	drain := cordonDrain(k, s, n.Name, r.Drain)
 	steps := pipeline.Steps(drain[:len(drain)-1], knownHookSteps(r.c, n.Name, n.Role, hooks.BeforeDrain), silence(r.c, s, n.Name, n.Role, r.Job), drain[len(drain)-1:],
 		action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
+	inAction := map[string]bool{}
+	for _, st := range action {
+		inAction[st.Name] = true
+	}
+	var took time.Duration // the node's own time in the drain, the action or wait-ready
 	for i := range steps {
 		st := &steps[i]
 		do, label := st.Do, map[string]string{"cordon": "cordoned", "drain": "drained", "wait-ready": "Ready"}[st.Name]
 		if len(action) > 0 && st.Name == action[len(action)-1].Name {
 			label = r.Did
 		}
+		timed := st.Name == "drain" || st.Name == "wait-ready" || inAction[st.Name]
 		check := st.Name == "cordon"
 		st.Do = func(ctx context.Context, v *pipeline.Values) error {
 			if check {
-				if err := r.checkRoom(ctx, b); err != nil {
+				if err := room(ctx); err != nil {
 					return err
 				}
 			}
+			begin := time.Now()
 			if err := do(ctx, v); err != nil {
 				return err
 			}
+			if timed {
+				took += time.Since(begin)
+			}
 			if label != "" {
-				r.progress.transition(n.Name, label)
+				r.progress.transition(n.Name, label, took)
+				took = 0
 			}
 			return nil
 		}
 	}
 	return steps
+}
+
+// once returns f run at most once: the first caller runs it, the others get its result.
+func once(f func(context.Context) error) func(context.Context) error {
+	var mu sync.Mutex
+	done := false
+	var err error
+	return func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			err, done = f(ctx), true
+		}
+		return err
+	}
 }
 
 // logSkip logs the reason a node's step had nothing to do (the reason names the node),
@@ -257,8 +320,9 @@ func logSkip(env *Env, do pipeline.Func) pipeline.Func {
 
 func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error) {
 	sets := make([]pipeline.Set, len(b))
+	room := once(func(ctx context.Context) error { return r.checkRoom(ctx, b) })
 	for i, n := range b {
-		sets[i] = pipeline.Set{Scope: pipeline.Scope(n.Name), Title: "node " + n.Name, Steps: r.nodeSteps(b, n)}
+		sets[i] = pipeline.Set{Scope: pipeline.Scope(n.Name), Title: "node " + n.Name, Steps: r.nodeSteps(room, n)}
 	}
 	steps, err := pipeline.Together(name, sets...)
 	if err != nil {
@@ -269,7 +333,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 		handled = append(handled, n.Name)
 	}
 	k := r.c.kube
-	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+	window := r.Gate.Window
+	if window <= 0 {
+		window = k8sops.DefaultHealthWindow
+	}
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Textf("wait until the cluster is healthy for %s without a break", ShortDuration(window)), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := r.Gate
 		gate.Handled, gate.Timeout = handled, r.Timeout
 		if r.Env.DryRun {
@@ -279,7 +347,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 			}
 			return err
 		}
-		if err := k.WaitHealthy(ctx, gate); err != nil {
+		w, err := r.healthWatch(ctx)
+		if err != nil {
+			return err
+		}
+		if err := w.Wait(ctx, gate); err != nil {
 			return err
 		}
 		for _, n := range b {
@@ -365,7 +437,13 @@ type rollProgress struct {
 	inFlight func(v *pipeline.Values, node string) bool
 }
 
-func (p *rollProgress) transition(node, state string) {
+// transition logs that the node reached state; took, if not zero, is the time the node
+// itself spent getting there (its drain, its action, its wait for Ready).
+func (p *rollProgress) transition(node, state string, took time.Duration) {
+	if took > 0 {
+		p.log.Info(fmt.Sprintf("node %s: %s", node, state), "took", took.Round(time.Millisecond))
+		return
+	}
 	p.log.Info(fmt.Sprintf("node %s: %s", node, state))
 }
 

@@ -55,7 +55,7 @@ func TestRollingWithToyAction(t *testing.T) {
 	roll := func() *rolling {
 		return &rolling{Env: env, Cluster: cl, Job: "roll-toy", Did: "poked", Max: 2, Timeout: 10 * time.Second,
 			Select: func(names []string) ([]string, error) { return names, nil },
-			Action: toy, Gate: k8sops.GateOptions{Interval: time.Millisecond},
+			Action: toy, Gate: k8sops.GateOptions{Window: time.Millisecond},
 			Clients: func(context.Context) (*clients, error) { return &clients{env: env, cl: cl, kube: kube}, nil }}
 	}
 
@@ -63,7 +63,9 @@ func TestRollingWithToyAction(t *testing.T) {
 	run := &state.Run{ID: "r-toy", Cookbook: "roll-toy", StartedAt: time.Now()}
 	runner := &pipeline.Runner{Store: store}
 	ctx := context.Background()
-	steps, err := roll().Plan(ctx, runner.Values(run))
+	first := roll()
+	defer first.Close()
+	steps, err := first.Plan(ctx, runner.Values(run))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +101,9 @@ func TestRollingWithToyAction(t *testing.T) {
 	// Resume with a new process's plan: the recorded plan is replayed.
 	broken["w-2"] = false
 	runner = &pipeline.Runner{Store: store}
-	if steps, err = roll().Plan(ctx, runner.Values(run)); err != nil {
+	second := roll()
+	defer second.Close()
+	if steps, err = second.Plan(ctx, runner.Values(run)); err != nil {
 		t.Fatal(err)
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {

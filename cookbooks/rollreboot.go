@@ -32,6 +32,7 @@ func RollReboot() Cookbook {
 			&cli.DurationFlag{Name: "reboot-timeout", Value: 10 * time.Minute, Usage: "how long a node may take to come back"},
 			&cli.BoolFlag{Name: "no-hard-reboot-fallback", Usage: "do not hard-reboot through OpenStack when a soft reboot fails"},
 			&cli.BoolFlag{Name: "force-uncordon", Usage: "also uncordon nodes an administrator had cordoned before the run"},
+			healthWindowFlag(),
 		}, drainFlags()...),
 		Prepare: prepareRollReboot,
 	}
@@ -43,11 +44,13 @@ type roller struct {
 	opts    k8sops.DrainOptions
 	max     int
 	settle  time.Duration
+	window  time.Duration
 	timeout time.Duration
 	hard    bool
 	force   bool
 
 	selectNodes func(names []string) ([]string, error)
+	roll        *rolling
 }
 
 func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
@@ -76,6 +79,9 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 		return nil, err
 	}
 	if r.timeout, err = positiveDuration(c, "reboot-timeout", 10*time.Minute); err != nil {
+		return nil, err
+	}
+	if r.window, err = positiveDuration(c, "health-window", k8sops.DefaultHealthWindow); err != nil {
 		return nil, err
 	}
 	list, err := hostnameList(c, "hostname-list")
@@ -131,15 +137,20 @@ func prepareRollReboot(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: cl.Name, Plan: r.plan}, nil
+	return &Job{Cluster: cl.Name, Plan: r.plan, Close: func() {
+		if r.roll != nil {
+			r.roll.Close()
+		}
+	}}, nil
 }
 
 // plan is the rolling skeleton with the reboot as its action.
 func (r *roller) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: r.env, Cluster: r.cl, Job: "roll-reboot", Did: "rebooted", Select: r.selectNodes,
-		Max: r.max, Settle: r.settle, Timeout: r.timeout, Force: r.force, Drain: r.opts,
+		Max: r.max, Settle: r.settle, Timeout: r.timeout, Force: r.force, Drain: r.opts, Gate: k8sops.GateOptions{Window: r.window},
 		Action: func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
 			return reboot(c, s, knownNode(c, n.Name), rebootOpts{Timeout: r.timeout, HardFallback: r.hard})
 		}}
+	r.roll = roll
 	return roll.Plan(ctx, v)
 }

@@ -77,6 +77,7 @@ func upgradeFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long a node may take to report the new version and be Ready"},
 		&cli.BoolFlag{Name: "force-uncordon", Usage: "also uncordon nodes an administrator had cordoned before the run"},
+		healthWindowFlag(),
 		&cli.BoolFlag{Name: "silence-cluster", Usage: "silence the alerts of the whole cluster for the run (one silence, alertmanager.clusterDuration, 3h by default), expired at its end"},
 	}, drainFlags()...)
 }
@@ -132,6 +133,7 @@ type upgrader struct {
 	src     *version
 	max     int
 	settle  time.Duration
+	window  time.Duration
 	timeout time.Duration
 	force   bool
 	drain   k8sops.DrainOptions
@@ -139,6 +141,14 @@ type upgrader struct {
 	silence bool
 
 	selectNodes func(names []string) ([]string, error)
+	roll        *rolling
+}
+
+// close stops what the run's rolling skeleton started (the job's Close).
+func (u *upgrader) close() {
+	if u.roll != nil {
+		u.roll.Close()
+	}
 }
 
 func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
@@ -154,6 +164,9 @@ func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
 		return nil, err
 	}
 	if u.timeout, err = positiveDuration(c, "timeout", 10*time.Minute); err != nil {
+		return nil, err
+	}
+	if u.window, err = positiveDuration(c, "health-window", k8sops.DefaultHealthWindow); err != nil {
 		return nil, err
 	}
 	if u.silence = c.Bool("silence-cluster"); u.silence && cl.Alertmanager == nil {
@@ -192,7 +205,7 @@ func prepareUpgradeNode(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(u.cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}, nil
 }
 
 func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
@@ -266,7 +279,7 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(u.cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}, nil
 }
 
 // chunkOf is the i-th (1-based) of k nearly equal chunks of names in natural order
@@ -531,10 +544,11 @@ func madisonVersion(out string, dst version) (string, error) {
 // --silence-cluster inside a whole-cluster silence (withClusterSilence).
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: u.env, Cluster: u.cl, Job: u.job, Did: "upgraded to v" + u.dst.String(), Select: u.selectNodes,
-		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain, ControlFirst: true,
+		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain, ControlFirst: true, Gate: k8sops.GateOptions{Window: u.window},
 		Action: func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
 			return upgradePackages(c, s, knownNode(c, n.Name), n.Control, u.dst, u.timeout)
 		}}
+	u.roll = roll
 	steps, err := roll.Plan(ctx, v)
 	if err != nil || !u.silence {
 		return steps, err

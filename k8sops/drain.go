@@ -205,6 +205,27 @@ func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod) ([]PDBState, error
 	return out, nil
 }
 
+// watchedPDB is a budget as a drain watches it, its selector parsed once per change (every
+// waiting pod looks at every budget of its namespace at each change of any of them).
+type watchedPDB struct {
+	*policyv1.PodDisruptionBudget
+	sel labels.Selector // nil: selects nothing
+}
+
+func newWatchedPDB(pdb *policyv1.PodDisruptionBudget) watchedPDB {
+	w := watchedPDB{PodDisruptionBudget: pdb}
+	if pdb.Spec.Selector != nil {
+		if sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector); err == nil && !sel.Empty() {
+			w.sel = sel
+		}
+	}
+	return w
+}
+
+func (w watchedPDB) selects(p *corev1.Pod) bool {
+	return w.sel != nil && w.Namespace == p.Namespace && w.sel.Matches(labels.Set(p.Labels))
+}
+
 func selects(pdb *policyv1.PodDisruptionBudget, p *corev1.Pod) bool {
 	if pdb.Namespace != p.Namespace || pdb.Spec.Selector == nil {
 		return false
@@ -307,17 +328,17 @@ type drainer struct {
 	opts DrainOptions
 
 	mu        sync.Mutex
-	changed   chan struct{}                            // closed and replaced when a budget changes
-	pdbs      map[string]*policyv1.PodDisruptionBudget // namespace/name -> latest
-	waiting   map[string]string                        // pod -> why it waits
-	remaining map[types.UID]string                     // pods not gone yet
-	deleted   map[types.UID]metav1.Time                // their deletion times, as seen
-	gone      chan struct{}                            // closed when remaining is empty
+	changed   chan struct{}             // closed and replaced when a budget changes
+	pdbs      map[string]watchedPDB     // namespace/name -> latest
+	waiting   map[string]string         // pod -> why it waits
+	remaining map[types.UID]string      // pods not gone yet
+	deleted   map[types.UID]metav1.Time // their deletion times, as seen
+	gone      chan struct{}             // closed when remaining is empty
 }
 
 func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
 	d.changed = make(chan struct{})
-	d.pdbs = map[string]*policyv1.PodDisruptionBudget{}
+	d.pdbs = map[string]watchedPDB{}
 	d.gone = make(chan struct{})
 	for _, p := range plan.pods {
 		d.remaining[p.UID] = podKey(&p)
@@ -435,6 +456,16 @@ func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 			if !d.waitBudget(ctx, p, ch) {
 				return ctx.Err()
 			}
+		case apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err):
+			// An API server too busy to answer in time (seen in a lab of 20,000 pods on 2
+			// cores): the eviction may or may not have happened; asking again is safe
+			// (NotFound or Conflict then), within the drain's own timeout.
+			d.setWaiting(key, "the API server timed out; asking again")
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
 		default:
 			return fmt.Errorf("evict %s: %w", key, err)
 		}
@@ -460,7 +491,7 @@ func (d *drainer) waitBudget(ctx context.Context, p *corev1.Pod, ch chan struct{
 		ch = d.changed
 		ok := true
 		for _, pdb := range d.pdbs {
-			if selects(pdb, p) && pdb.Status.DisruptionsAllowed < 1 {
+			if pdb.selects(p) && pdb.Status.DisruptionsAllowed < 1 {
 				ok = false
 			}
 		}
@@ -477,7 +508,7 @@ func (d *drainer) blockers(p *corev1.Pod) string {
 	defer d.mu.Unlock()
 	var out []string
 	for _, pdb := range d.pdbs {
-		if selects(pdb, p) {
+		if pdb.selects(p) {
 			out = append(out, fmt.Sprintf("PDB %s/%s allows %d disruption(s) (%d/%d healthy)", pdb.Namespace, pdb.Name,
 				pdb.Status.DisruptionsAllowed, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy))
 		}
@@ -610,7 +641,7 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 				return
 			}
 			d.mu.Lock()
-			d.pdbs[pdb.Namespace+"/"+pdb.Name] = pdb
+			d.pdbs[pdb.Namespace+"/"+pdb.Name] = newWatchedPDB(pdb)
 			close(d.changed)
 			d.changed = make(chan struct{})
 			d.mu.Unlock()

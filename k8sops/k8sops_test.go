@@ -3,6 +3,7 @@ package k8sops
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -12,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -306,20 +310,159 @@ func TestHealthGate(t *testing.T) {
 	ctx := context.Background()
 	addNodes(t, "gate-1", "gate-2")
 	o, _ := newOps(t, "cookbook-test-gate", false)
-	if err := o.WaitHealthy(ctx, GateOptions{Handled: []string{"gate-1"}, Interval: 200 * time.Millisecond, Timeout: 30 * time.Second}); err != nil {
+	window := 300 * time.Millisecond
+	start := time.Now()
+	if err := o.WaitHealthy(ctx, GateOptions{Handled: []string{"gate-1"}, Window: window, Timeout: 30 * time.Second}); err != nil {
 		t.Fatalf("healthy cluster failed the gate: %v", err)
+	}
+	if took := time.Since(start); took < window {
+		t.Errorf("the gate passed after %s, before its window of %s", took, window)
 	}
 	if err := cp.SetNodeNotReady(ctx, "gate-2"); err != nil {
 		t.Fatal(err)
 	}
-	err := o.WaitHealthy(ctx, GateOptions{Interval: 200 * time.Millisecond, Timeout: 2 * time.Second})
+	err := o.WaitHealthy(ctx, GateOptions{Window: window, Timeout: 2 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "node gate-2 is not Ready") {
 		t.Fatalf("gate error = %v, want it to name gate-2", err)
 	}
 	// A node the run is handling may be down.
-	if err := o.WaitHealthy(ctx, GateOptions{Handling: []string{"gate-2"}, Interval: 200 * time.Millisecond, Timeout: 30 * time.Second}); err != nil {
+	if err := o.WaitHealthy(ctx, GateOptions{Handling: []string{"gate-2"}, Window: window, Timeout: 30 * time.Second}); err != nil {
 		t.Fatalf("gate with gate-2 excluded: %v", err)
 	}
+}
+
+// TestHealthGateWindow: a node that turns NotReady and Ready again inside the window
+// restarts it (the watch sees the blip, though the node is Ready when the gate looks
+// again), and one watch serves gate after gate.
+func TestHealthGateWindow(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "window-1", "window-2")
+	o, _ := newOps(t, "cookbook-test-window", false)
+	w, err := o.WatchHealth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	window := 1500 * time.Millisecond
+	for round := 1; round <= 2; round++ {
+		start := time.Now()
+		passed := make(chan error, 1)
+		go func() {
+			passed <- w.Wait(ctx, GateOptions{Handled: []string{"window-1"}, Window: window, Timeout: 30 * time.Second})
+		}()
+		time.Sleep(window / 3)
+		if err := cp.SetNodeNotReady(ctx, "window-2"); err != nil {
+			t.Fatal(err)
+		}
+		readyAt := time.Now() // the Ready patch is the first request of SetNodeReady
+		if err := cp.SetNodeReady(ctx, "window-2", ""); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-passed:
+			t.Fatalf("round %d: the gate ended %s after it started, during the blip (%v)", round, time.Since(start).Round(time.Millisecond), err)
+		default:
+		}
+		if err := <-passed; err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if since := time.Since(readyAt); since < window {
+			t.Errorf("round %d: the gate passed %s after window-2 was Ready again; the blip should have restarted its %s window", round, since.Round(time.Millisecond), window)
+		}
+		t.Logf("round %d: gate passed %s after it started, %s after the blip ended", round, time.Since(start).Round(time.Millisecond), time.Since(readyAt).Round(time.Millisecond))
+	}
+}
+
+// TestHealthGatePDB: a disruption budget that allows no disruption because some of its
+// pods are not up blocks the gate, naming it, until they are; one that allows none with
+// every pod healthy (maxUnavailable 0) does not.
+func TestHealthGatePDB(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "pdbgate-1", "pdbgate-2", "pdbgate-3")
+	ns := "gate-pdb"
+	if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	for _, n := range []string{"pdbgate-1", "pdbgate-2"} {
+		label(t, n, "gate-pdb", "yes")
+	}
+	// spread: 3 replicas, one per node, on the 2 labelled nodes: one stays Pending.
+	spread := lab.Deployment(ns, "spread", 3)
+	spread.Spec.Template.Spec.NodeSelector = map[string]string{"gate-pdb": "yes"}
+	spread.Spec.Template.Spec.Affinity.PodAntiAffinity = &corev1.PodAntiAffinity{RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+		LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "spread"}}, TopologyKey: "kubernetes.io/hostname"}}}
+	steady := lab.Deployment(ns, "steady", 1)
+	for _, d := range []*appsv1.Deployment{spread, steady} {
+		if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one, zero := intstr.FromInt32(1), intstr.FromInt32(0)
+	for _, p := range []*policyv1.PodDisruptionBudget{lab.PDB(ns, "spread", &one, nil), lab.PDB(ns, "steady", &zero, nil)} {
+		if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running(t, ns, 3) // spread's 2, steady's 1
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "spread", metav1.GetOptions{})
+		return err == nil && p.Status.ObservedGeneration > 0 && p.Status.ExpectedPods == 3 && p.Status.CurrentHealthy == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("spread's budget never counted 2 of 3 pods healthy: %v", err)
+	}
+	o, _ := newOps(t, "cookbook-test-pdbgate", false)
+	w, err := o.WatchHealth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	err = w.Wait(ctx, GateOptions{Window: 200 * time.Millisecond, Timeout: 2 * time.Second})
+	want := "PDB gate-pdb/spread allows 0 disruption(s): 2 of 3 pod(s) healthy, needs 2"
+	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "steady") {
+		t.Fatalf("gate error = %v, want it to name %q and not steady", err, want)
+	}
+	// A third node for the third pod: the budget is whole and the gate passes.
+	label(t, "pdbgate-3", "gate-pdb", "yes")
+	if err := w.Wait(ctx, GateOptions{Window: 200 * time.Millisecond, Timeout: time.Minute}); err != nil {
+		t.Fatalf("gate once spread is whole: %v", err)
+	}
+}
+
+func label(t *testing.T, node, key, value string) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, key, value)
+	if _, err := cp.Client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHealthWatchStops: one watch serves many gates (each watching its handled nodes'
+// pods), and Stop leaves no goroutine behind.
+func TestHealthWatchStops(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "leak-1", "leak-2", "leak-3")
+	o, _ := newOps(t, "cookbook-test-leak", false)
+	if _, err := o.Nodes(ctx); err != nil { // the client's connection is not a leak
+		t.Fatal(err)
+	}
+	before := goleak.IgnoreCurrent()
+	w, err := o.WatchHealth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range [][]string{{"leak-1"}, {"leak-2", "leak-3"}, {"leak-1", "leak-2", "leak-3"}} {
+		if err := w.Wait(ctx, GateOptions{Handled: batch, Window: 50 * time.Millisecond, Timeout: 30 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Stop()
+	w.Stop() // harmless
+	goleak.VerifyNone(t, before)
 }
 
 func TestDryRunMakesNoWrite(t *testing.T) {

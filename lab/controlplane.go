@@ -36,6 +36,9 @@ type Options struct {
 	BinDir string
 	// Log receives kwokctl's output; nil discards it (its last lines are in errors).
 	Log io.Writer
+	// AuditReads records read requests (get, list, watch) in the audit log too, for a
+	// benchmark that counts a client's requests (Requests); by default only writes.
+	AuditReads bool
 }
 
 // ControlPlane is a running lab control plane.
@@ -74,6 +77,16 @@ omitStages: ["RequestReceived", "ResponseStarted", "Panic"]
 rules:
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
+// auditReadsPolicy is auditPolicy with the read requests too.
+const auditReadsPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted", "Panic"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection", "get", "list", "watch"]
 - level: None
 `
 
@@ -133,7 +146,11 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	policy := filepath.Join(cp.Dir, "audit-policy.yaml")
-	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+	pol := auditPolicy
+	if opts.AuditReads {
+		pol = auditReadsPolicy
+	}
+	if err := os.WriteFile(policy, []byte(pol), 0o600); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	// kwokctl picks free ports as it goes: two clusters created at the same moment (test
@@ -313,10 +330,38 @@ func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, user
 	return evs, nil
 }
 
+// Requests returns every request (reads only if the control plane was started with
+// AuditReads) the API server completed at or after since whose user agent contains
+// userAgent, from the audit log; server-side dry-runs included.
+func (cp *ControlPlane) Requests(ctx context.Context, since time.Time, userAgent string) ([]AuditEvent, error) {
+	f, err := os.Open(cp.AuditLog())
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	defer f.Close()
+	evs, err := auditEvents(ctx, f, since, userAgent, func(string, string) bool { return true })
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	return evs, nil
+}
+
 // writeRequests reads an audit log (one JSON event a line) and returns the completed write
 // requests at or after since whose user agent contains userAgent, server-side dry-runs
 // left out.
 func writeRequests(ctx context.Context, r io.Reader, since time.Time, userAgent string) ([]AuditEvent, error) {
+	return auditEvents(ctx, r, since, userAgent, func(verb, uri string) bool {
+		switch verb {
+		case "create", "update", "patch", "delete", "deletecollection":
+			return !serverDryRun(uri)
+		}
+		return false
+	})
+}
+
+// auditEvents reads an audit log and returns the completed requests at or after since
+// whose user agent contains userAgent and that keep says to keep.
+func auditEvents(ctx context.Context, r io.Reader, since time.Time, userAgent string, keep func(verb, uri string) bool) ([]AuditEvent, error) {
 	var out []AuditEvent
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
@@ -347,12 +392,7 @@ func writeRequests(ctx context.Context, r io.Reader, since time.Time, userAgent 
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || ev.Stage != "ResponseComplete" {
 			continue
 		}
-		switch ev.Verb {
-		case "create", "update", "patch", "delete", "deletecollection":
-		default:
-			continue
-		}
-		if ev.StageTimestamp.Before(since) || !strings.Contains(ev.UserAgent, userAgent) || serverDryRun(ev.URI) {
+		if !keep(ev.Verb, ev.URI) || ev.StageTimestamp.Before(since) || !strings.Contains(ev.UserAgent, userAgent) {
 			continue
 		}
 		out = append(out, AuditEvent{

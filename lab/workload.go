@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // SampleWorkload describes what ApplySampleWorkload creates, for tests to assert on.
@@ -139,4 +142,88 @@ func podTemplate(app string) corev1.PodTemplateSpec {
 			}}},
 		},
 	}
+}
+
+// Workload is a fleet of Deployments, each with a PodDisruptionBudget of MaxUnavailable,
+// spread by the scheduler over the nodes: what a cluster of hundreds of nodes runs.
+type Workload struct {
+	Namespace      string
+	Deployments    int
+	Replicas       int32
+	MaxUnavailable int32
+}
+
+// Name is the name of the workload's i-th Deployment and of its PDB (app=Name).
+func (w Workload) Name(i int) string { return fmt.Sprintf("app-%03d", i) }
+
+// Pods is how many pods the workload runs.
+func (w Workload) Pods() int { return w.Deployments * int(w.Replicas) }
+
+// ApplyWorkload creates the workload's namespace, Deployments and PDBs (16 requests at a
+// time), and returns without waiting for the pods (WaitWorkload).
+func (cp *ControlPlane) ApplyWorkload(ctx context.Context, w Workload) error {
+	c := cp.Client
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: w.Namespace}}
+	if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("workload: create namespace %s: %w", w.Namespace, err)
+	}
+	maxUnavailable := intstr.FromInt32(w.MaxUnavailable)
+	errs := make(chan error, w.Deployments)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := 0; i < w.Deployments; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			name := w.Name(i)
+			if _, err := c.PolicyV1().PodDisruptionBudgets(w.Namespace).Create(ctx, PDB(w.Namespace, name, &maxUnavailable, nil), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				errs <- fmt.Errorf("workload: create pdb %s: %w", name, err)
+				return
+			}
+			if _, err := c.AppsV1().Deployments(w.Namespace).Create(ctx, Deployment(w.Namespace, name, w.Replicas), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				errs <- fmt.Errorf("workload: create deployment %s: %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs // nil when none failed
+}
+
+// WaitWorkload waits until every Deployment of the workload has all its replicas ready
+// and every PDB has counted them healthy, reporting progress to report (may be nil).
+func (cp *ControlPlane) WaitWorkload(ctx context.Context, w Workload, timeout time.Duration, report func(ready int)) error {
+	last := -1
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		deps, err := cp.Client.AppsV1().Deployments(w.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		ready := 0
+		for _, d := range deps.Items {
+			ready += int(min(d.Status.ReadyReplicas, *d.Spec.Replicas))
+		}
+		if report != nil && ready != last {
+			report(ready)
+			last = ready
+		}
+		if ready < w.Pods() {
+			return false, nil
+		}
+		pdbs, err := cp.Client.PolicyV1().PodDisruptionBudgets(w.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pdbs.Items {
+			if p.Status.ObservedGeneration < p.Generation || p.Status.CurrentHealthy < w.Replicas {
+				return false, nil
+			}
+		}
+		return len(pdbs.Items) == w.Deployments, nil
+	})
+	if err != nil {
+		return fmt.Errorf("workload %s: wait for %d pods: %w", w.Namespace, w.Pods(), err)
+	}
+	return nil
 }

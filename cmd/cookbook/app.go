@@ -302,6 +302,13 @@ type job struct {
 	out     io.Writer         // stdout: --output json goes there
 }
 
+// close stops what the job's Plan started for the run, once its steps have ended.
+func (j *job) close() {
+	if j.Close != nil {
+		j.Close()
+	}
+}
+
 // run runs a cookbook invocation: it prepares the job and hands it to what this
 // invocation is: a rehearsal of a recorded run, a dry-run or read-only cookbook (nothing
 // recorded), or a recorded run (new, resumed or abandoned).
@@ -376,6 +383,7 @@ func (a *app) unrecorded(ctx context.Context, j *job) error {
 	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, Args: j.args, DryRun: true, Holder: holder(), StartedAt: time.Now()}
 	r := &pipeline.Runner{Log: logger}
 	steps, err := j.Plan(ctx, r.Values(run))
+	defer j.close()
 	if err != nil {
 		return err
 	}
@@ -520,6 +528,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	// The plan, the steps and the progress ticker share the runner's values: one lock
 	// guards them and every save of the run.
 	steps, err := j.Plan(ctx, runner.Values(run))
+	defer j.close()
 	if err != nil {
 		if isNew {
 			// Nothing was done: the run never started, and must not block the next
@@ -743,6 +752,7 @@ func (a *app) rehearse(ctx context.Context, j *job, cont *continuation) error {
 	log := j.env.Log
 	runner := &pipeline.Runner{Log: log} // no store: nothing is saved
 	steps, err := j.Plan(ctx, runner.Values(run))
+	defer j.close()
 	if err != nil {
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
 	}

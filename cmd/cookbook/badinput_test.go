@@ -313,6 +313,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "drain grace-period not a number", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--grace-period", "1.5"}, want: "1.5"},
 		{name: "roll-reboot settle negative", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--settle", "-5s"}, want: "--settle: -5s is negative (expected a duration of 0 or more, such as 30s)"},
 		{name: "roll-reboot reboot-timeout zero", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--reboot-timeout", "0s"}, want: "--reboot-timeout: 0s is not a positive duration"},
+		{name: "roll-reboot health-window zero", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--health-window", "0s"}, want: "--health-window: 0s is not a positive duration (expected one such as 2s)"},
 		{name: "roll-reboot reboot-timeout negative", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--reboot-timeout", "-1h"}, want: "--reboot-timeout: -1h0m0s"},
 		{name: "roll-reboot drain-timeout zero", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--drain-timeout", "0s"}, want: "--drain-timeout: 0s"},
 		{name: "roll-reboot max-unavailable zero", args: []string{"roll-reboot", "--cluster-name", tb, "--all", "--max-unavailable", "0"}, want: "--max-unavailable: 0 is not a positive number"},

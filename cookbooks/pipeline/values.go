@@ -17,6 +17,10 @@ type Values struct {
 	runID string
 	data  map[string]json.RawMessage
 	save  func() error // persists the run, called with mu held; nil in dry-run and in tests
+
+	saveMu sync.Mutex // one save at a time; taken before mu
+	gen    uint64     // changes made so far (under mu)
+	saved  uint64     // the last change a completed save covers (under mu)
 }
 
 // NewValues returns values backed by data (a run's recorded values), calling save after
@@ -33,17 +37,34 @@ func NewValues(runID string, data map[string]json.RawMessage, save func() error)
 // RunID returns the id of the run the values belong to.
 func (v *Values) RunID() string { return v.runID }
 
-// update runs f (if not nil) and saves the run, all under the values' lock.
+// update runs f (if not nil) under the values' lock and returns once a save of the run
+// that includes the change has completed. Saves are group commits: when the steps of many
+// nodes set values at once, the changes made while one save runs are covered by the next
+// one, so fifty nodes finishing a step cost a few saves, not fifty.
 func (v *Values) update(f func()) error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if f != nil {
 		f()
 	}
+	v.gen++
+	mine := v.gen
+	v.mu.Unlock()
 	if v.save == nil {
 		return nil
 	}
-	return v.save()
+	v.saveMu.Lock()
+	defer v.saveMu.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.saved >= mine {
+		return nil // a save that started after the change covered it
+	}
+	covers := v.gen
+	if err := v.save(); err != nil {
+		return err
+	}
+	v.saved = covers
+	return nil
 }
 
 // Key names a value of type T in a run's state. Keys are documented where they are

@@ -179,3 +179,56 @@ func TestRecordedValueOfWrongShape(t *testing.T) {
 		t.Errorf("the recorded value was changed to %s (%v)", saved.Values["roll/plan"], err)
 	}
 }
+
+// TestValuesGroupCommit sets values from 50 goroutines at once (the nodes of a batch
+// finishing a step) over a slow save: each Set returns only once a completed save holds
+// its value, and the saves are far fewer than the Sets. Run with -race.
+func TestValuesGroupCommit(t *testing.T) {
+	var mu sync.Mutex
+	var saves int
+	durable := map[string]bool{} // what the last completed save wrote
+	var v *Values
+	data := map[string]json.RawMessage{}
+	v = NewValues("r-group", data, func() error {
+		snapshot := map[string]bool{}
+		for k := range data { // called with the values' lock held
+			snapshot[k] = true
+		}
+		time.Sleep(20 * time.Millisecond) // an fsync
+		mu.Lock()
+		saves++
+		durable = snapshot
+		mu.Unlock()
+		return nil
+	})
+	const nodes = 50
+	var wg sync.WaitGroup
+	for i := 0; i < nodes; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("node-%d/done", i)
+			if err := Key[bool](key).Set(v, true); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !durable[key] {
+				t.Errorf("Set of %s returned before a save held it", key)
+			}
+		}()
+	}
+	wg.Wait()
+	if saves >= nodes/2 {
+		t.Errorf("%d saves for %d values set at once; want a few (group commit)", saves, nodes)
+	}
+	t.Logf("%d values set at once, %d saves", nodes, saves)
+
+	// A failed save fails the Set whose save it was; a later Set saves again.
+	fail := errors.New("disk full")
+	v2 := NewValues("r-fail", nil, func() error { return fail })
+	if err := Key[int]("a").Set(v2, 1); !errors.Is(err, fail) {
+		t.Errorf("Set over a failing save = %v, want %v", err, fail)
+	}
+}

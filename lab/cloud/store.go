@@ -239,12 +239,13 @@ func (c *Cloud) AddServer(ctx context.Context, s Server) (Server, error) {
 func (c *Cloud) nextAddress() string {
 	c.st.NextAddress++
 	n := c.st.NextAddress
-	// 127.42.0.N, then 127.42.1.N ... (prefix's third byte grows past 255 addresses).
+	// 127.42.0.10 to 127.42.0.249, then 127.42.1.10 ... (the third byte grows every 240
+	// addresses, the fourth stays a valid host byte).
 	parts := strings.Split(c.opts.AddressPrefix, ".")
 	if len(parts) == 3 {
 		var third int
 		fmt.Sscan(parts[2], &third)
-		return fmt.Sprintf("%s.%s.%d.%d", parts[0], parts[1], third+n/250, 10+n%250)
+		return fmt.Sprintf("%s.%s.%d.%d", parts[0], parts[1], third+n/240, 10+n%240)
 	}
 	return fmt.Sprintf("%s.%d", c.opts.AddressPrefix, n)
 }

@@ -62,6 +62,13 @@ type Options struct {
 	KubernetesVersion string
 	// SampleWorkload applies the lab's sample workload in namespace "sample".
 	SampleWorkload bool
+	// Workload, if it has Deployments, is applied once the nodes are up, and Up returns
+	// once its pods are Running and its PDBs count them (WorkloadTimeout, 30 minutes if
+	// zero).
+	Workload        lab.Workload
+	WorkloadTimeout time.Duration
+	// AuditReads records read requests in the API server's audit log too (lab.Options).
+	AuditReads bool
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -151,7 +158,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	log.Info("starting the Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
 	kdir := filepath.Join(dir, "k8s")
 	_ = os.RemoveAll(kdir)
-	if s.CP, err = lab.StartControlPlane(ctx, lab.Options{Dir: kdir, Name: "lab-" + opts.Cluster}); err != nil {
+	if s.CP, err = lab.StartControlPlane(ctx, lab.Options{Dir: kdir, Name: "lab-" + opts.Cluster, AuditReads: opts.AuditReads}); err != nil {
 		return s, err
 	}
 	if err := s.CP.SetClusterVersion(ctx, "v"+kubeVersion); err != nil {
@@ -280,6 +287,31 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 		if err := s.CP.ApplySampleWorkload(ctx, "sample"); err != nil {
 			return s, err
 		}
+	}
+	if w := opts.Workload; w.Deployments > 0 {
+		if w.Namespace == "" {
+			w.Namespace = "workload"
+		}
+		log.Info("applying the workload", "namespace", w.Namespace, "deployments", w.Deployments, "pods", w.Pods())
+		started := time.Now()
+		if err := s.CP.ApplyWorkload(ctx, w); err != nil {
+			return s, err
+		}
+		timeout := opts.WorkloadTimeout
+		if timeout == 0 {
+			timeout = 30 * time.Minute
+		}
+		lastLog := time.Now()
+		err := s.CP.WaitWorkload(ctx, w, timeout, func(ready int) {
+			if time.Since(lastLog) >= 10*time.Second {
+				log.Info("workload coming up", "ready", ready, "of", w.Pods(), "after", time.Since(started).Round(time.Second))
+				lastLog = time.Now()
+			}
+		})
+		if err != nil {
+			return s, err
+		}
+		log.Info("workload up", "pods", w.Pods(), "in", time.Since(started).Round(time.Second))
 	}
 	if err := s.writeFiles(password, controls, port); err != nil {
 		return s, err
