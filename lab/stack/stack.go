@@ -217,6 +217,9 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return err
 		}
 		v.MarkJoined()
+		if r.control {
+			s.Fleet.AddEtcdMember(v) // kubeadm's stacked etcd: a member per control node
+		}
 		m.known = fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
 		return nil
 	}

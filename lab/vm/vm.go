@@ -103,6 +103,8 @@ type Fleet struct {
 	history  []Record
 	failJoin map[string]bool
 	preset   map[string]map[string]Filesystem
+	etcd     etcdState
+	now      func() time.Time // the clock of certificate keys; time.Now if nil
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
