@@ -103,7 +103,7 @@ func checkEtcd(c *clients, name string, chk etcdCheck) pipeline.Step {
 	desc := "check that every etcd member is started and healthy"
 	switch {
 	case chk.Member:
-		desc += " and the new node is a member"
+		desc += " and the node is a member"
 	case chk.Gone:
 		desc += " and the removed node is no member"
 	case chk.Unhealthy:

@@ -30,11 +30,17 @@ import (
 // stackWorld is a world whose configuration is a whole lab: control plane, cloud, VMs.
 func stackWorld(t *testing.T, workers, nfs int) (*world, *stack.Stack) {
 	t.Helper()
+	return stackWorldOf(t, 1, workers, nfs)
+}
+
+// stackWorldOf is stackWorld with a number of control nodes (etcd members).
+func stackWorldOf(t *testing.T, controls, workers, nfs int) (*world, *stack.Stack) {
+	t.Helper()
 	if _, ok := lab.BinDir(); !ok {
 		lab.Need(t, nil)
 	}
 	s, err := stack.Up(context.Background(), stack.Options{
-		Dir: t.TempDir(), Controls: 1, Workers: workers, NFSWorkers: nfs,
+		Dir: t.TempDir(), Controls: controls, Workers: workers, NFSWorkers: nfs,
 		RebootDownTime: 500 * time.Millisecond, BuildTime: 300 * time.Millisecond, CloudInitTime: 700 * time.Millisecond, SampleWorkload: true,
 	})
 	if err != nil {

@@ -400,3 +400,11 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 	}
 	return fail(exitBadArgs, fmt.Sprintf("unknown command %q for \"etcdctl\" in the lab", strings.Join(rest, " ")))
 }
+
+// CertificateKey is the key of the last `kubeadm init phase upload-certs --upload-certs`
+// ("" if none), for tests that look for it where it must not be.
+func (f *Fleet) CertificateKey() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.etcd.certKey
+}
