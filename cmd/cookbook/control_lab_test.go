@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/stack"
 )
@@ -99,8 +100,18 @@ func TestControlNodes(t *testing.T) {
 		t.Fatalf("etcd members at the start: %v", got)
 	}
 
+	// A rehearsal reads etcd for real and writes nothing.
+	m := markWrites(s)
+	r := w.run("--dry-run", "add-k8s-node", "--cluster-name", "toolsbeta", "--role", "control")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would create server "+p+"4") || !strings.Contains(r.stderr, "etcd healthy members=3 healthy=3") {
+		t.Errorf("dry-run add of a control node:\n%s", r.stderr)
+	}
+	wantSkippedCounted(t, "dry-run add-k8s-node --role control", r)
+	m.none(t, "dry-run add-k8s-node --role control")
+
 	// Add: etcd checked before and after, the join uses the certificate key.
-	r := w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "control")
+	r = w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "control")
 	wantCode(t, r, 0)
 	outputs = append(outputs, r.stderr, r.stdout)
 	keys = append(keys, s.Fleet.CertificateKey())
@@ -159,7 +170,7 @@ func TestControlNodes(t *testing.T) {
 			t.Fatalf("round %d: etcd members after the killed add %s: %v (before %v)", round, id, etcdNames(s), before)
 		}
 		controlReady(t, s, added)
-		k, id = crash(t, w, rng, 6, 900*time.Millisecond, "--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "control", "--hostname-to-remove", added)
+		k, id = crash(t, w, rng, 6, 700*time.Millisecond, "--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "control", "--hostname-to-remove", added)
 		removeKills += k
 		controlGone(t, s, added)
 		if got := etcdNames(s); slices.Compare(got, before) != 0 {
@@ -197,14 +208,34 @@ func TestControlNodes(t *testing.T) {
 		t.Errorf("the refused removal changed something: cloud writes %d -> %d, runs %d -> %d, etcd %v", writes, s.Cloud.TotalWrites(), runs, len(w.runs()), etcdNames(s))
 	}
 
+	// No control node is added while a member is down: the run fails at its first step,
+	// before any server exists (abandoned here, so that it does not wait for a resume).
+	servers := len(s.Cloud.Servers())
+	r = w.run("add-k8s-node", "--cluster-name", "toolsbeta", "--role", "control")
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "failed at step check-etcd") || !strings.Contains(r.stderr, p+"3 (") || len(s.Cloud.Servers()) != servers {
+		t.Errorf("add with a member down: %d -> %d servers:\n%s", servers, len(s.Cloud.Servers()), r.stderr)
+	}
+	failed := 0
+	for _, run := range w.runs() {
+		if run.Status == state.Failed {
+			failed++
+			wantCode(t, w.run("--yes", "abandon", run.ID), 0)
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d failed runs, want the add's", failed)
+	}
+	runs = len(w.runs())
+
 	// Nor is control-1 rebooted: while it is down one member of three would be healthy.
 	r = w.run("roll-reboot", "--cluster-name", "toolsbeta", "--hostname-list", p+"1")
 	wantCode(t, r, 2)
 	if !strings.Contains(r.stderr, "stopping "+p+"1 would leave 1 healthy etcd member(s) of 3, fewer than the quorum of 2") {
 		t.Errorf("reboot refusal:\n%s", r.stderr)
 	}
-	if s.Cloud.TotalWrites() != writes || nodeOf(t, s, p+"1").Spec.Unschedulable {
-		t.Errorf("the refused reboot changed something: cloud writes %d -> %d", writes, s.Cloud.TotalWrites())
+	if s.Cloud.TotalWrites() != writes || nodeOf(t, s, p+"1").Spec.Unschedulable || len(w.runs()) != runs {
+		t.Errorf("the refused reboot changed something: cloud writes %d -> %d, runs %d -> %d", writes, s.Cloud.TotalWrites(), runs, len(w.runs()))
 	}
 
 	// The powered-off control-3 is removed: kubeadm reset cannot run, so its member is
