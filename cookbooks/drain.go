@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/hooks"
 	"example.com/cookbook/k8sops"
 )
 
@@ -37,7 +38,15 @@ func Drain() Cookbook {
 			if err != nil {
 				return nil, err
 			}
-			if err := env.CheckKube(cl); err != nil {
+			// The node's beforeDrain hooks, if any, need the cloud (for {server_id} and
+			// {address}) and SSH (for `on:`): only then does drain use them.
+			role, _, _ := cl.RoleOf(node)
+			withHooks := len(cl.HooksAt(role, hooks.BeforeDrain)) > 0
+			check := env.CheckKube
+			if withHooks {
+				check = env.CheckAccess
+			}
+			if err := check(cl); err != nil {
 				return nil, err
 			}
 			return &Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
@@ -48,8 +57,17 @@ func Drain() Cookbook {
 				if err := requireNode(ctx, k, node); err != nil {
 					return nil, err
 				}
+				steps := cordonDrain(k, pipeline.Scope(node), node, opts)
+				if withHooks {
+					c, err := newClients(ctx, env, cl)
+					if err != nil {
+						return nil, err
+					}
+					last := len(steps) - 1
+					steps = pipeline.Steps(steps[:last], knownHookSteps(c, node, role, hooks.BeforeDrain), steps[last:])
+				}
 				return pipeline.Steps(
-					pipeline.Group(node, "node "+node, cordonDrain(k, pipeline.Scope(node), node, opts)...),
+					pipeline.Group(node, "node "+node, steps...),
 					pipeline.One(auditStep(env, fmt.Sprintf("Drained k8s node %s of cluster %s", node, cl.Name))),
 				), nil
 			}}, nil

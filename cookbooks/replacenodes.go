@@ -27,13 +27,25 @@ type replacePlan struct {
 	Batches [][]oldNode `json:"batches"`
 	// Current are the listed nodes already on the image, left alone.
 	Current []string `json:"current,omitempty"`
+	// Kept are old nodes an earlier --keep-old run replaced and kept (cordoned, drained,
+	// labelled with their replacement): only removed, unless this run keeps old nodes too.
+	Kept []oldNode `json:"kept,omitempty"`
 }
 
 // oldNode is a server to replace and the name of the image it runs.
 type oldNode struct {
 	Server openstack.Server `json:"server"`
 	Image  string           `json:"image"`
+	// ReplacedBy is, for a kept node, the name of the node that replaced it.
+	ReplacedBy string `json:"replacedBy,omitempty"`
 }
+
+// labelReplacedBy is the label --keep-old puts on an old node: the name of its new node.
+// A later run of replace-k8s-nodes finds kept nodes by it and only removes them.
+const labelReplacedBy = "cookbook/replaced-by"
+
+// removeScope is the scope of the removal of a kept old node: "<old>/remove".
+func removeScope(old string) pipeline.Scope { return pipeline.Scope(old + "/remove") }
 
 // newScope is the scope of the add set of the node that replaces old: "<old>/new".
 func newScope(old string) pipeline.Scope { return pipeline.Scope(old + "/new") }
@@ -73,6 +85,25 @@ type replacer struct {
 	c              *clients
 	imageRef       openstack.Ref
 	imageRefLooked bool
+	progress       *rollProgress
+}
+
+// replaceProgress counts replacements: an old node is done when its replacement's audit
+// line is sent, in flight once its new node's name is picked.
+func replaceProgress(env *Env, p replacePlan, total int) *rollProgress {
+	var plan [][]rollNode
+	for _, b := range p.Batches {
+		var nodes []rollNode
+		for _, o := range b {
+			nodes = append(nodes, rollNode{Name: o.Server.Name})
+		}
+		plan = append(plan, nodes)
+	}
+	return &rollProgress{log: env.Log, total: total, started: time.Now(), nodes: plan,
+		inFlight: func(v *pipeline.Values, old string) bool {
+			_, ok := addKeysIn(newScope(old)).hostname.Get(v)
+			return ok
+		}}
 }
 
 func prepareReplace(c *cli.Context, env *Env) (*Job, error) {
@@ -193,13 +224,29 @@ func (r *replacer) makePlan(ctx context.Context) (replacePlan, error) {
 		names[id] = n
 		return n
 	}
+	nodes, err := r.c.kube.Nodes(ctx)
+	if err != nil {
+		return p, err
+	}
+	replacedBy := map[string]string{}
+	for _, n := range nodes {
+		if by := n.Labels[labelReplacedBy]; by != "" && n.Spec.Unschedulable {
+			replacedBy[n.Name] = by
+		}
+	}
 	var old []oldNode
 	for _, s := range sortedServers(chosen) {
 		if s.ImageID == p.ImageID {
 			p.Current = append(p.Current, s.Name)
 			continue
 		}
-		old = append(old, oldNode{Server: s, Image: imageName(s.ImageID)})
+		o := oldNode{Server: s, Image: imageName(s.ImageID)}
+		if by, ok := byName[replacedBy[s.Name]]; ok && by.ImageID == p.ImageID {
+			o.ReplacedBy = by.Name
+			p.Kept = append(p.Kept, o)
+			continue
+		}
+		old = append(old, o)
 	}
 	p.Batches = replaceBatches(old, r.surge, r.canary)
 	return p, nil
@@ -254,18 +301,21 @@ func (r *replacer) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 		return nil, err
 	}
 	total := 0
-	for i, b := range p.Batches {
+	for _, b := range p.Batches {
 		total += len(b)
-		var olds []string
-		for _, o := range b {
-			olds = append(olds, fmt.Sprintf("%s (%s)", o.Server.Name, o.Image))
-		}
-		r.env.Log.Info(fmt.Sprintf("plan: batch %d/%d: replace %s with new %s node(s) on %s", i+1, len(p.Batches), strings.Join(olds, ", "), r.roleName, p.Image))
 	}
-	for _, n := range p.Current {
-		r.env.Log.Info(fmt.Sprintf("plan: %s is on %s already: left alone", n, p.Image))
+	if err := r.logPlan(ctx, v, spec, p); err != nil {
+		return nil, err
 	}
+	r.progress = replaceProgress(r.env, p, total)
 	parts := [][]pipeline.Step{pipeline.One(auditStepNamed("audit-start", r.env, fmt.Sprintf("replace-k8s-nodes of %s started by %s: %d %s node(s) to %s in %d batch(es)", r.cl.Name, operator(), total, r.roleName, p.Image, len(p.Batches))))}
+	if len(p.Kept) > 0 && !r.keep {
+		steps, err := r.removeKept("remove-kept", p.Kept)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, steps)
+	}
 	for i, b := range p.Batches {
 		name := fmt.Sprintf("batch-%d", i+1)
 		steps, err := r.batchSteps(name, spec, p, b)
@@ -284,11 +334,32 @@ func (r *replacer) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 		}
 		parts = append(parts, pipeline.Group(name, fmt.Sprintf("batch %d/%d [%s]", i+1, len(p.Batches), oldNames(b)), steps...))
 	}
-	did := "replaced"
-	if r.keep {
-		did = "replaced (old nodes kept, cordoned and drained)"
+	if r.keep && total > 0 {
+		var kept []oldNode
+		for _, b := range p.Batches {
+			kept = append(kept, b...)
+		}
+		pause := pipeline.Step{Name: "keep-old-pause", Desc: pipeline.Text("pause with the old nodes kept, cordoned and drained"), Do: func(ctx context.Context, v *pipeline.Values) error {
+			if r.env.DryRun {
+				r.env.Log.Info("DRY-RUN: the run would pause here, the old nodes kept")
+				return nil
+			}
+			return pipeline.Pause("--keep-old: %s kept, cordoned and drained, beside their new nodes; compare, then the same plan removes them", oldNames(kept))
+		}}
+		steps, err := r.removeKept("remove-old", kept)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, pipeline.One(pause), steps)
 	}
-	parts = append(parts, pipeline.One(auditStep(r.env, fmt.Sprintf("replace-k8s-nodes of %s finished: %d %s node(s) %s", r.cl.Name, total, r.roleName, did))))
+	end := fmt.Sprintf("replace-k8s-nodes of %s finished: %d %s node(s) replaced", r.cl.Name, total, r.roleName)
+	if len(p.Kept) > 0 && !r.keep {
+		end += fmt.Sprintf(", %d kept by an earlier run removed", len(p.Kept))
+	}
+	parts = append(parts, pipeline.One(auditStep(r.env, end)))
+	if !r.env.DryRun && total > 0 {
+		go r.progress.tick(ctx, v)
+	}
 	return pipeline.Steps(parts...), nil
 }
 
@@ -300,9 +371,9 @@ func oldNames(b []oldNode) string {
 	return strings.Join(n, ", ")
 }
 
-// batchSteps is one batch: pick-names, the add sets of its new nodes side by side, the
-// health gate, then the removal (or, with --keep-old, the cordon and drain) of its old
-// nodes side by side, and one audit line per replacement.
+// batchSteps is one batch: pick-names, check-quota, the add sets of its new nodes side by
+// side, the health gate, then the removal (or, with --keep-old, the label, cordon and
+// drain) of its old nodes side by side, and one audit line per replacement.
 func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNode) ([]pipeline.Step, error) {
 	adds := make([]pipeline.Set, len(b))
 	removes := make([]pipeline.Set, len(b))
@@ -312,7 +383,14 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 		adds[i] = pipeline.Set{Scope: newScope(node), Title: "new node for " + node, Steps: steps}
 		var rm []pipeline.Step
 		if r.keep {
-			rm = ifInCluster(r.c.kube, node, cordonDrain(r.c.kube, pipeline.Scope(node), node, r.drain))
+			label := pipeline.Step{Name: "label-replaced-by", Desc: pipeline.Textf("label %s %s=<its new node>", node, labelReplacedBy), Do: func(ctx context.Context, v *pipeline.Values) error {
+				n, err := addKeysIn(newScope(node)).hostname.Must(v)
+				if err != nil {
+					return err
+				}
+				return r.c.kube.ApplyLabels(ctx, node, map[string]string{labelReplacedBy: n})
+			}}
+			rm = ifInCluster(r.c.kube, node, append([]pipeline.Step{label}, cordonDrain(r.c.kube, pipeline.Scope(node), node, r.drain)...))
 		} else {
 			rm = removeNode(r.c, pipeline.Scope(node), o.Server, removeOpts{Drain: r.drain, Timeout: r.timeout})
 		}
@@ -329,9 +407,17 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 	pick := pipeline.Step{Name: "pick-names", Desc: pipeline.Textf("pick the names of %d new %s node(s)", len(b), r.roleName), Do: func(ctx context.Context, v *pipeline.Values) error {
 		return r.pickNames(ctx, v, spec, b)
 	}}
+	quota := pipeline.Step{Name: "check-quota", Desc: pipeline.Textf("check the project's quota has room for %d new server(s)", len(b)), Do: func(ctx context.Context, v *pipeline.Values) error {
+		return r.checkQuota(ctx, v, spec, b)
+	}}
 	k := r.c.kube
-	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
+	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Text("wait until the cluster is healthy with the new nodes, their pods Running (2 good checks in a row)"), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := k8sops.GateOptions{Timeout: r.timeout}
+		for _, o := range b {
+			if n, ok := addKeysIn(newScope(o.Server.Name)).hostname.Get(v); ok {
+				gate.Handled = append(gate.Handled, n)
+			}
+		}
 		if r.env.DryRun {
 			bad, err := k.Health(ctx, gate)
 			if err == nil && len(bad) > 0 {
@@ -353,10 +439,21 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 				continue
 			}
 			r.env.Audit.Send(ctx, line)
+			if _, ok, err := nodeDone(o.Server.Name).Lookup(v); err != nil {
+				return err
+			} else if !ok {
+				if err := nodeDone(o.Server.Name).Set(v, time.Now()); err != nil {
+					return err
+				}
+			}
+			r.progress.finish(o.Server.Name)
+		}
+		if !r.env.DryRun {
+			r.progress.summary(v)
 		}
 		return nil
 	}}
-	return pipeline.Steps(pipeline.One(pick), add, pipeline.One(health), remove, pipeline.One(audit)), nil
+	return pipeline.Steps(pipeline.One(pick), pipeline.One(quota), add, pipeline.One(health), remove, pipeline.One(audit)), nil
 }
 
 // pickNames records the names of the batch's new nodes before their add sets run side by
@@ -390,4 +487,166 @@ func (r *replacer) pickNames(ctx context.Context, v *pipeline.Values, spec addSp
 		r.env.Log.Info("new node name", "name", n)
 	}
 	return nil
+}
+
+// newFlavor is the flavor of the new nodes, as the add sets resolve it: --flavor, else the
+// role's, else the newest server's of the role.
+func (r *replacer) newFlavor(ctx context.Context, spec addSpec) (openstack.FlavorSize, error) {
+	ref := spec.Flavor
+	if ref == "" {
+		list, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+		if err != nil {
+			return openstack.FlavorSize{}, err
+		}
+		var newest *openstack.Server
+		for i := range list {
+			if newest == nil || list[i].Created.After(newest.Created) {
+				newest = &list[i]
+			}
+		}
+		if newest == nil {
+			return openstack.FlavorSize{}, BadInputf("no flavor for role %s: give --flavor or set roles.%s.flavor in the configuration", spec.Role, spec.Role)
+		}
+		ref = newest.FlavorID
+	}
+	return r.c.cloud.FlavorSize(ctx, ref)
+}
+
+// checkQuota refuses to start the batch's new servers when the project's quota has no
+// room for them, naming what is missing. Servers already made (a resumed run) need none.
+func (r *replacer) checkQuota(ctx context.Context, v *pipeline.Values, spec addSpec, b []oldNode) error {
+	list, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+	if err != nil {
+		return err
+	}
+	exists := map[string]bool{}
+	for _, s := range list {
+		exists[s.Name] = true
+	}
+	var todo []string
+	for _, o := range b {
+		n, err := addKeysIn(newScope(o.Server.Name)).hostname.Must(v)
+		if err != nil {
+			return err
+		}
+		if !exists[n] {
+			todo = append(todo, n)
+		}
+	}
+	if len(todo) == 0 {
+		return pipeline.Skip("the new servers exist already")
+	}
+	f, err := r.newFlavor(ctx, spec)
+	if err != nil {
+		return err
+	}
+	l, err := r.c.cloud.Limits(ctx)
+	if err != nil {
+		return err
+	}
+	if err := l.Check(openstack.NeedFor(len(todo), f)); err != nil {
+		err = fmt.Errorf("new server(s) %s of flavor %s: %w", strings.Join(todo, ", "), f.Name, err)
+		if r.env.DryRun {
+			r.env.Log.Warn("DRY-RUN: the run would stop here: " + err.Error())
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+// logPlan prints the plan: per batch the old nodes and the names of their new ones (those
+// recorded, else the next free numbers), the image and flavor; the nodes left alone; the
+// quota the run needs at its peak and what is left now. In dry-run also the pods each old
+// node would lose now and the budgets that would block now.
+func (r *replacer) logPlan(ctx context.Context, v *pipeline.Values, spec addSpec, p replacePlan) error {
+	for _, n := range p.Current {
+		r.env.Log.Info(fmt.Sprintf("plan: %s is on %s already: left alone", n, p.Image))
+	}
+	for _, o := range p.Kept {
+		what := "remove it"
+		if r.keep {
+			what = "left kept (a run without --keep-old removes it)"
+		}
+		r.env.Log.Info(fmt.Sprintf("plan: %s (%s) was replaced by %s in an earlier --keep-old run: %s", o.Server.Name, o.Image, o.ReplacedBy, what))
+	}
+	if len(p.Batches) == 0 {
+		return nil
+	}
+	f, err := r.newFlavor(ctx, spec)
+	if err != nil {
+		return err
+	}
+	taken, err := r.c.cloud.RoleServers(ctx, spec.Prefix)
+	if err != nil {
+		return err
+	}
+	peak, total := 0, 0
+	for i, b := range p.Batches {
+		var pairs []string
+		for _, o := range b {
+			n, ok := addKeysIn(newScope(o.Server.Name)).hostname.Get(v)
+			if !ok {
+				n = openstack.NextName(spec.Prefix, taken)
+				taken = append(taken, openstack.Server{Name: n})
+			}
+			pairs = append(pairs, fmt.Sprintf("%s (%s) -> %s", o.Server.Name, o.Image, n))
+		}
+		r.env.Log.Info(fmt.Sprintf("plan: batch %d/%d: %s on %s, flavor %s", i+1, len(p.Batches), strings.Join(pairs, ", "), p.Image, f.Name))
+		if r.env.DryRun {
+			for _, o := range b {
+				logDrainPlan(ctx, r.env, r.c.kube, o.Server.Name, r.drain)
+			}
+		}
+		peak, total = max(peak, len(b)), total+len(b)
+	}
+	if r.keep {
+		peak = total
+	}
+	l, err := r.c.cloud.Limits(ctx)
+	if err != nil {
+		return err
+	}
+	need := openstack.NeedFor(peak, f)
+	r.env.Log.Info(fmt.Sprintf("plan: quota needed at once: %s (%d new server(s) of flavor %s before old ones go); left now: %s", need, peak, f.Name, l.Left()))
+	if err := l.Check(need); err != nil {
+		r.env.Log.Warn("plan: " + err.Error())
+	}
+	return nil
+}
+
+// removeKept removes kept old nodes (every remove-k8s-node step), at most --max-surge side
+// by side, in groups "<tag>-N", with an audit line per node.
+func (r *replacer) removeKept(tag string, kept []oldNode) ([]pipeline.Step, error) {
+	var out []pipeline.Step
+	for i := 0; i < len(kept); i += r.surge {
+		b := kept[i:min(i+r.surge, len(kept))]
+		name := fmt.Sprintf("%s-%d", tag, i/r.surge+1)
+		sets := make([]pipeline.Set, len(b))
+		for j, o := range b {
+			sets[j] = pipeline.Set{Scope: removeScope(o.Server.Name), Title: "old node " + o.Server.Name,
+				Steps: removeNode(r.c, removeScope(o.Server.Name), o.Server, removeOpts{Drain: r.drain, Timeout: r.timeout})}
+		}
+		steps, err := pipeline.Together(name, sets...)
+		if err != nil {
+			return nil, err
+		}
+		audit := pipeline.Step{Name: "audit", Desc: pipeline.Textf("tell the team: removed %s", oldNames(b)), Do: func(ctx context.Context, v *pipeline.Values) error {
+			for _, o := range b {
+				by := o.ReplacedBy
+				if by == "" {
+					by, _ = addKeysIn(newScope(o.Server.Name)).hostname.Get(v)
+				}
+				line := fmt.Sprintf("Removed %s (%s), kept after its replacement by %s", r.cl.FQDN(o.Server.Name), o.Image, r.cl.FQDN(by))
+				if r.env.DryRun {
+					r.env.Gate.Would(ctx, "send audit line: "+line)
+					continue
+				}
+				r.env.Audit.Send(ctx, line)
+			}
+			return nil
+		}}
+		out = append(out, pipeline.Group(name, fmt.Sprintf("remove the kept old node(s) %s", oldNames(b)), append(steps, audit)...)...)
+	}
+	return out, nil
 }

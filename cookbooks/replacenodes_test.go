@@ -1,10 +1,15 @@
 package cookbooks
 
 import (
+	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/openstack"
 )
 
@@ -45,5 +50,29 @@ func TestReplaceBatches(t *testing.T) {
 				t.Errorf("batches (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestReplaceProgress: the progress line counts an old node replaced once its audit line
+// is sent (its done mark), in flight once its new node's name is picked, left otherwise.
+func TestReplaceProgress(t *testing.T) {
+	store := &state.Store{Dir: t.TempDir()}
+	run := &state.Run{ID: "r-repl", Cookbook: "replace-k8s-nodes", StartedAt: time.Now()}
+	v := (&pipeline.Runner{Store: store}).Values(run)
+	p := replacePlan{Batches: [][]oldNode{
+		{{Server: openstack.Server{Name: "w-1"}}, {Server: openstack.Server{Name: "w-2"}}},
+		{{Server: openstack.Server{Name: "w-3"}}, {Server: openstack.Server{Name: "w-4"}}},
+	}}
+	log := &lines{}
+	prog := replaceProgress(&Env{}, p, 4)
+	prog.log = log
+	if err := errors.Join(addKeysIn(newScope("w-1")).hostname.Set(v, "w-5"), nodeDone("w-1").Set(v, time.Now()),
+		addKeysIn(newScope("w-2")).hostname.Set(v, "w-6"), nodeDone("w-2").Set(v, time.Now()),
+		addKeysIn(newScope("w-3")).hostname.Set(v, "w-7")); err != nil {
+		t.Fatal(err)
+	}
+	prog.summary(v)
+	if len(log.got) != 1 || !strings.HasPrefix(log.got[0], "progress: 2/4 done, 1 in progress, 1 left, ETA ") {
+		t.Errorf("progress lines %q, want one of 2/4 done, 1 in progress, 1 left with an ETA", log.got)
 	}
 }

@@ -175,21 +175,27 @@ func (r *rolling) logPlan(ctx context.Context, plan [][]rollNode) {
 			continue
 		}
 		for _, n := range b {
-			p, err := r.c.kube.PlanDrain(ctx, n.Name, r.Drain)
-			if err != nil {
-				r.Env.Log.Warn("cannot plan the drain", "node", n.Name, "err", err)
-				continue
-			}
-			r.Env.Log.Info(fmt.Sprintf("plan: %s: %d pod(s) to evict", n.Name, len(p.Evict)), "cordoned-by-admin", n.Cordoned)
-			for _, pdb := range p.PDBs {
-				if pdb.WouldBlock() {
-					r.Env.Log.Info("plan: " + n.Name + ": would wait on " + pdb.String())
-				}
-			}
-			for _, b := range p.Blocking {
-				r.Env.Log.Warn("plan: " + n.Name + ": blocks: " + b)
-			}
+			logDrainPlan(ctx, r.Env, r.c.kube, n.Name, r.Drain, "cordoned-by-admin", n.Cordoned)
 		}
+	}
+}
+
+// logDrainPlan prints what draining the node would do now: the pods it would evict, the
+// budgets that would make it wait and what would block it.
+func logDrainPlan(ctx context.Context, env *Env, k *k8sops.Ops, node string, opts k8sops.DrainOptions, attrs ...any) {
+	p, err := k.PlanDrain(ctx, node, opts)
+	if err != nil {
+		env.Log.Warn("cannot plan the drain", "node", node, "err", err)
+		return
+	}
+	env.Log.Info(fmt.Sprintf("plan: %s: %d pod(s) to evict", node, len(p.Evict)), attrs...)
+	for _, pdb := range p.PDBs {
+		if pdb.WouldBlock() {
+			env.Log.Info("plan: " + node + ": would wait on " + pdb.String())
+		}
+	}
+	for _, b := range p.Blocking {
+		env.Log.Warn("plan: " + node + ": blocks: " + b)
 	}
 }
 
@@ -352,6 +358,11 @@ type rollProgress struct {
 	every   time.Duration // between summaries; 0 means 30 seconds
 	total   int
 	started time.Time
+	// nodes are the job's nodes and inFlight says whether a node not done is in progress;
+	// nil means the recorded rolling plan and its cordon state (replace-k8s-nodes counts
+	// its old nodes and their new nodes' recorded names).
+	nodes    [][]rollNode
+	inFlight func(v *pipeline.Values, node string) bool
 }
 
 func (p *rollProgress) transition(node, state string) {
@@ -374,6 +385,10 @@ func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.
 				if last.IsZero() || t.After(last) {
 					last = t
 				}
+			} else if p.inFlight != nil {
+				if p.inFlight(v, n.Name) {
+					inProgress++
+				}
 			} else if _, ok := pipeline.In(pipeline.Scope(n.Name), keyWasCordoned).Get(v); ok {
 				inProgress++
 			}
@@ -387,7 +402,10 @@ func (p *rollProgress) snapshot(v *pipeline.Values, plan [][]rollNode) pipeline.
 }
 
 func (p *rollProgress) summary(v *pipeline.Values) {
-	plan, _ := keyRollPlan.Get(v)
+	plan := p.nodes
+	if plan == nil {
+		plan, _ = keyRollPlan.Get(v)
+	}
 	p.log.Info("progress: " + p.snapshot(v, plan).String())
 }
 

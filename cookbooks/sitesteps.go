@@ -3,6 +3,7 @@ package cookbooks
 import (
 	"context"
 	"fmt"
+	"sort"
 
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/hooks"
@@ -104,4 +105,57 @@ func knownHookSteps(c *clients, name, role, point string) []pipeline.Step {
 		}
 	}
 	return steps
+}
+
+// keyClusterSilence is the id of a run's whole-cluster silence (--silence-cluster). A
+// resumed run passes it back, so no second silence is made.
+const keyClusterSilence = pipeline.Key[string]("cluster-silence-id")
+
+// withClusterSilence wraps a run's steps in a whole-cluster silence: silence-cluster
+// after the first step (the audit line that says the run started), unsilence-cluster
+// before the last (the audit line that says it finished). The silence matches every node
+// of the cluster's roles for the cluster's clusterDuration (3 h by default, as the
+// Toolforge upgrade runbook silences); its id is recorded in the run, reused on resume
+// and expired by unsilence-cluster or by the undo of an abandoned run. reason starts the
+// silence's comment. A failing Alertmanager is the silencer's one warning.
+func withClusterSilence(c *clients, steps []pipeline.Step, reason string) []pipeline.Step {
+	if c.silencer == nil || len(steps) < 2 {
+		return steps
+	}
+	var prefixes []string
+	for _, r := range c.cl.Roles {
+		if r != nil && r.Prefix != "" {
+			prefixes = append(prefixes, r.Prefix)
+		}
+	}
+	sort.Strings(prefixes)
+	silence := pipeline.Step{
+		Name: "silence-cluster",
+		Desc: pipeline.Textf("silence the alerts of every node of cluster %s", c.cl.Name),
+		Do: func(ctx context.Context, v *pipeline.Values) error {
+			recorded, _, err := keyClusterSilence.Lookup(v)
+			if err != nil {
+				return err
+			}
+			id := c.silencer.SilenceCluster(ctx, v.RunID(), c.cl.Name, prefixes, reason, recorded)
+			if id == "" || id == recorded {
+				return nil
+			}
+			return keyClusterSilence.Set(v, id)
+		},
+		Undo: func(ctx context.Context, v *pipeline.Values) error {
+			expire(ctx, c, keyClusterSilence, v)
+			return nil
+		},
+	}
+	unsilence := pipeline.Step{
+		Name: "unsilence-cluster",
+		Desc: pipeline.Textf("expire the silence of cluster %s", c.cl.Name),
+		Do: func(ctx context.Context, v *pipeline.Values) error {
+			expire(ctx, c, keyClusterSilence, v)
+			return nil
+		},
+	}
+	last := len(steps) - 1
+	return pipeline.Steps(steps[:1], pipeline.One(silence), steps[1:last], pipeline.One(unsilence), steps[last:])
 }

@@ -64,6 +64,7 @@ func upgradeFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long a node may take to report the new version and be Ready"},
 		&cli.BoolFlag{Name: "force-uncordon", Usage: "also uncordon nodes an administrator had cordoned before the run"},
+		&cli.BoolFlag{Name: "silence-cluster", Usage: "silence the alerts of the whole cluster for the run (one silence, alertmanager.clusterDuration, 3h by default), expired at its end"},
 	}, drainFlags()...)
 }
 
@@ -121,6 +122,8 @@ type upgrader struct {
 	timeout time.Duration
 	force   bool
 	drain   k8sops.DrainOptions
+	// silence is --silence-cluster.
+	silence bool
 
 	selectNodes func(names []string) ([]string, error)
 }
@@ -139,6 +142,9 @@ func newUpgrader(c *cli.Context, env *Env, job string) (*upgrader, error) {
 	}
 	if u.timeout, err = positiveDuration(c, "timeout", 10*time.Minute); err != nil {
 		return nil, err
+	}
+	if u.silence = c.Bool("silence-cluster"); u.silence && cl.Alertmanager == nil {
+		return nil, BadInputf("--silence-cluster: cluster %s has no alertmanager in the configuration (expected alertmanager: {url: ...})", cl.Name)
 	}
 	return u, nil
 }
@@ -268,7 +274,8 @@ func (u *upgrader) check(ctx context.Context) error {
 	return nil
 }
 
-// plan is the rolling skeleton with the package upgrade as its action.
+// plan is the rolling skeleton with the package upgrade as its action, and with
+// --silence-cluster inside a whole-cluster silence (withClusterSilence).
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: u.env, Cluster: u.cl, Job: u.job, Did: "upgraded to v" + u.dst.String(), Select: u.selectNodes,
 		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain,
@@ -280,7 +287,11 @@ func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 			}
 			return upgradePackages(c, s, knownNode(c, n.Name), u.dst, u.timeout)
 		}}
-	return roll.Plan(ctx, v)
+	steps, err := roll.Plan(ctx, v)
+	if err != nil || !u.silence {
+		return steps, err
+	}
+	return withClusterSilence(roll.c, steps, "upgrade to v"+u.dst.String()), nil
 }
 
 // upgradePackages is the step set that upgrades a drained worker to dst: find-package

@@ -31,6 +31,7 @@ import (
 
 	"example.com/cookbook/k8sops"
 	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/cloud"
 	"example.com/cookbook/lab/stack"
 	"example.com/cookbook/lab/vm"
 )
@@ -255,25 +256,11 @@ func status(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	perNode := map[string]int{}
-	for _, p := range pods.Items {
-		if p.Status.Phase == corev1.PodRunning {
-			perNode[p.Spec.NodeName]++
-		}
+	var servers []cloud.ServerSummary
+	if err := getJSON(st.CloudURL+"/_lab/servers", &servers); err != nil {
+		return fmt.Errorf("servers: %w", err)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tSTATUS\tSCHEDULING\tBOOT ID\tRUNNING PODS")
-	for _, n := range nodes.Items {
-		ready, sched := "NotReady", "schedulable"
-		if k8sops.IsReady(&n) {
-			ready = "Ready"
-		}
-		if n.Spec.Unschedulable {
-			sched = "cordoned"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%.8s\t%d\n", n.Name, ready, sched, n.Status.NodeInfo.BootID, perNode[n.Name])
-	}
-	w.Flush()
+	printNodes(os.Stdout, nodes.Items, pods.Items, servers)
 	resp, err := http.Get(st.CloudURL + "/_lab/commands")
 	if err != nil {
 		return err
@@ -292,4 +279,55 @@ func status(c *cli.Context) error {
 		fmt.Printf("  %s  %-40s exit %-3d %s\n", r.Time.Format(time.TimeOnly), r.VM, r.ExitCode, strings.Join(r.Argv, " "))
 	}
 	return nil
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// printNodes prints one line per node (its server's image, Ready, cordoned, boot id,
+// running pods), then the servers that have no node (booting, or left behind).
+func printNodes(out io.Writer, nodes []corev1.Node, pods []corev1.Pod, servers []cloud.ServerSummary) {
+	perNode := map[string]int{}
+	for _, p := range pods {
+		if p.Status.Phase == corev1.PodRunning {
+			perNode[p.Spec.NodeName]++
+		}
+	}
+	image := map[string]string{}
+	for _, s := range servers {
+		image[s.Name] = s.Image
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tIMAGE\tSTATUS\tSCHEDULING\tBOOT ID\tRUNNING PODS")
+	hasNode := map[string]bool{}
+	for _, n := range nodes {
+		hasNode[n.Name] = true
+		ready, sched := "NotReady", "schedulable"
+		if k8sops.IsReady(&n) {
+			ready = "Ready"
+		}
+		if n.Spec.Unschedulable {
+			sched = "cordoned"
+		}
+		im := image[n.Name]
+		if im == "" {
+			im = "(no server)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.8s\t%d\n", n.Name, im, ready, sched, n.Status.NodeInfo.BootID, perNode[n.Name])
+	}
+	for _, s := range servers {
+		if !hasNode[s.Name] {
+			fmt.Fprintf(w, "%s\t%s\t(no node; server %s)\t-\t-\t-\n", s.Name, s.Image, s.Status)
+		}
+	}
+	w.Flush()
 }

@@ -6,6 +6,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/lab/cloud"
 )
 
 // captureStdout runs fn and returns what it printed.
@@ -47,5 +52,33 @@ func TestDirBeforeOrAfterTheCommand(t *testing.T) {
 	out := captureStdout(t, func() { newApp().Run([]string{"cookbook-lab", "down"}) })
 	if want := "no lab running from " + filepath.Join(wd, ".lab"); !strings.Contains(out, want) {
 		t.Errorf("default dir: printed %q, want %q", out, want)
+	}
+}
+
+// TestPrintNodes: status shows each node's image (from its server), Ready, cordoned, boot
+// id and running pods; a server without a node and a node without a server say so.
+func TestPrintNodes(t *testing.T) {
+	ready := corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}, NodeInfo: corev1.NodeSystemInfo{BootID: "0123456789abcdef"}}
+	nodes := []corev1.Node{
+		{ObjectMeta: metav1.ObjectMeta{Name: "tb-worker-1"}, Spec: corev1.NodeSpec{Unschedulable: true}, Status: ready},
+		{ObjectMeta: metav1.ObjectMeta{Name: "tb-worker-3"}, Status: ready},
+		{ObjectMeta: metav1.ObjectMeta{Name: "tb-worker-9"}},
+	}
+	pods := []corev1.Pod{
+		{Spec: corev1.PodSpec{NodeName: "tb-worker-3"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+		{Spec: corev1.PodSpec{NodeName: "tb-worker-3"}, Status: corev1.PodStatus{Phase: corev1.PodPending}},
+	}
+	servers := []cloud.ServerSummary{{Name: "tb-worker-1", Status: "ACTIVE", Image: "debian-12.0-bookworm"},
+		{Name: "tb-worker-3", Status: "ACTIVE", Image: "debian-13.0-trixie"}, {Name: "tb-worker-4", Status: "BUILD", Image: "debian-13.0-trixie"}}
+	var b strings.Builder
+	printNodes(&b, nodes, pods, servers)
+	want := `NODE         IMAGE                 STATUS                   SCHEDULING   BOOT ID   RUNNING PODS
+tb-worker-1  debian-12.0-bookworm  Ready                    cordoned     01234567  0
+tb-worker-3  debian-13.0-trixie    Ready                    schedulable  01234567  1
+tb-worker-9  (no server)           NotReady                 schedulable            0
+tb-worker-4  debian-13.0-trixie    (no node; server BUILD)  -            -         -
+`
+	if b.String() != want {
+		t.Errorf("status:\n%s\nwant:\n%s", b.String(), want)
 	}
 }

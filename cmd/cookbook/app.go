@@ -501,7 +501,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		}
 	}
 	if sh != nil {
-		store.Copy = sh.copier(logger, hold)
+		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
 		store.Copy(run)
 		defer sh.prune(logger)
 	}

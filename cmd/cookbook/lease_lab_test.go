@@ -222,3 +222,138 @@ func TestLeaseDryRunWritesNothing(t *testing.T) {
 		t.Errorf("runs show made %d writes: %+v", len(writes), writes)
 	}
 }
+
+// follower is `runs show --follow ID` running on world w, its stdout and stderr kept.
+type follower struct {
+	cmd         *exec.Cmd
+	out, errOut syncBuffer
+	done        chan error
+}
+
+func startFollower(t *testing.T, w *world, id string) *follower {
+	t.Helper()
+	f := &follower{cmd: w.command("runs", "show", "--follow", id), done: make(chan error, 1)}
+	f.cmd.Stdout, f.cmd.Stderr = &f.out, &f.errOut
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { f.done <- f.cmd.Wait() }()
+	t.Cleanup(func() { f.cmd.Process.Kill(); <-f.done })
+	return f
+}
+
+// waitOut waits until the follower's output has want.
+func (f *follower) waitOut(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(f.out.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower does not print %q:\n%s\nstderr:\n%s", want, f.out.String(), f.errOut.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// exit waits for the follower to end and returns its exit code.
+func (f *follower) exit(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-f.done:
+		f.done <- err // for the cleanup
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the follower did not end with the run:\n%s", f.out.String())
+	}
+	return -1
+}
+
+// TestRunsShowFollowOtherHost: `runs show ID --follow` on host B (its own state dir,
+// nothing of the run there) follows a run of host A through the cluster's record: it
+// prints the steps as they finish while the run goes on, the end of the run's log, and
+// exits with the run's outcome: 0 when it is done, 1 when it failed, 1 once the Lease of
+// a run killed with SIGKILL expires.
+func TestRunsShowFollowOtherHost(t *testing.T) {
+	a := hostWorld(t, "host-a", "t-follow", nil)
+	b := hostWorld(t, "host-b", "t-follow", a)
+	hold := filepath.Join(a.dir, "hold")
+	// startHeld starts the toy on host A, held in item-1/mark, and a follower on host B.
+	startHeld := func(extra ...string) (*exec.Cmd, *state.Run, *follower) {
+		t.Helper()
+		os.WriteFile(hold, nil, 0o600)
+		cmd := a.command(a.toy(append([]string{"--new", "--step-time", "600ms"}, extra...)...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		run := a.waitFor(func(r *state.Run) bool {
+			s := r.Step("item-1/mark")
+			return r.Status == state.Running && s != nil && s.Status == state.Running
+		})
+		f := startFollower(t, b, run.ID)
+		f.waitOut(t, "--- run "+run.ID+" on host-a: steps and log from its record in cluster lab1 ---")
+		if len(b.runs()) != 0 {
+			t.Fatal("host B has a run file: the test would not show following from another host")
+		}
+		select {
+		case err := <-f.done:
+			t.Fatalf("the follower ended while the run is held: %v\n%s%s", err, f.out.String(), f.errOut.String())
+		case <-time.After(500 * time.Millisecond):
+		}
+		return cmd, run, f
+	}
+
+	cmd, run, f := startHeld()
+	if out := f.out.String(); !strings.Contains(out, "log:      on host-a") || !strings.Contains(out, "create marker item-1") {
+		t.Errorf("the follower's first lines:\n%s", out)
+	}
+	os.Remove(hold)
+	// A step is printed when it finishes, while the run goes on.
+	f.waitOut(t, "step item-1/mark: done")
+	if cur, err := (&state.Store{Dir: a.stateDir}).Load(run.ID); err != nil || cur.Status != state.Running {
+		t.Errorf("the run is no longer running when its first step is printed as done (%v): not followed as it goes", err)
+	}
+	if code := f.exit(t); code != 0 {
+		t.Errorf("follower exit %d, want 0 (the run is done):\n%s\n%s", code, f.out.String(), f.errOut.String())
+	}
+	cmd.Wait()
+	out := f.out.String()
+	for _, want := range []string{"step item-2/mark: running", "step item-4/mark: done", "step finish: done", "--- run " + run.ID + ": done ---", "status:   done"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("follow output lacks %q:\n%s", want, out)
+		}
+	}
+	// The log lines the record carried, each once.
+	if n := strings.Count(out, "INFO done step=item-3/mark"); n != 1 {
+		t.Errorf("log line of item-3 printed %d times, want once:\n%s", n, out)
+	}
+
+	// A run that fails: the follower exits 1 saying so.
+	os.WriteFile(filepath.Join(a.dir, "break-item-2"), nil, 0o600)
+	cmd, run, f = startHeld()
+	os.Remove(hold)
+	if code := f.exit(t); code != 1 {
+		t.Errorf("follower exit %d, want 1 (the run failed):\n%s\n%s", code, f.out.String(), f.errOut.String())
+	}
+	cmd.Wait()
+	if !strings.Contains(f.out.String(), "--- run "+run.ID+": failed ---") || !strings.Contains(f.errOut.String(), "run "+run.ID+" ended failed: ") {
+		t.Errorf("follow of a failed run:\n%s\nstderr:\n%s", f.out.String(), f.errOut.String())
+	}
+	os.Remove(filepath.Join(a.dir, "break-item-2"))
+
+	// A run killed with SIGKILL: its record says running; the follower ends once its
+	// Lease expires.
+	cmd, run, f = startHeld()
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if code := f.exit(t); code != 1 {
+		t.Errorf("follower exit %d, want 1 (the run's host is gone):\n%s\n%s", code, f.out.String(), f.errOut.String())
+	}
+	if !strings.Contains(f.out.String(), "--- run "+run.ID+": stopped (lease expired") {
+		t.Errorf("follow of a killed run:\n%s\nstderr:\n%s", f.out.String(), f.errOut.String())
+	}
+}

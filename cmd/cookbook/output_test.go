@@ -148,7 +148,8 @@ func TestJSONOutputs(t *testing.T) {
 }
 
 // TestRunsShowFollow: `runs show ID --follow`, from another shell, prints the run's log as
-// it is written and ends when the run ends, with the final step table.
+// it is written and ends when the run ends, with the final step table, exit 0; the
+// follow of a failed run exits 1 saying how it ended.
 func TestRunsShowFollow(t *testing.T) {
 	w := newWorld(t)
 	hold := filepath.Join(w.dir, "hold")
@@ -195,6 +196,16 @@ func TestRunsShowFollow(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("follow output lacks %q:\n%s", want, got)
 		}
+	}
+
+	// The follower exits with the run's outcome: 1 for a run that failed.
+	os.WriteFile(filepath.Join(w.dir, "break-item-1"), nil, 0o600)
+	wantCode(t, w.run(w.toy("--new")...), 1)
+	failed := w.runs()[0]
+	r := w.run("runs", "show", "--follow", failed.ID)
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stdout, "--- run "+failed.ID+": failed ---") || !strings.Contains(r.stderr, "run "+failed.ID+" ended failed: ") || !strings.Contains(r.stderr, "break-item-1 exists") {
+		t.Errorf("follow of a failed run:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	}
 }
 

@@ -155,9 +155,10 @@ func (a *app) show(c *cli.Context) error {
 		return cookbooks.BadInput(err)
 	}
 	var lease *lock.Leases
-	for _, sh := range sharedAll(c.String("config")) {
-		if sh.cluster == run.Cluster {
-			lease = sh.leases
+	var sh *shared
+	for _, s := range sharedAll(c.String("config")) {
+		if s.cluster == run.Cluster {
+			sh, lease = s, s.leases
 		}
 	}
 	locks := &lock.Files{Dir: filepath.Join(dir, "locks")}
@@ -171,14 +172,20 @@ func (a *app) show(c *cli.Context) error {
 		return writeRun(out, run, store, statusOf(run))
 	}
 	if c.Bool("follow") {
+		if sh != nil && run.Holder.Host != hostname() {
+			return a.followRecord(c.Context, out, store, sh, statusOf, run)
+		}
 		return a.follow(c.Context, out, store, statusOf, run)
 	}
 	return printRun(out, store, statusOf(run), run)
 }
 
 // follow prints the run's steps, then its log as it is written, until the run is no
-// longer running (or its process is gone), then its steps again. It reads the files the
-// run writes, so it works from any shell on the host; Ctrl-C stops following, not the run.
+// longer running (or its process is gone), then its steps again, and returns the run's
+// outcome (nil when it is done). It reads the files the run writes, so it works from any
+// shell on the host (a run of another host is followed by followRecord); Ctrl-C stops
+// following, not the run. It reads the log and the run file every 250 ms: a small read
+// of files in the page cache, cheaper to keep than an inotify watch to get right.
 func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, statusOf func(*state.Run) string, run *state.Run) error {
 	if err := printRun(out, store, statusOf(run), run); err != nil {
 		return err
@@ -203,7 +210,10 @@ func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, sta
 				offset += n
 			}
 			fmt.Fprintf(out, "--- run %s: %s ---\n\n", cur.ID, st)
-			return printRun(out, store, st, cur)
+			if err := printRun(out, store, st, cur); err != nil {
+				return err
+			}
+			return outcome(cur, st)
 		}
 		select {
 		case <-ctx.Done():
@@ -211,6 +221,99 @@ func (a *app) follow(ctx context.Context, out io.Writer, store *state.Store, sta
 		case <-tick.C:
 		}
 	}
+}
+
+// followTick is how often followRecord asks the Lease whether the run's host still
+// holds it (a host killed mid-run leaves its record "running").
+const followTick = 2 * time.Second
+
+// followRecord follows a run of another operator host through its cluster's record
+// (records.Follow: a watch on its ConfigMap, which the running host rewrites at every
+// save of the run): it prints the steps, then the end of the log the record carries and
+// each step as its status changes, until the run is no longer running (or its host lost
+// the Lease), then the step table again, and returns the run's outcome. Log lines
+// written after the run's last save are not in the record.
+func (a *app) followRecord(ctx context.Context, out io.Writer, store *state.Store, sh *shared, statusOf func(*state.Run) string, run *state.Run) error {
+	if err := printRun(out, store, statusOf(run), run); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n--- run %s on %s: steps and log from its record in cluster %s ---\n", run.ID, run.Holder.Host, sh.cluster)
+	printed := map[string]state.Status{}
+	for _, s := range run.Steps {
+		printed[s.Name] = s.Status
+	}
+	next := -1 // the number of the next log line to print; -1 before the first tail
+	var final *state.Run
+	var finalSt string
+	err := sh.records.Follow(ctx, run.ID, followTick, followTick, func(cur *state.Run, tail *records.Tail) (bool, error) {
+		if tail != nil {
+			if next < 0 {
+				next = tail.First
+			}
+			if tail.First > next {
+				fmt.Fprintf(out, "[%d log line(s) went by between two saves of the record]\n", tail.First-next)
+				next = tail.First
+			}
+			for i, l := range tail.Lines {
+				if tail.First+i >= next {
+					fmt.Fprintln(out, l)
+				}
+			}
+			next = max(next, tail.First+len(tail.Lines))
+		}
+		for _, s := range cur.Steps {
+			if printed[s.Name] == s.Status {
+				continue
+			}
+			printed[s.Name] = s.Status
+			if s.Status != state.Pending {
+				fmt.Fprintln(out, stepLine(s))
+			}
+		}
+		if st := statusOf(cur); !strings.HasPrefix(st, "running") {
+			final, finalSt = cur, st
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("follow run %s: %w", run.ID, err)
+	}
+	if final == nil {
+		return nil // Ctrl-C
+	}
+	fmt.Fprintf(out, "--- run %s: %s ---\n\n", final.ID, finalSt)
+	if err := printRun(out, store, finalSt, final); err != nil {
+		return err
+	}
+	return outcome(final, finalSt)
+}
+
+// stepLine is one line saying where a step is: "step batch-1/drain: done (1.2s)".
+func stepLine(s state.Step) string {
+	line := fmt.Sprintf("step %s: %s", s.Name, s.Status)
+	if s.Undone {
+		line += " (undone)"
+	}
+	if s.StartedAt != nil && s.EndedAt != nil {
+		line += " (" + s.EndedAt.Sub(*s.StartedAt).Round(time.Millisecond).String() + ")"
+	}
+	if s.Error != "" {
+		line += ": " + s.Error
+	}
+	return line
+}
+
+// outcome is what `runs show --follow` exits with once the run is no longer running:
+// nil for a run done, else an error saying how it ended (exit 1).
+func outcome(run *state.Run, st string) error {
+	if run.Status == state.Done {
+		return nil
+	}
+	if run.Error != "" {
+		return fmt.Errorf("run %s ended %s: %s", run.ID, st, run.Error)
+	}
+	return fmt.Errorf("run %s ended %s", run.ID, st)
 }
 
 // copyFrom copies what path holds from offset on to w and returns how much it copied.
@@ -241,7 +344,11 @@ func printRun(out io.Writer, store *state.Store, st string, run *state.Run) erro
 	if run.Error != "" {
 		fmt.Fprintf(out, "error:    %s\n", run.Error)
 	}
-	fmt.Fprintf(out, "log:      %s\n\n", store.LogPath(run.ID))
+	if run.Holder.Host != "" && run.Holder.Host != hostname() {
+		fmt.Fprintf(out, "log:      on %s (its last lines: runs show --follow)\n\n", run.Holder.Host)
+	} else {
+		fmt.Fprintf(out, "log:      %s\n\n", store.LogPath(run.ID))
+	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "STEP\tSTATUS\tSTARTED\tTOOK\tDESCRIPTION / ERROR")
 	group := ""

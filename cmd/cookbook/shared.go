@@ -82,12 +82,19 @@ func sharedAll(configPath string) []*shared {
 // copier returns the Store.Copy that writes each save of a run to the cluster too: best
 // effort, retried, never a reason to fail a step. The first failure is a warning (one,
 // until a copy succeeds again). Once hold fails (the Lease was lost: another run may own
-// the record now) nothing more is written.
-func (sh *shared) copier(log *slog.Logger, hold func() error) func(*state.Run) {
+// the record now) nothing more is written. Each copy carries the last lines of the run's
+// log at logPath (records.Tailer), for `runs show --follow` on another host.
+func (sh *shared) copier(log *slog.Logger, hold func() error, logPath string) func(*state.Run) {
 	failing := false
+	tailer := &records.Tailer{Path: logPath}
 	return func(run *state.Run) {
 		if hold != nil && hold() != nil {
 			return
+		}
+		tail, terr := tailer.Tail()
+		if terr != nil {
+			log.Debug("run record copied without its log tail", "err", terr)
+			tail = nil
 		}
 		attempts := 3
 		if failing {
@@ -96,7 +103,7 @@ func (sh *shared) copier(log *slog.Logger, hold func() error) func(*state.Run) {
 		var err error
 		for i := 0; i < attempts; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			err = sh.records.Put(ctx, run)
+			err = sh.records.PutTail(ctx, run, tail)
 			cancel()
 			if err == nil {
 				break

@@ -315,3 +315,46 @@ func TestHookKilledMidwayResumes(t *testing.T) {
 		t.Errorf("run after resume: %s", run.Status)
 	}
 }
+
+// TestDrainBeforeDrainHook: the drain cookbook runs the node's beforeDrain hooks after
+// its cordon and before its drain, placeholders expanded (the server's id and address
+// looked up in the cloud); a dry-run prints the hook and runs nothing.
+func TestDrainBeforeDrainHook(t *testing.T) {
+	w, s := stackWorld(t, 1, 0)
+	out := filepath.Join(t.TempDir(), "hooks.log")
+	line := `echo "$0 {hostname} {role} {server_id} {address} $COOKBOOK_NODE" >> ` + out
+	addClusterKeys(t, w.config, `    hooks:
+      beforeDrain:
+        - command: [sh, -c, '`+line+`', draining]
+`)
+	node := s.Prefix + "-worker-1"
+	args := []string{"drain", "--cluster-name", "toolsbeta", "--hostname-to-drain", node, "--force", "--delete-emptydir-data"}
+	r := w.run(append([]string{"--dry-run"}, args...)...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would run beforeDrain hook: sh -c") {
+		t.Errorf("the dry-run does not print the beforeDrain hook:\n%s", r.stderr)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("the dry-run ran the hook")
+	}
+	r = w.run(args...)
+	wantCode(t, r, 0)
+	var id, addr string
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == node {
+			id, addr = srv.ID, srv.Address
+		}
+	}
+	want := strings.Join([]string{"draining", node, "worker", id, addr, node}, " ") + "\n"
+	if b, _ := os.ReadFile(out); id == "" || string(b) != want {
+		t.Errorf("the beforeDrain hook wrote %q, want %q", b, want)
+	}
+	run := w.runs()[0]
+	var names []string
+	for _, st := range run.Steps {
+		names = append(names, st.Name+":"+string(st.Status))
+	}
+	if got := strings.Join(names, " "); !strings.Contains(got, "/cordon:done "+node+"/hook-before-drain-1:done "+node+"/drain:done") {
+		t.Errorf("steps of the drain: %s", got)
+	}
+}

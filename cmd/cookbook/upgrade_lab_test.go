@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
+	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
+	"example.com/cookbook/silences"
 )
 
 // nextPatch is the lab's Kubernetes version and its next patch, which the lab's apt
@@ -99,5 +103,134 @@ func TestUpgradeK8sWorkers(t *testing.T) {
 	wantCode(t, r, 0)
 	for _, rec := range s.Fleet.History()[m.history:] {
 		t.Errorf("a run with nothing to upgrade ran %v on %s", rec.Argv, rec.VM)
+	}
+}
+
+// TestUpgradeSilenceCluster: upgrade-k8s-cluster --silence-cluster with the real
+// Alertmanager. A dry-run says it would silence the cluster and makes no silence; a run
+// killed (kill -9) after silencing the cluster and abandoned expires its silence; a run
+// killed mid-batch and resumed reuses the silence it recorded (one silence for the run,
+// its id in the run's values), and it is expired at the end; upgrade-k8s-node takes the
+// flag too; without an alertmanager the flag is bad input.
+func TestUpgradeSilenceCluster(t *testing.T) {
+	am := lab.NeedAlertmanager(t)
+	w, s := stackWorld(t, 2, 0)
+	_, dst := nextPatch(t)
+	workers := []string{s.Prefix + "-worker-1", s.Prefix + "-worker-2"}
+	args := []string{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--force", "--delete-emptydir-data", "--timeout", "90s", "--silence-cluster"}
+
+	r := w.run(args...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "--silence-cluster: cluster toolsbeta has no alertmanager") {
+		t.Errorf("--silence-cluster without an alertmanager:\n%s", r.stderr)
+	}
+	addClusterKeys(t, w.config, "    alertmanager:\n      url: "+am.URL+"\n")
+	amc, err := silences.New(silences.Options{URL: am.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ofRun returns the Alertmanager's silences of the cluster made by run id.
+	ofRun := func(id string) []silences.Silence {
+		t.Helper()
+		all, err := amc.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []silences.Silence
+		for _, sil := range all {
+			if strings.HasSuffix(sil.Comment, silences.Marker(id, "cluster toolsbeta")) {
+				out = append(out, sil)
+			}
+		}
+		return out
+	}
+	total := func() int {
+		all, err := amc.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(all)
+	}
+	// killAfterSilence starts the upgrade and kills it (SIGKILL) once the cluster is
+	// silenced and a node of batch-1 is drained.
+	killAfterSilence := func() *state.Run {
+		t.Helper()
+		cmd := w.command(args...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer cmd.Process.Kill()
+		run := w.waitFor(func(r *state.Run) bool {
+			s := r.Step("batch-1/drain")
+			return r.Cookbook == "upgrade-k8s-cluster" && r.Status == state.Running && s != nil && s.Status == state.Done
+		})
+		cmd.Process.Signal(syscall.SIGKILL)
+		return run
+	}
+
+	r = w.run(append([]string{"--dry-run"}, args...)...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would silence alerts of cluster toolsbeta for 3h0m0s") || !strings.Contains(r.stderr, s.Prefix) {
+		t.Errorf("dry-run does not say it would silence the cluster:\n%s", r.stderr)
+	}
+	if n := total(); n != 0 {
+		t.Fatalf("the dry-run made %d silence(s)", n)
+	}
+
+	// Killed, then abandoned: the silence is expired.
+	run := killAfterSilence()
+	got := ofRun(run.ID)
+	if len(got) != 1 || !got[0].Live() || !strings.HasPrefix(got[0].Comment, "upgrade to v"+dst+" ") {
+		t.Fatalf("silences of the killed run: %+v", got)
+	}
+	for _, n := range workers {
+		if !strings.Contains(got[0].Matchers[0].Value, s.Prefix) || strings.Contains(got[0].Matchers[0].Value, n) {
+			t.Errorf("the cluster silence's matcher %s is not the roles' prefixes", got[0].Matchers[0])
+		}
+	}
+	wantCode(t, w.run("abandon", run.ID), 0)
+	if got := ofRun(run.ID); len(got) != 1 || got[0].Live() {
+		t.Errorf("silences of the abandoned run: %+v", got)
+	}
+
+	// Killed mid-batch, then resumed: the same silence, expired at the end.
+	run = killAfterSilence()
+	first := ofRun(run.ID)
+	if len(first) != 1 || !first[0].Live() {
+		t.Fatalf("silences of the killed run: %+v", first)
+	}
+	r = w.run("resume", run.ID)
+	wantCode(t, r, 0)
+	got = ofRun(run.ID)
+	if len(got) != 1 || got[0].ID != first[0].ID || got[0].Live() {
+		t.Errorf("silences of the resumed run: %+v, want %s only, expired", got, first[0].ID)
+	}
+	for _, step := range []string{"silence-cluster", "unsilence-cluster"} {
+		if !strings.Contains(r.stderr, step) {
+			t.Errorf("the resumed run's log does not show %s:\n%s", step, r.stderr)
+		}
+	}
+	var done *state.Run
+	for _, rr := range w.runs() {
+		if rr.ID == run.ID {
+			done = rr
+		}
+	}
+	if done == nil || done.Status != state.Done || string(done.Values["cluster-silence-id"]) != `"`+first[0].ID+`"` {
+		t.Errorf("the run's record: %+v", done)
+	}
+	for _, n := range workers {
+		if node := nodeOf(t, s, n); node == nil || node.Status.NodeInfo.KubeletVersion != "v"+dst {
+			t.Errorf("%s not upgraded: %+v", n, node)
+		}
+	}
+
+	// upgrade-k8s-node takes the flag: nothing left to upgrade, still one silence, expired.
+	r = w.run("upgrade-k8s-node", "--cluster-name", "toolsbeta", "--hostname", workers[0], "--dst-version", dst, "--silence-cluster")
+	wantCode(t, r, 0)
+	node := w.runs()[0]
+	if got := ofRun(node.ID); len(got) != 1 || got[0].Live() {
+		t.Errorf("silences of upgrade-k8s-node: %+v", got)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"example.com/cookbook/cookbooks/state"
@@ -26,8 +28,10 @@ const (
 	LabelCluster   = "cookbook.toolforge.org/cluster"
 	LabelStatus    = "cookbook.toolforge.org/status"
 	DataKey        = "run.json"
-	managedBy      = "cookbook"
-	namePrefix     = "cookbook-run-"
+	// TailKey holds the end of the run's log (Tail, JSON), when the writer gave it.
+	TailKey    = "log-tail.json"
+	managedBy  = "cookbook"
+	namePrefix = "cookbook-run-"
 )
 
 // ErrNotFound is returned by Get for a run the cluster has no record of.
@@ -44,11 +48,36 @@ type Cluster struct {
 // Name returns the ConfigMap name of run id.
 func Name(id string) string { return namePrefix + id }
 
+// Tail is the end of a run's log as its record carries it: Lines are the log's lines
+// from line First on (0-based, counted from the log's start), at most TailLines of
+// them, each cut to TailLineBytes. Log lines hold no secret (see the README).
+type Tail struct {
+	First int      `json:"first"`
+	Lines []string `json:"lines"`
+}
+
+// Bounds of a Tail: the record stays far below a ConfigMap's 1 MiB.
+const (
+	TailLines     = 50
+	TailLineBytes = 400
+)
+
 // Put writes the record of run: it creates or replaces its ConfigMap.
 func (c *Cluster) Put(ctx context.Context, run *state.Run) error {
+	return c.PutTail(ctx, run, nil)
+}
+
+// PutTail is Put with the end of the run's log (nil: none).
+func (c *Cluster) PutTail(ctx context.Context, run *state.Run, tail *Tail) error {
 	data, err := json.MarshalIndent(run, "", "  ")
 	if err != nil {
 		return fmt.Errorf("record of run %s: %w", run.ID, err)
+	}
+	var tailData []byte
+	if tail != nil {
+		if tailData, err = json.Marshal(tail); err != nil {
+			return fmt.Errorf("record of run %s: log tail: %w", run.ID, err)
+		}
 	}
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
@@ -62,6 +91,9 @@ func (c *Cluster) Put(ctx context.Context, run *state.Run) error {
 			},
 		},
 		Data: map[string]string{DataKey: string(data)},
+	}
+	if tail != nil {
+		cm.Data[TailKey] = string(tailData)
 	}
 	api := c.Client.CoreV1().ConfigMaps(c.Namespace)
 	// An update without a resourceVersion replaces the record, whoever wrote it last:
@@ -89,6 +121,20 @@ func (c *Cluster) Get(ctx context.Context, id string) (*state.Run, error) {
 		return nil, fmt.Errorf("record of run %s in cluster %s: %w", id, c.Cluster, err)
 	}
 	return decode(c.Namespace, cm, id)
+}
+
+// tailOf returns the log tail a record carries, nil for none (or one that cannot be
+// read: the tail is a convenience, the run record is what counts).
+func tailOf(cm *corev1.ConfigMap) *Tail {
+	raw, ok := cm.Data[TailKey]
+	if !ok {
+		return nil
+	}
+	var t Tail
+	if json.Unmarshal([]byte(raw), &t) != nil {
+		return nil
+	}
+	return &t
 }
 
 func decode(ns string, cm *corev1.ConfigMap, id string) (*state.Run, error) {
@@ -176,4 +222,113 @@ func savedAt(r *state.Run) time.Time {
 		return *r.SavedAt
 	}
 	return time.Time{}
+}
+
+// Follow calls fn with the record of run id and its log tail, then again each time the
+// record changes, until fn returns true or an error, or ctx ends (nil). It watches the
+// run's ConfigMap (a watch restarts where it ended); where the API refuses the watch it
+// reads the record every poll. Every tick it calls fn with the last record again, so
+// the caller can look at what the record cannot say (whether its writer still holds its
+// lease).
+func (c *Cluster) Follow(ctx context.Context, id string, tick, poll time.Duration, fn func(*state.Run, *Tail) (bool, error)) error {
+	api := c.Client.CoreV1().ConfigMaps(c.Namespace)
+	cm, err := api.Get(ctx, Name(id), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("run %s: %w %s", id, ErrNotFound, c.Cluster)
+	}
+	if err != nil {
+		return fmt.Errorf("record of run %s in cluster %s: %w", id, c.Cluster, err)
+	}
+	var last *corev1.ConfigMap
+	seen := func(cm *corev1.ConfigMap) (bool, error) {
+		if last != nil && last.ResourceVersion == cm.ResourceVersion {
+			return false, nil
+		}
+		last = cm
+		run, err := decode(c.Namespace, cm, id)
+		if err != nil {
+			return false, err
+		}
+		return fn(run, tailOf(cm))
+	}
+	again := func() (bool, error) {
+		run, err := decode(c.Namespace, last, id)
+		if err != nil {
+			return false, err
+		}
+		return fn(run, tailOf(last))
+	}
+	if stop, err := seen(cm); stop || err != nil {
+		return err
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	polling := false
+	for ctx.Err() == nil {
+		var events <-chan watch.Event
+		var w watch.Interface
+		if !polling {
+			w, err = api.Watch(ctx, metav1.ListOptions{
+				FieldSelector:   fields.OneTermEqualSelector("metadata.name", Name(id)).String(),
+				ResourceVersion: last.ResourceVersion,
+			})
+			if err != nil {
+				polling = true
+			} else {
+				events = w.ResultChan()
+			}
+		}
+		stop, err := func() (bool, error) {
+			if w != nil {
+				defer w.Stop()
+			}
+			var wait <-chan time.Time
+			if polling {
+				t := time.NewTimer(poll)
+				defer t.Stop()
+				wait = t.C
+			}
+			for {
+				select {
+				case <-ctx.Done():
+					return false, nil
+				case <-ticker.C:
+					if stop, err := again(); stop || err != nil {
+						return stop, err
+					}
+				case <-wait:
+					cm, err := api.Get(ctx, Name(id), metav1.GetOptions{})
+					if err != nil {
+						return false, nil // read again at the next poll
+					}
+					return seen(cm)
+				case ev, ok := <-events:
+					if !ok {
+						return false, nil // the watch ended: start another
+					}
+					switch ev.Type {
+					case watch.Added, watch.Modified:
+						if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+							if stop, err := seen(cm); stop || err != nil {
+								return stop, err
+							}
+						}
+					case watch.Deleted:
+						return false, fmt.Errorf("run %s: its record in cluster %s was deleted", id, c.Cluster)
+					case watch.Error:
+						// Too old a resourceVersion, mostly: read the record and watch anew.
+						cm, err := api.Get(ctx, Name(id), metav1.GetOptions{})
+						if err != nil {
+							return false, nil
+						}
+						return seen(cm)
+					}
+				}
+			}
+		}()
+		if stop || err != nil {
+			return err
+		}
+	}
+	return nil
 }

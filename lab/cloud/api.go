@@ -60,6 +60,7 @@ func (c *Cloud) routes() http.Handler {
 
 	mux.HandleFunc("GET /_lab/faults", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, c.Faults()) })
 	mux.HandleFunc("POST /_lab/faults", c.postFaults)
+	mux.HandleFunc("GET /_lab/servers", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, c.Summary()) })
 	for path, h := range c.opts.Admin {
 		mux.HandleFunc("GET /_lab/"+strings.TrimPrefix(path, "/"), h)
 	}

@@ -81,3 +81,46 @@ func (c *Cloud) applyServerFaults(s *Server) {
 		}
 	}
 }
+
+// SetQuota changes the project's quota (as an administrator raising or lowering it);
+// servers beyond it are kept, new ones refused.
+func (c *Cloud) SetQuota(q Quota) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.Quota = q
+}
+
+// Usage is what the project's servers use of its quota.
+func (c *Cloud) Usage() Quota {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.usage()
+}
+
+// ServerSummary is a server as `cookbook-lab status` shows it (GET /_lab/servers).
+type ServerSummary struct {
+	Name    string `json:"name"`
+	Status  string `json:"status"`
+	Image   string `json:"image"`
+	Address string `json:"address,omitempty"`
+}
+
+// Summary returns every server's name, status and image name (its id if the image is
+// unknown), sorted by name.
+func (c *Cloud) Summary() []ServerSummary {
+	images := map[string]string{}
+	c.mu.Lock()
+	for _, i := range c.st.Images {
+		images[i.ID] = i.Name
+	}
+	c.mu.Unlock()
+	var out []ServerSummary
+	for _, s := range c.Servers() {
+		im := images[s.ImageID]
+		if im == "" {
+			im = s.ImageID
+		}
+		out = append(out, ServerSummary{Name: s.Name, Status: s.Status, Image: im, Address: s.Address})
+	}
+	return out
+}
