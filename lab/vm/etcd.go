@@ -90,10 +90,7 @@ func (f *Fleet) EtcdMembers() []EtcdMember {
 func (f *Fleet) memberUpLocked(m EtcdMember) bool {
 	for _, v := range f.vms {
 		if v.Name == m.Name {
-			v.mu.Lock()
-			up := v.up
-			v.mu.Unlock()
-			return up
+			return v.running.Load()
 		}
 	}
 	return false

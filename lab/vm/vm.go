@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -132,14 +133,17 @@ type VM struct {
 	// boot coming up a moment later.
 	kubelet sync.Mutex
 
-	mu      sync.Mutex
-	bootID  string
-	ln      net.Listener
-	conns   map[net.Conn]bool
-	up      bool
-	joined  bool
-	gen     int
-	down    chan struct{} // closed when the current incarnation stops
+	mu     sync.Mutex
+	bootID string
+	ln     net.Listener
+	conns  map[net.Conn]bool
+	up     bool
+	joined bool
+	gen    int
+	down   chan struct{} // closed when the current incarnation stops
+	// running mirrors up for readers that hold the fleet's lock (taking v.mu under it
+	// would invert the lock order reboot uses).
+	running atomic.Bool
 	control bool
 	// disks are the filesystems on the VM's block devices, by device; fstab is
 	// /etc/fstab's lines (kept over reboots); mounts are the mounted filesystems by
@@ -384,6 +388,7 @@ func (v *VM) start(bootID string) error {
 	}
 	v.mu.Lock()
 	v.ln, v.up, v.bootID = ln, true, bootID
+	v.running.Store(true)
 	v.down = make(chan struct{})
 	v.gen++
 	v.mu.Unlock()
@@ -398,6 +403,7 @@ func (v *VM) stop() {
 		close(v.down)
 	}
 	v.up = false
+	v.running.Store(false)
 	v.gen++
 	ln := v.ln
 	v.ln = nil
