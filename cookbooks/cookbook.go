@@ -56,6 +56,9 @@ type Env struct {
 	DryRun bool
 	// Yes is --yes.
 	Yes bool
+	// Ask asks the operator a yes/no question in the middle of a run (unless Yes); nil,
+	// or an error (no terminal), is no answer.
+	Ask func(question string) (bool, error)
 	// Output is --output: "text" (for people) or "json" (the documented shapes), for what
 	// a cookbook prints on stdout (list-nodes' table, a dry-run's plan).
 	Output string

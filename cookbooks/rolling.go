@@ -62,6 +62,9 @@ type rolling struct {
 	Gate k8sops.GateOptions
 	// Clients makes the backends; nil means the cluster's real (or dry-run) ones.
 	Clients func(ctx context.Context) (*clients, error)
+	// ControlFirst puts the control nodes' batches (one node each) before the others,
+	// as a Kubernetes upgrade needs; otherwise they go last.
+	ControlFirst bool
 
 	c        *clients
 	progress *rollProgress
@@ -163,7 +166,19 @@ func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
 			already = append(already, n)
 		}
 	}
-	return batches(nodes, r.Max, already)
+	plan, err := batches(nodes, r.Max, already)
+	if err != nil || !r.ControlFirst {
+		return plan, err
+	}
+	var control, rest [][]rollNode
+	for _, b := range plan {
+		if len(b) == 1 && b[0].Control {
+			control = append(control, b)
+		} else {
+			rest = append(rest, b)
+		}
+	}
+	return append(control, rest...), nil
 }
 
 // logPlan prints the plan; in dry-run also the pods each node would lose and the budgets

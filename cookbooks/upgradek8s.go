@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -21,17 +22,23 @@ import (
 // ("1.37.3-1.1"), found with apt-cache madison, in the node's scope.
 const keyPkgVersion = pipeline.Key[string]("pkg-version")
 
+// keySrcVersion is the kubelet version a node reported before its upgrade ("v1.37.2"),
+// in the node's scope: the audit line says from what to what.
+const keySrcVersion = pipeline.Key[string]("src-version")
+
+// keyApplyNode is the control node that ran (or runs) `kubeadm upgrade apply`: the
+// first control node of the run to reach its kubeadm-upgrade step while the control
+// plane was older than the target. Every other node runs `kubeadm upgrade node`.
+const keyApplyNode = pipeline.Key[string]("upgrade/apply-node")
+
 // kubePkgs are the packages a Kubernetes upgrade installs and holds.
 var kubePkgs = []string{"kubeadm", "kubelet", "kubectl"}
 
-// controlRefused is why control nodes are not upgraded yet.
-const controlRefused = "control nodes are not upgraded by this cookbook yet: the first needs kubeadm upgrade apply and every one the etcd checks of issue 14"
-
-// UpgradeNode upgrades the Kubernetes packages of one worker.
+// UpgradeNode upgrades the Kubernetes packages of one node.
 func UpgradeNode() Cookbook {
 	return Cookbook{
 		Name:    "upgrade-k8s-node",
-		Usage:   "upgrade a worker's kubeadm, kubelet and kubectl: cordon, drain, install, kubeadm upgrade node, restart kubelet, wait for the new version, uncordon",
+		Usage:   "upgrade a node's kubeadm, kubelet and kubectl: cordon, drain, install, kubeadm upgrade apply (the first control node) or node, restart kubelet, wait for the new version, uncordon",
 		Example: "cookbook upgrade-k8s-node --cluster-name toolsbeta --hostname toolsbeta-test-k8s-worker-3 --dst-version 1.37.3",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
@@ -43,16 +50,22 @@ func UpgradeNode() Cookbook {
 	}
 }
 
-// UpgradeCluster upgrades the Kubernetes packages of a cluster's workers in batches.
+// UpgradeCluster upgrades the Kubernetes packages of a cluster: control nodes one at a
+// time, then workers in batches.
 func UpgradeCluster() Cookbook {
 	return Cookbook{
 		Name:    "upgrade-k8s-cluster",
-		Usage:   "upgrade the workers' kubeadm, kubelet and kubectl in batches of --max-unavailable, with health gates",
+		Usage:   "upgrade a cluster's Kubernetes: control nodes one at a time (the first with kubeadm upgrade apply), then workers in batches of --max-unavailable, with health gates",
 		Example: "cookbook upgrade-k8s-cluster --cluster-name toolsbeta --dst-version 1.37.3 --max-unavailable 2",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
 			&cli.StringFlag{Name: "dst-version", Usage: "the Kubernetes version to upgrade to (X.Y.Z)"},
-			&cli.StringFlag{Name: "role", Usage: "only the nodes of this (worker) role; default every worker role"},
+			&cli.StringFlag{Name: "role", Usage: "only the nodes of this role; default every role"},
+			&cli.BoolFlag{Name: "workers-only", Usage: "only the nodes of non-control roles (the control plane must be at --dst-version already)"},
+			&cli.BoolFlag{Name: "control-only", Usage: "only the control nodes"},
+			&cli.StringFlag{Name: "hostname-list", Usage: "only these nodes (commas or spaces)"},
+			&cli.IntFlag{Name: "batches", Usage: "split the selected workers (natural order) into K nearly equal chunks; with --batch-number"},
+			&cli.IntFlag{Name: "batch-number", Usage: "the chunk (1..K) of --batches this run upgrades"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 		}, upgradeFlags()...),
@@ -168,9 +181,6 @@ func prepareUpgradeNode(c *cli.Context, env *Env) (*Job, error) {
 		}
 		u.src = &src
 	}
-	if _, rc, ok := u.cl.RoleOf(host); ok && rc != nil && rc.ControlPlane {
-		return nil, BadInputf("%s is a control node: %s", host, controlRefused)
-	}
 	u.selectNodes = func(names []string) ([]string, error) {
 		for _, n := range names {
 			if n == host {
@@ -197,26 +207,60 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 		return nil, err
 	}
 	role := c.String("role")
+	workersOnly, controlOnly := c.Bool("workers-only"), c.Bool("control-only")
+	if workersOnly && controlOnly {
+		return nil, BadInputf("--workers-only and --control-only: give one of them, not both")
+	}
 	if role != "" {
 		rc, err := u.cl.Role(role)
 		if err != nil {
 			return nil, BadInput(err)
 		}
-		if rc.ControlPlane {
-			return nil, BadInputf("--role %s: %s", role, controlRefused)
+		if rc.ControlPlane && workersOnly || !rc.ControlPlane && controlOnly {
+			return nil, BadInputf("--role %s does not go with --workers-only or --control-only", role)
 		}
 	}
+	list, err := hostnameList(c, "hostname-list")
+	if err != nil {
+		return nil, err
+	}
+	chunks, chunk := c.Int("batches"), c.Int("batch-number")
+	switch {
+	case c.IsSet("batches") != c.IsSet("batch-number"):
+		return nil, BadInputf("--batches and --batch-number go together")
+	case c.IsSet("batches") && chunks < 1:
+		return nil, BadInputf("--batches %d: want a positive number", chunks)
+	case c.IsSet("batches") && (chunk < 1 || chunk > chunks):
+		return nil, BadInputf("--batch-number %d: want 1 to --batches %d", chunk, chunks)
+	case c.IsSet("batches") && controlOnly:
+		return nil, BadInputf("--batches splits workers: it does not go with --control-only")
+	}
+	listed := map[string]bool{}
+	for _, h := range list {
+		listed[h] = true
+	}
 	u.selectNodes = func(names []string) ([]string, error) {
+		have := map[string]bool{}
 		var out []string
 		for _, n := range names {
+			have[n] = true
 			r, rc, ok := u.cl.RoleOf(n)
-			if !ok || (rc != nil && rc.ControlPlane) || (role != "" && r != role) {
+			control := rc != nil && rc.ControlPlane
+			if !ok || (role != "" && r != role) || (workersOnly && control) || (controlOnly && !control) || (list != nil && !listed[n]) || (chunks > 0 && control) {
 				continue
 			}
 			out = append(out, n)
 		}
+		for _, h := range list {
+			if !have[h] {
+				return nil, BadInputf("--hostname-list: no node %s in cluster %s", h, u.cl.Name)
+			}
+		}
+		if chunks > 0 {
+			out = chunkOf(out, chunks, chunk)
+		}
 		if len(out) == 0 {
-			return nil, BadInputf("no worker of cluster %s to upgrade (role %q)", u.cl.Name, role)
+			return nil, BadInputf("no node of cluster %s to upgrade (role %q, --workers-only %v, --control-only %v, --hostname-list %q, chunk %d of %d)", u.cl.Name, role, workersOnly, controlOnly, c.String("hostname-list"), chunk, chunks)
 		}
 		return out, nil
 	}
@@ -224,6 +268,21 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 		return nil, err
 	}
 	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan}, nil
+}
+
+// chunkOf is the i-th (1-based) of k nearly equal chunks of names in natural order
+// (worker-2 before worker-10), as the Toolforge upgrade_workers cookbook splits them:
+// the first len%k chunks have one node more.
+func chunkOf(names []string, k, i int) []string {
+	sorted := append([]string(nil), names...)
+	sort.SliceStable(sorted, func(a, b int) bool { return lessByNumber(sorted[a], sorted[b]) })
+	size, extra := len(sorted)/k, len(sorted)%k
+	start := (i-1)*size + min(i-1, extra)
+	end := start + size
+	if i <= extra {
+		end++
+	}
+	return sorted[start:end]
 }
 
 // skip leaves out a node already at the target version, and refuses one at neither
@@ -244,13 +303,21 @@ func (u *upgrader) skip(n corev1.Node) (string, error) {
 	return "", nil
 }
 
-// check refuses, with reads only and before a run is recorded, a selection that matches
-// no node and a node at neither version.
+// check is the preflight, with reads only and before a run is recorded (also in a
+// dry-run): every problem found is listed at once, as bad input (exit 2). It refuses a
+// selection that matches no node, a node at neither version; the version skew policy:
+// a target that skips a minor or is older than the control plane, kubelets upgraded while
+// the control plane stays older (a selection without the control nodes), a kubelet
+// newer than the control plane, a node left more than three minors behind the target;
+// a node to upgrade without the target packages in its apt sources (apt-cache madison);
+// a node that is not Ready; a PodDisruptionBudget at zero allowed disruptions that covers
+// pods of a node to upgrade, and pods the drain could not evict.
 func (u *upgrader) check(ctx context.Context) error {
-	k, err := u.env.Kube(u.cl)
+	c, err := newClients(ctx, u.env, u.cl)
 	if err != nil {
 		return err
 	}
+	k := c.kube
 	list, err := k.Nodes(ctx)
 	if err != nil {
 		return err
@@ -266,26 +333,208 @@ func (u *upgrader) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var problems []string
+	add := func(f string, a ...any) { problems = append(problems, fmt.Sprintf(f, a...)) }
+	in := map[string]bool{}
+	var todo []string
 	for _, n := range chosen {
-		if _, err := u.skip(byName[n]); err != nil {
-			return err
+		in[n] = true
+		reason, err := u.skip(byName[n])
+		if err != nil {
+			add("%v", err)
+			continue
+		}
+		if reason == "" {
+			todo = append(todo, n)
 		}
 	}
+
+	// The version skew policy.
+	want := "v" + u.dst.String()
+	cvs, err := k.ClusterVersion(ctx)
+	if err != nil {
+		add("the control plane's version: %v", err)
+	} else {
+		var nodes []skewNode
+		for _, n := range names {
+			_, rc, _ := u.cl.RoleOf(n)
+			nodes = append(nodes, skewNode{Name: n, Kubelet: byName[n].Status.NodeInfo.KubeletVersion, Control: rc != nil && rc.ControlPlane, Selected: in[n]})
+		}
+		todoSet := map[string]bool{}
+		for _, n := range todo {
+			todoSet[n] = true
+		}
+		for i := range nodes {
+			nodes[i].ToDo = todoSet[nodes[i].Name]
+		}
+		problems = append(problems, skewProblems(cvs, u.dst, nodes)...)
+	}
+
+	// Every node Ready.
+	for _, n := range names {
+		node := byName[n]
+		if !nodeReady(&node) {
+			add("node %s is not Ready", n)
+		}
+	}
+
+	// The packages and the drains of the nodes to upgrade.
+	type found struct {
+		node, problem string
+	}
+	results := make([]found, len(todo))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, n := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] = found{node: n}
+			h, err := c.target(ctx, n)
+			if err != nil {
+				results[i].problem = fmt.Sprintf("node %s: %v", n, err)
+				return
+			}
+			res, err := c.ssh.Run(ctx, h, ssh.Command{Argv: append([]string{"apt-cache", "madison"}, kubePkgs...), ReadOnly: true, Timeout: time.Minute})
+			if err != nil {
+				results[i].problem = fmt.Sprintf("node %s: apt-cache madison: %v", n, err)
+				return
+			}
+			if _, err := madisonVersion(res.Stdout, u.dst); err != nil {
+				results[i].problem = fmt.Sprintf("node %s: %v", n, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range results {
+		if r.problem != "" {
+			add("%s", r.problem)
+		}
+	}
+	for _, n := range todo {
+		p, err := k.PlanDrain(ctx, n, u.drain)
+		if err != nil {
+			add("node %s: %v", n, err)
+			continue
+		}
+		for _, pdb := range p.PDBs {
+			if pdb.DisruptionsAllowed == 0 {
+				add("node %s: PodDisruptionBudget %s would block its drain", n, pdb)
+			}
+		}
+		for _, b := range p.Blocking {
+			add("node %s: the drain cannot evict: %s", n, b)
+		}
+	}
+	problems = append(problems, etcdPreflight(ctx, c)...)
+	if len(problems) > 0 {
+		return BadInputf("preflight of the upgrade of %s to %s: %d problem(s), nothing was changed:\n  - %s", u.cl.Name, want, len(problems), strings.Join(problems, "\n  - "))
+	}
+	u.env.Log.Info(fmt.Sprintf("preflight of the upgrade of %s to %s: no problem; control plane at %s, %d node(s) to upgrade: %s", u.cl.Name, want, cvs, len(todo), strings.Join(todo, ", ")))
 	return nil
+}
+
+// skewNode is what the skew policy looks at of a node.
+type skewNode struct {
+	Name, Kubelet string
+	// Control: a control node; Selected: chosen by the run; ToDo: chosen and not at the
+	// target yet.
+	Control, Selected, ToDo bool
+}
+
+// skewProblems are the version skew policy's objections to upgrading the ToDo nodes to
+// dst while the control plane is at cvs (kubeadm-config): a downgrade, a skipped minor,
+// a kubelet of a newer minor than the control plane, a node left more than three minors
+// behind dst, kubelets upgraded while a control node the run does not take is not at dst.
+func skewProblems(cvs string, dst version, nodes []skewNode) []string {
+	var problems []string
+	add := func(f string, a ...any) { problems = append(problems, fmt.Sprintf(f, a...)) }
+	cv, err := parseVersion(cvs)
+	if err != nil {
+		return []string{fmt.Sprintf("the control plane's version in kube-system/kubeadm-config: %v", err)}
+	}
+	want := "v" + dst.String()
+	switch {
+	case dst.less(cv):
+		add("--dst-version %s is older than the control plane (%s in kube-system/kubeadm-config): downgrades are not supported", dst, cvs)
+	case dst[0] != cv[0] || dst[1] > cv[1]+1:
+		add("--dst-version %s skips a minor: the control plane is at %s and kubeadm upgrades one minor at a time (upgrade to %d.%d.x first)", dst, cvs, cv[0], cv[1]+1)
+	}
+	controlsLeft, workersToDo := false, false
+	for _, n := range nodes {
+		kv, err := parseVersion(n.Kubelet)
+		if err != nil {
+			add("node %s: kubelet version: %v", n.Name, err)
+			continue
+		}
+		if n.Control && !n.Selected && kv != dst {
+			controlsLeft = true
+		}
+		if !n.Control && n.ToDo {
+			workersToDo = true
+		}
+		if kv[0] > cv[0] || kv[0] == cv[0] && kv[1] > cv[1] {
+			add("node %s: kubelet %s is of a newer minor than the control plane (%s): the skew policy forbids it", n.Name, n.Kubelet, cvs)
+		}
+		if !n.Selected && kv[0] == dst[0] && kv[1]+3 < dst[1] {
+			add("node %s: kubelet %s is not upgraded by this run and would be more than three minors older than the API server at %s", n.Name, n.Kubelet, want)
+		}
+	}
+	if controlsLeft && workersToDo {
+		add("the control plane is at %s and not every control node at %s: upgrade the control nodes before any other kubelet (run without --workers-only, --role, --hostname-list or --batches, or with --control-only first)", cvs, want)
+	}
+	return problems
+}
+
+// etcdPreflight is the place of the etcd health check of issue 14 in the preflight (its
+// problems, if any): none until that check lands.
+func etcdPreflight(ctx context.Context, c *clients) []string { return nil }
+
+// nodeReady reports whether the node's Ready condition is True.
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// madisonVersion finds in `apt-cache madison kubeadm kubelet kubectl` output the package
+// version of dst that all three packages offer ("1.37.3-1.1").
+func madisonVersion(out string, dst version) (string, error) {
+	found := map[string]string{}
+	var offered []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Split(l, "|")
+		if len(f) < 2 {
+			continue
+		}
+		p, ver := strings.TrimSpace(f[0]), strings.TrimSpace(f[1])
+		if p == "kubeadm" {
+			offered = append(offered, ver)
+		}
+		if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
+			found[p] = ver
+		}
+	}
+	for _, p := range kubePkgs {
+		if found[p] == "" || found[p] != found["kubeadm"] {
+			return "", fmt.Errorf("no package %s=%s-* in its apt sources (kubeadm offered: %s)", p, dst, strings.Join(offered, ", "))
+		}
+	}
+	return found["kubeadm"], nil
 }
 
 // plan is the rolling skeleton with the package upgrade as its action, and with
 // --silence-cluster inside a whole-cluster silence (withClusterSilence).
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
 	roll := &rolling{Env: u.env, Cluster: u.cl, Job: u.job, Did: "upgraded to v" + u.dst.String(), Select: u.selectNodes,
-		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain,
+		Skip: u.skip, Max: u.max, Settle: u.settle, Timeout: u.timeout, Force: u.force, Drain: u.drain, ControlFirst: true,
 		Action: func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
-			if n.Control {
-				return pipeline.One(pipeline.Step{Name: "refuse-control", Desc: pipeline.Textf("refuse control node %s", n.Name), Do: func(context.Context, *pipeline.Values) error {
-					return BadInputf("%s is a control node: %s", n.Name, controlRefused)
-				}})
-			}
-			return upgradePackages(c, s, knownNode(c, n.Name), u.dst, u.timeout)
+			return upgradePackages(c, s, knownNode(c, n.Name), n.Control, u.dst, u.timeout)
 		}}
 	steps, err := roll.Plan(ctx, v)
 	if err != nil || !u.silence {
@@ -294,12 +543,15 @@ func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Ste
 	return withClusterSilence(roll.c, steps, "upgrade to v"+u.dst.String()), nil
 }
 
-// upgradePackages is the step set that upgrades a drained worker to dst: find-package
-// (apt-cache madison), unhold, install-kubeadm, kubeadm-upgrade-node, install-kubelet
-// (and kubectl), hold, daemon-reload, restart-kubelet, wait-version (the Node reports
-// dst). Each step checks before it acts: the installed versions (dpkg-query), the holds
-// (apt-mark showhold), the version the Node reports.
-func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeout time.Duration) []pipeline.Step {
+// upgradePackages is the step set that upgrades a drained node to dst: find-package
+// (apt-cache madison), unhold, install-kubeadm, kubeadm-upgrade-node on a worker (on a
+// control node: kubeadm-upgrade, the plan and apply of the first or upgrade node of the
+// others, then wait-static-pods), install-kubelet (and kubectl), hold, daemon-reload,
+// restart-kubelet, wait-version (the Node reports dst), audit-node. Each step checks
+// before it acts: the installed versions (dpkg-query), the holds (apt-mark showhold),
+// the version the Node reports, the static pods' versions.
+func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst version, timeout time.Duration) []pipeline.Step {
+	srcKey := pipeline.In(s, keySrcVersion)
 	pkgKey := pipeline.In(s, keyPkgVersion)
 	want := "v" + dst.String()
 	host := func(ctx context.Context, v *pipeline.Values) (string, string, error) {
@@ -425,7 +677,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 			return fmt.Sprintf(f, name, pv)
 		}
 	}
-	return []pipeline.Step{
+	first := []pipeline.Step{
 		{Name: "find-package", Desc: pipeline.Textf("find the package version of Kubernetes %s (apt-cache madison kubeadm)", want), Do: func(ctx context.Context, v *pipeline.Values) error {
 			if pv, ok := pkgKey.Get(v); ok {
 				return pipeline.Skip("package version %s found already", pv)
@@ -434,40 +686,40 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 			if err != nil {
 				return err
 			}
+			if _, ok := srcKey.Get(v); !ok {
+				node, err := c.kube.Node(ctx, name)
+				if err != nil {
+					return err
+				}
+				if err := srcKey.Set(v, node.Status.NodeInfo.KubeletVersion); err != nil {
+					return err
+				}
+			}
 			out, err := read(ctx, h, append([]string{"apt-cache", "madison"}, kubePkgs...)...)
 			if err != nil {
 				return err
 			}
-			found := map[string]string{}
-			var offered []string
-			for _, l := range strings.Split(out, "\n") {
-				f := strings.Split(l, "|")
-				if len(f) < 2 {
-					continue
-				}
-				p, ver := strings.TrimSpace(f[0]), strings.TrimSpace(f[1])
-				if p == "kubeadm" {
-					offered = append(offered, ver)
-				}
-				if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
-					found[p] = ver
-				}
+			pv, err := madisonVersion(out, dst)
+			if err != nil {
+				return fmt.Errorf("node %s: %w", name, err)
 			}
-			for _, p := range kubePkgs {
-				if found[p] == "" || found[p] != found["kubeadm"] {
-					return fmt.Errorf("node %s: no package %s=%s-* in its apt sources (kubeadm offered: %s)", name, p, dst, strings.Join(offered, ", "))
-				}
-			}
-			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, found["kubeadm"]))
-			return pkgKey.Set(v, found["kubeadm"])
+			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, pv))
+			return pkgKey.Set(v, pv)
 		}},
 		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %s"), Do: setHold(false)},
 		{Name: "install-kubeadm", Desc: desc("install kubeadm=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubeadm")
 		}},
-		{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
+	}
+	var kubeadm []pipeline.Step
+	if control {
+		kubeadm = kubeadmControl(c, n, dst, timeout)
+	} else {
+		kubeadm = pipeline.One(pipeline.Step{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
 			return write(ctx, h, "kubeadm", "upgrade", "node")
-		})},
+		})})
+	}
+	last := []pipeline.Step{
 		{Name: "install-kubelet", Desc: desc("install kubelet=%[2]s kubectl=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubelet", "kubectl")
 		}},
@@ -491,5 +743,145 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, dst version, timeo
 				return node != nil && node.Status.NodeInfo.KubeletVersion == want
 			})
 		}},
+		{Name: "audit-node", Desc: desc("tell the team: %[1]s upgraded to " + want), Do: func(ctx context.Context, v *pipeline.Values) error {
+			name, err := n.Name(v)
+			if err != nil {
+				return err
+			}
+			from, _ := srcKey.Get(v)
+			line := fmt.Sprintf("upgraded node %s from Kubernetes %s to %s", name, from, want)
+			if c.env.DryRun {
+				c.env.Gate.Would(ctx, "send audit line: "+line)
+				return nil
+			}
+			c.env.Audit.Send(ctx, line)
+			return nil
+		}},
 	}
+	return pipeline.Steps(first, kubeadm, last)
 }
+
+// kubeadmControl is what a control node does between install-kubeadm and
+// install-kubelet. kubeadm-upgrade: while the control plane (kubeadm-config) is older
+// than dst, the first control node of the run to get here runs `kubeadm upgrade plan
+// vX` (its output logged) and, once confirmed (--yes, or the operator at the terminal),
+// `kubeadm upgrade apply vX -y`; once the control plane is at dst, `kubeadm upgrade node`;
+// skipped when the node's static pods run dst already. wait-static-pods: until the
+// node's kube-apiserver, kube-controller-manager and kube-scheduler mirror pods run dst.
+// The etcd health check of issue 14 goes before and after these (etcdChecks).
+func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) []pipeline.Step {
+	want := "v" + dst.String()
+	atTarget := func(pods map[string]string) bool {
+		for _, comp := range k8sops.ControlPlaneComponents {
+			if pods[comp] != want {
+				return false
+			}
+		}
+		return true
+	}
+	run := func(ctx context.Context, h string, argv ...string) (string, error) {
+		res, err := c.ssh.Run(ctx, h, ssh.Command{Argv: argv, Timeout: 15 * time.Minute})
+		return res.Stdout, err
+	}
+	upgrade := pipeline.Step{Name: "kubeadm-upgrade", Desc: func(v *pipeline.Values) string {
+		name, _ := n.Name(v)
+		return fmt.Sprintf("kubeadm upgrade plan %[2]s and apply %[2]s -y on %[1]s if the control plane is older, else kubeadm upgrade node", name, want)
+	}, Do: func(ctx context.Context, v *pipeline.Values) error {
+		name, err := n.Name(v)
+		if err != nil {
+			return err
+		}
+		h, err := n.Host(ctx, v)
+		if err != nil {
+			return err
+		}
+		pods, err := c.kube.StaticPods(ctx, name)
+		if err != nil {
+			return err
+		}
+		cvs, err := c.kube.ClusterVersion(ctx)
+		if err != nil {
+			return err
+		}
+		cv, err := parseVersion(cvs)
+		if err != nil {
+			return fmt.Errorf("kube-system/kubeadm-config kubernetesVersion: %w", err)
+		}
+		if dst.less(cv) {
+			return fmt.Errorf("the control plane is at %s, newer than %s", cvs, want)
+		}
+		if cv == dst && atTarget(pods) {
+			return pipeline.Skip("node %s: the control plane and its static pods run %s already", name, want)
+		}
+		if cv != dst {
+			applier, ok := keyApplyNode.Get(v)
+			if !ok {
+				applier = name
+				if err := keyApplyNode.Set(v, name); err != nil {
+					return err
+				}
+			}
+			if applier == name {
+				out, err := run(ctx, h, "kubeadm", "upgrade", "plan", want)
+				if err != nil {
+					return err
+				}
+				for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+					if l != "" {
+						c.env.Log.Info("kubeadm upgrade plan: "+l, "node", name)
+					}
+				}
+				if !c.env.DryRun && !c.env.Yes {
+					q := fmt.Sprintf("Upgrade the control plane of %s from %s to %s (kubeadm upgrade apply %s -y on %s)?", c.cl.Name, cvs, want, want, name)
+					ok, err := false, fmt.Errorf("no one to ask")
+					if c.env.Ask != nil {
+						ok, err = c.env.Ask(q)
+					}
+					if err != nil || !ok {
+						return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%v): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, name, err)
+					}
+				}
+				_, err = run(ctx, h, "kubeadm", "upgrade", "apply", want, "-y")
+				return err
+			}
+			if !c.env.DryRun { // in a dry-run, the apply on the applier was not done
+				return fmt.Errorf("the control plane is at %s, not %s: %s runs kubeadm upgrade apply first", cvs, want, applier)
+			}
+		}
+		_, err = run(ctx, h, "kubeadm", "upgrade", "node")
+		return err
+	}}
+	wait := pipeline.Step{Name: "wait-static-pods", Desc: func(v *pipeline.Values) string {
+		name, _ := n.Name(v)
+		return fmt.Sprintf("wait until the static pods %s of %s run %s", strings.Join(k8sops.ControlPlaneComponents, ", "), name, want)
+	}, Do: func(ctx context.Context, v *pipeline.Values) error {
+		name, err := n.Name(v)
+		if err != nil {
+			return err
+		}
+		if c.env.DryRun {
+			c.env.Log.Info(fmt.Sprintf("DRY-RUN: the static pods of %s would be waited on to run %s", name, want))
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			pods, err := c.kube.StaticPods(ctx, name)
+			if err == nil && atTarget(pods) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("static pods of %s not running %s after %s (running: %v, last error: %v)", name, want, timeout, pods, err)
+			case <-tick.C:
+			}
+		}
+	}}
+	return pipeline.Steps(etcdChecks(c, n, "before"), []pipeline.Step{upgrade, wait}, etcdChecks(c, n, "after"))
+}
+
+// etcdChecks is the place of the etcd health check of issue 14 (etcd members healthy,
+// before a control node is upgraded and after): none until that check lands.
+func etcdChecks(c *clients, n nodeRef, when string) []pipeline.Step { return nil }

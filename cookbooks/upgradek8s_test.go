@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -41,5 +43,96 @@ func TestUpgradeSkip(t *testing.T) {
 	}
 	if _, err := parseVersion("1.37"); err == nil {
 		t.Error("1.37 parsed as a version")
+	}
+}
+
+// TestChunkOf: --batches K --batch-number I picks the I-th of K nearly equal chunks of
+// the nodes in natural order, the first len%K chunks one node longer; every node is in
+// exactly one chunk.
+func TestChunkOf(t *testing.T) {
+	nodes := []string{"w-10", "w-2", "w-1", "w-3", "w-4", "w-5", "w-6", "w-7", "w-8", "w-9"}
+	tests := []struct {
+		name string
+		k, i int
+		want []string
+	}{
+		{"first of 4", 4, 1, []string{"w-1", "w-2", "w-3"}},
+		{"second of 4", 4, 2, []string{"w-4", "w-5", "w-6"}},
+		{"third of 4", 4, 3, []string{"w-7", "w-8"}},
+		{"last of 4", 4, 4, []string{"w-9", "w-10"}},
+		{"one chunk", 1, 1, []string{"w-1", "w-2", "w-3", "w-4", "w-5", "w-6", "w-7", "w-8", "w-9", "w-10"}},
+		{"more chunks than nodes", 12, 11, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, chunkOf(nodes, tt.k, tt.i), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("chunk %d of %d (-want +got):\n%s", tt.i, tt.k, diff)
+			}
+		})
+	}
+	seen := map[string]int{}
+	for i := 1; i <= 3; i++ {
+		for _, n := range chunkOf(nodes, 3, i) {
+			seen[n]++
+		}
+	}
+	if len(seen) != len(nodes) {
+		t.Errorf("3 chunks cover %d nodes, want %d: %v", len(seen), len(nodes), seen)
+	}
+}
+
+// TestSkewProblems: the preflight's version skew policy, on its own.
+func TestSkewProblems(t *testing.T) {
+	v := func(s string) version {
+		x, err := parseVersion(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	ctl := func(name, kubelet string, selected bool) skewNode {
+		return skewNode{Name: name, Kubelet: kubelet, Control: true, Selected: selected, ToDo: selected}
+	}
+	wrk := func(name, kubelet string, selected bool) skewNode {
+		return skewNode{Name: name, Kubelet: kubelet, Selected: selected, ToDo: selected}
+	}
+	tests := []struct {
+		name  string
+		cv    string
+		dst   string
+		nodes []skewNode
+		want  []string // substrings, one per problem, in order
+	}{
+		{"a minor, everything selected", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", true), wrk("w1", "v1.36.5", true)}, nil},
+		{"a patch", "v1.37.2", "1.37.3", []skewNode{ctl("c1", "v1.37.2", true), wrk("w1", "v1.37.2", true)}, nil},
+		{"skips a minor", "v1.36.5", "1.38.0", []skewNode{ctl("c1", "v1.36.5", true)}, []string{"--dst-version 1.38.0 skips a minor: the control plane is at v1.36.5"}},
+		{"downgrade", "v1.37.2", "1.37.1", nil, []string{"--dst-version 1.37.1 is older than the control plane"}},
+		{"workers before the control plane", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", false), wrk("w1", "v1.36.5", true)},
+			[]string{"upgrade the control nodes before any other kubelet"}},
+		{"workers after the control plane", "v1.37.1", "1.37.1", []skewNode{ctl("c1", "v1.37.1", false), wrk("w1", "v1.36.5", true)}, nil},
+		{"workers while a control node is behind", "v1.37.1", "1.37.1", []skewNode{ctl("c1", "v1.37.1", false), ctl("c2", "v1.36.5", false), wrk("w1", "v1.36.5", true)},
+			[]string{"upgrade the control nodes before any other kubelet"}},
+		{"control only", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", true), wrk("w1", "v1.36.5", false)}, nil},
+		{"a kubelet of a newer minor", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", true), wrk("w1", "v1.37.0", false)},
+			[]string{"node w1: kubelet v1.37.0 is of a newer minor than the control plane (v1.36.5)"}},
+		{"a kubelet of a newer patch", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", true), wrk("w1", "v1.36.6", true)}, nil},
+		{"a node left four minors behind", "v1.36.5", "1.37.1", []skewNode{ctl("c1", "v1.36.5", true), wrk("w1", "v1.33.9", false), wrk("w2", "v1.34.0", false)},
+			[]string{"node w1: kubelet v1.33.9 is not upgraded by this run and would be more than three minors older than the API server at v1.37.1"}},
+		{"a bad kubelet version", "v1.36.5", "1.37.1", []skewNode{wrk("w1", "v1.36", true)}, []string{"node w1: kubelet version"}},
+		{"every problem at once", "v1.36.5", "1.38.0", []skewNode{ctl("c1", "v1.36.5", false), wrk("w1", "v1.37.0", true)},
+			[]string{"skips a minor", "node w1: kubelet v1.37.0 is of a newer minor", "upgrade the control nodes before any other kubelet"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := skewProblems(tt.cv, v(tt.dst), tt.nodes)
+			if len(got) != len(tt.want) {
+				t.Fatalf("problems %q, want %d like %q", got, len(tt.want), tt.want)
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("problem %d = %q, want ~%q", i, got[i], w)
+				}
+			}
+		})
 	}
 }

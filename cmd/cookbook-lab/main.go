@@ -60,6 +60,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
 				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
 				&cli.BoolFlag{Name: "no-sample-workload", Usage: "do not apply the sample workload"},
+				&cli.StringFlag{Name: "kubernetes-version", Usage: "the cluster's Kubernetes version vX.Y.Z (kubelets, packages, kubeadm-config, static pods; default: the lab's)"},
 				dirFlag(),
 			}},
 			{Name: "down", Usage: "stop a detached lab", Action: down, Flags: []cli.Flag{dirFlag()}},
@@ -129,7 +130,7 @@ func up(c *cli.Context) error {
 	s, err := stack.Up(ctx, stack.Options{
 		Dir: dir, Workers: orNone(c.Int("workers")), NFSWorkers: orNone(c.Int("nfs-workers")), Controls: orNone(c.Int("controls")),
 		RebootDownTime: time.Duration(c.Float64("reboot-seconds") * float64(time.Second)),
-		SSHPort:        c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), Log: slog.New(logger),
+		SSHPort:        c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), KubernetesVersion: c.String("kubernetes-version"), Log: slog.New(logger),
 	})
 	if err != nil {
 		return err

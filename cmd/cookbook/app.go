@@ -337,6 +337,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		Log:        logger,
 		Gate:       &dryrun.Gate{DryRun: dry, Log: logger},
 	}
+	env.Ask = func(question string) (bool, error) {
+		t := newTerminal(a.stdin, a.stderr)
+		if t == nil {
+			return false, fmt.Errorf("%s: no terminal to confirm on; pass --yes to confirm", question)
+		}
+		return t.Confirm(question), nil
+	}
 	prepared, err := cb.Prepare(c, env)
 	if err != nil {
 		return err

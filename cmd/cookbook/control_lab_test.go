@@ -93,7 +93,7 @@ func controlGone(t *testing.T, s *stack.Stack, name string) {
 // removal refused because it would break etcd's quorum, a powered-off control node
 // removed with its member, and kill -9 at seeded moments while adding and removing.
 func TestControlNodes(t *testing.T) {
-	w, s := stackWorldOf(t, 3, 1, -1)
+	w, s := stackWorldOf(t, stack.Options{Controls: 3, Workers: 1, NFSWorkers: -1})
 	p := s.Prefix + "-control-"
 	var keys, outputs []string
 	if got := etcdNames(s); len(got) != 3 {

@@ -30,19 +30,19 @@ import (
 // stackWorld is a world whose configuration is a whole lab: control plane, cloud, VMs.
 func stackWorld(t *testing.T, workers, nfs int) (*world, *stack.Stack) {
 	t.Helper()
-	return stackWorldOf(t, 1, workers, nfs)
+	return stackWorldOf(t, stack.Options{Controls: 1, Workers: workers, NFSWorkers: nfs})
 }
 
-// stackWorldOf is stackWorld with a number of control nodes (etcd members).
-func stackWorldOf(t *testing.T, controls, workers, nfs int) (*world, *stack.Stack) {
+// stackWorldOf is stackWorld with the lab shaped by opts (its directory and times are
+// the tests').
+func stackWorldOf(t *testing.T, opts stack.Options) (*world, *stack.Stack) {
 	t.Helper()
 	if _, ok := lab.BinDir(); !ok {
 		lab.Need(t, nil)
 	}
-	s, err := stack.Up(context.Background(), stack.Options{
-		Dir: t.TempDir(), Controls: controls, Workers: workers, NFSWorkers: nfs,
-		RebootDownTime: 500 * time.Millisecond, BuildTime: 300 * time.Millisecond, CloudInitTime: 700 * time.Millisecond, SampleWorkload: true,
-	})
+	opts.Dir, opts.SampleWorkload = t.TempDir(), true
+	opts.RebootDownTime, opts.BuildTime, opts.CloudInitTime = 500*time.Millisecond, 300*time.Millisecond, 700*time.Millisecond
+	s, err := stack.Up(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,6 +426,13 @@ func minRunningPods(t *testing.T, s *stack.Stack, ns, app string, want int) func
 // resuming, until the run is done. It returns the number of kills and the run id.
 func crash(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.Duration, args ...string) (int, string) {
 	t.Helper()
+	return crashResumingWith(t, w, rng, maxKills, maxDelay, nil, args...)
+}
+
+// crashResumingWith is crash with global flags for each `cookbook resume` (e.g. --yes,
+// which a resume does not take from the run it continues).
+func crashResumingWith(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.Duration, resumeFlags []string, args ...string) (int, string) {
+	t.Helper()
 	kills := 0
 	id := ""
 	last := ""
@@ -438,7 +445,7 @@ func crash(t *testing.T, w *world, rng *rand.Rand, maxKills int, maxDelay time.D
 		if id == "" {
 			cmd = w.command(args...)
 		} else {
-			cmd = w.command("resume", id)
+			cmd = w.command(append(append([]string(nil), resumeFlags...), "resume", id)...)
 		}
 		var out strings.Builder
 		cmd.Stderr = &out

@@ -3,13 +3,21 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
+	"example.com/cookbook/lab/stack"
+	"example.com/cookbook/lab/vm"
 	"example.com/cookbook/silences"
 )
 
@@ -26,55 +34,150 @@ func nextPatch(t *testing.T) (string, string) {
 	return cur, fmt.Sprintf("%s.%s.%d", parts[0], parts[1], p+1)
 }
 
-// TestUpgradeK8sWorkers: upgrade-k8s-cluster to the next patch upgrades every worker
-// (packages installed and held, the Node reports the new kubelet), the control node is
-// left alone; a second run skips every node; --dry-run writes nothing; a control node,
-// a version the node is not at and a bad version are bad input (exit 2).
-func TestUpgradeK8sWorkers(t *testing.T) {
+// TestUpgradeK8s: upgrade-k8s-node and upgrade-k8s-cluster in the lab, 1 control node,
+// 2 workers and 2 NFS workers, to the next patch: --dry-run writes nothing and says what
+// it would run (kubeadm upgrade apply on the control node, before any worker); bad input
+// is exit 2 with no write; the preflight lists every problem (a node without the
+// packages, a NotReady node, a skipped minor, workers before the control plane) and
+// writes nothing; --control-only
+// without --yes and without a terminal stops before kubeadm upgrade apply, and resumed
+// with --yes it plans, applies once, and waits for the static pods; the workers follow;
+// a last run skips every node and runs nothing.
+func TestUpgradeK8s(t *testing.T) {
 	w, s := stackWorld(t, 2, 0)
+	ctx := context.Background()
 	cur, dst := nextPatch(t)
 	workers := []string{s.Prefix + "-worker-1", s.Prefix + "-worker-2"}
 	control := s.Prefix + "-control-1"
+	common := []string{"--cluster-name", "toolsbeta", "--dst-version", dst, "--force", "--delete-emptydir-data", "--timeout", "90s"}
 
 	m := markWrites(s)
-	r := w.run("--dry-run", "upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--force", "--delete-emptydir-data")
+	r := w.run(append([]string{"--dry-run", "upgrade-k8s-cluster", "--max-unavailable", "2"}, common...)...)
 	wantCode(t, r, 0)
 	m.none(t, "upgrade-k8s-cluster --dry-run")
-	if !strings.Contains(r.stderr, "DRY-RUN: would run on") || !strings.Contains(r.stderr, "apt-get install -y kubeadm="+dst+"-1.1") {
-		t.Errorf("dry-run does not say what it would install:\n%s", r.stderr)
+	for _, want := range []string{"apt-get install -y kubeadm=" + dst + "-1.1", "kubeadm upgrade apply v" + dst + " -y", "kubeadm upgrade plan v" + dst, "static pods of " + control + " would be waited on"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("dry-run does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	if strings.Index(r.stderr, "kubeadm upgrade apply v"+dst+" -y host=") > strings.Index(r.stderr, "kubeadm upgrade node host=") {
+		t.Errorf("dry-run upgrades a worker before the control plane:\n%s", r.stderr)
+	}
+	m = markWrites(s)
+	r = w.run(append([]string{"--dry-run", "upgrade-k8s-node", "--hostname", control}, common...)...)
+	wantCode(t, r, 0)
+	m.none(t, "upgrade-k8s-node --dry-run")
+	if !strings.Contains(r.stderr, "kubeadm upgrade apply v"+dst+" -y host=") || !strings.Contains(r.stderr, "preflight of the upgrade of toolsbeta to v"+dst+": no problem") {
+		t.Errorf("the dry-run of a control node does not show the preflight and the apply:\n%s", r.stderr)
 	}
 
 	m = markWrites(s)
 	for _, args := range [][]string{
-		{"upgrade-k8s-node", "--cluster-name", "toolsbeta", "--hostname", control, "--dst-version", dst},
-		{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--role", "control", "--dst-version", dst},
 		{"upgrade-k8s-node", "--cluster-name", "toolsbeta", "--hostname", workers[0], "--dst-version", dst, "--src-version", "1.36.0"},
 		{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", "1.37"},
+		{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--workers-only", "--control-only"},
+		{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--role", "worker", "--control-only"},
 	} {
-		r := w.run(args...)
-		wantCode(t, r, 2)
-		if args[0] == "upgrade-k8s-node" && args[4] == control && !strings.Contains(r.stderr, "issue 14") {
-			t.Errorf("control node refused without naming issue 14:\n%s", r.stderr)
-		}
+		wantCode(t, w.run(args...), 2)
 	}
 	m.none(t, "bad input")
 
-	r = w.run("upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--max-unavailable", "2", "--force", "--delete-emptydir-data", "--timeout", "90s")
+	// The preflight: every problem at once, exit 2, nothing written.
+	s.Fleet.VM(serverIDOf(t, s, workers[0])).SetKubeRepo(false)
+	if err := s.CP.SetNodeNotReady(ctx, workers[1]); err != nil {
+		t.Fatal(err)
+	}
+	zero := intstr.FromInt32(0)
+	pdbs := s.CP.Client.PolicyV1().PodDisruptionBudgets("sample")
+	frozen := lab.PDB("sample", "cache-frozen", &zero, nil)
+	frozen.Spec.Selector.MatchLabels = map[string]string{"app": "cache"}
+	if _, err := pdbs.Create(ctx, frozen, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m = markWrites(s)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{append([]string{"upgrade-k8s-cluster"}, common...), []string{
+			"PodDisruptionBudget sample/cache-frozen (allows 0 disruption(s)",
+			"node " + workers[0] + ": no package kubeadm=" + dst + "-* in its apt sources",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{[]string{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", "1.39.0"}, []string{
+			"--dst-version 1.39.0 skips a minor: the control plane is at v" + cur,
+			"node " + control + ": no package kubeadm=1.39.0-*",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{append([]string{"upgrade-k8s-node", "--hostname", workers[1]}, common...), []string{
+			"the control plane is at v" + cur + " and not every control node at v" + dst + ": upgrade the control nodes before any other kubelet",
+			"node " + workers[1] + " is not Ready",
+		}},
+		{append([]string{"upgrade-k8s-cluster", "--workers-only"}, common...), []string{"upgrade the control nodes before any other kubelet"}},
+	} {
+		r := w.run(tc.args...)
+		wantCode(t, r, 2)
+		for _, want := range tc.want {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("%v: the preflight does not say %q:\n%s", tc.args, want, r.stderr)
+			}
+		}
+	}
+	m.none(t, "refused preflights")
+	s.Fleet.VM(serverIDOf(t, s, workers[0])).SetKubeRepo(true)
+	if err := pdbs.Delete(ctx, "cache-frozen", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.SetNodeReady(ctx, workers[1], ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// The control plane: no terminal and no --yes, the apply is not confirmed; resumed
+	// with --yes, it is done.
+	r = w.run(append([]string{"upgrade-k8s-cluster", "--control-only"}, common...)...)
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "kubeadm upgrade apply v"+dst+" on "+control+" not confirmed") || !strings.Contains(r.stderr, "kubeadm upgrade plan: ") {
+		t.Errorf("the apply is not stopped for a confirmation after the plan is shown:\n%s", r.stderr)
+	}
+	if v, _ := s.CP.ClusterVersion(ctx); v != "v"+cur {
+		t.Errorf("kubeadm-config at %s before the confirmation", v)
+	}
+	r = w.run("resume", "--yes", lastRun(w))
 	wantCode(t, r, 0)
+	if v, _ := s.CP.ClusterVersion(ctx); v != "v"+dst {
+		t.Errorf("kubeadm-config says %s after the control plane upgrade, want v%s", v, dst)
+	}
+	if pods, err := s.CP.StaticPodVersions(ctx, control); err != nil || pods["kube-apiserver"] != "v"+dst || pods["kube-controller-manager"] != "v"+dst || pods["kube-scheduler"] != "v"+dst {
+		t.Errorf("static pods of %s: %v %v", control, pods, err)
+	}
+	cmds := strings.Join(commandsOn(s, control), "\n")
+	// The plan is shown before each question (the unconfirmed run, its resume); one apply.
+	for want, times := range map[string]int{"kubeadm upgrade plan v" + dst: 2, "kubeadm upgrade apply v" + dst + " -y": 1, "kubeadm upgrade node": 0} {
+		if strings.Count(cmds, want) != times {
+			t.Errorf("%s ran %q %d times, want %d:\n%s", control, want, strings.Count(cmds, want), times, cmds)
+		}
+	}
+	if n := nodeOf(t, s, control); n == nil || n.Status.NodeInfo.KubeletVersion != "v"+dst || n.Spec.Unschedulable {
+		t.Errorf("%s after the upgrade: %+v", control, n)
+	}
+
+	// The workers in Toolforge's two chunks (--batches 2 --batch-number I, natural
+	// order), one run after the other: the cluster lock admits one run at a time.
+	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
+	for i, chunk := range [][]string{workers, nfs} {
+		r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "2", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)...)
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stderr, "plan: batch 1/1: "+strings.Join(chunk, ", ")) || strings.Contains(r.stderr, "plan: batch 2/") {
+			t.Errorf("chunk %d of 2 is not %v alone:\n%s", i+1, chunk, r.stderr)
+		}
+	}
+	workers = append(workers, nfs...)
 	for _, n := range workers {
 		node := nodeOf(t, s, n)
 		if node == nil || node.Status.NodeInfo.KubeletVersion != "v"+dst || node.Spec.Unschedulable {
 			t.Errorf("%s after the upgrade: %+v", n, node)
 		}
-		var vm interface {
-			PackageVersion(string) string
-			Held(string) bool
-		}
-		for _, srv := range s.Cloud.Servers() {
-			if srv.Name == n {
-				vm = s.Fleet.VM(srv.ID)
-			}
-		}
+		vm := vmOf(t, s, n)
 		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
 			if vm.PackageVersion(p) != dst+"-1.1" || !vm.Held(p) {
 				t.Errorf("%s: %s at %s held %v; want %s-1.1 held", n, p, vm.PackageVersion(p), vm.Held(p), dst)
@@ -87,22 +190,142 @@ func TestUpgradeK8sWorkers(t *testing.T) {
 			}
 		}
 	}
-	if n := nodeOf(t, s, control); n == nil || n.Status.NodeInfo.KubeletVersion != "v"+cur {
-		t.Errorf("control node touched: %+v", n)
+	audit, _ := os.ReadFile(s.AuditPath)
+	for _, n := range append([]string{control}, workers...) {
+		if want := "upgraded node " + n + " from Kubernetes v" + cur + " to v" + dst; strings.Count(string(audit), want) != 1 {
+			t.Errorf("audit log has %d lines %q, want 1:\n%s", strings.Count(string(audit), want), want, audit)
+		}
 	}
 
 	m = markWrites(s)
 	r = w.run("upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst)
 	wantCode(t, r, 0)
-	for _, n := range workers {
-		if !strings.Contains(r.stderr, "node "+n+" is already at v"+dst) {
-			t.Errorf("second run does not say %s is skipped:\n%s", n, r.stderr)
-		}
-	}
 	r = w.run("upgrade-k8s-node", "--cluster-name", "toolsbeta", "--hostname", workers[0], "--dst-version", dst)
 	wantCode(t, r, 0)
 	for _, rec := range s.Fleet.History()[m.history:] {
 		t.Errorf("a run with nothing to upgrade ran %v on %s", rec.Argv, rec.VM)
+	}
+}
+
+// lastRun is the id of the newest run.
+func lastRun(w *world) string {
+	var last *state.Run
+	for _, r := range w.runs() {
+		if last == nil || r.StartedAt.After(last.StartedAt) {
+			last = r
+		}
+	}
+	return last.ID
+}
+
+// serverIDOf is the id of the server of a name.
+func serverIDOf(t *testing.T, s *stack.Stack, name string) string {
+	t.Helper()
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			return srv.ID
+		}
+	}
+	t.Fatalf("no server %s", name)
+	return ""
+}
+
+// vmOf is the lab VM of a server name.
+func vmOf(t *testing.T, s *stack.Stack, name string) *vm.VM {
+	t.Helper()
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			return s.Fleet.VM(srv.ID)
+		}
+	}
+	t.Fatalf("no server %s", name)
+	return nil
+}
+
+// TestUpgradeK8sClusterCrashes: the Toolforge-shaped lab (3 control nodes, 4 workers, 2
+// NFS workers) at v1.36.5 is upgraded to v1.37.1 by upgrade-k8s-cluster
+// --max-unavailable 2: a dry-run first writes nothing; then the run is killed (SIGKILL)
+// at 20 or more seeded moments and resumed (with --yes) until done. The end state is an
+// uninterrupted run's: every node reports v1.37.1, kubeadm-config and every control
+// node's static pods say v1.37.1, the admin's cordon is kept and nothing else is left
+// cordoned, never more than 2 nodes unschedulable, no PodDisruptionBudget violated
+// (watched), each node's packages installed once, one kubeadm upgrade apply in the whole
+// record, an audit line per node.
+func TestUpgradeK8sClusterCrashes(t *testing.T) {
+	const from, to = "1.36.5", "1.37.1"
+	w, s := stackWorldOf(t, stack.Options{Controls: 3, Workers: 4, NFSWorkers: 2, KubernetesVersion: from})
+	ctx := context.Background()
+	rng := seededRand(t)
+	var nodes, controls []string
+	for _, srv := range s.Cloud.Servers() {
+		nodes = append(nodes, srv.Name)
+		if strings.Contains(srv.Name, "-control-") {
+			controls = append(controls, srv.Name)
+		}
+	}
+	if len(nodes) != 9 || len(controls) != 3 {
+		t.Fatalf("lab nodes %v", nodes)
+	}
+	adminCordoned := s.Prefix + "-worker-nfs-2"
+	if _, err := s.CP.Client.CoreV1().Nodes().Patch(ctx, adminCordoned, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--yes", "upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", to, "--max-unavailable", "2", "--force", "--delete-emptydir-data", "--timeout", "90s"}
+
+	m := markWrites(s)
+	r := w.run(append([]string{"--dry-run"}, args...)...)
+	wantCode(t, r, 0)
+	m.none(t, "upgrade-k8s-cluster --dry-run")
+	if strings.Count(r.stderr, "kubeadm upgrade apply v"+to+" -y host=") != 1 || strings.Count(r.stderr, "kubeadm upgrade node host=") != 8 {
+		t.Errorf("the dry-run does not apply on one control node and upgrade-node the 8 others:\n%s", r.stderr)
+	}
+
+	web := minRunningPods(t, s, "sample", "web", 4)
+	api := minRunningPods(t, s, "sample", "api", 3)
+	cw := watchCluster(t, s)
+	kills, id := crashResumingWith(t, w, rng, 24, 3*time.Second, []string{"--yes"}, args...)
+	maxUnsched := cw.finish()
+	t.Logf("run %s: %d kills", id, kills)
+	if kills < 20 {
+		t.Errorf("only %d kills", kills)
+	}
+	if fewest := web(); fewest < 3 {
+		t.Errorf("web (PDB maxUnavailable 1 of 4) had %d pods running at once", fewest)
+	}
+	if fewest := api(); fewest < 2 {
+		t.Errorf("api (PDB minAvailable 2) had %d pods running at once", fewest)
+	}
+	if maxUnsched > 2 {
+		t.Errorf("%d nodes were unschedulable at once, more than --max-unavailable 2", maxUnsched)
+	}
+	if v, _ := s.CP.ClusterVersion(ctx); v != "v"+to {
+		t.Errorf("kubeadm-config says %s, want v%s", v, to)
+	}
+	audit, _ := os.ReadFile(s.AuditPath)
+	applies := 0
+	for _, n := range nodes {
+		node := nodeOf(t, s, n)
+		if node == nil || node.Status.NodeInfo.KubeletVersion != "v"+to || !lab.IsReady(node) || node.Spec.Unschedulable != (n == adminCordoned) {
+			t.Errorf("%s after the upgrade: %+v", n, node)
+		}
+		cmds := strings.Join(commandsOn(s, n), "\n")
+		for _, want := range []string{"apt-get install -y kubeadm=" + to + "-1.1", "apt-get install -y kubelet=" + to + "-1.1 kubectl=" + to + "-1.1"} {
+			if strings.Count(cmds, want) != 1 {
+				t.Errorf("%s ran %q %d times, want once", n, want, strings.Count(cmds, want))
+			}
+		}
+		applies += strings.Count(cmds, "kubeadm upgrade apply")
+		if want := "upgraded node " + n + " from Kubernetes v" + from + " to v" + to; !strings.Contains(string(audit), want) {
+			t.Errorf("no audit line %q", want)
+		}
+	}
+	if applies != 1 {
+		t.Errorf("kubeadm upgrade apply ran %d times in the whole record, want once", applies)
+	}
+	for _, n := range controls {
+		if pods, err := s.CP.StaticPodVersions(ctx, n); err != nil || pods["kube-apiserver"] != "v"+to || pods["kube-controller-manager"] != "v"+to || pods["kube-scheduler"] != "v"+to {
+			t.Errorf("static pods of %s: %v %v", n, pods, err)
+		}
 	}
 }
 
@@ -117,7 +340,8 @@ func TestUpgradeSilenceCluster(t *testing.T) {
 	w, s := stackWorld(t, 2, 0)
 	_, dst := nextPatch(t)
 	workers := []string{s.Prefix + "-worker-1", s.Prefix + "-worker-2"}
-	args := []string{"upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--force", "--delete-emptydir-data", "--timeout", "90s", "--silence-cluster"}
+	// --yes: the control node goes first, and its kubeadm upgrade apply asks.
+	args := []string{"--yes", "upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", dst, "--force", "--delete-emptydir-data", "--timeout", "90s", "--silence-cluster"}
 
 	r := w.run(args...)
 	wantCode(t, r, 2)
@@ -200,7 +424,7 @@ func TestUpgradeSilenceCluster(t *testing.T) {
 	if len(first) != 1 || !first[0].Live() {
 		t.Fatalf("silences of the killed run: %+v", first)
 	}
-	r = w.run("resume", run.ID)
+	r = w.run("resume", "--yes", run.ID)
 	wantCode(t, r, 0)
 	got = ofRun(run.ID)
 	if len(got) != 1 || got[0].ID != first[0].ID || got[0].Live() {

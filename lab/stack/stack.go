@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	corev1 "k8s.io/api/core/v1"
+	utilversion "k8s.io/apimachinery/pkg/util/version"
 
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
@@ -51,6 +52,11 @@ type Options struct {
 	// CloudInitTime is how long cloud-init runs on a new VM after its SSH answers
 	// (provisioning commands fail until then); 3s if zero, none if negative.
 	CloudInitTime time.Duration
+	// KubernetesVersion is the cluster's Kubernetes version (X.Y.Z or vX.Y.Z): what the
+	// kubelets report, the installed kubeadm, kubelet and kubectl packages, the
+	// kubeadm-config ClusterConfiguration's kubernetesVersion and the control nodes'
+	// static pods. The lab's (the API server binary's) if empty.
+	KubernetesVersion string
 	// SampleWorkload applies the lab's sample workload in namespace "sample".
 	SampleWorkload bool
 	// Log receives progress; nil discards.
@@ -114,6 +120,13 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	if opts.CloudAddr == "" {
 		opts.CloudAddr = "127.0.0.1:0"
 	}
+	kubeVersion := strings.TrimPrefix(opts.KubernetesVersion, "v")
+	if kubeVersion == "" {
+		kubeVersion = strings.TrimPrefix(lab.PinnedVersions().Kubernetes, "v")
+	}
+	if _, err := utilversion.ParseSemantic(kubeVersion); err != nil {
+		return nil, fmt.Errorf("kubernetes version %q: %w", opts.KubernetesVersion, err)
+	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return nil, err
@@ -136,6 +149,9 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	if s.CP, err = lab.StartControlPlane(ctx, lab.Options{Dir: kdir, Name: "lab-" + opts.Cluster}); err != nil {
 		return s, err
 	}
+	if err := s.CP.SetClusterVersion(ctx, "v"+kubeVersion); err != nil {
+		return s, err
+	}
 
 	pubLine, err := writeKey(s.KeyPath)
 	if err != nil {
@@ -147,7 +163,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return s, err
 		}
 	}
-	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), Log: log}
+	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), KubeVersion: kubeVersion, Log: log}
 	password := randomHex(12)
 	seed := cloud.Seed{
 		Project: opts.Cluster,
@@ -208,13 +224,18 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return err
 		}
 		v := s.Fleet.VM(srv.ID)
-		spec := lab.NodeSpec{Name: m.name, Labels: r.labels, BootID: v.BootID(), Address: srv.Address}
+		spec := lab.NodeSpec{Name: m.name, Labels: r.labels, BootID: v.BootID(), Address: srv.Address, KubeletVersion: "v" + kubeVersion}
 		if r.control {
 			spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
 			spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
 		}
 		if err := s.CP.AddNode(ctx, spec); err != nil {
 			return err
+		}
+		if r.control {
+			if err := s.CP.SetStaticPods(ctx, m.name, "v"+kubeVersion); err != nil {
+				return err
+			}
 		}
 		v.MarkJoined()
 		if r.control {

@@ -33,6 +33,14 @@ func (v *VM) exists(path string) bool {
 var defaultPrograms = []string{"apt-get", "mkdir", "true", "puppet", "run-puppet-agent", "modprobe", "sysctl", "swapoff", "install", "tee", "cloud-init"}
 
 // exec runs one command line; drop means the session ends without an exit status.
+// Exec runs a command line on the VM as an operator's shell there would (recorded in the
+// fleet's history like a command over SSH): its stdout, stderr and exit code.
+func (v *VM) Exec(line string) (string, string, int) {
+	var out, errs strings.Builder
+	code, _ := v.exec(line, &out, &errs)
+	return out.String(), errs.String(), code
+}
+
 func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
 	f := v.fleet
 	argv, err := splitWords(line)
@@ -180,8 +188,12 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			return 1, false
 		}
 		fmt.Fprintf(stdout, "%s %s ext4 rw,relatime\n", args[2], dev)
-	case cmd == "kubeadm upgrade node":
-		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
+	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "upgrade":
+		return v.kubeadmUpgrade(ctx, args[2:], stdout, stderr), false
+	case cmd == "kubeadm version -o short":
+		if kv := v.installedVersion("kubeadm"); kv != nil {
+			fmt.Fprintf(stdout, "v%s\n", kv)
+		}
 	case cmd == "systemctl restart kubelet":
 		return v.restartKubelet(ctx, stderr), false
 	case cmd == "systemctl daemon-reload":
@@ -304,13 +316,22 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists")
 		return 1
 	}
+	_, cluster, err := v.clusterVersion(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "error execution phase preflight: unable to fetch the kubeadm-config ConfigMap: %v\n", err)
+		return 1
+	}
+	if skew := kubeletSkew(v.installedVersion("kubelet"), cluster); skew != "" {
+		fmt.Fprintf(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR KubeletVersion]: %s\n", skew)
+		return 1
+	}
 	if control {
 		if err := f.checkCertificateKey(certKey); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
 	}
-	if err := f.Cluster.Join(ctx, JoinRequest{Node: v.Name, Token: token, ControlPlane: control, Address: v.Address, BootID: v.BootID()}); err != nil {
+	if err := f.Cluster.Join(ctx, JoinRequest{Node: v.Name, Token: token, ControlPlane: control, Address: v.Address, BootID: v.BootID(), KubeletVersion: upstream(v.PackageVersion("kubelet"))}); err != nil {
 		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
 		return 1
 	}
@@ -323,6 +344,12 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := f.Cluster.KubeletUp(ctx, v.Name, v.BootID()); err != nil {
 		fmt.Fprintf(stderr, "error execution phase kubelet-start: %v\n", err)
 		return 1
+	}
+	if cv, ok := f.Cluster.(ControlPlaneVersions); ok && control && cluster != nil {
+		if err := cv.SetStaticPods(ctx, v.Name, "v"+cluster.String()); err != nil {
+			fmt.Fprintf(stderr, "error execution phase control-plane-prepare: %v\n", err)
+			return 1
+		}
 	}
 	v.mu.Lock()
 	v.joined = true

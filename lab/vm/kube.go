@@ -25,7 +25,25 @@ type KubeCluster struct {
 	KubeletVersion string
 }
 
-var _ Cluster = (*KubeCluster)(nil)
+var (
+	_ Cluster              = (*KubeCluster)(nil)
+	_ ControlPlaneVersions = (*KubeCluster)(nil)
+)
+
+// ClusterVersion is the control plane's version as kubeadm records it.
+func (k *KubeCluster) ClusterVersion(ctx context.Context) (string, error) {
+	return k.CP.ClusterVersion(ctx)
+}
+
+// SetClusterVersion records the control plane's version as kubeadm does.
+func (k *KubeCluster) SetClusterVersion(ctx context.Context, ver string) error {
+	return k.CP.SetClusterVersion(ctx, ver)
+}
+
+// SetStaticPods makes the node's control-plane static pods run ver.
+func (k *KubeCluster) SetStaticPods(ctx context.Context, node, ver string) error {
+	return k.CP.SetStaticPods(ctx, node, ver)
+}
 
 func randomString(n int) string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -103,7 +121,11 @@ func (k *KubeCluster) Join(ctx context.Context, j JoinRequest) error {
 	if exp, err := time.Parse(time.RFC3339, string(s.Data["expiration"])); err == nil && time.Now().After(exp) {
 		return fmt.Errorf("bootstrap token %s expired at %s", id, exp)
 	}
-	spec := lab.NodeSpec{Name: node, KubeletVersion: k.KubeletVersion, Address: j.Address, BootID: j.BootID}
+	kv := k.KubeletVersion
+	if j.KubeletVersion != "" {
+		kv = j.KubeletVersion
+	}
+	spec := lab.NodeSpec{Name: node, KubeletVersion: kv, Address: j.Address, BootID: j.BootID}
 	if j.ControlPlane {
 		spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
 		spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}

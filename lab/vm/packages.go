@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	utilversion "k8s.io/apimachinery/pkg/util/version"
+
 	"example.com/cookbook/lab"
 )
 
@@ -30,18 +32,39 @@ func (f *Fleet) kubeVersion() string {
 	return strings.TrimPrefix(v, "v")
 }
 
-// Available is what the lab's apt repository offers of each Kubernetes package: the
-// installed version and the next patch, as package versions ("1.37.3-1.1"), newest first.
+// Available is what the lab's apt repository offers of each Kubernetes package, as
+// package versions ("1.37.3-1.1"), newest first: the installed version X.Y.Z, its next
+// patch X.Y.Z+1, and the next minor's first two patches X.Y+1.0 and X.Y+1.1.
 func (f *Fleet) Available() []string {
 	base := f.kubeVersion()
 	out := []string{base + "-1.1"}
 	parts := strings.Split(base, ".")
 	if len(parts) == 3 {
-		if p, err := strconv.Atoi(parts[2]); err == nil {
-			out = append([]string{fmt.Sprintf("%s.%s.%d-1.1", parts[0], parts[1], p+1)}, out...)
+		minor, err1 := strconv.Atoi(parts[1])
+		p, err2 := strconv.Atoi(parts[2])
+		if err1 == nil && err2 == nil {
+			out = append([]string{
+				fmt.Sprintf("%s.%d.1-1.1", parts[0], minor+1),
+				fmt.Sprintf("%s.%d.0-1.1", parts[0], minor+1),
+				fmt.Sprintf("%s.%d.%d-1.1", parts[0], minor, p+1),
+			}, out...)
 		}
 	}
 	return out
+}
+
+// candidate is what apt-get install installs without a version: the newest patch of the
+// fleet's minor (the lab's apt preferences pin the cluster's minor's repository above
+// the next minor's, as an operator's apt component setting does).
+func (f *Fleet) candidate() string {
+	base := f.kubeVersion()
+	parts := strings.Split(base, ".")
+	for _, av := range f.Available() {
+		if len(parts) == 3 && strings.HasPrefix(av, parts[0]+"."+parts[1]+".") {
+			return av
+		}
+	}
+	return base + "-1.1"
 }
 
 // PackageVersion is the installed version of a package on the VM ("1.37.2-1.1"), "" for
@@ -69,6 +92,20 @@ func (v *VM) Held(pkg string) bool {
 	return v.held[pkg]
 }
 
+// SetKubeRepo adds (true) or removes (false) the lab's Kubernetes apt repository from
+// the VM's apt sources: without it apt-cache and apt-get find none of its packages.
+func (v *VM) SetKubeRepo(on bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.noKubeRepo = !on
+}
+
+func (v *VM) kubeRepo() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.noKubeRepo
+}
+
 // upstream is the Kubernetes version of a package version: "1.37.3-1.1" is "v1.37.3".
 func upstream(pkgVersion string) string {
 	u, _, _ := strings.Cut(pkgVersion, "-")
@@ -82,7 +119,7 @@ func (v *VM) aptCache(args []string, stdout, stderr io.Writer) int {
 		return 100
 	}
 	for _, pkg := range args[2:] {
-		if !contains(kubePackages, pkg) {
+		if !contains(kubePackages, pkg) || !v.kubeRepo() {
 			fmt.Fprintf(stderr, "N: Unable to locate package %s\n", pkg)
 			continue
 		}
@@ -147,12 +184,16 @@ func (v *VM) aptMark(args []string, stdout, stderr io.Writer) int {
 // changed without --allow-change-held-packages.
 func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprint(stdout, "Reading package lists... Done\n")
-	allowHeld := false
+	allowHeld, allowDown := false, false
 	want := map[string]string{}
 	var order []string
 	for _, a := range args[2:] {
 		if a == "--allow-change-held-packages" {
 			allowHeld = true
+			continue
+		}
+		if a == "--allow-downgrades" {
+			allowDown = true
 			continue
 		}
 		if strings.HasPrefix(a, "-") {
@@ -162,8 +203,12 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		if !contains(kubePackages, pkg) {
 			continue
 		}
+		if !v.kubeRepo() {
+			fmt.Fprintf(stderr, "E: Unable to locate package %s\n", pkg)
+			return 100
+		}
 		if !pinned {
-			ver = v.fleet.Available()[0]
+			ver = v.fleet.candidate()
 		} else {
 			found := ""
 			for _, av := range v.fleet.Available() {
@@ -194,6 +239,17 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
 		return 100
 	}
+	var down []string
+	for _, p := range order {
+		if older(want[p], v.pkgVersionLocked(p)) {
+			down = append(down, p)
+		}
+	}
+	if len(down) > 0 && !allowDown {
+		fmt.Fprintf(stdout, "The following packages will be DOWNGRADED:\n  %s\n", strings.Join(down, " "))
+		fmt.Fprintln(stderr, "E: Packages were downgraded and -y was used without --allow-downgrades.")
+		return 100
+	}
 	if v.pkgs == nil {
 		v.pkgs = map[string]string{}
 	}
@@ -207,6 +263,13 @@ func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "Unpacking %s (%s) over (%s) ...\nSetting up %s (%s) ...\n", p, want[p], old, p, want[p])
 	}
 	return 0
+}
+
+// older reports whether package version a is older than b (both "X.Y.Z-R").
+func older(a, b string) bool {
+	va, err1 := utilversion.ParseSemantic(strings.TrimPrefix(upstream(a), "v"))
+	vb, err2 := utilversion.ParseSemantic(strings.TrimPrefix(upstream(b), "v"))
+	return err1 == nil && err2 == nil && va.LessThan(vb)
 }
 
 // dpkgQuery runs dpkg-query -W PKG...: "pkg\tversion" lines.
@@ -242,6 +305,16 @@ func (v *VM) restartKubelet(ctx context.Context, stderr io.Writer) int {
 	}
 	if err := f.Cluster.KubeletDown(ctx, v.Name); err != nil {
 		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	// A kubelet newer than the control plane does not register: the node stays NotReady.
+	_, cluster, err := v.clusterVersion(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed: %v\n", err)
+		return 1
+	}
+	if skew := kubeletSkew(v.installedVersion("kubelet"), cluster); skew != "" {
+		fmt.Fprintf(stderr, "Job for kubelet.service failed because the control process exited with error code.\nSee \"systemctl status kubelet.service\" and \"journalctl -xeu kubelet.service\" for details.\nkubelet: %s\n", skew)
 		return 1
 	}
 	if kv, ok := f.Cluster.(KubeletVersioner); ok {

@@ -38,12 +38,12 @@ func TestKubePackages(t *testing.T) {
 		{"sudo apt-get install -y kubeadm=1.37.2-1.1", "already the newest version", "", 0},
 		{"sudo apt-mark unhold kubeadm", "Canceled hold on kubeadm.", "", 0},
 		{"sudo apt-mark unhold kubeadm", "kubeadm was already not on hold.", "", 0},
-		{"sudo apt-get install -y kubeadm=1.38.0-1.1", "", "E: Version '1.38.0-1.1' for 'kubeadm' was not found", 100},
+		{"sudo apt-get install -y kubeadm=1.39.0-1.1", "", "E: Version '1.39.0-1.1' for 'kubeadm' was not found", 100},
 		{"sudo apt-get install -y kubeadm=1.37.3-1.1", "Setting up kubeadm (1.37.3-1.1)", "", 0},
 		{"dpkg-query -W kubeadm", "kubeadm\t1.37.3-1.1\n", "", 0},
 		{"sudo apt-get install -y kubelet=1.37.3-1.1 kubectl=1.37.3-1.1", "", "E: Held packages were changed", 100},
 		{"sudo apt-get install -y --allow-change-held-packages kubelet=1.37.3-1.1 kubectl=1.37.3-1.1", "Setting up kubelet (1.37.3-1.1)", "", 0},
-		{"kubeadm upgrade node", "successfully completed", "", 0},
+		{"kubeadm upgrade node", "", "cannot reach the API server", 1}, // no cluster in this fleet
 		{"systemctl daemon-reload", "", "", 0},
 	}
 	for _, s := range steps {
@@ -54,6 +54,14 @@ func TestKubePackages(t *testing.T) {
 	}
 	if v.PackageVersion("kubelet") != "1.37.3-1.1" || !v.Held("kubelet") || v.Held("kubeadm") {
 		t.Errorf("kubelet %s held %v, kubeadm held %v", v.PackageVersion("kubelet"), v.Held("kubelet"), v.Held("kubeadm"))
+	}
+	// Without the Kubernetes repository in its sources, apt finds none of its packages.
+	v.SetKubeRepo(false)
+	if out, errs, code := run(t, cl, "apt-cache madison kubeadm"); code != 0 || out != "" || !strings.Contains(errs, "N: Unable to locate package kubeadm") {
+		t.Errorf("madison without the repository: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if _, errs, code := run(t, cl, "sudo apt-get install -y kubeadm=1.37.2-1.1"); code != 100 || !strings.Contains(errs, "E: Unable to locate package kubeadm") {
+		t.Errorf("install without the repository: exit %d, stderr %q", code, errs)
 	}
 }
 

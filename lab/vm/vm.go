@@ -62,6 +62,8 @@ type JoinRequest struct {
 	Address string
 	// BootID is the VM's boot id, reported in status.nodeInfo.bootID.
 	BootID string
+	// KubeletVersion is the installed kubelet's version ("v1.37.2").
+	KubeletVersion string
 }
 
 // Fleet runs the simulated VMs. It implements cloud.Machines.
@@ -156,6 +158,7 @@ type VM struct {
 	bootFinished time.Time
 	pkgs         map[string]string // installed package versions that differ from the fleet's
 	held         map[string]bool   // packages apt-mark holds
+	noKubeRepo   bool              // the Kubernetes apt repository is missing from its sources
 }
 
 func (f *Fleet) log() *slog.Logger {

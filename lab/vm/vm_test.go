@@ -182,7 +182,7 @@ func TestCommands(t *testing.T) {
 		{"uptime", "uptime", "load average", "", 0},
 		{"sudo prefix", "sudo -n -- hostname", "tb-worker-1\n", "", 0},
 		{"apt-get", "sudo apt-get install -y 'kubeadm=1.*'", "Reading package lists", "", 0},
-		{"kubeadm upgrade node", "kubeadm upgrade node", "successfully completed", "", 0},
+		{"kubeadm upgrade node without a cluster", "kubeadm upgrade node", "", "cannot reach the API server", 1},
 		{"restart kubelet", "systemctl restart kubelet", "", "", 0},
 		{"provisioning program", "run-provision --role worker", "", "", 0},
 		{"token on a worker", "kubeadm token create --print-join-command", "", "admin.conf", 1},
