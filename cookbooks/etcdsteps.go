@@ -43,10 +43,12 @@ func (c *clients) etcdStatus(ctx context.Context, except ...string) (etcdctl.Sta
 		return etcdctl.Status{}, "", err
 	}
 	var errs []error
-	for _, n := range nodes {
-		if slices.Contains(except, n) {
-			continue
-		}
+	others := slices.DeleteFunc(slices.Clone(nodes), func(n string) bool { return slices.Contains(except, n) })
+	if len(others) == 0 {
+		// A cluster with one control node: it is the only one to ask.
+		others = nodes
+	}
+	for _, n := range others {
 		target, err := c.target(ctx, n)
 		if err != nil {
 			errs = append(errs, err)
@@ -202,6 +204,9 @@ func etcdRefusal(ctx context.Context, c *clients, node string, remove bool) erro
 	}
 	if remove {
 		err = st.CheckRemove(node)
+	} else if voting, _ := st.Healthy(""); voting == 1 && len(st.Problems()) == 0 {
+		// The only member: nothing keeps a quorum while it is down, whatever is done.
+		c.env.Log.Warn("the node is the cluster's only etcd member: etcd and the API are down while it is", "node", node)
 	} else {
 		err = st.CheckStop(node)
 	}
