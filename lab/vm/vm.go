@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -105,6 +106,8 @@ type Fleet struct {
 	history  []Record
 	failJoin map[string]bool
 	preset   map[string]map[string]Filesystem
+	etcd     etcdState
+	now      func() time.Time // the clock of certificate keys; time.Now if nil
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
@@ -132,14 +135,17 @@ type VM struct {
 	// boot coming up a moment later.
 	kubelet sync.Mutex
 
-	mu      sync.Mutex
-	bootID  string
-	ln      net.Listener
-	conns   map[net.Conn]bool
-	up      bool
-	joined  bool
-	gen     int
-	down    chan struct{} // closed when the current incarnation stops
+	mu     sync.Mutex
+	bootID string
+	ln     net.Listener
+	conns  map[net.Conn]bool
+	up     bool
+	joined bool
+	gen    int
+	down   chan struct{} // closed when the current incarnation stops
+	// running mirrors up for readers that hold the fleet's lock (taking v.mu under it
+	// would invert the lock order reboot uses).
+	running atomic.Bool
 	control bool
 	// disks are the filesystems on the VM's block devices, by device; fstab is
 	// /etc/fstab's lines (kept over reboots); mounts are the mounted filesystems by
@@ -385,6 +391,7 @@ func (v *VM) start(bootID string) error {
 	}
 	v.mu.Lock()
 	v.ln, v.up, v.bootID = ln, true, bootID
+	v.running.Store(true)
 	v.down = make(chan struct{})
 	v.gen++
 	v.mu.Unlock()
@@ -399,6 +406,7 @@ func (v *VM) stop() {
 		close(v.down)
 	}
 	v.up = false
+	v.running.Store(false)
 	v.gen++
 	ln := v.ln
 	v.ln = nil
