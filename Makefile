@@ -25,7 +25,7 @@ lab-bins: ## build the lab's etcd, kube-* and kwok binaries into the cache (once
 
 test: lint lab-bins ## run all tests (builds the lab binaries first); RACE_PKGS with -race
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 45m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 30m $$(comm -23 <($(GO) list ./... | sort) <($(GO) list $(RACE_PKGS) | sort))
+	$(GO) test -count=1 -timeout 40m $$(comm -23 <($(GO) list ./... | sort) <($(GO) list $(RACE_PKGS) | sort))
 
 # The package version is the top entry of packaging/changelog; the commit is stamped too.
 VERSION ?= $(shell awk -F'[()]' 'NR == 1 { print $$2 }' packaging/changelog)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -111,7 +112,12 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 	desc := func(f string) func(*pipeline.Values) string {
 		return func(v *pipeline.Values) string { return fmt.Sprintf(f, name(v)) }
 	}
-	steps = []pipeline.Step{
+	steps = []pipeline.Step{}
+	if spec.ControlPlane {
+		// A control node joins etcd: the cluster must be healthy before, and with it after.
+		steps = append(steps, checkEtcd(c, "check-etcd", etcdCheck{}))
+	}
+	steps = append(steps, []pipeline.Step{
 		{Name: "pick-name", Desc: pipeline.Textf("pick the next name of role %s (%s-N)", spec.Role, spec.Prefix), Do: a.pickName},
 		{Name: "resolve-flavor-image-network", Desc: pipeline.Text("resolve flavor, image and network (flags, else config, else the newest node of the role)"), Do: a.resolve},
 		{Name: "ensure-server-group", Desc: pipeline.Textf("ensure server group %s (policy %s)", spec.ServerGroup.Name, spec.ServerGroup.Policy), Do: a.ensureGroup},
@@ -120,7 +126,7 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "pin-host-key", Desc: desc("pin the SSH host key %s printed on its console"), Do: a.pinHostKey},
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
 		{Name: "wait-cloud-init", Desc: desc("wait for cloud-init to finish on %s"), Do: a.waitCloudInit},
-	}
+	}...)
 	// The afterCreate hooks: the server is up and answers SSH.
 	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterCreate, a.hookNode)...)
 	if spec.ExtraStorage != nil {
@@ -138,6 +144,9 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		pipeline.Step{Name: "wait-node-ready", Desc: desc("wait for node %s to be Ready"), Do: a.waitReady},
 		pipeline.Step{Name: "apply-labels-taints", Desc: desc("apply the role's labels and taints to %s"), Do: a.labelsTaints},
 	)
+	if spec.ControlPlane {
+		steps = append(steps, checkEtcd(c, "check-etcd-after", etcdCheck{Node: a.k.hostname.Must, Member: true, Wait: timeout}))
+	}
 	// The afterJoin hooks: the node is Ready with its labels and taints.
 	steps = append(steps, hookSteps(c, spec.Role, hooks.AfterJoin, a.hookNode)...)
 	return steps, name
@@ -556,13 +565,14 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) (errp error) {
 		a.env.Gate.Would(ctx, "get a join command from a control node and run kubeadm join on "+name)
 		return nil
 	}
-	if len(a.c.cl.ControlNodes) == 0 {
-		return BadInputf("clusters.%s.controlNodes is empty: no node to get a join command from", a.c.cl.Name)
+	controls, err := a.c.controlNodes(ctx)
+	if err != nil {
+		return err
 	}
 	var join []string
 	var lastErr error
 	var from string // the control node's SSH target the token came from
-	for _, cn := range a.c.cl.ControlNodes {
+	for _, cn := range controls {
 		target, err := a.c.target(ctx, cn)
 		if err != nil {
 			lastErr = err
@@ -591,13 +601,39 @@ func (a *nodeAdder) join(ctx context.Context, v *pipeline.Values) (errp error) {
 		}()
 	}
 	if len(join) < 3 || join[0] != "kubeadm" || join[1] != "join" || tokenID == "" {
-		return fmt.Errorf("no join command from the control nodes %s: %v", strings.Join(a.c.cl.ControlNodes, ", "), lastErr)
+		return fmt.Errorf("no join command from the control nodes %s: %v", strings.Join(controls, ", "), lastErr)
 	}
+	logAs := fmt.Sprintf("kubeadm join %s --token %s.[hidden] ...", join[2], tokenID)
 	if a.spec.ControlPlane {
-		join = append(join, "--control-plane")
+		key, err := a.certificateKey(ctx, from)
+		if err != nil {
+			return err
+		}
+		join = append(join, "--control-plane", "--certificate-key", key)
+		logAs += " --control-plane --certificate-key [hidden]"
 	}
-	a.env.Log.Info("joining with a new bootstrap token", "token_id", tokenID, "control_node", from)
-	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: fmt.Sprintf("kubeadm join %s --token %s.[hidden] ...", join[2], tokenID), Timeout: 10 * time.Minute})
+	a.env.Log.Info("joining with a new bootstrap token", "token_id", tokenID, "control_node", from, "control_plane", a.spec.ControlPlane)
+	return a.runOn(ctx, v, ssh.Command{Argv: join, Secret: true, LogAs: logAs, Timeout: 10 * time.Minute})
+}
+
+// certificateKeyRE is the certificate key kubeadm prints: 32 bytes in hex.
+var certificateKeyRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// certificateKey uploads the cluster's certificates on a control node (kubeadm init phase
+// upload-certs --upload-certs, kubeadm's way of handing them to a joining control node,
+// valid two hours) and returns the key that decrypts them. The key is a secret: neither
+// the command's output nor the key is logged, recorded or put in an error.
+func (a *nodeAdder) certificateKey(ctx context.Context, target string) (string, error) {
+	const cmd = "kubeadm init phase upload-certs --upload-certs"
+	res, err := a.c.ssh.Run(ctx, target, ssh.Command{Argv: strings.Fields(cmd), Secret: true, LogAs: cmd, Timeout: 2 * time.Minute})
+	if err != nil {
+		return "", fmt.Errorf("upload the certificates for a control-plane join: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	if key := strings.TrimSpace(lines[len(lines)-1]); certificateKeyRE.MatchString(key) {
+		return key, nil
+	}
+	return "", fmt.Errorf("%s on %s printed no certificate key (64 hex digits) on its last line", cmd, target)
 }
 
 // joinTokenID returns the id of the bootstrap token of a kubeadm join command line (the

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"example.com/cookbook/config"
+	"example.com/cookbook/etcdctl"
 	"example.com/cookbook/hooks"
 	"example.com/cookbook/k8sops"
 	"example.com/cookbook/openstack"
@@ -77,6 +78,8 @@ type clients struct {
 	kube     *k8sops.Ops
 	silencer *silences.Silencer
 	hooks    *hooks.Runner
+	// readEtcd, if set, takes the place of etcdStatus's etcdctl over SSH (unit tests).
+	readEtcd func(ctx context.Context, except ...string) (etcdctl.Status, string, error)
 }
 
 func newClients(ctx context.Context, env *Env, cl *config.Cluster) (*clients, error) {

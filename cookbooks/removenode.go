@@ -24,7 +24,7 @@ func RemoveNode() Cookbook {
 			clusterFlag(),
 			&cli.StringFlag{Name: "role", Usage: "the node role", Required: true},
 			&cli.StringFlag{Name: "hostname-to-remove", Usage: "the node to remove (default: the oldest of the role, lowest number)"},
-			&cli.BoolFlag{Name: "force-removal", Usage: "remove even the last node of a role, or a control node leaving fewer than three"},
+			&cli.BoolFlag{Name: "force-removal", Usage: "remove even the last node of a role, or a control node leaving fewer than three (never one that would break etcd's quorum)"},
 			&cli.BoolFlag{Name: "ignore-drain-failure", Usage: "remove the node even if its drain fails (what the Toolforge cookbook's --force does; --force here is kubectl's bare-pod flag)"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long deleting the server may take"},
 		}, drainFlags()...),
@@ -91,6 +91,9 @@ func RemoveNode() Cookbook {
 				}
 				if len(list)-1 < min && !force {
 					return BadInputf("removing %s would leave %d node(s) of role %s (at least %d must remain); pass --force-removal to do it anyway", victim.Name, len(list)-1, roleName, min)
+				}
+				if role.ControlPlane {
+					return etcdRefusal(ctx, cs, victim.Name, true)
 				}
 				return nil
 			}

@@ -31,7 +31,18 @@ type removeOpts struct {
 // afterRemove hooks.
 func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeOpts) []pipeline.Step {
 	node, k := srv.Name, c.kube
-	role, _, _ := c.cl.RoleOf(node)
+	role, rc, _ := c.cl.RoleOf(node)
+	control := rc != nil && rc.ControlPlane
+	// A control node leaves etcd: the other members must be healthy before (its own may
+	// be dead), its member is removed if kubeadm reset could not, and etcd is healthy
+	// without it after.
+	nodeName := func(*pipeline.Values) (string, error) { return node, nil }
+	var etcdBefore, etcdMember, etcdAfter []pipeline.Step
+	if control {
+		etcdBefore = pipeline.One(checkEtcd(c, "check-etcd", etcdCheck{Node: nodeName, Unhealthy: true}))
+		etcdMember = pipeline.One(removeEtcdMember(c, node))
+		etcdAfter = pipeline.One(checkEtcd(c, "check-etcd-after", etcdCheck{Node: nodeName, Gone: true, Wait: opts.Timeout}))
+	}
 	hn := c.hookNode(node, role, srv.ID, srv.Address)
 	hookNode := func(*pipeline.Values) (hooks.Node, error) { return hn, nil }
 	drain := cordonDrain(k, s, node, opts.Drain)
@@ -49,6 +60,7 @@ func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeO
 	}
 	drain = pipeline.Steps(drain[:len(drain)-1], hookSteps(c, role, hooks.BeforeDrain, hookNode), drain[len(drain)-1:])
 	return pipeline.Steps(
+		etcdBefore,
 		hookSteps(c, role, hooks.BeforeRemove, hookNode),
 		silence(c, s, node, role, "removal"),
 		ifInCluster(k, node, drain),
@@ -66,6 +78,9 @@ func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeO
 				}
 				return nil
 			}},
+		},
+		etcdMember,
+		[]pipeline.Step{
 			{Name: "delete-server", Desc: pipeline.Textf("delete server %s (%s) and wait until it is gone", node, srv.ID), Do: func(ctx context.Context, v *pipeline.Values) error {
 				if err := c.cloud.DeleteServer(ctx, srv.ID, node); err != nil {
 					return err
@@ -73,6 +88,7 @@ func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeO
 				return c.cloud.WaitGone(ctx, srv.ID, opts.Timeout)
 			}},
 		},
+		etcdAfter,
 		unsilence(c, s, node),
 		pipeline.One(pipeline.Step{Name: "forget-host-key", Desc: pipeline.Textf("forget the SSH host key learned for %s", node), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return c.ssh.Forget(ctx, c.cl.FQDN(node), srv.Address)

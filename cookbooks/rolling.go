@@ -185,7 +185,15 @@ func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
 		}
 		in[n] = true
 		role, rc, _ := r.Cluster.RoleOf(n)
-		nodes = append(nodes, rollNode{Name: n, Role: role, Control: rc != nil && rc.ControlPlane, Cordoned: cordoned[n]})
+		control := rc != nil && rc.ControlPlane
+		if control {
+			// Taking a control node down stops its etcd member: refused when the others
+			// would not be a healthy quorum.
+			if err := etcdRefusal(ctx, r.c, n, false); err != nil {
+				return nil, err
+			}
+		}
+		nodes = append(nodes, rollNode{Name: n, Role: role, Control: control, Cordoned: cordoned[n]})
 	}
 	var already []string
 	for _, n := range names {
@@ -380,6 +388,13 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 			return nil
 		}
 	}}
+	if len(b) == 1 && b[0].Control {
+		// A control node's batch (control nodes go alone): etcd healthy before it is
+		// taken down and again, with its member, after.
+		node := func(*pipeline.Values) (string, error) { return b[0].Name, nil }
+		steps = pipeline.Steps(pipeline.One(checkEtcd(r.c, "check-etcd", etcdCheck{Node: node})), steps,
+			pipeline.One(checkEtcd(r.c, "check-etcd-after", etcdCheck{Node: node, Member: true, Wait: r.Timeout})))
+	}
 	return pipeline.Steps(steps, pipeline.One(health), r.unsilence(b), pipeline.One(settle)), nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/cookbooks/state"
+	"example.com/cookbook/etcdctl"
 	"example.com/cookbook/k8sops"
 )
 
@@ -38,6 +40,7 @@ func TestRollingWithToyAction(t *testing.T) {
 	env := &Env{Log: slog.New(slog.DiscardHandler)}
 	kube := &k8sops.Ops{Client: client, Log: env.Log}
 
+	var etcdReads atomic.Int32
 	var mu sync.Mutex
 	poked := map[string]int{}
 	broken := map[string]bool{"w-2": true}
@@ -56,7 +59,17 @@ func TestRollingWithToyAction(t *testing.T) {
 		return &rolling{Env: env, Cluster: cl, Job: "roll-toy", Did: "poked", Max: 2, Timeout: 10 * time.Second,
 			Select: func(names []string) ([]string, error) { return names, nil },
 			Action: toy, Gate: k8sops.GateOptions{Window: time.Millisecond},
-			Clients: func(context.Context) (*clients, error) { return &clients{env: env, cl: cl, kube: kube}, nil }}
+			Clients: func(context.Context) (*clients, error) {
+				return &clients{env: env, cl: cl, kube: kube, readEtcd: func(context.Context, ...string) (etcdctl.Status, string, error) {
+					etcdReads.Add(1)
+					var st etcdctl.Status // c-1 and two control nodes not in the toy's selection
+					for i, n := range []string{"c-1", "x-2", "x-3"} {
+						st.Members = append(st.Members, etcdctl.Member{ID: uint64(i + 1), Name: n, ClientURLs: []string{"https://" + n + ":2379"}})
+						st.Health = append(st.Health, etcdctl.Health{Endpoint: "https://" + n + ":2379", Health: true})
+					}
+					return st, "x-2", nil
+				}}, nil
+			}}
 	}
 
 	store := &state.Store{Dir: t.TempDir()}
@@ -80,7 +93,9 @@ func TestRollingWithToyAction(t *testing.T) {
 		}
 		return out
 	}
-	want := append(append(append(append([]string{"audit-start"}, batch(1)...), batch(2)...), batch(3)...), "audit")
+	// The control node's batch checks etcd before and after.
+	b3 := append(append([]string{"batch-3/check-etcd"}, batch(3)[:6]...), append([]string{"batch-3/check-etcd-after"}, batch(3)[6:]...)...)
+	want := append(append(append(append([]string{"audit-start"}, batch(1)...), batch(2)...), b3...), "audit")
 	if diff := cmp.Diff(want, names); diff != "" {
 		t.Errorf("step names (-want +got):\n%s", diff)
 	}
@@ -108,6 +123,10 @@ func TestRollingWithToyAction(t *testing.T) {
 	}
 	if err := runner.Run(ctx, run, steps); err != nil {
 		t.Fatal(err)
+	}
+	// etcd read for the plan's quorum check, before and after c-1's reboot.
+	if n := etcdReads.Load(); n != 3 {
+		t.Errorf("etcd read %d times, want 3", n)
 	}
 	if diff := cmp.Diff(map[string]int{"w-1": 1, "w-2": 2, "w-3": 1, "c-1": 1}, poked); diff != "" {
 		t.Errorf("toy actions per node (-want +got):\n%s", diff)

@@ -440,7 +440,13 @@ func (u *upgrader) check(ctx context.Context) error {
 			add("node %s: the drain cannot evict: %s", n, b)
 		}
 	}
-	problems = append(problems, etcdPreflight(ctx, c)...)
+	for _, n := range todo {
+		if _, rc, _ := u.cl.RoleOf(n); rc != nil && rc.ControlPlane {
+			// A control node will be upgraded: etcd must be healthy first.
+			problems = append(problems, etcdPreflight(ctx, c)...)
+			break
+		}
+	}
 	if len(problems) > 0 {
 		return BadInputf("preflight of the upgrade of %s to %s: %d problem(s), nothing was changed:\n  - %s", u.cl.Name, want, len(problems), strings.Join(problems, "\n  - "))
 	}
@@ -500,9 +506,19 @@ func skewProblems(cvs string, dst version, nodes []skewNode) []string {
 	return problems
 }
 
-// etcdPreflight is the place of the etcd health check of issue 14 in the preflight (its
-// problems, if any): none until that check lands.
-func etcdPreflight(ctx context.Context, c *clients) []string { return nil }
+// etcdPreflight is the etcd health check of the preflight: every member started and
+// healthy (etcdctl over SSH on a control node; see checkEtcd), its problems if not.
+func etcdPreflight(ctx context.Context, c *clients) []string {
+	st, from, err := c.etcdStatus(ctx)
+	if err != nil {
+		return []string{fmt.Sprintf("etcd: %v", err)}
+	}
+	var problems []string
+	for _, p := range st.Problems() {
+		problems = append(problems, fmt.Sprintf("etcd member %s (asked on %s)", p, from))
+	}
+	return problems
+}
 
 // nodeReady reports whether the node's Ready condition is True.
 func nodeReady(n *corev1.Node) bool {
@@ -781,7 +797,8 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 // `kubeadm upgrade apply vX -y`; once the control plane is at dst, `kubeadm upgrade node`;
 // skipped when the node's static pods run dst already. wait-static-pods: until the
 // node's kube-apiserver, kube-controller-manager and kube-scheduler mirror pods run dst.
-// The etcd health check of issue 14 goes before and after these (etcdChecks).
+// etcd is checked before and after them by the rolling skeleton: a control node's batch
+// starts with check-etcd and ends with check-etcd-after (cookbooks/etcdsteps.go).
 func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) []pipeline.Step {
 	want := "v" + dst.String()
 	atTarget := func(pods map[string]string) bool {
@@ -892,9 +909,5 @@ func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) [
 			}
 		}
 	}}
-	return pipeline.Steps(etcdChecks(c, n, "before"), []pipeline.Step{upgrade, wait}, etcdChecks(c, n, "after"))
+	return []pipeline.Step{upgrade, wait}
 }
-
-// etcdChecks is the place of the etcd health check of issue 14 (etcd members healthy,
-// before a control node is upgraded and after): none until that check lands.
-func etcdChecks(c *clients, n nodeRef, when string) []pipeline.Step { return nil }

@@ -474,6 +474,14 @@ func TestDryRunMakesNoWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	running(t, ns, 14) // everything of the sample workload, so nothing moves on its own
+	// The scheduler may put none of the workload on dry-1 (other tests' nodes are there too):
+	// a pod bound to it makes sure the drain has something to evict.
+	pinned := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pinned", Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: "dry-1", Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}}}
+	if _, err := cp.Client.CoreV1().Pods(ns).Create(ctx, pinned, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 15)
 	o, logs := newOps(t, "cookbook-test-dry", true)
 	since := time.Now()
 	before := podsOn(t, ns, "dry-1")

@@ -686,7 +686,7 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 		if c.opts.Machines != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 			defer cancel()
-			if err := c.opts.Machines.PowerOff(ctx, id); err != nil {
+			if err := c.opts.Machines.Stop(ctx, id); err != nil {
 				novaError(w, 500, "stop: "+err.Error())
 				return
 			}

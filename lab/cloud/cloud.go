@@ -26,9 +26,8 @@ type Machines interface {
 	// Reboot restarts the VM; it returns when the VM is down (it comes back by itself).
 	// A hard reboot also starts a VM that is powered off.
 	Reboot(ctx context.Context, id string, hard bool) error
-	// PowerOff stops the VM as pulling its plug does (os-stop): it stays down until a
-	// hard reboot.
-	PowerOff(ctx context.Context, id string) error
+	// Stop powers the VM off (os-stop): it stays down until a hard reboot.
+	Stop(ctx context.Context, id string) error
 	// Delete stops the VM for good.
 	Delete(ctx context.Context, id string) error
 }

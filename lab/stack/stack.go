@@ -251,6 +251,9 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			}
 		}
 		v.MarkJoined()
+		if r.control {
+			s.Fleet.AddEtcdMember(v) // kubeadm's stacked etcd: a member per control node
+		}
 		m.known = fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
 		return nil
 	}
@@ -272,11 +275,8 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 	if firstErr != nil {
 		return s, firstErr
 	}
-	var controls, known []string
+	var known []string
 	for _, m := range members {
-		if m.control {
-			controls = append(controls, m.name)
-		}
 		known = append(known, m.known)
 	}
 	if err := os.WriteFile(s.KnownHostsPath, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
@@ -313,7 +313,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 		}
 		log.Info("workload up", "pods", w.Pods(), "in", time.Since(started).Round(time.Second))
 	}
-	if err := s.writeFiles(password, controls, port); err != nil {
+	if err := s.writeFiles(password, port); err != nil {
 		return s, err
 	}
 	return s, nil
@@ -355,7 +355,9 @@ func (s *Stack) Env() string {
 	return fmt.Sprintf("export COOKBOOK_CONFIG=%s KUBECONFIG=%s OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=%s", s.ConfigPath, s.CP.Kubeconfig, s.CloudsPath, s.Cluster)
 }
 
-func (s *Stack) writeFiles(password string, controls []string, port int) error {
+// writeFiles writes clouds.yaml and the configuration. The configuration names no
+// controlNodes: cookbook finds the control nodes by their node-role label.
+func (s *Stack) writeFiles(password string, port int) error {
 	clouds := fmt.Sprintf(`# clouds.yaml of the cookbook lab (its password is lab-only)
 clouds:
   %s:
@@ -397,15 +399,14 @@ clusters:
       cloudsFile: %[3]s
     kubernetes:
       kubeconfig: %[4]s
-    controlNodes: [%[5]s]
     ssh:
       user: root
-      port: %[6]d
-      identityFiles: [%[7]s]
-      knownHosts: [%[8]s]
+      port: %[5]d
+      identityFiles: [%[6]s]
+      knownHosts: [%[7]s]
       connectTo: address
     roles:
-`, s.Cluster, s.AuditPath, s.CloudsPath, s.CP.Kubeconfig, strings.Join(controls, ", "), port, s.KeyPath, s.KnownHostsPath)
+`, s.Cluster, s.AuditPath, s.CloudsPath, s.CP.Kubeconfig, port, s.KeyPath, s.KnownHostsPath)
 	cfg += role("control", "control", "g4.cores2.ram4.disk20", "anti-affinity", "        controlPlane: true\n"+provision)
 	cfg += role("worker", "worker", "g4.cores4.ram8.disk20", "soft-anti-affinity", "        extraStorage: {device: /dev/sdb, mountPoint: /var/lib/containerd}\n"+provision+"        rebootAfterProvision: true\n")
 	cfg += role("worker-nfs", "worker-nfs", "g4.cores4.ram8.disk20", "soft-anti-affinity", `        labels:

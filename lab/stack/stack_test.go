@@ -43,8 +43,11 @@ func TestUpDown(t *testing.T) {
 		t.Fatalf("the lab's config does not load: %v", err)
 	}
 	cl, _ := cfg.Cluster("toolsbeta")
-	if len(cl.ControlNodes) != 1 {
-		t.Errorf("control nodes = %v", cl.ControlNodes)
+	if len(cl.ControlNodes) != 0 {
+		t.Errorf("control nodes = %v; the lab's configuration leaves them to the node-role label", cl.ControlNodes)
+	}
+	if ms := s.Fleet.EtcdMembers(); len(ms) != 1 || !strings.Contains(ms[0].Name, "control-1") {
+		t.Errorf("etcd members %+v, want the control node's", ms)
 	}
 	// The lab's key and known_hosts reach a VM over real SSH, with the real ssh command too.
 	srv := s.Cloud.Servers()[0]

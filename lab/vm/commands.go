@@ -137,11 +137,26 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		return v.deleteTokens(ctx, args[3:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
 		return v.join(ctx, args[2:], stdout, stderr), false
+	case args[0] == "etcdctl":
+		return v.etcdctl(args[1:], stdout, stderr), false
+	case cmd == "kubeadm init phase upload-certs --upload-certs":
+		if !v.canAdmin(stderr) {
+			return 1, false
+		}
+		key := f.uploadCerts()
+		fmt.Fprintf(stdout, "[upload-certs] Storing the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace\n[upload-certs] Using certificate key:\n%s\n", key)
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
+		// kubeadm's remove-etcd-member phase: a failure is a warning, the reset goes on.
+		if removed, err := f.leaveEtcd(v.Name); err != nil {
+			fmt.Fprintf(stderr, "W1125 [reset] Failed to remove etcd member: %v, please manually remove this etcd member using etcdctl\n", err)
+		} else if removed {
+			fmt.Fprintln(stdout, "[reset] Removing this node's etcd member from the cluster")
+		}
 		v.kubelet.Lock()
 		v.mu.Lock()
 		joined := v.joined
 		v.joined = false
+		v.control = false // /etc/kubernetes/admin.conf is gone with the rest
 		v.mu.Unlock()
 		var err error
 		if joined && f.Cluster != nil {
@@ -263,9 +278,14 @@ func (v *VM) deleteTokens(ctx context.Context, args []string, stdout, stderr io.
 // join parses kubeadm join's arguments and registers the node.
 func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := v.fleet
-	token, control := "", false
+	token, control, certKey := "", false, ""
 	for i := 0; i < len(args); i++ {
 		switch {
+		case args[i] == "--certificate-key" && i+1 < len(args):
+			certKey = args[i+1]
+			i++
+		case strings.HasPrefix(args[i], "--certificate-key="):
+			certKey = strings.TrimPrefix(args[i], "--certificate-key=")
 		case args[i] == "--token" && i+1 < len(args):
 			token = args[i+1]
 			i++
@@ -305,9 +325,21 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR KubeletVersion]: %s\n", skew)
 		return 1
 	}
+	if control {
+		if err := f.checkCertificateKey(certKey); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+	}
 	if err := f.Cluster.Join(ctx, JoinRequest{Node: v.Name, Token: token, ControlPlane: control, Address: v.Address, BootID: v.BootID(), KubeletVersion: upstream(v.PackageVersion("kubelet"))}); err != nil {
 		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
 		return 1
+	}
+	if control {
+		if err := f.joinEtcd(v); err != nil {
+			fmt.Fprintf(stderr, "error execution phase control-plane-join/etcd: error creating local etcd static pod manifest file: %v\n", err)
+			return 1
+		}
 	}
 	if err := f.Cluster.KubeletUp(ctx, v.Name, v.BootID()); err != nil {
 		fmt.Fprintf(stderr, "error execution phase kubelet-start: %v\n", err)

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -105,6 +106,8 @@ type Fleet struct {
 	history  []Record
 	failJoin map[string]bool
 	preset   map[string]map[string]Filesystem
+	etcd     etcdState
+	now      func() time.Time // the clock of certificate keys; time.Now if nil
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
@@ -132,15 +135,18 @@ type VM struct {
 	// boot coming up a moment later.
 	kubelet sync.Mutex
 
-	mu      sync.Mutex
-	bootID  string
-	ln      net.Listener
-	conns   map[net.Conn]bool
-	up      bool
-	off     bool // powered off: only a hard reboot starts it
-	joined  bool
-	gen     int
-	down    chan struct{} // closed when the current incarnation stops
+	mu     sync.Mutex
+	bootID string
+	ln     net.Listener
+	conns  map[net.Conn]bool
+	up     bool
+	off    bool // powered off: only a hard reboot starts it
+	joined bool
+	gen    int
+	down   chan struct{} // closed when the current incarnation stops
+	// running mirrors up for readers that hold the fleet's lock (taking v.mu under it
+	// would invert the lock order reboot uses).
+	running atomic.Bool
 	control bool
 	// disks are the filesystems on the VM's block devices, by device; fstab is
 	// /etc/fstab's lines (kept over reboots); mounts are the mounted filesystems by
@@ -247,9 +253,10 @@ func (f *Fleet) Reboot(ctx context.Context, id string, hard bool) error {
 	return nil
 }
 
-// PowerOff implements cloud.Machines: the VM goes down (SSH stops answering, its Node
-// turns NotReady and kwok no longer acts on its pods) and stays down until a hard reboot.
-func (f *Fleet) PowerOff(ctx context.Context, id string) error {
+// Stop implements cloud.Machines (Nova's os-stop; PowerOff is the same without the
+// cloud): the VM goes down (SSH stops answering, its Node turns NotReady and the
+// deletions of its pods no longer finish) and stays down until a hard reboot.
+func (f *Fleet) Stop(ctx context.Context, id string) error {
 	v := f.VM(id)
 	if v == nil {
 		return fmt.Errorf("no VM %s", id)
@@ -257,13 +264,10 @@ func (f *Fleet) PowerOff(ctx context.Context, id string) error {
 	v.kubelet.Lock()
 	defer v.kubelet.Unlock()
 	v.mu.Lock()
-	joined, up := v.joined, v.up
+	joined := v.joined
 	v.off = true
 	v.mu.Unlock()
-	if !up {
-		return nil
-	}
-	v.stop()
+	v.stop() // also when down for a reboot: it then does not come back
 	if joined && f.Cluster != nil {
 		if err := f.Cluster.KubeletDown(ctx, v.Name); err != nil {
 			return fmt.Errorf("vm %s: node down: %w", v.Name, err)
@@ -412,6 +416,7 @@ func (v *VM) start(bootID string) error {
 	}
 	v.mu.Lock()
 	v.ln, v.up, v.bootID = ln, true, bootID
+	v.running.Store(true)
 	v.down = make(chan struct{})
 	v.gen++
 	v.mu.Unlock()
@@ -426,6 +431,7 @@ func (v *VM) stop() {
 		close(v.down)
 	}
 	v.up = false
+	v.running.Store(false)
 	v.gen++
 	ln := v.ln
 	v.ln = nil

@@ -1,0 +1,217 @@
+package cookbooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"example.com/cookbook/cookbooks/pipeline"
+	"example.com/cookbook/etcdctl"
+	"example.com/cookbook/k8sops"
+	"example.com/cookbook/ssh"
+)
+
+// controlNodes are the cluster's control nodes: the configuration's controlNodes when
+// set (an override), else the nodes labelled node-role.kubernetes.io/control-plane, so
+// that a control node added by an earlier run is used without editing the configuration.
+func (c *clients) controlNodes(ctx context.Context) ([]string, error) {
+	if len(c.cl.ControlNodes) > 0 {
+		return c.cl.ControlNodes, nil
+	}
+	names, err := c.kube.ControlPlaneNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("cluster %s has no control node: no node is labelled %s and clusters.%s.controlNodes is empty", c.cl.Name, k8sops.ControlPlaneLabel, c.cl.Name)
+	}
+	return names, nil
+}
+
+// etcdStatus reads the etcd membership and every member's health with etcdctl on the
+// first control node that answers, the nodes in except left out (the node being acted
+// on). It returns the status and the SSH target that answered.
+func (c *clients) etcdStatus(ctx context.Context, except ...string) (etcdctl.Status, string, error) {
+	if c.readEtcd != nil {
+		return c.readEtcd(ctx, except...)
+	}
+	nodes, err := c.controlNodes(ctx)
+	if err != nil {
+		return etcdctl.Status{}, "", err
+	}
+	var errs []error
+	others := slices.DeleteFunc(slices.Clone(nodes), func(n string) bool { return slices.Contains(except, n) })
+	if len(others) == 0 {
+		// A cluster with one control node: it is the only one to ask.
+		others = nodes
+	}
+	for _, n := range others {
+		target, err := c.target(ctx, n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res, err := c.ssh.Run(ctx, target, ssh.Command{Argv: etcdctl.MemberListArgv(), ReadOnly: true, Timeout: time.Minute})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			continue
+		}
+		members, err := etcdctl.ParseMemberList([]byte(res.Stdout))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			continue
+		}
+		// endpoint health exits 1 when an endpoint is unhealthy; its JSON says which.
+		res, err = c.ssh.Run(ctx, target, ssh.Command{Argv: etcdctl.HealthArgv(), ReadOnly: true, Timeout: time.Minute})
+		var exit *ssh.ExitError
+		if err != nil && !(errors.As(err, &exit) && exit.Status == 1 && strings.HasPrefix(strings.TrimSpace(res.Stdout), "[")) {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			continue
+		}
+		health, err := etcdctl.ParseHealth([]byte(res.Stdout))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			continue
+		}
+		return etcdctl.Status{Members: members, Health: health}, target, nil
+	}
+	if len(errs) == 0 {
+		return etcdctl.Status{}, "", fmt.Errorf("no control node other than %s to ask etcd", strings.Join(except, ", "))
+	}
+	return etcdctl.Status{}, "", fmt.Errorf("etcd status from no control node: %w", errors.Join(errs...))
+}
+
+// etcdCheck is what checkEtcd expects of the etcd cluster.
+type etcdCheck struct {
+	// Node is the control node being acted on (nil: none): etcd is asked on another one.
+	Node func(*pipeline.Values) (string, error)
+	// Member: the node must be a member (after adding it). Gone: it must not be (after
+	// removing it). Unhealthy: its member may be unhealthy (before removing a dead node).
+	Member, Gone, Unhealthy bool
+	// Wait is how long the members may take to be all started and healthy (after a
+	// change); zero checks once.
+	Wait time.Duration
+}
+
+// checkEtcd is the step, named name, that reads etcd with etcdctl over SSH on a control
+// node (not the one acted on) and fails unless every member is started and healthy and
+// the node's membership is as chk says. It only reads, so it runs in dry-run too. Other
+// control-node cookbooks (upgrades, replacements) put it before and after each control
+// node they change.
+func checkEtcd(c *clients, name string, chk etcdCheck) pipeline.Step {
+	desc := "check that every etcd member is started and healthy"
+	switch {
+	case chk.Member:
+		desc += " and the node is a member"
+	case chk.Gone:
+		desc += " and the removed node is no member"
+	case chk.Unhealthy:
+		desc = "check that every etcd member but the node's is started and healthy"
+	}
+	return pipeline.Step{Name: name, Desc: pipeline.Text(desc), Do: func(ctx context.Context, v *pipeline.Values) error {
+		node := ""
+		if chk.Node != nil {
+			n, err := chk.Node(v)
+			if err != nil {
+				return err
+			}
+			node = n
+		}
+		if c.env.DryRun {
+			// A rehearsal reads etcd once; the membership a skipped write would have
+			// changed (a join, a removal) is not waited for.
+			chk.Member, chk.Gone, chk.Wait = false, false, 0
+		}
+		deadline := time.Now().Add(chk.Wait)
+		for {
+			err := etcdVerdict(ctx, c, node, chk)
+			if err == nil || !time.Now().Before(deadline) {
+				return err
+			}
+			c.env.Log.Info("waiting for etcd", "why", err.Error())
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}}
+}
+
+// etcdVerdict is one check of checkEtcd.
+func etcdVerdict(ctx context.Context, c *clients, node string, chk etcdCheck) error {
+	st, from, err := c.etcdStatus(ctx, node)
+	if err != nil {
+		return err
+	}
+	_, isMember := st.Member(node)
+	switch {
+	case chk.Member && !isMember:
+		return fmt.Errorf("etcd (asked on %s): %s is not a member (members: %s)", from, node, strings.Join(st.Names(), ", "))
+	case chk.Gone && isMember:
+		return fmt.Errorf("etcd (asked on %s): %s is still a member", from, node)
+	}
+	var problems []string
+	for _, p := range st.Problems() {
+		if chk.Unhealthy && node != "" && strings.HasPrefix(p, node+" (") {
+			c.env.Log.Warn("the etcd member of the node is not healthy", "node", node, "member", p)
+			continue
+		}
+		problems = append(problems, p)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("etcd (asked on %s): not every member is started and healthy: %s", from, strings.Join(problems, "; "))
+	}
+	voting, healthy := st.Healthy("")
+	c.env.Log.Info("etcd healthy", "members", len(st.Members), "healthy", healthy, "voting", voting, "asked", from)
+	return nil
+}
+
+// removeEtcdMember is the step that removes a removed control node's etcd member with
+// etcdctl member remove on another control node, when kubeadm reset did not (a dead
+// host); nothing to do when it is no member.
+func removeEtcdMember(c *clients, node string) pipeline.Step {
+	return pipeline.Step{Name: "remove-etcd-member", Desc: pipeline.Textf("remove the etcd member of %s if it is still one", node), Do: func(ctx context.Context, v *pipeline.Values) error {
+		st, from, err := c.etcdStatus(ctx, node)
+		if err != nil {
+			return err
+		}
+		m, ok := st.Member(node)
+		if !ok {
+			return pipeline.Skip("%s is no etcd member", node)
+		}
+		if err := st.CheckRemove(node); err != nil {
+			return err
+		}
+		if _, err := c.ssh.Run(ctx, from, ssh.Command{Argv: etcdctl.RemoveArgv(m.ID), Timeout: time.Minute}); err != nil {
+			return fmt.Errorf("remove etcd member %s of %s: %w", etcdctl.HexID(m.ID), node, err)
+		}
+		c.env.Log.Info("removed the etcd member", "node", node, "member", etcdctl.HexID(m.ID), "asked", from)
+		return nil
+	}}
+}
+
+// etcdRefusal is bad input when taking a control node away would leave etcd without a
+// healthy quorum: remove says whether it is removed (else stopped, as in a reboot). The
+// refusal holds with --force-removal too.
+func etcdRefusal(ctx context.Context, c *clients, node string, remove bool) error {
+	st, _, err := c.etcdStatus(ctx, node)
+	if err != nil {
+		return err
+	}
+	if remove {
+		err = st.CheckRemove(node)
+	} else if voting, _ := st.Healthy(""); voting == 1 && len(st.Problems()) == 0 {
+		// The only member: nothing keeps a quorum while it is down, whatever is done.
+		c.env.Log.Warn("the node is the cluster's only etcd member: etcd and the API are down while it is", "node", node)
+	} else {
+		err = st.CheckStop(node)
+	}
+	if err != nil {
+		return BadInputf("%v: refused (etcd would lose its quorum; --force-removal does not override this)", err)
+	}
+	return nil
+}

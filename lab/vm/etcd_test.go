@@ -1,0 +1,218 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"example.com/cookbook/lab"
+)
+
+const etcdctlTLS = "etcdctl --endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key "
+
+// memberList is etcdctl member list -w json as a client reads it.
+type memberList struct {
+	Header struct {
+		ClusterID uint64 `json:"cluster_id"`
+		MemberID  uint64 `json:"member_id"`
+	} `json:"header"`
+	Members []struct {
+		ID         uint64   `json:"ID"`
+		Name       string   `json:"name"`
+		PeerURLs   []string `json:"peerURLs"`
+		ClientURLs []string `json:"clientURLs"`
+	} `json:"members"`
+}
+
+func (l memberList) names() []string {
+	var out []string
+	for _, m := range l.Members {
+		out = append(out, m.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (l memberList) id(name string) string {
+	for _, m := range l.Members {
+		if m.Name == name {
+			return fmt.Sprintf("%x", m.ID)
+		}
+	}
+	return ""
+}
+
+// TestEtcdMembership: the control VMs' etcd members, etcdctl's JSON, the certificate key
+// a control-plane join needs, kubeadm reset leaving the cluster, a powered-off member
+// unhealthy, and etcd's refusal to remove a member when too few would be started.
+func TestEtcdMembership(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.Cluster = &KubeCluster{CP: cp}
+	now := time.Now()
+	f.now = func() time.Time { return now }
+	var cs []*VM
+	for i := 1; i <= 3; i++ {
+		v := boot(t, f, fmt.Sprintf("tb-etcd-control-%d", i), map[string]string{"cookbook-role": "control"})
+		f.AddEtcdMember(v)
+		cs = append(cs, v)
+	}
+	c4 := boot(t, f, "tb-etcd-control-4", nil)
+	t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), c4.Name) })
+	c1 := redial(t, f, cs[0], op)
+
+	list := func() memberList {
+		t.Helper()
+		out, errs, code := run(t, c1, etcdctlTLS+"member list -w json")
+		if code != 0 {
+			t.Fatalf("member list: exit %d: %s", code, errs)
+		}
+		var l memberList
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			t.Fatalf("member list output %q: %v", out, err)
+		}
+		return l
+	}
+	l := list()
+	if got := l.names(); strings.Join(got, ",") != "tb-etcd-control-1,tb-etcd-control-2,tb-etcd-control-3" || l.Header.ClusterID == 0 || l.Header.MemberID == 0 {
+		t.Fatalf("members %v, header %+v", got, l.Header)
+	}
+	if m := l.Members[0]; len(m.PeerURLs) != 1 || !strings.HasSuffix(m.PeerURLs[0], ":2380") || len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], "https://") {
+		t.Errorf("member URLs %+v", m)
+	}
+	// Without kubeadm's etcd client certificate etcdctl gets no answer.
+	if _, errs, code := run(t, c1, "etcdctl member list -w json"); code != 1 || !strings.Contains(errs, "Error: context deadline exceeded") {
+		t.Errorf("etcdctl without TLS: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, redial(t, f, c4, op), etcdctlTLS+"member list"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
+		t.Errorf("etcdctl on a VM without etcd: exit %d, %s", code, errs)
+	}
+	out, errs, code := run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
+	var hs []struct {
+		Endpoint string `json:"endpoint"`
+		Health   bool   `json:"health"`
+		Took     string `json:"took"`
+		Error    string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(out), &hs); code != 0 || err != nil || len(hs) != 3 || !hs[0].Health || hs[0].Took == "" {
+		t.Fatalf("endpoint health: exit %d, %q, %v, %s", code, out, err, errs)
+	}
+
+	// A control-plane join needs the certificate key of the last upload, for two hours.
+	if _, errs, code := run(t, redial(t, f, c4, op), "kubeadm init phase upload-certs --upload-certs"); code != 1 || !strings.Contains(errs, "admin.conf") {
+		t.Errorf("upload-certs on a VM that is not a control node: exit %d, %s", code, errs)
+	}
+	upload := func() string {
+		t.Helper()
+		out, errs, code := run(t, c1, "sudo kubeadm init phase upload-certs --upload-certs")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		key := lines[len(lines)-1]
+		if code != 0 || !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(key) {
+			t.Fatalf("upload-certs: exit %d, %q, %s", code, out, errs)
+		}
+		return key
+	}
+	key := upload()
+	join, errs, code := run(t, c1, "kubeadm token create --print-join-command")
+	if code != 0 {
+		t.Fatalf("token create: %s", errs)
+	}
+	join = strings.TrimSpace(join)
+	joinWith := func(extra string) (string, int) {
+		t.Helper()
+		_, errs, code := run(t, redial(t, f, c4, op), join+" --control-plane"+extra)
+		return errs, code
+	}
+	for _, c := range []struct{ name, extra, want string }{
+		{"no key", "", "certificates that must be shared among control plane instances are provided"},
+		{"malformed key", " --certificate-key abc", "64 hexadecimal"},
+		{"wrong key", " --certificate-key " + strings.Repeat("0", 64), "message authentication failed"},
+	} {
+		if errs, code := joinWith(c.extra); code != 1 || !strings.Contains(errs, c.want) {
+			t.Errorf("join --control-plane, %s: exit %d, %s; want %q", c.name, code, errs, c.want)
+		}
+	}
+	now = now.Add(2*time.Hour + time.Minute)
+	if errs, code := joinWith(" --certificate-key " + key); code != 1 || !strings.Contains(errs, "This Secret might have expired") {
+		t.Errorf("join with a key uploaded 2h01m ago: exit %d, %s", code, errs)
+	}
+	old := key
+	key = upload()
+	if errs, code := joinWith(" --certificate-key " + old); code != 1 || !strings.Contains(errs, "message authentication failed") {
+		t.Errorf("join with the key of an earlier upload: exit %d, %s", code, errs)
+	}
+	if c4.Joined() || len(f.EtcdMembers()) != 3 {
+		t.Fatalf("refused joins left joined=%v, %d members", c4.Joined(), len(f.EtcdMembers()))
+	}
+	if errs, code := joinWith(" --certificate-key=" + key); code != 0 {
+		t.Fatalf("join with the key: exit %d, %s", code, errs)
+	}
+	if got := list().names(); len(got) != 4 || got[3] != c4.Name {
+		t.Fatalf("members after the join: %v", got)
+	}
+	if err := cp.WaitNodeReady(ctx, c4.Name, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// kubeadm reset removes the node's member (kubeadm's remove-etcd-member phase).
+	if _, errs, code := run(t, redial(t, f, c4, op), "kubeadm reset -f"); code != 0 {
+		t.Fatalf("reset: exit %d, %s", code, errs)
+	}
+	if got := list().names(); len(got) != 3 {
+		t.Fatalf("members after reset: %v", got)
+	}
+
+	// A powered-off member is unhealthy; etcd refuses to remove a started member when the
+	// rest would not have a quorum started, and removes the dead one.
+	if err := f.PowerOff(cs[2].ID); err != nil {
+		t.Fatal(err)
+	}
+	out, errs, code = run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
+	hs = nil
+	if err := json.Unmarshal([]byte(out), &hs); err != nil || code != 1 || !strings.Contains(errs, "Error: unhealthy cluster") {
+		t.Fatalf("endpoint health with a member off: exit %d, %q, %v, %s", code, out, err, errs)
+	}
+	bad := 0
+	for _, h := range hs {
+		if !h.Health {
+			bad++
+			if !strings.Contains(h.Endpoint, cs[2].Address) || h.Error != "context deadline exceeded" {
+				t.Errorf("unhealthy endpoint %+v; want %s's", h, cs[2].Name)
+			}
+		}
+	}
+	if bad != 1 {
+		t.Errorf("%d unhealthy endpoints, want 1: %+v", bad, hs)
+	}
+	l = list()
+	if _, errs, code := run(t, c1, etcdctlTLS+"member remove "+l.id(cs[1].Name)); code != 1 || !strings.Contains(errs, "not enough started members") {
+		t.Errorf("removing a started member with another off: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, c1, etcdctlTLS+"member remove zz"); code != 128 || !strings.Contains(errs, "expecting ID in Hex") {
+		t.Errorf("member remove zz: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, c1, etcdctlTLS+"member remove 1234"); code != 1 || !strings.Contains(errs, "member not found") {
+		t.Errorf("member remove of an unknown id: exit %d, %s", code, errs)
+	}
+	out, errs, code = run(t, c1, etcdctlTLS+"member remove "+l.id(cs[2].Name))
+	if code != 0 || !strings.Contains(out, "Member "+l.id(cs[2].Name)+" removed from cluster") {
+		t.Fatalf("member remove of the dead member: exit %d, %q, %s", code, out, errs)
+	}
+	if got := list().names(); len(got) != 2 {
+		t.Fatalf("members after the removal: %v", got)
+	}
+	// Two members and one off: no quorum, nothing answers.
+	if err := f.PowerOff(cs[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, code := run(t, c1, etcdctlTLS+"member list -w json"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
+		t.Errorf("member list without quorum: exit %d, %s", code, errs)
+	}
+}
