@@ -40,6 +40,20 @@ func TestRemoveDeadOrHeldWorkers(t *testing.T) {
 	w, s := stackWorld(t, 3, -1)
 	ctx := context.Background()
 	dead := s.Prefix + "-worker-1"
+	// A pod surely on the node to be powered off (the scheduler may have put none of the
+	// sample workload there): the drain has something to evict and wait for.
+	if _, err := s.CP.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "on-dead"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pinned := lab.Deployment("on-dead", "pinned", 1).Spec.Template
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pinned", Namespace: "on-dead", Labels: pinned.Labels}, Spec: pinned.Spec}
+	pod.Spec.NodeName = dead
+	if _, err := s.CP.Client.CoreV1().Pods("on-dead").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CP.WaitPodsRunning(ctx, "on-dead", 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.PowerOff(ctx, dead); err != nil {
 		t.Fatal(err)
 	}
