@@ -58,7 +58,7 @@ func ReplaceNodes() Cookbook {
 		Example: "cookbook replace-k8s-nodes --cluster-name toolsbeta --role worker --image debian-13.0-trixie --canary",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
-			&cli.StringFlag{Name: "role", Usage: "the node role (worker, worker-nfs, ingress; not control yet)", Required: true},
+			&cli.StringFlag{Name: "role", Usage: "the node role (worker, worker-nfs, ingress, control: one at a time, etcd checked around each)", Required: true},
 			&cli.StringFlag{Name: "image", Usage: "the new nodes' image, name or id", Required: true},
 			&cli.StringFlag{Name: "flavor", Usage: "the new nodes' flavor (default: the role's, else the newest node's)"},
 			&cli.StringFlag{Name: "hostname-list", Usage: "replace these nodes (commas or spaces; default: every node of the role not on --image)"},
@@ -115,9 +115,6 @@ func prepareReplace(c *cli.Context, env *Env) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	if role.ControlPlane {
-		return nil, BadInputf("--role %s: replacing control nodes needs the etcd membership and health checks of issue 14 (not done yet); replace workers only", roleName)
-	}
 	r := &replacer{env: env, cl: cl, roleName: roleName, role: role, image: c.String("image"), flavor: c.String("flavor"),
 		canary: c.Bool("canary"), keep: c.Bool("keep-old")}
 	if r.image == "" {
@@ -128,6 +125,16 @@ func prepareReplace(c *cli.Context, env *Env) (*Job, error) {
 	}
 	if r.timeout, err = positiveDuration(c, "timeout", 20*time.Minute); err != nil {
 		return nil, err
+	}
+	if role.ControlPlane {
+		if r.keep {
+			return nil, BadInputf("--keep-old: role %s is a control role; a kept control node would stay an etcd member (replace control nodes without --keep-old)", roleName)
+		}
+		if r.surge > 1 {
+			// One control node at a time: etcd checked before and after each.
+			env.Log.Info(fmt.Sprintf("--max-surge %d: control nodes are replaced one at a time", r.surge), "role", roleName)
+			r.surge = 1
+		}
 	}
 	if r.drain, err = drainOptions(c, cl); err != nil {
 		return nil, err
@@ -159,10 +166,17 @@ func (r *replacer) clients(ctx context.Context) error {
 }
 
 // check looks up --image and --flavor as add-k8s-node does: a name that matches
-// nothing, or several things, is bad input.
+// nothing, or several things, is bad input. For a control role every etcd member must be
+// started and healthy: each replacement adds a control node first (add-k8s-node's
+// check-etcd would stop there) and then takes one away (remove-k8s-node's rule).
 func (r *replacer) check(ctx context.Context) error {
 	if err := r.clients(ctx); err != nil {
 		return err
+	}
+	if r.role.ControlPlane {
+		if err := r.etcdRefusal(ctx); err != nil {
+			return err
+		}
 	}
 	lookups := []struct {
 		flag, ref string
@@ -178,6 +192,24 @@ func (r *replacer) check(ctx context.Context) error {
 		}
 		if f.flag == "image" {
 			r.imageRef, r.imageRefLooked = ref, true
+		}
+	}
+	return nil
+}
+
+// etcdRefusal is bad input unless every etcd member is started and healthy and each
+// listed control node could be removed by remove-k8s-node's rule (etcdRefusal).
+func (r *replacer) etcdRefusal(ctx context.Context) error {
+	st, from, err := r.c.etcdStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if p := st.Problems(); len(p) > 0 {
+		return BadInputf("etcd (asked on %s): not every member is started and healthy: %s: refused (a control node is replaced only while etcd is healthy)", from, strings.Join(p, "; "))
+	}
+	for _, h := range r.hosts {
+		if err := etcdRefusal(ctx, r.c, h, true); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -392,6 +424,18 @@ func (r *replacer) batchSteps(tag string, spec addSpec, p replacePlan, b []oldNo
 			rm = ifInCluster(r.c.kube, node, append([]pipeline.Step{label}, cordonDrain(r.c.kube, pipeline.Scope(node), node, r.drain)...))
 		} else {
 			rm = removeNode(r.c, pipeline.Scope(node), o.Server, removeOpts{Drain: r.drain, Timeout: r.timeout})
+			if r.role.ControlPlane {
+				// The add set of the batch has its check-etcd and check-etcd-after too, in
+				// the same group: the removal's are named apart.
+				for j := range rm {
+					switch rm[j].Name {
+					case "check-etcd":
+						rm[j].Name = "check-etcd-removal"
+					case "check-etcd-after":
+						rm[j].Name = "check-etcd-after-removal"
+					}
+				}
+			}
 		}
 		removes[i] = pipeline.Set{Scope: pipeline.Scope(node), Title: "node " + node, Steps: rm}
 	}

@@ -41,7 +41,7 @@ func TestReplaceNodes(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"control role", []string{"--role", "control", "--image", trixie}, "issue 14"},
+		{"control role kept", []string{"--role", "control", "--image", trixie, "--keep-old"}, "--keep-old: role control is a control role"},
 		{"unknown role", []string{"--role", "gpu", "--image", trixie}, "gpu"},
 		{"unknown image", []string{"--role", "worker", "--image", "debian-99"}, `--image: image "debian-99": not found`},
 		{"max surge 0", []string{"--role", "worker", "--image", trixie, "--max-surge", "0"}, "--max-surge: 0 is not a positive number"},
