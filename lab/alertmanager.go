@@ -71,7 +71,7 @@ func StartAlertmanager(ctx context.Context) (*Alertmanager, error) {
 	if !ok {
 		return nil, fmt.Errorf("start alertmanager: %s not found (apt-get install prometheus-alertmanager)", bin)
 	}
-	sweepAlertmanagers()
+	sweepDirs(amPrefix)
 	var lastErr error
 	// A port picked free may be taken before the Alertmanager binds it: a second try.
 	for try := 0; try < 3; try++ {
@@ -216,9 +216,10 @@ func (am *Alertmanager) Amtool(ctx context.Context, args ...string) (string, err
 	return stdout.String(), nil
 }
 
-// sweepAlertmanagers kills what a dead owner left running and removes its dir.
-func sweepAlertmanagers() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), amPrefix+"*"))
+// sweepDirs kills what a dead owner left running from a dir named prefix* (its pid in
+// amPidFile) and removes the dir.
+func sweepDirs(prefix string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*"))
 	for _, d := range dirs {
 		if _, err := os.Stat(filepath.Join(d, ownerFile)); err != nil {
 			continue // being created, or not ours
