@@ -53,6 +53,8 @@ type Cluster struct {
 	// Alertmanager, when set, is where the run silences the alerts of the nodes it takes
 	// down on purpose.
 	Alertmanager *Alertmanager `json:"alertmanager,omitempty"`
+	// Prometheus, when set, is asked by reboot-stuck-workers which nodes are stuck.
+	Prometheus *Prometheus `json:"prometheus,omitempty"`
 	// Hooks run at named points of every node's life; a role's own hooks run after them.
 	Hooks Hooks `json:"hooks,omitempty"`
 	// Lock says how a run that writes holds the cluster (see LockKind).
@@ -571,6 +573,9 @@ func (cl *Cluster) validate(p string) []error {
 	errs = append(errs, cl.Hooks.validate(p+".hooks")...)
 	if cl.Alertmanager != nil {
 		errs = append(errs, cl.Alertmanager.validate(p+".alertmanager")...)
+	}
+	if cl.Prometheus != nil {
+		errs = append(errs, cl.Prometheus.validate(p+".prometheus")...)
 	}
 	// A name that is a role's name or alias names that role only.
 	names := map[string]string{}

@@ -32,6 +32,37 @@ type Alertmanager struct {
 	Author string `json:"author,omitempty"`
 }
 
+// Prometheus is where reboot-stuck-workers asks which nodes are stuck: the nodes for
+// which Query returns a value above zero (matched by their instance label, hostname or
+// hostname:port). A failing Prometheus fails the run before any change.
+type Prometheus struct {
+	// URL is the Prometheus' base URL, e.g. http://prometheus.example.org:9090.
+	URL string `json:"url"`
+	// Query is a PromQL instant query with an instance label; empty means
+	// DefaultStuckQuery.
+	Query string `json:"query,omitempty"`
+}
+
+// DefaultStuckQuery is Toolforge's: the count of processes stuck on NFS per instance.
+const DefaultStuckQuery = `sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0`
+
+// StuckQuery is the configured query or DefaultStuckQuery.
+func (pr *Prometheus) StuckQuery() string {
+	if strings.TrimSpace(pr.Query) == "" {
+		return DefaultStuckQuery
+	}
+	return pr.Query
+}
+
+func (pr *Prometheus) validate(p string) []error {
+	if pr.URL == "" {
+		return []error{fmt.Errorf("%s.url: required", p)}
+	} else if u, err := url.Parse(pr.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return []error{fmt.Errorf("%s.url: %s is not an http or https URL", p, quote(pr.URL))}
+	}
+	return nil
+}
+
 // Silence defaults.
 const (
 	DefaultSilenceDuration        = time.Hour

@@ -2,12 +2,18 @@ package cookbooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	promapi "github.com/prometheus/client_golang/api"
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
 	corev1 "k8s.io/api/core/v1"
 
@@ -26,11 +32,12 @@ const keyNodeBootIDBefore = pipeline.Key[string]("node-boot-id-before")
 func RebootStuckWorkers() Cookbook {
 	return Cookbook{
 		Name:    "reboot-stuck-workers",
-		Usage:   "reboot the workers NotReady for longer than --not-ready-for (hard through OpenStack when SSH cannot reach them)",
+		Usage:   "reboot the workers NotReady for longer than --not-ready-for, and those the cluster's Prometheus query reports (hard through OpenStack when SSH cannot reach them)",
 		Example: "cookbook reboot-stuck-workers --cluster-name toolsbeta --not-ready-for 10m",
 		Flags: append([]cli.Flag{
 			clusterFlag(),
 			&cli.DurationFlag{Name: "not-ready-for", Value: 10 * time.Minute, Usage: "a worker NotReady for longer than this is stuck"},
+			&cli.StringFlag{Name: "query", Usage: "PromQL `QUERY` asked of the cluster's Prometheus instead of its configured one: a worker (its instance label, hostname or hostname:port) with a value above zero is stuck"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 			&cli.DurationFlag{Name: "reboot-timeout", Value: 10 * time.Minute, Usage: "how long a node may take to come back"},
@@ -46,7 +53,10 @@ type stuckRebooter struct {
 	cl          *config.Cluster
 	notReadyFor time.Duration
 	roll        *rolling
-	stuck       []string // found once, before the confirmation or the plan
+	stuck       []string          // found once, before the confirmation or the plan
+	why         map[string]string // why each stuck worker was picked
+	prom        *config.Prometheus
+	query       string
 }
 
 func prepareRebootStuck(c *cli.Context, env *Env) (*Job, error) {
@@ -54,9 +64,19 @@ func prepareRebootStuck(c *cli.Context, env *Env) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &stuckRebooter{env: env, cl: cl}
+	s := &stuckRebooter{env: env, cl: cl, prom: cl.Prometheus}
 	if s.notReadyFor, err = positiveDuration(c, "not-ready-for", 10*time.Minute); err != nil {
 		return nil, err
+	}
+	if c.IsSet("query") {
+		if s.prom == nil {
+			return nil, BadInputf("--query: cluster %s has no prometheus url in the configuration (%s)", cl.Name, env.ConfigPath)
+		}
+		if s.query = strings.TrimSpace(c.String("query")); s.query == "" {
+			return nil, BadInputf("--query: empty (expected a PromQL query such as %s)", config.DefaultStuckQuery)
+		}
+	} else if s.prom != nil {
+		s.query = s.prom.StuckQuery()
 	}
 	r := &rolling{Env: env, Cluster: cl, Job: "reboot-stuck-workers", Did: "rebooted", Force: c.Bool("force-uncordon")}
 	if r.Drain, err = drainOptions(c, cl); err != nil {
@@ -96,24 +116,99 @@ func (s *stuckRebooter) find(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var reported map[string]float64
+	if s.prom != nil {
+		if reported, err = queryStuck(ctx, s.env.Log, s.prom.URL, s.query); err != nil {
+			return err
+		}
+	}
 	now := time.Now()
-	s.stuck = []string{}
+	why := map[string]string{}
+	workers := map[string]bool{}
 	for i := range nodes {
 		n := &nodes[i]
 		_, role, ok := s.cl.RoleOf(n.Name)
 		if !ok || role.ControlPlane {
 			continue
 		}
+		workers[n.Name] = true
+		var reasons []string
 		if since, stuck := notReadySince(n); stuck && now.Sub(since) > s.notReadyFor {
-			s.env.Log.Info("stuck worker", "node", n.Name, "not_ready_for", ShortDuration(now.Sub(since).Round(time.Second)))
-			s.stuck = append(s.stuck, n.Name)
+			reasons = append(reasons, "NotReady for "+ShortDuration(now.Sub(since).Round(time.Second)))
+		}
+		for _, inst := range []string{n.Name, s.cl.FQDN(n.Name)} {
+			if v, ok := reported[inst]; ok {
+				reasons = append(reasons, fmt.Sprintf("Prometheus query returned %g", v))
+				break
+			}
+		}
+		if len(reasons) > 0 {
+			why[n.Name] = strings.Join(reasons, ", ")
+			s.env.Log.Info("stuck worker", "node", n.Name, "why", why[n.Name])
 		}
 	}
+	for inst, v := range reported {
+		if !workers[inst] && !workers[strings.TrimSuffix(inst, "."+s.cl.Domain)] {
+			s.env.Log.Info("Prometheus reports an instance that is no worker of the cluster; left alone", "instance", inst, "value", v)
+		}
+	}
+	s.stuck = []string{}
+	for n := range why {
+		s.stuck = append(s.stuck, n)
+	}
 	sort.Strings(s.stuck)
+	s.why = why
 	if len(s.stuck) == 0 {
+		if s.prom != nil {
+			return BadInputf("no worker of cluster %s has been NotReady for more than %s (--not-ready-for) nor is reported by %s at %s", s.cl.Name, ShortDuration(s.notReadyFor), s.query, s.prom.URL)
+		}
 		return BadInputf("no worker of cluster %s has been NotReady for more than %s (--not-ready-for)", s.cl.Name, ShortDuration(s.notReadyFor))
 	}
 	return nil
+}
+
+// queryStuck asks the Prometheus at url for query (an instant query) and returns the
+// value above zero of each instance it reports, keyed by the instance's host (its
+// label without :port). A query Prometheus refuses as bad is bad input; a Prometheus
+// that fails or answers no instant vector with instance labels is an error naming url.
+func queryStuck(ctx context.Context, log *slog.Logger, url, query string) (map[string]float64, error) {
+	client, err := promapi.NewClient(promapi.Config{Address: url})
+	if err != nil {
+		return nil, fmt.Errorf("prometheus %s: %w", url, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	v, warnings, err := promv1.NewAPI(client).Query(ctx, query, time.Now())
+	if err != nil {
+		var perr *promv1.Error
+		if errors.As(err, &perr) && perr.Type == promv1.ErrBadData {
+			return nil, BadInputf("--query %q: the Prometheus at %s refuses it: %s (expected a PromQL query)", query, url, perr.Msg)
+		}
+		return nil, fmt.Errorf("query the Prometheus at %s for %q: %w", url, query, err)
+	}
+	for _, w := range warnings {
+		log.Warn("Prometheus warns about the query", "url", url, "warning", w)
+	}
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return nil, BadInputf("--query %q: the Prometheus at %s answers a %s, expected an instant vector with an instance label", query, url, v.Type())
+	}
+	out := map[string]float64{}
+	for _, smp := range vec {
+		if float64(smp.Value) <= 0 {
+			continue
+		}
+		inst, ok := smp.Metric["instance"]
+		if !ok {
+			return nil, BadInputf("--query %q: the Prometheus at %s answers %s without an instance label (expected one per node, e.g. sum(...) by (instance))", query, url, smp.Metric)
+		}
+		host := string(inst)
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		out[host] = max(out[host], float64(smp.Value))
+	}
+	return out, nil
 }
 
 // notReadySince returns when the node's Ready condition last turned to something other
@@ -132,7 +227,11 @@ func (s *stuckRebooter) confirm(ctx context.Context) (string, error) {
 	if err := s.find(ctx); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("Reboot %d stuck worker(s) of cluster %s (%s)?", len(s.stuck), s.cl.Name, strings.Join(s.stuck, ", ")), nil
+	named := make([]string, len(s.stuck))
+	for i, n := range s.stuck {
+		named[i] = n + ": " + s.why[n]
+	}
+	return fmt.Sprintf("Reboot %d stuck worker(s) of cluster %s (%s)?", len(s.stuck), s.cl.Name, strings.Join(named, "; ")), nil
 }
 
 func (s *stuckRebooter) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	promapi "github.com/prometheus/client_golang/api"
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
 )
 
 // The lab's Prometheus is Debian's real prometheus, started on a free loopback port with
@@ -247,6 +252,45 @@ func (p *Prometheus) Stop() error {
 		p.stopErr = os.RemoveAll(p.Dir)
 	})
 	return p.stopErr
+}
+
+// Query runs the instant query q and returns each sample's value by its instance label.
+func (p *Prometheus) Query(ctx context.Context, q string) (map[string]float64, error) {
+	client, err := promapi.NewClient(promapi.Config{Address: p.URL})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, _, err := promv1.NewAPI(client).Query(ctx, q, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("query %s: %w", q, err)
+	}
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return nil, fmt.Errorf("query %s: a %s, not a vector", q, v.Type())
+	}
+	got := map[string]float64{}
+	for _, s := range vec {
+		got[string(s.Metric["instance"])] = float64(s.Value)
+	}
+	return got, nil
+}
+
+// WaitQuery waits (up to 30 s) until the instant query q returns exactly the instances
+// of want with their values.
+func (p *Prometheus) WaitQuery(ctx context.Context, q string, want map[string]float64) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		got, err := p.Query(ctx, q)
+		if err == nil && maps.Equal(got, want) {
+			return nil
+		}
+		if serr := sleep(ctx, 200*time.Millisecond); serr != nil {
+			return fmt.Errorf("query %s = %v, %v; want %v", q, got, err, want)
+		}
+	}
 }
 
 // LabPrometheus is a real Prometheus scraping the lab's node metrics.

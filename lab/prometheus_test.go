@@ -11,7 +11,6 @@ import (
 
 	promapi "github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
-	"github.com/prometheus/common/model"
 )
 
 // TestPrometheusScrapesStuckProcs: the real Prometheus scrapes the lab's node metrics;
@@ -22,50 +21,25 @@ func TestPrometheusScrapesStuckProcs(t *testing.T) {
 	p := NeedPrometheus(t)
 	p.Metrics.SetStuck("w-1", 3)
 	p.Metrics.SetStuck("w-2", 0)
+	const q = "sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0"
+	ctx := context.Background()
+	if err := p.WaitQuery(ctx, q, map[string]float64{"w-1:9100": 3}); err != nil {
+		t.Fatal(err)
+	}
+	p.Metrics.SetStuck("w-1", 0)
+	p.Metrics.SetStuck("w-2", 5)
+	if err := p.WaitQuery(ctx, q, map[string]float64{"w-2:9100": 5}); err != nil {
+		t.Fatal(err)
+	}
 	client, err := promapi.NewClient(promapi.Config{Address: p.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	api := promv1.NewAPI(client)
-	query := func(q string) map[string]float64 {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		v, _, err := api.Query(ctx, q, time.Now())
-		if err != nil {
-			t.Fatalf("query %s: %v", q, err)
-		}
-		got := map[string]float64{}
-		for _, s := range v.(model.Vector) {
-			got[string(s.Metric["instance"])] = float64(s.Value)
-		}
-		return got
-	}
-	const q = "sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0"
-	waitFor := func(want string) map[string]float64 {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			got := query(q)
-			if len(got) == 1 && got[want] > 0 || want == "" && len(got) == 0 {
-				return got
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("query %s = %v; want only %q", q, got, want)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	if got := waitFor("w-1:9100"); got["w-1:9100"] != 3 {
-		t.Errorf("w-1 = %v, want 3", got["w-1:9100"])
-	}
-	p.Metrics.SetStuck("w-1", 0)
-	p.Metrics.SetStuck("w-2", 5)
-	waitFor("w-2:9100")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var perr *promv1.Error
-	if _, _, err := api.Query(ctx, "sum(", time.Now()); !errors.As(err, &perr) || perr.Type != promv1.ErrBadData {
+	if _, _, err := api.Query(qctx, "sum(", time.Now()); !errors.As(err, &perr) || perr.Type != promv1.ErrBadData {
 		t.Errorf("bad query error = %#v, want a bad_data error", err)
 	}
 

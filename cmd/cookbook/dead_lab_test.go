@@ -215,7 +215,8 @@ func TestRebootStuckWorkers(t *testing.T) {
 	// Without a terminal and without --yes, the confirmation names them and aborts.
 	r = w.run(args...)
 	wantCode(t, r, 2)
-	if !strings.Contains(r.stderr, "Reboot 2 stuck worker(s) of cluster toolsbeta ("+dead+", "+hung+")?") {
+	if !strings.Contains(r.stderr, "Reboot 2 stuck worker(s) of cluster toolsbeta ("+dead+": NotReady for ") ||
+		!strings.Contains(r.stderr, "; "+hung+": NotReady for ") {
 		t.Errorf("confirmation does not name the stuck workers:\n%s", r.stderr)
 	}
 
@@ -253,5 +254,106 @@ func TestRebootStuckWorkers(t *testing.T) {
 	}
 	if srv := serverOf(t, s, dead); srv.Status != "ACTIVE" {
 		t.Errorf("server %s is %s after its hard reboot", dead, srv.Status)
+	}
+}
+
+// TestRebootStuckWorkersPrometheus: with the cluster's prometheus set to the lab's real
+// Prometheus, a Ready worker whose node exporter reports processes stuck on NFS is
+// picked (the confirmation says why) and rebooted over SSH (new boot id, Ready,
+// uncordoned); a worker reporting 0 and one not reported are left alone, as is an
+// instance of no node of the cluster. --query without a prometheus, a bad --query and a
+// Prometheus that does not answer are refused before any write; a dry-run writes nothing.
+func TestRebootStuckWorkersPrometheus(t *testing.T) {
+	p := lab.NeedPrometheus(t)
+	w, s := stackWorld(t, 3, -1)
+	ctx := context.Background()
+	stuck, zero, quiet := s.Prefix+"-worker-1", s.Prefix+"-worker-2", s.Prefix+"-worker-3"
+	p.Metrics.SetStuck(stuck, 4)
+	p.Metrics.SetStuck(zero, 0)
+	p.Metrics.SetStuck("elsewhere-1", 2)
+	boot := map[string]string{}
+	for _, n := range []string{stuck, zero, quiet} {
+		boot[n] = nodeOf(t, s, n).Status.NodeInfo.BootID
+	}
+	args := []string{"reboot-stuck-workers", "--cluster-name", "toolsbeta", "--force", "--delete-emptydir-data", "--reboot-timeout", "1m"}
+	since, before := time.Now(), s.Cloud.TotalWrites()
+	// noWrites: no API write since since but, with lock, the run's own lock Lease.
+	noWrites := func(what string, lock bool) {
+		t.Helper()
+		time.Sleep(time.Second)
+		writes, err := s.CP.WriteRequests(ctx, since, "cookbook")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var other []string
+		for _, e := range writes {
+			if !lock || e.Resource != "leases" || e.Name != "cookbook-lock" {
+				other = append(other, e.Verb+" "+e.RequestURI)
+			}
+		}
+		if len(other) != 0 || s.Cloud.TotalWrites() != before {
+			t.Errorf("%s made API writes %v, %d cloud writes", what, other, s.Cloud.TotalWrites()-before)
+		}
+	}
+
+	r := w.run(append([]string{"--yes"}, append(args, "--query", "up")...)...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "--query: cluster toolsbeta has no prometheus url in the configuration") {
+		t.Errorf("--query without a prometheus:\n%s", r.stderr)
+	}
+
+	// A Prometheus that does not answer decides nothing: exit 1 naming it.
+	down := "    prometheus:\n      url: http://127.0.0.1:1\n"
+	addClusterKeys(t, w.config, down)
+	r = w.run(append([]string{"--yes"}, args...)...)
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "query the Prometheus at http://127.0.0.1:1 for") {
+		t.Errorf("an unreachable Prometheus is not named:\n%s", r.stderr)
+	}
+	setClusterKeys(t, w.config, down, "    prometheus:\n      url: "+p.URL+"\n")
+	if err := p.WaitQuery(ctx, "sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0",
+		map[string]float64{stuck + ":9100": 4, "elsewhere-1:9100": 2}); err != nil {
+		t.Fatal(err)
+	}
+
+	r = w.run(append([]string{"--yes"}, append(args, "--query", "sum(prometheus_k8s_nfs_stuck_total_procs")...)...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, `--query "sum(prometheus_k8s_nfs_stuck_total_procs": the Prometheus at `+p.URL+" refuses it") {
+		t.Errorf("bad --query:\n%s", r.stderr)
+	}
+
+	// Without a terminal and without --yes, the confirmation names the worker and why.
+	r = w.run(args...)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "Reboot 1 stuck worker(s) of cluster toolsbeta ("+stuck+": Prometheus query returned 4)?") {
+		t.Errorf("confirmation does not name %s and why:\n%s", stuck, r.stderr)
+	}
+
+	noWrites("the refused runs", true)
+
+	since = time.Now()
+	r = w.run(append([]string{"--dry-run", "--yes"}, args...)...)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "DRY-RUN: would") || !strings.Contains(r.stderr, "elsewhere-1") {
+		t.Errorf("dry-run says no write or not the foreign instance it leaves alone:\n%s", r.stderr)
+	}
+	wantSkippedCounted(t, "dry-run reboot-stuck-workers", r)
+	noWrites("the dry-run", false)
+
+	r = w.run(append([]string{"--yes"}, args...)...)
+	wantCode(t, r, 0)
+	for _, n := range []string{stuck, zero, quiet} {
+		node := nodeOf(t, s, n)
+		changed := node.Status.NodeInfo.BootID != boot[n]
+		if changed != (n == stuck) || !lab.IsReady(node) || node.Spec.Unschedulable {
+			t.Errorf("%s: boot id changed %v, Ready %v, cordoned %v", n, changed, lab.IsReady(node), node.Spec.Unschedulable)
+		}
+	}
+	soft := false
+	for _, c := range commandsOn(s, stuck) {
+		soft = soft || strings.HasSuffix(c, "systemctl reboot")
+	}
+	if !soft {
+		t.Errorf("%s was not rebooted with systemctl reboot: %v", stuck, commandsOn(s, stuck))
 	}
 }
