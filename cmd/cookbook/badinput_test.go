@@ -308,6 +308,7 @@ func TestCLIBadInput(t *testing.T) {
 		{name: "drain drain-timeout not a duration", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--drain-timeout", "ten"}, want: `"ten"`},
 		{name: "reboot-stuck-workers not-ready-for zero", args: []string{"reboot-stuck-workers", "--cluster-name", tb, "--not-ready-for", "0s"}, want: "--not-ready-for: 0s is not a positive duration (expected one such as 10m)"},
 		{name: "reboot-stuck-workers max-unavailable zero", args: []string{"reboot-stuck-workers", "--cluster-name", tb, "--max-unavailable", "0"}, want: "--max-unavailable: 0 is not a positive number"},
+		{name: "reboot-stuck-workers query without prometheus", args: []string{"reboot-stuck-workers", "--cluster-name", tb, "--query", "up"}, want: "--query: cluster toolsbeta has no prometheus url in the configuration"},
 		{name: "drain skip-wait-for-delete-timeout negative", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--skip-wait-for-delete-timeout", "-1m"}, want: "--skip-wait-for-delete-timeout: -1m0s is negative (expected a duration of 0 or more, such as 5m)"},
 		{name: "drain grace-period minus two", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--grace-period", "-2"}, want: "--grace-period: -2 is negative"},
 		{name: "drain grace-period not a number", args: []string{"drain", "--cluster-name", tb, "--hostname-to-drain", worker, "--grace-period", "1.5"}, want: "1.5"},
