@@ -14,6 +14,15 @@ import (
 // reboot's step set: "<node>/boot-id-before" for a node of a rolling job.
 const keyBootIDBefore = pipeline.Key[string]("boot-id-before")
 
+// keyRebootIssued records that the soft reboot was sent, in the same scope: a run killed
+// between recording the boot id and sending the reboot must send it on resume, not wait for
+// a reboot that never started.
+const keyRebootIssued = pipeline.Key[bool]("reboot-issued")
+
+// rebootGrace is how long a resumed reboot that may or may not have been sent waits for the
+// host to go down or come back before it sends the reboot (again).
+const rebootGrace = 30 * time.Second
+
 // nodeRef is the node a step set acts on: its name and how SSH reaches it. A node known
 // when the run is planned has a fixed name (knownNode); a node that an earlier step of the
 // run creates is named by a value that step recorded and reached with the host keys it
@@ -68,7 +77,7 @@ func reboot(c *clients, s pipeline.Scope, n nodeRef, opts rebootOpts) []pipeline
 			if err != nil {
 				return err
 			}
-			return rebootNode(ctx, c, pipeline.In(s, keyBootIDBefore), v, node, host, opts)
+			return rebootNode(ctx, c, s, v, node, host, opts)
 		},
 	}}
 }
@@ -76,18 +85,36 @@ func reboot(c *clients, s pipeline.Scope, n nodeRef, opts rebootOpts) []pipeline
 // rebootNode reboots a node over SSH and proves it by a new boot id. If the reboot cannot
 // be issued or the node does not come back in time, it falls back (unless told not to) to
 // a hard reboot through OpenStack and waits again, as the existing cookbooks do. Safe to
-// run again: a node whose boot id already differs from the one recorded in key is done.
-func rebootNode(ctx context.Context, c *clients, key pipeline.Key[string], v *pipeline.Values, node, host string, opts rebootOpts) error {
+// run again: a node whose boot id already differs from the one recorded in scope s is done;
+// a reboot recorded as sent is waited for; one that may not have been sent (the run stopped
+// between recording the boot id and recording the reboot) is sent again when the host still
+// answers with the old boot id after rebootGrace.
+func rebootNode(ctx context.Context, c *clients, s pipeline.Scope, v *pipeline.Values, node, host string, opts rebootOpts) error {
+	key, issuedKey := pipeline.In(s, keyBootIDBefore), pipeline.In(s, keyRebootIssued)
 	timeout, hardFallback := opts.Timeout, opts.HardFallback
 	old, recorded, err := key.Lookup(v)
 	if err != nil {
 		return err
 	}
+	issued := false
 	if recorded {
 		// A run stopped during this reboot: the node may be down, or back already.
 		if cur, err := c.ssh.BootID(ctx, host); err == nil && cur != old {
 			c.env.Log.Info("node already rebooted", "node", node, "boot_id", cur)
 			return nil
+		}
+		if issued, _, err = issuedKey.Lookup(v); err != nil {
+			return err
+		}
+		if !issued {
+			// Give a reboot that may be under way its grace; a host still up on the old
+			// boot id after it was never asked to reboot.
+			if _, err := c.ssh.WaitRebooted(ctx, host, old, min(rebootGrace, timeout)); err == nil {
+				return nil
+			}
+			if cur, err := c.ssh.BootID(ctx, host); err != nil || cur != old {
+				issued = true // down: a reboot is under way
+			}
 		}
 	} else {
 		id, err := c.ssh.BootID(ctx, host)
@@ -99,10 +126,13 @@ func rebootNode(ctx context.Context, c *clients, key pipeline.Key[string], v *pi
 		}
 		old = id
 	}
-	if recorded {
+	if issued {
 		// Give a reboot already under way its chance before rebooting again.
 		_, err = c.ssh.WaitRebooted(ctx, host, old, timeout)
 	} else if err = c.ssh.IssueReboot(ctx, host); err == nil {
+		if err := issuedKey.Set(v, true); err != nil {
+			return err
+		}
 		_, err = c.ssh.WaitRebooted(ctx, host, old, timeout)
 	}
 	if err == nil {

@@ -286,7 +286,7 @@ func (s *stuckRebooter) rebootStep(c *clients, sc pipeline.Scope, node string, t
 				return err
 			}
 			if _, err = c.ssh.BootID(ctx, host); err == nil {
-				return rebootNode(ctx, c, pipeline.In(sc, keyBootIDBefore), v, node, host, rebootOpts{Timeout: timeout, HardFallback: true})
+				return rebootNode(ctx, c, sc, v, node, host, rebootOpts{Timeout: timeout, HardFallback: true})
 			}
 			c.env.Log.Warn("SSH cannot reach the node; hard rebooting it through OpenStack", "node", node, "err", err)
 			srv, err := c.cloud.ServerByName(ctx, node)
