@@ -3,17 +3,13 @@ package lab
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -51,18 +47,7 @@ func AlertmanagerBinary() (string, bool) {
 }
 
 // Alertmanager is a running Alertmanager.
-type Alertmanager struct {
-	// URL is its base URL, http://127.0.0.1:PORT.
-	URL string
-	// Dir holds its configuration and storage; removed by Stop.
-	Dir string
-
-	cmd      *exec.Cmd
-	out      *bytes.Buffer
-	done     chan struct{}
-	stopOnce sync.Once
-	stopErr  error
-}
+type Alertmanager struct{ *daemon }
 
 // StartAlertmanager starts an Alertmanager on a free loopback port and returns once it is
 // ready. Stop kills it and removes its dir.
@@ -109,31 +94,17 @@ func startAlertmanager(ctx context.Context, bin string) (am *Alertmanager, err e
 		return nil, fmt.Errorf("start alertmanager: %w", err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	am = &Alertmanager{URL: "http://" + addr, Dir: dir, out: &bytes.Buffer{}, done: make(chan struct{})}
-	am.cmd = exec.Command(bin,
+	d, err := startDaemon(ctx, "alertmanager", bin, dir, addr,
 		"--config.file="+cfg,
 		"--storage.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
 		"--cluster.listen-address=", // no gossip port
 		"--log.level=warn",
 	)
-	am.cmd.Stdout, am.cmd.Stderr = am.out, am.out
-	// A group of its own (killed whole by Stop), and killed by the kernel should the
-	// process that started it die first.
-	am.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := am.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start alertmanager: %w", err)
+	if err != nil {
+		return nil, err
 	}
-	go func() { am.cmd.Wait(); close(am.done) }()
-	if err := os.WriteFile(filepath.Join(dir, amPidFile), []byte(strconv.Itoa(am.cmd.Process.Pid)), 0o600); err != nil {
-		am.kill()
-		return nil, fmt.Errorf("start alertmanager: %w", err)
-	}
-	if err := am.waitReady(ctx); err != nil {
-		am.kill()
-		return nil, fmt.Errorf("start alertmanager: %w (output: %s)", err, lastLines(am.output(), 5))
-	}
-	return am, nil
+	return &Alertmanager{d}, nil
 }
 
 func freeLoopbackPort() (int, error) {
@@ -143,59 +114,6 @@ func freeLoopbackPort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func (am *Alertmanager) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		select {
-		case <-am.done:
-			return errors.New("alertmanager exited")
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, am.URL+"/-/ready", nil)
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return fmt.Errorf("not ready at %s: %w", am.URL, err)
-		}
-	}
-}
-
-// output is what the Alertmanager printed so far (only safe once it exited).
-func (am *Alertmanager) output() string {
-	select {
-	case <-am.done:
-		return am.out.String()
-	default:
-		return ""
-	}
-}
-
-// kill kills the Alertmanager's process group and waits until it is gone.
-func (am *Alertmanager) kill() {
-	pid := am.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	_ = am.cmd.Process.Kill()
-	<-am.done
-}
-
-// Pid is the Alertmanager's process id.
-func (am *Alertmanager) Pid() int { return am.cmd.Process.Pid }
-
-// Stop kills the Alertmanager, waits until it is gone and removes its dir.
-func (am *Alertmanager) Stop() error {
-	am.stopOnce.Do(func() {
-		am.kill()
-		am.stopErr = os.RemoveAll(am.Dir)
-	})
-	return am.stopErr
 }
 
 // Amtool runs the amtool of the same package against this Alertmanager and returns its

@@ -1,9 +1,7 @@
 package lab
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -15,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -112,18 +109,7 @@ func (m *NodeMetrics) Close() error {
 }
 
 // Prometheus is a running Prometheus server.
-type Prometheus struct {
-	// URL is its base URL, http://127.0.0.1:PORT.
-	URL string
-	// Dir holds its configuration and storage; removed by Stop.
-	Dir string
-
-	cmd      *exec.Cmd
-	out      *bytes.Buffer
-	done     chan struct{}
-	stopOnce sync.Once
-	stopErr  error
-}
+type Prometheus struct{ *daemon }
 
 // StartPrometheus starts a Prometheus on a free loopback port scraping target (host:port,
 // path /metrics) every second, keeping the target's instance labels, and returns once it
@@ -180,78 +166,16 @@ scrape_configs:
 		return nil, fmt.Errorf("start prometheus: %w", err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	p = &Prometheus{URL: "http://" + addr, Dir: dir, out: &bytes.Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin,
+	d, err := startDaemon(ctx, "prometheus", bin, dir, addr,
 		"--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
 		"--log.level=warn",
 	)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start prometheus: %w", err)
+	if err != nil {
+		return nil, err
 	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	if err := os.WriteFile(filepath.Join(dir, amPidFile), []byte(strconv.Itoa(p.cmd.Process.Pid)), 0o600); err != nil {
-		p.kill()
-		return nil, fmt.Errorf("start prometheus: %w", err)
-	}
-	if err := p.waitReady(ctx); err != nil {
-		p.kill()
-		return nil, fmt.Errorf("start prometheus: %w (output: %s)", err, lastLines(p.output(), 5))
-	}
-	return p, nil
-}
-
-func (p *Prometheus) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		select {
-		case <-p.done:
-			return errors.New("prometheus exited")
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/-/ready", nil)
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return fmt.Errorf("not ready at %s: %w", p.URL, err)
-		}
-	}
-}
-
-func (p *Prometheus) output() string {
-	select {
-	case <-p.done:
-		return p.out.String()
-	default:
-		return ""
-	}
-}
-
-func (p *Prometheus) kill() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// Pid is the Prometheus' process id.
-func (p *Prometheus) Pid() int { return p.cmd.Process.Pid }
-
-// Stop kills the Prometheus, waits until it is gone and removes its dir.
-func (p *Prometheus) Stop() error {
-	p.stopOnce.Do(func() {
-		p.kill()
-		p.stopErr = os.RemoveAll(p.Dir)
-	})
-	return p.stopErr
+	return &Prometheus{d}, nil
 }
 
 // Query runs the instant query q and returns each sample's value by its instance label.
