@@ -391,11 +391,12 @@ func TestReplaceCrashAndFaults(t *testing.T) {
 	}})
 	defer s.Cloud.SetFaults(cloud.Faults{})
 	// Rounds under faults until both a create and a delete were retried (each round
-	// makes 2 creates and 2 deletes: most often the first round does).
+	// makes 2 creates and 2 deletes: most often the first round does; CI once saw 6 rounds
+	// without a create retry, so up to 12).
 	var creates, deletes bool
 	faultRounds := 0
 	retried := regexp.MustCompile(`transient failure, retrying.* request="?(create server|DELETE )`)
-	for i := 0; i < 6 && !(creates && deletes); i, round = i+1, round+1 {
+	for i := 0; i < 12 && !(creates && deletes); i, round = i+1, round+1 {
 		image := images[round%2]
 		before := workers()
 		r := w.run(args(image)...)
