@@ -74,4 +74,6 @@ bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identic
 	  /^BenchmarkRollReboot/ { delete v; for (i = 2; i <= NF; i++) v[$$i] = $$(i-1); \
 	    printf "%-22s %7d %6d %6.0fs %7.0fs %7.0fs %7.0fs %6.3f %9.2fs %6.0f MB %9.1f\n", $$1, v["workers"], v["pods"], v["lab-up-s"], v["workload-up-s"], v["wall-s"], v["lower-bound-s"], v["ratio"], v["overhead-s/batch"], v["peak-RSS-MB"], v["requests/node"]; \
 	    printf "  overhead per batch: waiting for the batch'"'"'s slowest node %.2fs, health gate beyond its window %.2fs, other steps %.2fs, between steps %.2fs, start and end %.2fs; cluster-wide lists and watches: %d\n", \
-	      v["barrier-s/batch"], v["gate-over-window-s/batch"], v["other-steps-s/batch"], v["between-steps-s/batch"], v["start-end-s/batch"], v["cluster-wide-lists"] }' bench.out
+	      v["barrier-s/batch"], v["gate-over-window-s/batch"], v["other-steps-s/batch"], v["between-steps-s/batch"], v["start-end-s/batch"], v["cluster-wide-lists"]; \
+	    printf "  API requests per node by type:"; \
+	    for (i = 3; i <= NF; i++) if ($$i ~ /-req\/node$$/) { k = $$i; sub(/-req\/node$$/, "", k); printf " %s %s", k, $$(i-1) }; printf "\n" }' bench.out

@@ -260,6 +260,17 @@ func (r *rolling) nodeSteps(room func(context.Context) error, n rollNode) []pipe
 	uncordonOwn := uncordon(k, s, n.Name, r.Force)
 	uncordonOwn.Do = logSkip(r.Env, uncordonOwn.Do)
 	drain := cordonDrain(k, s, n.Name, r.Drain)
+	if !r.Env.DryRun {
+		// The drains read and watch the disruption budgets through the run's one watch
+		// of them (the health gate's) rather than each listing and watching them.
+		drain[len(drain)-1].Do = func(ctx context.Context, v *pipeline.Values) error {
+			w, err := r.healthWatch(ctx)
+			if err != nil {
+				return err
+			}
+			return w.Drain(ctx, n.Name, r.Drain)
+		}
+	}
 	steps := pipeline.Steps(drain[:len(drain)-1], knownHookSteps(r.c, n.Name, n.Role, hooks.BeforeDrain), silence(r.c, s, n.Name, n.Role, r.Job), drain[len(drain)-1:],
 		action, pipeline.One(waitReady(k, n.Name, r.Timeout)), pipeline.One(uncordonOwn))
 	inAction := map[string]bool{}
@@ -415,24 +426,42 @@ func (r *rolling) unsilence(b []rollNode) []pipeline.Step {
 // checkRoom refuses to take the batch down if that would make more than --max-unavailable
 // nodes unschedulable now (an administrator may have cordoned nodes since the plan).
 func (r *rolling) checkRoom(ctx context.Context, b []rollNode) error {
-	list, err := r.c.kube.Nodes(ctx)
-	if err != nil {
-		return err
-	}
 	in := map[string]bool{}
 	for _, n := range b {
 		in[n.Name] = true
 	}
-	down := 0
-	var who []string
-	for _, n := range list {
-		if n.Spec.Unschedulable || in[n.Name] {
-			down++
-			who = append(who, n.Name)
+	count := func(list []*corev1.Node) []string {
+		var who []string
+		for _, n := range list {
+			if n.Spec.Unschedulable || in[n.Name] {
+				who = append(who, n.Name)
+			}
+		}
+		sort.Strings(who)
+		return who
+	}
+	if !r.Env.DryRun {
+		// The nodes as the run's watch of them has them: no list of every node per
+		// batch. Only a batch the watch says is too many is checked with a list (an
+		// uncordon of the last batch may not have reached the watch yet).
+		w, err := r.healthWatch(ctx)
+		if err != nil {
+			return err
+		}
+		if len(count(w.Nodes())) <= r.Max {
+			return nil
 		}
 	}
-	if down > r.Max {
-		return fmt.Errorf("taking down %s would make %d nodes unschedulable (%s), more than --max-unavailable %d", batchNames(b), down, strings.Join(who, ", "), r.Max)
+	nodes, err := r.c.kube.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	list := make([]*corev1.Node, len(nodes))
+	for i := range nodes {
+		list[i] = &nodes[i]
+	}
+	if who := count(list); len(who) > r.Max {
+		return fmt.Errorf("taking down %s would make %d nodes unschedulable (%s), more than --max-unavailable %d", batchNames(b), len(who), strings.Join(who, ", "), r.Max)
 	}
 	return nil
 }

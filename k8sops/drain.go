@@ -90,6 +90,12 @@ func podKey(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
 // DaemonSet and mirror pods stay; pods with emptyDir volumes need DeleteEmptyDirData;
 // pods without a controller need Force.
 func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*DrainPlan, error) {
+	return o.planDrain(ctx, node, opts, nil)
+}
+
+// planDrain is PlanDrain, with the budgets read from the shared watch when not nil
+// rather than listed.
+func (o *Ops) planDrain(ctx context.Context, node string, opts DrainOptions, shared cache.SharedIndexInformer) (*DrainPlan, error) {
 	h := &drain.Helper{
 		Ctx: ctx, Client: o.Client,
 		Force: opts.Force, DeleteEmptyDirData: opts.DeleteEmptyDirData,
@@ -135,7 +141,7 @@ func (o *Ops) PlanDrain(ctx context.Context, node string, opts DrainOptions) (*D
 			}
 		}
 	}
-	pdbs, err := o.pdbsFor(ctx, plan.pods)
+	pdbs, err := o.pdbsFor(ctx, plan.pods, shared)
 	if err != nil {
 		return nil, err
 	}
@@ -176,17 +182,29 @@ func overdue(p *corev1.Pod, d time.Duration, now time.Time) bool {
 	return d > 0 && ts != nil && !ts.IsZero() && int(now.Sub(ts.Time).Seconds()) > int(d/time.Second)
 }
 
-// pdbsFor lists the budgets of the pods' namespaces and returns those selecting them.
-func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod) ([]PDBState, error) {
+// pdbsFor lists the budgets of the pods' namespaces (from the shared watch's cache when
+// not nil) and returns those selecting them.
+func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod, shared cache.SharedIndexInformer) ([]PDBState, error) {
 	byNS := map[string][]corev1.Pod{}
 	for _, p := range pods {
 		byNS[p.Namespace] = append(byNS[p.Namespace], p)
 	}
 	var out []PDBState
 	for ns, nsPods := range byNS {
-		list, err := o.listPDBs(ctx, ns, metav1.ListOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("list disruption budgets of %s: %w", ns, err)
+		var list []policyv1.PodDisruptionBudget
+		if shared != nil {
+			objs, err := shared.GetIndexer().ByIndex(cache.NamespaceIndex, ns)
+			if err != nil {
+				return nil, fmt.Errorf("disruption budgets of %s: %w", ns, err)
+			}
+			for _, obj := range objs {
+				list = append(list, *obj.(*policyv1.PodDisruptionBudget))
+			}
+		} else {
+			var err error
+			if list, err = o.listPDBs(ctx, ns, metav1.ListOptions{}); err != nil {
+				return nil, fmt.Errorf("list disruption budgets of %s: %w", ns, err)
+			}
 		}
 		for i := range list {
 			pdb := &list[i]
@@ -269,7 +287,13 @@ func (o *Ops) logPlan(plan *DrainPlan) {
 // "DRY-RUN: eviction of NS/POD would be refused now: REASON". The node should be
 // cordoned first.
 func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
-	plan, err := o.PlanDrain(ctx, node, opts)
+	return o.drain(ctx, node, opts, nil)
+}
+
+// drain is Drain; with a shared budget watch (not nil, synced) it reads and watches the
+// budgets there instead of listing and watching them itself.
+func (o *Ops) drain(ctx context.Context, node string, opts DrainOptions, shared cache.SharedIndexInformer) error {
+	plan, err := o.planDrain(ctx, node, opts, shared)
 	if err != nil {
 		return err
 	}
@@ -295,7 +319,7 @@ func (o *Ops) Drain(ctx context.Context, node string, opts DrainOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	d := &drainer{ops: o, node: node, opts: opts, waiting: map[string]string{}, remaining: map[types.UID]string{}, deleted: map[types.UID]metav1.Time{}}
+	d := &drainer{ops: o, node: node, opts: opts, shared: shared, waiting: map[string]string{}, remaining: map[types.UID]string{}, deleted: map[types.UID]metav1.Time{}}
 	return d.run(ctx, plan)
 }
 
@@ -323,9 +347,10 @@ func (o *Ops) removePod(ctx context.Context, node string, p *corev1.Pod, opts Dr
 
 // drainer is one drain in progress.
 type drainer struct {
-	ops  *Ops
-	node string
-	opts DrainOptions
+	ops    *Ops
+	node   string
+	opts   DrainOptions
+	shared cache.SharedIndexInformer // the run's budget watch, or nil: the drain's own
 
 	mu        sync.Mutex
 	changed   chan struct{}             // closed and replaced when a budget changes
@@ -567,7 +592,7 @@ func (d *drainer) stillThere() string {
 // watchPods watches the node's pods (only them) and closes d.gone when every pod to
 // evict is deleted.
 func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
-	f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithTransform(stripManagedFields), informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "spec.nodeName=" + d.node
 	}))
 	inf := f.Core().V1().Pods().Informer()
@@ -625,19 +650,17 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 		return nil
 	}
 	seen := map[string]bool{}
+	var namespaces []string
 	for _, p := range pods {
-		if seen[p.Namespace] {
-			continue
+		if !seen[p.Namespace] {
+			seen[p.Namespace] = true
+			namespaces = append(namespaces, p.Namespace)
 		}
-		seen[p.Namespace] = true
-		f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithNamespace(p.Namespace))
-		inf := f.Policy().V1().PodDisruptionBudgets().Informer()
+	}
+	handler := func(mine func(ns string) bool) cache.ResourceEventHandlerFuncs {
 		update := func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
 			pdb, ok := obj.(*policyv1.PodDisruptionBudget)
-			if !ok {
+			if !ok || !mine(pdb.Namespace) {
 				return
 			}
 			d.mu.Lock()
@@ -646,14 +669,14 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 			d.changed = make(chan struct{})
 			d.mu.Unlock()
 		}
-		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		return cache.ResourceEventHandlerFuncs{
 			AddFunc:    update,
 			UpdateFunc: func(_, obj any) { update(obj) },
 			DeleteFunc: func(obj any) {
 				if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 					obj = t.Obj
 				}
-				if pdb, ok := obj.(*policyv1.PodDisruptionBudget); ok {
+				if pdb, ok := obj.(*policyv1.PodDisruptionBudget); ok && mine(pdb.Namespace) {
 					d.mu.Lock()
 					delete(d.pdbs, pdb.Namespace+"/"+pdb.Name)
 					close(d.changed)
@@ -661,13 +684,33 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 					d.mu.Unlock()
 				}
 			},
-		})
+		}
+	}
+	if d.shared != nil {
+		// The run's one watch of every budget: this drain listens to its namespaces'
+		// budgets until it ends (the handler is first given every budget there is).
+		reg, err := d.shared.AddEventHandler(handler(func(ns string) bool { return seen[ns] }))
 		if err != nil {
-			return fmt.Errorf("watch disruption budgets of %s: %w", p.Namespace, err)
+			return fmt.Errorf("watch disruption budgets: %w", err)
+		}
+		go func() {
+			<-stop
+			_ = d.shared.RemoveEventHandler(reg)
+		}()
+		if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced) {
+			return fmt.Errorf("watch disruption budgets: %w", ctx.Err())
+		}
+		return nil
+	}
+	for _, ns := range namespaces {
+		f := informers.NewSharedInformerFactoryWithOptions(d.ops.Client, 0, informers.WithNamespace(ns), informers.WithTransform(stripManagedFields))
+		inf := f.Policy().V1().PodDisruptionBudgets().Informer()
+		if _, err := inf.AddEventHandler(handler(func(string) bool { return true })); err != nil {
+			return fmt.Errorf("watch disruption budgets of %s: %w", ns, err)
 		}
 		f.Start(stop)
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			return fmt.Errorf("watch disruption budgets of %s: %w", p.Namespace, ctx.Err())
+			return fmt.Errorf("watch disruption budgets of %s: %w", ns, ctx.Err())
 		}
 	}
 	return nil

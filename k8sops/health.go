@@ -130,6 +130,8 @@ func (o *Ops) WaitHealthy(ctx context.Context, opts GateOptions) error {
 type HealthWatch struct {
 	ops     *Ops
 	factory informers.SharedInformerFactory // nodes and disruption budgets
+	nodes   cache.SharedIndexInformer
+	pdbs    cache.SharedIndexInformer
 	stop    chan struct{}
 	once    sync.Once
 
@@ -159,7 +161,7 @@ type podWatcher struct {
 func (o *Ops) WatchHealth(ctx context.Context) (*HealthWatch, error) {
 	w := &HealthWatch{ops: o, stop: make(chan struct{}), changed: make(chan struct{}),
 		bad: map[string]problem{}, cleared: map[string]problem{}, pods: map[string]*podWatcher{}}
-	f := informers.NewSharedInformerFactory(o.Client, 0)
+	f := informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTransform(stripManagedFields))
 	nodes := f.Core().V1().Nodes().Informer()
 	pdbs := f.Policy().V1().PodDisruptionBudgets().Informer()
 	if _, err := nodes.AddEventHandler(w.handler(func(obj any) (string, problem) {
@@ -174,13 +176,38 @@ func (o *Ops) WatchHealth(ctx context.Context) (*HealthWatch, error) {
 	})); err != nil {
 		return nil, fmt.Errorf("health: watch disruption budgets: %w", err)
 	}
-	w.factory = f
+	w.factory, w.nodes, w.pdbs = f, nodes, pdbs
 	f.Start(w.stop)
 	if !cache.WaitForCacheSync(ctx.Done(), nodes.HasSynced, pdbs.HasSynced) {
 		w.Stop()
 		return nil, fmt.Errorf("health: watch nodes and disruption budgets: %w", ctx.Err())
 	}
 	return w, nil
+}
+
+// stripManagedFields is the watches' transform: the objects they keep lose their
+// managedFields (often half of an object's size), which nothing here reads.
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.ObjectMetaAccessor); ok {
+		m.GetObjectMeta().SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// Drain is Ops.Drain reading and watching the disruption budgets through this watch
+// (one watch of them for the whole run) instead of listing and watching them itself.
+func (w *HealthWatch) Drain(ctx context.Context, node string, opts DrainOptions) error {
+	return w.ops.drain(ctx, node, opts, w.pdbs)
+}
+
+// Nodes returns the nodes as the watch has them now (not to be modified).
+func (w *HealthWatch) Nodes() []*corev1.Node {
+	objs := w.nodes.GetStore().List()
+	out := make([]*corev1.Node, 0, len(objs))
+	for _, obj := range objs {
+		out = append(out, obj.(*corev1.Node))
+	}
+	return out
 }
 
 // Stop ends every watch and waits for their goroutines. It may be called more than once.
@@ -246,7 +273,7 @@ func (w *HealthWatch) watchPods(node string) (cache.SharedIndexInformer, error) 
 	if pw, ok := w.pods[node]; ok {
 		return pw.inf, nil
 	}
-	f := informers.NewSharedInformerFactoryWithOptions(w.ops.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	f := informers.NewSharedInformerFactoryWithOptions(w.ops.Client, 0, informers.WithTransform(stripManagedFields), informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "spec.nodeName=" + node
 	}))
 	inf := f.Core().V1().Pods().Informer()

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,6 +186,7 @@ func TestDrainBlockedByPDBTimesOutNamingIt(t *testing.T) {
 	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	removeDeployment(t, ns, "singleton")
 	one := intstr.FromInt32(1)
 	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -213,6 +215,111 @@ func TestDrainBlockedByPDBTimesOutNamingIt(t *testing.T) {
 	// The operator's explicit choice: delete, bypassing the budget.
 	if err := o.Drain(ctx, "stuck-1", DrainOptions{DisableEviction: true, Timeout: time.Minute}); err != nil {
 		t.Fatalf("drain with eviction disabled: %v", err)
+	}
+}
+
+// removeDeployment deletes the deployment and its budget of the same name at the end of
+// the test and waits until the namespace has no pod left: a pod it left pending would land
+// on the next test's node, and a budget without its pods would fail the next health gates.
+func removeDeployment(t *testing.T, ns, name string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		cp.Client.PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		bg := metav1.DeletePropagationForeground
+		cp.Client.AppsV1().Deployments(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg})
+		wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			pods, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			return err == nil && len(pods.Items) == 0, nil
+		})
+	})
+}
+
+// countPDBRequests makes o's client count its requests about disruption budgets.
+func countPDBRequests(t *testing.T, o *Ops) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.UserAgent = "cookbook-test-shared"
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if strings.Contains(r.URL.Path, "/poddisruptionbudgets") {
+				n.Add(1)
+			}
+			return rt.RoundTrip(r)
+		})
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Client = c
+	return &n
+}
+
+// TestDrainSharedBudgetWatch: drains through a health watch (a rolling job's) read and
+// watch the disruption budgets through its one watch, with no request of their own, and
+// still wait on a budget, name it, and go on as soon as it allows.
+func TestDrainSharedBudgetWatch(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	addNodes(t, "shared-1")
+	ns := "drain-shared"
+	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	removeDeployment(t, ns, "singleton")
+	one := intstr.FromInt32(1)
+	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 1)
+	wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "singleton", metav1.GetOptions{})
+		return err == nil && p.Status.ObservedGeneration > 0 && p.Status.CurrentHealthy == 1, nil
+	})
+	if len(podsOn(t, ns, "shared-1")) == 0 {
+		t.Skip("the scheduler put the pod on another node")
+	}
+	o, logs := newOps(t, "cookbook-test-shared", false)
+	pdbRequests := countPDBRequests(t, o)
+	w, err := o.WatchHealth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	if _, err := o.Cordon(ctx, "shared-1"); err != nil {
+		t.Fatal(err)
+	}
+	watchOnly := pdbRequests.Load() // the health watch's list and watch
+	err = w.Drain(ctx, "shared-1", DrainOptions{Timeout: 3 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "PDB drain-shared/singleton allows 0 disruption(s)") {
+		t.Fatalf("error = %v, want it to name the blocking PDB\n%s", err, logs)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Drain(ctx, "shared-1", DrainOptions{Timeout: time.Minute}) }()
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return strings.Count(logs.String(), "waiting on disruption budget") > 1, nil
+	}); err != nil {
+		t.Fatalf("the second drain does not wait on the budget:\n%s", logs)
+	}
+	if n := pdbRequests.Load() - watchOnly; n != 0 {
+		t.Errorf("the drains made %d request(s) about disruption budgets; want none (the shared watch has them)", n)
+	}
+	zero := intstr.FromInt32(0)
+	pdb, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "singleton", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pdb.Spec.MinAvailable = &zero
+	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, pdb, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("drain once the budget allows: %v\n%s", err, logs)
+	}
+	if got := podsOn(t, ns, "shared-1"); got["singleton"] != 0 {
+		t.Errorf("pods left on shared-1: %v", got)
 	}
 }
 

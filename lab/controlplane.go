@@ -171,6 +171,12 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		// The node lifecycle controller notices a Ready node (and lifts its not-ready
 		// taint) within a second rather than five.
 		"--extra-args", "kube-controller-manager=node-monitor-period=1s",
+		// One controller manager and one scheduler, nothing supervising them: with leader
+		// election, an API server too busy to renew their lease within 10 s (a 200-worker
+		// roll on 2 shared cores) makes them exit for good, and with them the disruption
+		// controller, so every drain then waits on budgets that never change.
+		"--extra-args", "kube-controller-manager=leader-elect=false",
+		"--extra-args", "kube-scheduler=leader-elect=false",
 		// kwok manages only the Nodes carrying its annotation, so that a node whose
 		// annotation is removed can be made NotReady (a simulated reboot).
 		"--extra-args", "kwok-controller=manage-all-nodes=false",

@@ -151,10 +151,35 @@ type Workload struct {
 	Deployments    int
 	Replicas       int32
 	MaxUnavailable int32
+	// PerNamespace, if more than zero, spreads the Deployments over namespaces of that
+	// many each, Namespace-000, Namespace-001, ..., as a cluster of many teams or tools
+	// (Toolforge: a namespace per tool) has them; zero puts them all in Namespace. The API
+	// server reads every budget of a pod's namespace at each eviction: a single namespace
+	// of hundreds of budgets makes evictions cost what no such cluster pays.
+	PerNamespace int
 }
 
 // Name is the name of the workload's i-th Deployment and of its PDB (app=Name).
 func (w Workload) Name(i int) string { return fmt.Sprintf("app-%03d", i) }
+
+// NamespaceOf is the namespace of the workload's i-th Deployment.
+func (w Workload) NamespaceOf(i int) string {
+	if w.PerNamespace <= 0 {
+		return w.Namespace
+	}
+	return fmt.Sprintf("%s-%03d", w.Namespace, i/w.PerNamespace)
+}
+
+// Namespaces are the workload's namespaces.
+func (w Workload) Namespaces() []string {
+	var out []string
+	for i := 0; i < w.Deployments; i++ {
+		if ns := w.NamespaceOf(i); len(out) == 0 || out[len(out)-1] != ns {
+			out = append(out, ns)
+		}
+	}
+	return out
+}
 
 // Pods is how many pods the workload runs.
 func (w Workload) Pods() int { return w.Deployments * int(w.Replicas) }
@@ -163,9 +188,11 @@ func (w Workload) Pods() int { return w.Deployments * int(w.Replicas) }
 // time), and returns without waiting for the pods (WaitWorkload).
 func (cp *ControlPlane) ApplyWorkload(ctx context.Context, w Workload) error {
 	c := cp.Client
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: w.Namespace}}
-	if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("workload: create namespace %s: %w", w.Namespace, err)
+	for _, name := range w.Namespaces() {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("workload: create namespace %s: %w", name, err)
+		}
 	}
 	maxUnavailable := intstr.FromInt32(w.MaxUnavailable)
 	errs := make(chan error, w.Deployments)
@@ -176,12 +203,12 @@ func (cp *ControlPlane) ApplyWorkload(ctx context.Context, w Workload) error {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			name := w.Name(i)
-			if _, err := c.PolicyV1().PodDisruptionBudgets(w.Namespace).Create(ctx, PDB(w.Namespace, name, &maxUnavailable, nil), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			name, ns := w.Name(i), w.NamespaceOf(i)
+			if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, PDB(ns, name, &maxUnavailable, nil), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 				errs <- fmt.Errorf("workload: create pdb %s: %w", name, err)
 				return
 			}
-			if _, err := c.AppsV1().Deployments(w.Namespace).Create(ctx, Deployment(w.Namespace, name, w.Replicas), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			if _, err := c.AppsV1().Deployments(ns).Create(ctx, Deployment(ns, name, w.Replicas), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 				errs <- fmt.Errorf("workload: create deployment %s: %w", name, err)
 			}
 		}()
@@ -196,13 +223,15 @@ func (cp *ControlPlane) ApplyWorkload(ctx context.Context, w Workload) error {
 func (cp *ControlPlane) WaitWorkload(ctx context.Context, w Workload, timeout time.Duration, report func(ready int)) error {
 	last := -1
 	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		deps, err := cp.Client.AppsV1().Deployments(w.Namespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
 		ready := 0
-		for _, d := range deps.Items {
-			ready += int(min(d.Status.ReadyReplicas, *d.Spec.Replicas))
+		for _, ns := range w.Namespaces() {
+			deps, err := cp.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, d := range deps.Items {
+				ready += int(min(d.Status.ReadyReplicas, *d.Spec.Replicas))
+			}
 		}
 		if report != nil && ready != last {
 			report(ready)
@@ -211,16 +240,20 @@ func (cp *ControlPlane) WaitWorkload(ctx context.Context, w Workload, timeout ti
 		if ready < w.Pods() {
 			return false, nil
 		}
-		pdbs, err := cp.Client.PolicyV1().PodDisruptionBudgets(w.Namespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, p := range pdbs.Items {
-			if p.Status.ObservedGeneration < p.Generation || p.Status.CurrentHealthy < w.Replicas {
-				return false, nil
+		budgets := 0
+		for _, ns := range w.Namespaces() {
+			pdbs, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, err
 			}
+			for _, p := range pdbs.Items {
+				if p.Status.ObservedGeneration < p.Generation || p.Status.CurrentHealthy < w.Replicas {
+					return false, nil
+				}
+			}
+			budgets += len(pdbs.Items)
 		}
-		return len(pdbs.Items) == w.Deployments, nil
+		return budgets == w.Deployments, nil
 	})
 	if err != nil {
 		return fmt.Errorf("workload %s: wait for %d pods: %w", w.Namespace, w.Pods(), err)

@@ -60,7 +60,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
 				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
 				&cli.BoolFlag{Name: "no-sample-workload", Usage: "do not apply the sample workload"},
-				&cli.IntFlag{Name: "pods", Usage: "also run a workload of about this many pods: Deployments of 100 pods, each with a PDB of maxUnavailable 5, in namespace workload (up waits until they run)"},
+				&cli.IntFlag{Name: "pods", Usage: "also run a workload of about this many pods: Deployments of 100 pods, each with a PDB of maxUnavailable 5, five per namespace workload-000, workload-001, ... (up waits until they run)"},
 				&cli.StringFlag{Name: "kubernetes-version", Usage: "the cluster's Kubernetes version vX.Y.Z (kubelets, packages, kubeadm-config, static pods; default: the lab's)"},
 				dirFlag(),
 			}},
@@ -152,13 +152,13 @@ func up(c *cli.Context) error {
 }
 
 // workloadOf is the --pods workload: Deployments of 100 pods (fewer for a small one),
-// each with a PDB of maxUnavailable 5.
+// each with a PDB of maxUnavailable 5, five Deployments per namespace.
 func workloadOf(pods int) lab.Workload {
 	if pods <= 0 {
 		return lab.Workload{}
 	}
 	replicas := min(pods, 100)
-	return lab.Workload{Namespace: "workload", Deployments: (pods + replicas - 1) / replicas, Replicas: int32(replicas), MaxUnavailable: 5}
+	return lab.Workload{Namespace: "workload", Deployments: (pods + replicas - 1) / replicas, Replicas: int32(replicas), MaxUnavailable: 5, PerNamespace: 5}
 }
 
 func orNone(n int) int {

@@ -58,11 +58,18 @@ func BenchmarkRollReboot(b *testing.B) {
 	reboot := time.Duration(envInt(b, "BENCH_REBOOT_SECONDS", 20)) * time.Second
 	const maxUnavailable, window = 25, 2 * time.Second
 	bin := filepath.Join(b.TempDir(), "cookbook")
-	if out, err := exec.Command("go", "build", "-o", bin, "example.com/cookbook/cmd/cookbook").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", bin}
+	// BENCH_HEAPPROFILE names a file for the cookbook process's heap profile at its peak
+	// (`go tool pprof -sample_index inuse_space FILE`).
+	heapProfile := os.Getenv("BENCH_HEAPPROFILE")
+	if heapProfile != "" {
+		build = append(build, "-tags", "heapprofile")
+	}
+	if out, err := exec.Command("go", append(build, "example.com/cookbook/cmd/cookbook")...).CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	replicas := min(pods, 100)
-	work := lab.Workload{Namespace: "workload", Deployments: (pods + replicas - 1) / replicas, Replicas: int32(replicas), MaxUnavailable: 5}
+	work := lab.Workload{Namespace: "workload", Deployments: (pods + replicas - 1) / replicas, Replicas: int32(replicas), MaxUnavailable: 5, PerNamespace: 5}
 	start := time.Now()
 	var upAt time.Time
 	s, err := Up(context.Background(), Options{Dir: b.TempDir(), Workers: workers, NFSWorkers: -1, RebootDownTime: reboot,
@@ -81,6 +88,9 @@ func BenchmarkRollReboot(b *testing.B) {
 	cmd := exec.Command(bin, "--config", s.ConfigPath, "--state-dir", stateDir, "--yes", "--log-format", "json",
 		"roll-reboot", "--cluster-name", s.Cluster, "--all-workers", "--max-unavailable", strconv.Itoa(maxUnavailable),
 		"--health-window", window.String(), "--reboot-timeout", "10m")
+	if heapProfile != "" {
+		cmd.Env = append(os.Environ(), "COOKBOOK_HEAPPROFILE="+heapProfile)
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -130,23 +140,38 @@ func BenchmarkRollReboot(b *testing.B) {
 	byKind := map[string]int{}
 	clusterWide := 0
 	for _, r := range reqs {
-		byKind[r.Verb+" "+r.Resource+strings.TrimPrefix("/"+r.Subresource, "/")]++
+		kind := r.Verb + " " + r.Resource
+		if r.Subresource != "" {
+			kind += "/" + r.Subresource
+		}
+		byKind[kind]++
 		if (r.Verb == "list" || r.Verb == "watch") && r.Namespace == "" && !strings.Contains(r.RequestURI, "fieldSelector") {
 			clusterWide++
 		}
 	}
 	var kinds []string
-	for k, n := range byKind {
-		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
+	for k := range byKind {
+		kinds = append(kinds, k)
 	}
-	sort.Strings(kinds)
+	sort.Slice(kinds, func(i, j int) bool {
+		if byKind[kinds[i]] != byKind[kinds[j]] {
+			return byKind[kinds[i]] > byKind[kinds[j]]
+		}
+		return kinds[i] < kinds[j]
+	})
+	var table strings.Builder
+	fmt.Fprintf(&table, "API requests by type (verb resource: total, per node, per batch):")
+	for _, k := range kinds {
+		fmt.Fprintf(&table, "\n  %-32s %6d %7.2f %7.2f", k, byKind[k], float64(byKind[k])/float64(workers), float64(byKind[k])/float64(a.batches))
+	}
 
 	b.Logf("roll-reboot of %d workers (%d pods), %d at a time, reboot %s, window %s: wall %s, lower bound %s (ratio %.3f); overhead per batch %.2fs: %s",
 		workers, work.Pods(), maxUnavailable, reboot, window, wall.Round(10*time.Millisecond), a.lower.Round(10*time.Millisecond),
 		wall.Seconds()/a.lower.Seconds(), a.overhead().Seconds()/float64(a.batches), a.where())
 	b.Logf("per batch: slowest node's drain %.2fs, reboot %.2fs, Ready %.2fs (averages over batches)", a.drain.Seconds()/float64(a.batches), a.reboot.Seconds()/float64(a.batches), a.ready.Seconds()/float64(a.batches))
-	b.Logf("peak RSS %d MB (anonymous %d MB); API requests %d (%.1f per node), %d cluster-wide lists or watches: %s",
-		rss/1024, peakAnon/1024, len(reqs), float64(len(reqs))/float64(workers), clusterWide, strings.Join(kinds, ", "))
+	b.Logf("peak RSS %d MB (anonymous %d MB); API requests %d (%.1f per node), %d cluster-wide lists or watches",
+		rss/1024, peakAnon/1024, len(reqs), float64(len(reqs))/float64(workers), clusterWide)
+	b.Log(table.String())
 
 	b.ReportMetric(float64(workers), "workers")
 	b.ReportMetric(float64(work.Pods()), "pods")
@@ -163,6 +188,10 @@ func BenchmarkRollReboot(b *testing.B) {
 	b.ReportMetric(float64(peakAnon)/1024, "peak-anon-MB")
 	b.ReportMetric(float64(len(reqs))/float64(workers), "requests/node")
 	b.ReportMetric(float64(clusterWide), "cluster-wide-lists")
+	// Per type, as "VERB-RESOURCE[-SUBRESOURCE]-req/node" (make bench prints them).
+	for _, k := range kinds {
+		b.ReportMetric(float64(byKind[k])/float64(workers), strings.NewReplacer(" ", "-", "/", "-").Replace(k)+"-req/node")
+	}
 	b.ReportMetric(0, "ns/op")
 }
 
