@@ -128,10 +128,12 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		}
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	// From here on, the directory is ours and Stop cleans up.
+	// From here on, the directory is ours and Stop cleans up (of this cp: the result is
+	// nil by then).
+	started := cp
 	defer func() {
 		if err != nil {
-			cp.Stop()
+			started.Stop()
 		}
 	}()
 	removeDir := ""
@@ -168,18 +170,22 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		"--kube-audit-policy", policy,
 		"--kubeconfig", cp.Kubeconfig,
 		"--disable-qps-limits",
+		// kwokctl v0.8.0 files a component's repeated --extra-args under the index of the
+		// argument rather than of the component's patch (it panics, or files it under
+		// another component): each component's first argument comes first, repeats after.
+		//
 		// The node lifecycle controller notices a Ready node (and lifts its not-ready
 		// taint) within a second rather than five.
 		"--extra-args", "kube-controller-manager=node-monitor-period=1s",
 		// One controller manager and one scheduler, nothing supervising them: with leader
 		// election, an API server too busy to renew their lease within 10 s (a 200-worker
 		// roll on 2 shared cores) makes them exit for good, and with them the disruption
-		// controller, so every drain then waits on budgets that never change.
-		"--extra-args", "kube-controller-manager=leader-elect=false",
+		// controller, so every drain then waits on budgets nobody updates.
 		"--extra-args", "kube-scheduler=leader-elect=false",
 		// kwok manages only the Nodes carrying its annotation, so that a node whose
 		// annotation is removed can be made NotReady (a simulated reboot).
 		"--extra-args", "kwok-controller=manage-all-nodes=false",
+		"--extra-args", "kube-controller-manager=leader-elect=false",
 		"--extra-args", "kwok-controller=manage-nodes-with-annotation-selector="+KwokAnnotation+"=fake",
 		"--quiet-pull",
 		"--wait", "2m",
