@@ -370,6 +370,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 		if err != nil {
 			return err
 		}
+		if r.c.ssh != nil {
+			// The batch's SSH connections (to its rebooted nodes) are not needed any
+			// more: kept to the end, a roll of hundreds of nodes holds one per node.
+			_ = r.c.ssh.Close()
+		}
 		if err := w.Wait(ctx, gate); err != nil {
 			return err
 		}
