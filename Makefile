@@ -53,6 +53,7 @@ demo: build ## bring up the lab and run add-k8s-node, roll-reboot and remove-k8s
 # BENCH_WORKERS: the number of workers of the list-nodes benchmark's lab (200 if unset).
 # BENCH_ROLL_WORKERS, BENCH_PODS, BENCH_REBOOT_SECONDS: the roll-reboot benchmark's lab (500
 # workers, 20,000 pods, VMs down 20 s per reboot if unset; about 40 minutes on 2 cores).
+# BENCH_HEAPPROFILE=FILE: the roll's cookbook process writes its heap profile at its peak there.
 bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identical 100-pod nodes; peak RSS in a 10,000-pod lab; list-nodes in a lab of BENCH_WORKERS workers; roll-reboot of BENCH_ROLL_WORKERS workers 25 at a time vs its lower bound (prints tables)
 	@$(GO) test -run '^$$' -bench BenchmarkDrain -benchtime 1x -timeout 40m ./k8sops/ > bench.out 2>&1 || { cat bench.out; exit 1; }
 	@$(GO) test -run '^$$' -bench BenchmarkDrainMemory -benchtime 1x -timeout 40m ./cmd/cookbook/ >> bench.out 2>&1 || { cat bench.out; exit 1; }

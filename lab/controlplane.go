@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -324,17 +325,44 @@ func (cp *ControlPlane) AuditLog() string {
 	return filepath.Join(cp.workDir, "clusters", cp.Name, "logs", "audit.log")
 }
 
+// openAuditLogs returns the audit log with the files the API server rotated it into
+// before it (at 100 MB each: audit-TIMESTAMP.log, oldest first), read as one.
+func (cp *ControlPlane) openAuditLogs() (io.Reader, func(), error) {
+	rotated, err := filepath.Glob(filepath.Join(filepath.Dir(cp.AuditLog()), "audit-*.log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Strings(rotated) // the names' timestamps sort in time order
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	var readers []io.Reader
+	for _, name := range append(rotated, cp.AuditLog()) {
+		f, err := os.Open(name)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		files = append(files, f)
+		readers = append(readers, f)
+	}
+	return io.MultiReader(readers...), closeAll, nil
+}
+
 // WriteRequests returns the write requests (verbs create, update, patch, delete and
 // deletecollection) the API server completed at or after since whose user agent contains
 // userAgent ("" for all), in the order they completed, from the audit log. Server-side
 // dry-runs (dryRun=All in the request URI) are not write requests: the API server
 // validated them and changed nothing.
 func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, userAgent string) ([]AuditEvent, error) {
-	f, err := os.Open(cp.AuditLog())
+	f, closeAll, err := cp.openAuditLogs()
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	defer f.Close()
+	defer closeAll()
 	evs, err := writeRequests(ctx, f, since, userAgent)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
@@ -346,11 +374,11 @@ func (cp *ControlPlane) WriteRequests(ctx context.Context, since time.Time, user
 // AuditReads) the API server completed at or after since whose user agent contains
 // userAgent, from the audit log; server-side dry-runs included.
 func (cp *ControlPlane) Requests(ctx context.Context, since time.Time, userAgent string) ([]AuditEvent, error) {
-	f, err := os.Open(cp.AuditLog())
+	f, closeAll, err := cp.openAuditLogs()
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	defer f.Close()
+	defer closeAll()
 	evs, err := auditEvents(ctx, f, since, userAgent, func(string, string) bool { return true })
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)

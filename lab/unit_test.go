@@ -203,3 +203,45 @@ func TestStartRefusesDirOfLiveOwner(t *testing.T) {
 		t.Errorf("owner file rewritten to %q", b)
 	}
 }
+
+// TestRequestsReadRotatedAuditLogs: the API server rotates its audit log at 100 MB (a
+// 500-worker roll fills several); the requests are read from the rotated files too, oldest
+// first.
+func TestRequestsReadRotatedAuditLogs(t *testing.T) {
+	data, err := os.ReadFile("testdata/audit.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	cp := &ControlPlane{workDir: t.TempDir(), Name: "rot"}
+	dir := filepath.Dir(cp.AuditLog())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The first event in the older rotated file, the second in the newer, the rest in audit.log.
+	for name, part := range map[string]string{
+		"audit-2026-11-25T05-00-00.500.log": lines[0],
+		"audit-2026-11-25T05-00-01.500.log": lines[1],
+		"audit.log":                         strings.Join(lines[2:], ""),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(part), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := cp.WriteRequests(context.Background(), time.Time{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.Verb+" "+e.Resource+"/"+e.Subresource+" "+e.Name+" "+strconv.Itoa(e.Code))
+	}
+	want := []string{"patch nodes/ n1 200", "create pods/eviction p1 429", "patch nodes/status n1 200", "delete nodes/ n1 200"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("write requests (-want +got):\n%s", diff)
+	}
+	all, err := cp.Requests(context.Background(), time.Time{}, "cookbook/")
+	if err != nil || len(all) < 2 || all[0].Verb != "patch" || all[1].Verb != "create" {
+		t.Errorf("requests = %+v, %v; want the rotated files' cookbook requests first", all, err)
+	}
+}
