@@ -356,6 +356,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return err
 	}
 	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer, task: task}
+	if j.ClaimJob != "" {
+		own := ""
+		if a.cont != nil {
+			own = a.cont.run.ID
+		}
+		env.Others = othersOf(env, j.Cluster, j.ClaimJob, own)
+	}
 	if j.Check != nil && a.cont == nil {
 		if err := j.Check(ctx); err != nil {
 			return notStarted(ctx, j.Cluster, err)
@@ -431,9 +438,20 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			StartedAt: time.Now(),
 			Status:    state.Running,
 		}
+	}
+	// A chunk's claim of the cluster's lock: recorded by its first start, taken again
+	// by its resumes.
+	claim, err := claimOf(ctx, j, run, isNew)
+	if err != nil {
+		return notStarted(ctx, j.Cluster, err)
+	}
+	if j.ClaimJob != "" {
+		j.env.Others = othersOf(j.env, j.Cluster, j.ClaimJob, run.ID)
+	}
+	if isNew {
 		// Checked again under the lock below; refused here too, so that a refusal
 		// creates no lock file.
-		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster, claim); err != nil {
 			return err
 		}
 	}
@@ -448,7 +466,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	if j.task != "" {
 		run.TaskID = j.task // a resume may name the task; else the recorded one stays
 	}
-	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()}
+	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now(), Claim: claim}
 	// The flock of this host's state dir is always taken: `runs` tells a live run of
 	// this host from a dead one by it.
 	l, prev, err := locks.Lock(ctx, j.Cluster, lh)
@@ -483,7 +501,7 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		hold = ll.(*lock.LeaseLock).Err
 	}
 	if isNew {
-		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster, claim); err != nil {
 			return err
 		}
 		if j.Confirm != nil {
@@ -650,11 +668,95 @@ func (a *app) failed(run *state.Run, err error) error {
 	return &shownError{err: err}
 }
 
-func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string) error {
+// holds reports whether run is one of hs.
+func holds(hs []lock.Holder, run string) bool {
+	for _, h := range hs {
+		if h.RunID == run {
+			return true
+		}
+	}
+	return false
+}
+
+// keyClaim is where a run records its claim of the cluster's lock (a chunk's).
+const keyClaim = "lock/claim"
+
+// recordedClaim is the claim run recorded; nil if none.
+func recordedClaim(run *state.Run) *lock.Claim {
+	var cl lock.Claim
+	if data, ok := run.Values[keyClaim]; !ok || json.Unmarshal(data, &cl) != nil {
+		return nil
+	}
+	return &cl
+}
+
+// claimOf returns the run's claim of the cluster's lock, nil for a job that holds it
+// alone: a new run's is read from the cluster and recorded; a resumed run takes the
+// recorded one again (none recorded: it holds the lock alone).
+func claimOf(ctx context.Context, j *job, run *state.Run, isNew bool) (*lock.Claim, error) {
+	if j.Claim == nil {
+		return nil, nil
+	}
+	if !isNew {
+		return recordedClaim(run), nil
+	}
+	cl, err := j.Claim(ctx)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(cl)
+	if err != nil {
+		return nil, err
+	}
+	if run.Values == nil {
+		run.Values = map[string]json.RawMessage{}
+	}
+	run.Values[keyClaim] = data
+	return cl, nil
+}
+
+// othersOf returns the Env.Others of a run of claimJob on cluster (own is its id on a
+// resume): the nodes of the other live holders of the cluster's lock with the same job,
+// on this host (flock) and, for a lease cluster, on every host.
+func othersOf(env *cookbooks.Env, cluster, claimJob, own string) func(ctx context.Context) []string {
+	return func(ctx context.Context) []string {
+		hs := (&lock.Files{Dir: filepath.Join(env.StateDir, "locks")}).Holders(cluster)
+		if cl, err := env.Cluster(cluster); err == nil {
+			if sh, err := sharedOf(cl); err == nil && sh != nil {
+				all, err := sh.leases.Holders(ctx)
+				if err != nil {
+					env.Log.Warn("could not read the cluster's lease for the other chunks' nodes", "err", err)
+				}
+				for _, e := range all {
+					if e.Live {
+						hs = append(hs, e.Holder)
+					}
+				}
+			}
+		}
+		var out []string
+		for _, h := range hs {
+			if h.RunID != own && h.Claim != nil && h.Claim.Job == claimJob {
+				out = append(out, h.Claim.Nodes...)
+			}
+		}
+		return out
+	}
+}
+
+func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string, claim *lock.Claim) error {
 	runs, _ := store.List()
 	for _, r := range runs {
 		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Resumable() {
 			continue
+		}
+		if other := recordedClaim(r); claim != nil && other != nil {
+			if claim.Shares(other) {
+				continue // another chunk of the same job, on other nodes
+			}
+			if holds((&lock.Files{Dir: filepath.Join(store.Dir, "locks")}).Holders(cluster), r.ID) {
+				continue // a live chunk: the cluster's lock says what it holds
+			}
 		}
 		if c.Bool("new") {
 			slog.Default().Debug("ignoring unfinished run", "run", r.ID)

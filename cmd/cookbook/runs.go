@@ -30,8 +30,10 @@ func status(run *state.Run, locks *lock.Files, lease *lock.Leases) string {
 		return string(run.Status)
 	}
 	if run.Holder.Host == hostname() || lease == nil {
-		if h := locks.Holder(run.Cluster); h != nil && h.RunID == run.ID {
-			return "running"
+		for _, h := range locks.Holders(run.Cluster) {
+			if h.RunID == run.ID {
+				return "running"
+			}
 		}
 		if run.Holder.Host == hostname() {
 			return "stopped (process gone)"
@@ -40,14 +42,17 @@ func status(run *state.Run, locks *lock.Files, lease *lock.Leases) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, renewed, live, err := lease.Holder(ctx)
-	switch {
-	case err != nil:
+	all, err := lease.Holders(ctx)
+	if err != nil {
 		return "running on " + run.Holder.Host + "? (lease unreadable)"
-	case h != nil && h.RunID == run.ID && live:
-		return "running on " + run.Holder.Host
-	case h != nil && h.RunID == run.ID:
-		return "stopped (lease expired " + time.Since(renewed).Round(time.Second).String() + " ago)"
+	}
+	for _, e := range all {
+		switch {
+		case e.Holder.RunID == run.ID && e.Live:
+			return "running on " + run.Holder.Host
+		case e.Holder.RunID == run.ID:
+			return "stopped (lease expired " + time.Since(e.Renewed).Round(time.Second).String() + " ago)"
+		}
 	}
 	return "stopped (process gone)"
 }

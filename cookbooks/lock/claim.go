@@ -32,6 +32,16 @@ func NewClaim(job string, nodes []string) *Claim {
 	return &Claim{Job: job, Nodes: out}
 }
 
+// Shares reports whether runs claiming c and o share a cluster's lock: both claims,
+// of the same job, on disjoint nodes.
+func (c *Claim) Shares(o *Claim) bool {
+	if c == nil || o == nil {
+		return false
+	}
+	why, _ := conflict(Holder{RunID: "a", Claim: c}, Holder{RunID: "b", Claim: o})
+	return why == ""
+}
+
 // conflict says why a run holding h refuses a run wanting w to hold the lock with it:
 // "" when they share it. shared are the nodes both claim.
 func conflict(h, w Holder) (why string, shared []string) {
