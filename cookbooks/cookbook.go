@@ -52,10 +52,10 @@ type Job struct {
 	Close func()
 	// ClaimJob, when not empty, names what the run does for the cluster's lock (see
 	// lock.Claim): runs of the same ClaimJob on disjoint nodes share the lock. Claim
-	// returns the run's claim, with reads only: the nodes it will take (a new run's are
-	// then the ones its Plan uses).
+	// returns the run's claim, with reads only: the nodes it will take, which its Plan
+	// then uses; given the claim a resumed run recorded, it keeps to those nodes.
 	ClaimJob string
-	Claim    func(ctx context.Context) (*lock.Claim, error)
+	Claim    func(ctx context.Context, recorded *lock.Claim) (*lock.Claim, error)
 }
 
 // Env is what cookbooks get from the command line and the configuration.

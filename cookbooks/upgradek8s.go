@@ -294,7 +294,13 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 	if chunks > 0 {
 		// Chunks of one upgrade share the cluster's lock when their nodes are disjoint.
 		j.ClaimJob = fmt.Sprintf("upgrade-k8s-cluster of workers to v%s", u.dst)
-		j.Claim = func(ctx context.Context) (*lock.Claim, error) {
+		j.Claim = func(ctx context.Context, recorded *lock.Claim) (*lock.Claim, error) {
+			if recorded != nil {
+				// A resume: the recorded plan, or, if the run stopped before it was
+				// recorded, a plan of the claimed nodes.
+				u.pin(recorded.Nodes)
+				return recorded, nil
+			}
 			nodes, err := u.chunkNodes(ctx)
 			if err != nil {
 				return nil, err
@@ -325,11 +331,16 @@ func (u *upgrader) chunkNodes(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	u.pin(nodes)
+	return nodes, nil
+}
+
+// pin makes the run's plan take nodes (those of its chunk still in the cluster).
+func (u *upgrader) pin(nodes []string) {
 	u.pinned = map[string]bool{}
 	for _, n := range nodes {
 		u.pinned[n] = true
 	}
-	return nodes, nil
 }
 
 // chunkOf is the i-th (1-based) of k nearly equal chunks of names in natural order

@@ -698,9 +698,12 @@ func claimOf(ctx context.Context, j *job, run *state.Run, isNew bool) (*lock.Cla
 		return nil, nil
 	}
 	if !isNew {
-		return recordedClaim(run), nil
+		if rc := recordedClaim(run); rc != nil {
+			return j.Claim(ctx, rc)
+		}
+		return nil, nil
 	}
-	cl, err := j.Claim(ctx)
+	cl, err := j.Claim(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

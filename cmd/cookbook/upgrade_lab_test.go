@@ -167,16 +167,23 @@ func TestUpgradeK8s(t *testing.T) {
 	// order), side by side from two terminals of one host: chunks of one upgrade on
 	// disjoint nodes share the cluster's lock. Each drains one node at a time; the cluster
 	// has up to two down. A run taking every worker meanwhile is refused, naming a chunk
-	// and the nodes both would take.
+	// and the nodes both would take. The second chunk is killed (kill -9) and resumed
+	// while the first runs: the resume takes the same claim back.
 	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
 	chunks := [][]string{workers, nfs}
 	results := make([]result, 2)
 	done := make(chan int, 2)
-	for i := range chunks {
-		go func() {
-			results[i] = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)...)
-			done <- i
-		}()
+	chunkArgs := func(i int) []string {
+		return append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)
+	}
+	go func() {
+		results[0] = w.run(chunkArgs(0)...)
+		done <- 0
+	}()
+	// The second chunk is killed (kill -9) once both hold the lease, and resumed.
+	second := w.command(chunkArgs(1)...)
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
 	}
 	leases := &lock.Leases{Client: s.CP.Client, Namespace: config.DefaultLockNamespace, Name: config.DefaultLockName}
 	var both []lock.LiveEntry
@@ -200,6 +207,39 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 	if !strings.Contains(msg, "that this run would take too") || !named {
 		t.Errorf("a run overlapping the chunks is not refused in one error line naming a chunk and its nodes:\n%s", r.stderr)
+	}
+	killed := second.Process.Pid
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+	var id string
+	for _, e := range both {
+		if e.Holder.Claim.Nodes[0] == nfs[0] {
+			id = e.Holder.RunID
+		}
+	}
+	go func() {
+		results[1] = w.run("resume", id)
+		done <- 1
+	}()
+	// The resume takes the same claim back at once (its killed process was on this
+	// host), beside the first chunk, still running.
+	var retaken []lock.LiveEntry
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		all, _ := leases.Holders(ctx)
+		if len(all) == 2 && all[0].Live && all[1].Live && (all[0].Holder.RunID == id || all[1].Holder.RunID == id) {
+			if e := all[0]; e.Holder.RunID == id && e.Holder.PID != killed || all[1].Holder.RunID == id && all[1].Holder.PID != killed {
+				retaken = all
+				break
+			}
+		}
+	}
+	if retaken == nil {
+		t.Errorf("the resumed chunk %s never held the lease beside the first chunk", id)
+	}
+	for _, e := range retaken {
+		if e.Holder.RunID == id && strings.Join(e.Holder.Claim.Nodes, ",") != strings.Join(nfs, ",") {
+			t.Errorf("the resumed chunk claims %v, want %v", e.Holder.Claim.Nodes, nfs)
+		}
 	}
 	<-done
 	<-done
