@@ -176,6 +176,7 @@ func TestUpgradeK8s(t *testing.T) {
 	chunkArgs := func(i int) []string {
 		return append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)
 	}
+	cw := watchCluster(t, s)
 	go func() {
 		results[0] = w.run(chunkArgs(0)...)
 		done <- 0
@@ -243,6 +244,9 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 	<-done
 	<-done
+	if most := cw.finish(); most > 2 {
+		t.Errorf("%d nodes unschedulable at once; two chunks of --max-unavailable 1 take at most 2", most)
+	}
 	for i, chunk := range chunks {
 		r := results[i]
 		wantCode(t, r, 0)
