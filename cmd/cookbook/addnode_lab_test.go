@@ -238,14 +238,36 @@ func testStorageOfAnotherType(t *testing.T, w *world, s *stack.Stack) {
 // testStorageOfAnotherType: its failed run is abandoned and its server removed first.
 func testStorageReformat(t *testing.T, w *world, s *stack.Stack) {
 	name := s.Prefix + "-worker-3"
+	// The failed run's server stays: the abandon names it and the command that removes
+	// it (the rehearsal of the abandon says so too); the operator runs that command, and
+	// the next server gets the name.
+	id := serverOf(t, s, name).ID
+	remove := "cookbook remove-k8s-node --cluster-name toolsbeta --role worker --hostname-to-remove " + name
+	want := `abandon leaves the server this run created, and its node if it joined server=` + name + " id=" + id + ` remove_with="` + remove + `"`
+	abandoned := 0
 	for _, run := range w.runs() {
 		if run.Status != state.Done && run.Status != state.Abandoned {
-			wantCode(t, w.run("abandon", run.ID), 0)
+			rehearsal := w.run("--dry-run", "abandon", run.ID)
+			wantCode(t, rehearsal, 0)
+			r := w.run("abandon", run.ID)
+			wantCode(t, r, 0)
+			for what, out := range map[string]string{"abandon": r.stderr, "--dry-run abandon": rehearsal.stderr} {
+				if !strings.Contains(out, want) {
+					t.Errorf("%s does not name the server it leaves and how to remove it (want %q):\n%s", what, want, out)
+				}
+			}
+			abandoned++
 		}
 	}
-	// The failed run's server stays (create-server has no undo): the operator removes it,
-	// and the next server gets its name.
-	wantCode(t, w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", name), 0)
+	if abandoned != 1 || serverOf(t, s, name).ID != id {
+		t.Fatalf("%d runs abandoned; server %s not left as it was", abandoned, name)
+	}
+	wantCode(t, w.run(append([]string{"--yes"}, strings.Fields(remove)[1:]...)...), 0)
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			t.Fatalf("server %s still there after %s", name, remove)
+		}
+	}
 	cfg, err := os.ReadFile(s.ConfigPath)
 	if err != nil {
 		t.Fatal(err)

@@ -38,7 +38,7 @@ func refused(t *testing.T, err error, other string, want ...string) {
 // claimsScenario is the same test of the shared lock for both Lockers: chunks of one job
 // on disjoint nodes share; overlapping nodes, another job, or a run without a claim are
 // refused; an exclusive holder refuses chunks.
-func claimsScenario(t *testing.T, lk Locker, holders func() []Holder) {
+func claimsScenario(t *testing.T, lk Locker, holders func() []Holder, held func(Holder) error) {
 	ctx := context.Background()
 	a, _, err := lk.Lock(ctx, "c1", chunk("run-a", "worker-1", "worker-2"))
 	if err != nil {
@@ -51,11 +51,16 @@ func claimsScenario(t *testing.T, lk Locker, holders func() []Holder) {
 	if got := holders(); len(got) != 2 {
 		t.Errorf("holders = %+v, want run-a and run-b", got)
 	}
+	// Held, reading only, says what Lock would.
+	if err := held(chunk("run-c", "worker-5")); err != nil {
+		t.Errorf("Held of a disjoint chunk: %v", err)
+	}
+	refused(t, held(chunk("run-c", "worker-2", "worker-5")), "run-a", "worker-2")
 	_, _, err = lk.Lock(ctx, "c1", chunk("run-c", "worker-2", "worker-5"))
 	refused(t, err, "run-a", "worker-2", "that this run would take too")
-	var held *HeldError
-	if errors.As(err, &held) && strings.Join(held.Shared, ",") != "worker-2" {
-		t.Errorf("shared = %v", held.Shared)
+	var he *HeldError
+	if errors.As(err, &he) && strings.Join(he.Shared, ",") != "worker-2" {
+		t.Errorf("shared = %v", he.Shared)
 	}
 	other := chunk("run-d", "worker-6")
 	other.Claim.Job = "upgrade-k8s-cluster of workers to v1.37.2"
@@ -141,7 +146,7 @@ func race(t *testing.T, lk Locker, cluster string) {
 
 func TestFilesClaims(t *testing.T) {
 	fl := &Files{Dir: t.TempDir()}
-	claimsScenario(t, fl, func() []Holder { return fl.Holders("c1") })
+	claimsScenario(t, fl, func() []Holder { return fl.Holders("c1") }, func(h Holder) error { return fl.Held("c1", h) })
 	race(t, fl, "c2")
 	// A chunk whose process died left its record: swept, and reported as taken over.
 	os.MkdirAll(filepath.Join(fl.Dir, "c3.claims"), 0o700)
@@ -172,7 +177,7 @@ func TestLeaseClaims(t *testing.T) {
 			out = append(out, e.Holder)
 		}
 		return out
-	})
+	}, func(h Holder) error { return a.Held(context.Background(), "c1", h) })
 	race(t, leases(t, "t-claims-race", "host-a", 10*time.Second), "c2")
 }
 

@@ -204,7 +204,7 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 		var live []LeaseEntry
 		var prev *Holder
 		for _, e := range LeaseEntries(l) {
-			if expired(l, e.Renewed, now) || (e.Holder.Host == ls.Host && !ls.alive(e.Holder.PID)) {
+			if !ls.live(l, &e.Holder, e.Renewed, now) {
 				if prev == nil {
 					prev = &e.Holder
 				}
@@ -234,6 +234,36 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 		}
 		return ls.held(id), prev, nil
 	}
+}
+
+// live reports whether holder h of Lease l, last renewed at renewed, keeps Lock from
+// taking its place at now: not expired, and not a process of this host that is gone.
+func (ls *Leases) live(l *coordinationv1.Lease, h *Holder, renewed, now time.Time) bool {
+	return h != nil && !expired(l, renewed, now) && !(h.Host == ls.Host && !ls.alive(h.PID))
+}
+
+// Held returns a *HeldError if Lock would be refused to h now, reading the Lease only: a
+// run checks it before asking its confirmation, so that a question is not asked for a
+// run that cannot start, and a refusal leaves no write behind.
+func (ls *Leases) Held(ctx context.Context, cluster string, h Holder) error {
+	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+	}
+	now := ls.now()
+	for _, e := range LeaseEntries(l) {
+		if !ls.live(l, &e.Holder, e.Renewed, now) {
+			continue
+		}
+		if held := refusal(cluster, e.Holder, h); held != nil {
+			held.Lease, held.Renewed = ls.where(), e.Renewed
+			return held
+		}
+	}
+	return nil
 }
 
 // fill records the holders all in l (none: released): the first in

@@ -281,6 +281,17 @@ func (fl *Files) Holder(cluster string) *Holder {
 	return nil
 }
 
+// Held returns a *HeldError if Lock would be refused to h now (a live holder that does
+// not share the lock with it), without taking anything.
+func (fl *Files) Held(cluster string, h Holder) error {
+	for _, o := range fl.Holders(cluster) {
+		if held := refusal(cluster, o, h); held != nil {
+			return held
+		}
+	}
+	return nil
+}
+
 // Holders returns every live holder of the cluster's lock: the exclusive one, or the
 // shared ones.
 func (fl *Files) Holders(cluster string) []Holder {

@@ -67,6 +67,12 @@ func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
 			args = args[1:]
 		}
 	}
+	f.mu.Lock()
+	before := f.before
+	f.mu.Unlock()
+	if before != nil && before(v.Name, args) {
+		return 0, true
+	}
 	code, drop = v.run(args, stdout, stderr)
 	f.record(v.Name, argv, code)
 	return code, drop

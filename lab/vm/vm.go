@@ -112,9 +112,22 @@ type Fleet struct {
 	preset   map[string]map[string]Filesystem
 	etcd     etcdState
 	now      func() time.Time // the clock of certificate keys; time.Now if nil
+	// before is the test hook set with BeforeCommand.
+	before func(vm string, args []string) (drop bool)
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
+
+// BeforeCommand sets a hook called with each command line a VM is about to run (its argv
+// without sudo), from the SSH session that asked for it; nil removes it. It lets a test act
+// at an exact moment, e.g. kill the cookbook process just as `systemctl reboot` arrives.
+// If the hook returns true the command is not run (nor recorded) and the session drops
+// without an exit status, as when the connection is lost before the command starts.
+func (f *Fleet) BeforeCommand(hook func(vm string, args []string) (drop bool)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.before = hook
+}
 
 // Record is a command a VM ran.
 type Record struct {

@@ -671,3 +671,54 @@ func TestFstabMountsAfterReboot(t *testing.T) {
 		t.Errorf("/srv/b after the reboot: %q; want nothing (not in fstab)", dev)
 	}
 }
+
+// TestBeforeCommand: the hook sees each command as it arrives; one it drops is not run,
+// not recorded, and its session ends without an exit status; without the hook it runs.
+func TestBeforeCommand(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-hook-1", nil)
+	old := v.BootID()
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var seen []string
+	f.BeforeCommand(func(vm string, args []string) bool {
+		seen = append(seen, vm+": "+strings.Join(args, " "))
+		return args[0] == "systemctl"
+	})
+	sess, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sess.Run("sudo systemctl reboot")
+	var missing *ssh.ExitMissingError
+	if !errors.As(err, &missing) {
+		t.Errorf("dropped reboot: %v, want the session to end without an exit status", err)
+	}
+	if out, _, _ := run(t, cl, "hostname"); strings.TrimSpace(out) != "tb-hook-1" {
+		t.Errorf("hostname after the dropped reboot: %q", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if v.BootID() != old {
+		t.Error("a dropped reboot rebooted the VM")
+	}
+	want := []string{"tb-hook-1: systemctl reboot", "tb-hook-1: hostname"}
+	if strings.Join(seen, "|") != strings.Join(want, "|") {
+		t.Errorf("hook saw %q, want %q", seen, want)
+	}
+	for _, r := range f.History() {
+		if r.Argv[len(r.Argv)-1] == "reboot" {
+			t.Errorf("the dropped reboot was recorded: %v", r)
+		}
+	}
+	f.BeforeCommand(nil)
+	sess, err = cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Run("systemctl reboot")
+	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
+}
