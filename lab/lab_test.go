@@ -441,3 +441,65 @@ func TestWriteRequestsFromAuditLog(t *testing.T) {
 		t.Errorf("write requests after now = %v, %v; want none", later, err)
 	}
 }
+
+// TestPodsReadyAgainAfterReboot: a pod the node lifecycle controller marked not Ready
+// (as it does to the pods of a NotReady node, late when it lags) is Ready again soon after
+// its node is back, as a real kubelet's status sync makes it.
+func TestPodsReadyAgainAfterReboot(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	if err := cp.AddNode(ctx, NodeSpec{Name: "resync-1"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.RemoveNode(context.Background(), "resync-1") })
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "resync-pod", Namespace: "default"}, Spec: podTemplate("resync").Spec}
+	pod.Spec.NodeName = "resync-1"
+	if _, err := cp.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		zero := int64(0)
+		cp.Client.CoreV1().Pods("default").Delete(context.Background(), "resync-pod", metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
+	podReady := func() (bool, error) {
+		p, err := cp.Client.CoreV1().Pods("default").Get(ctx, "resync-pod", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				return c.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) { return podReady() }); err != nil {
+		t.Fatalf("pod never Ready on its node: %v", err)
+	}
+	if err := cp.RebootNode(ctx, "resync-1", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, "resync-1", true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// What a lagging node lifecycle controller does after the node is back.
+	p, err := cp.Client.CoreV1().Pods("default").Get(ctx, "resync-pod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			p.Status.Conditions[i].Status = corev1.ConditionFalse
+			p.Status.Conditions[i].LastTransitionTime = metav1.Now()
+		}
+	}
+	if _, err := cp.Client.CoreV1().Pods("default").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ready, err := podReady(); err != nil || ready {
+		t.Fatalf("pod ready=%v (%v) right after it was marked not Ready", ready, err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) { return podReady() }); err != nil {
+		t.Fatalf("pod still not Ready 30s after it was marked so on a Ready node: %v", err)
+	}
+}
