@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
 )
 
@@ -64,6 +65,9 @@ type JoinRequest struct {
 type Fleet struct {
 	// Port is the SSH port of every VM (distinct loopback addresses share it).
 	Port int
+	// MetricsPort, if not zero, is the port of every VM's node exporter (GET /metrics on
+	// its address while it is up; see MetricsTargets and SetStuckProcs).
+	MetricsPort int
 	// Domain makes `hostname -f` print name.domain.
 	Domain string
 	// OperatorKeys are accepted on every VM besides the server's key pair.
@@ -131,6 +135,7 @@ type VM struct {
 	mu     sync.Mutex
 	bootID string
 	ln     net.Listener
+	exp    *lab.NodeExporter // its node exporter while up, if the fleet has a MetricsPort
 	conns  map[net.Conn]bool
 	up     bool
 	off    bool // powered off: only a hard reboot starts it
@@ -153,6 +158,7 @@ type VM struct {
 	pkgs         map[string]string // installed package versions that differ from the fleet's
 	held         map[string]bool   // packages apt-mark holds
 	noKubeRepo   bool              // the Kubernetes apt repository is missing from its sources
+	stuckProcs   int               // processes stuck on NFS, reported on /metrics until a reboot
 }
 
 func (f *Fleet) log() *slog.Logger {
@@ -407,8 +413,13 @@ func (v *VM) start(bootID string) error {
 	if err != nil {
 		return fmt.Errorf("vm %s: listen on %s: %w", v.Name, addr, err)
 	}
+	exp, err := v.startExporter()
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	v.mu.Lock()
-	v.ln, v.up, v.bootID = ln, true, bootID
+	v.ln, v.exp, v.up, v.bootID = ln, exp, true, bootID
 	v.running.Store(true)
 	v.down = make(chan struct{})
 	v.gen++
@@ -426,13 +437,16 @@ func (v *VM) stop() {
 	v.up = false
 	v.running.Store(false)
 	v.gen++
-	ln := v.ln
-	v.ln = nil
+	ln, exp := v.ln, v.exp
+	v.ln, v.exp = nil, nil
 	conns := v.conns
 	v.conns = map[net.Conn]bool{}
 	v.mu.Unlock()
 	if ln != nil {
 		ln.Close()
+	}
+	if exp != nil {
+		exp.Close()
 	}
 	for c := range conns {
 		c.Close()
@@ -478,6 +492,7 @@ func (v *VM) reboot(hard bool) {
 		id := newBootID()
 		v.mu.Lock()
 		v.mounts = nil
+		v.stuckProcs = 0   // the reboot ended them
 		_ = v.mountFstab() // what cannot be mounted is not, as with nofail
 		v.mu.Unlock()
 		if err := v.start(id); err != nil {
