@@ -22,7 +22,13 @@ import (
 	"example.com/cookbook/lab/vm"
 )
 
-// bootstrapTokens returns the ids of the bootstrap token Secrets of the lab's cluster.
+// kubeadmCertsTokenDescription is the description of the bootstrap token kubeadm
+// upload-certs creates to own the kubeadm-certs Secret (two hours; it authenticates
+// nothing a join uses, and kubeadm leaves it to expire).
+const kubeadmCertsTokenDescription = "Proxy for managing TTL for the kubeadm-certs secret"
+
+// bootstrapTokens returns the ids of the bootstrap token Secrets of the lab's cluster that
+// can join a node (not kubeadm upload-certs' token owning kubeadm-certs).
 func bootstrapTokens(t *testing.T, s *stack.Stack) []string {
 	t.Helper()
 	list, err := s.CP.Client.CoreV1().Secrets("kube-system").List(context.Background(), metav1.ListOptions{FieldSelector: "type=bootstrap.kubernetes.io/token"})
@@ -31,6 +37,9 @@ func bootstrapTokens(t *testing.T, s *stack.Stack) []string {
 	}
 	var ids []string
 	for _, sec := range list.Items {
+		if string(sec.Data["description"]) == kubeadmCertsTokenDescription && string(sec.Data["usage-bootstrap-authentication"]) == "" {
+			continue
+		}
 		ids = append(ids, string(sec.Data["token-id"]))
 	}
 	return ids

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -482,8 +486,60 @@ func TestKubeadmJoin(t *testing.T) {
 		t.Fatalf("join command %q", join)
 	}
 	tokenID, _, _ := strings.Cut(words[4], ".")
-	if _, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tokenID, metav1.GetOptions{}); err != nil {
+	// The real kubeadm wrote the token's Secret (its fields, 24 hours by default) and
+	// pinned the cluster CA's public key in the join command.
+	sec, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tokenID, metav1.GetOptions{})
+	if err != nil {
 		t.Fatalf("no bootstrap token Secret: %v", err)
+	}
+	exp, err := time.Parse(time.RFC3339, string(sec.Data["expiration"]))
+	if sec.Type != "bootstrap.kubernetes.io/token" || string(sec.Data["token-id"]) != tokenID || "bootstrap-token-"+tokenID+"."+string(sec.Data["token-secret"]) != "bootstrap-token-"+words[4] ||
+		string(sec.Data["usage-bootstrap-authentication"]) != "true" || string(sec.Data["usage-bootstrap-signing"]) != "true" ||
+		string(sec.Data["auth-extra-groups"]) != "system:bootstrappers:kubeadm:default-node-token" || err != nil || time.Until(exp) < 23*time.Hour || time.Until(exp) > 24*time.Hour {
+		t.Errorf("bootstrap token Secret: type %s, data %q", sec.Type, sec.Data)
+	}
+	if words[2] != strings.TrimPrefix(cp.RESTConfig.Host, "https://") {
+		t.Errorf("join command's API server %s, want %s", words[2], cp.RESTConfig.Host)
+	}
+	caPEM := cp.RESTConfig.CAData
+	if len(caPEM) == 0 {
+		if caPEM, err = os.ReadFile(cp.RESTConfig.CAFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	block, _ := pem.Decode(caPEM)
+	if block == nil {
+		t.Fatal("the lab's kubeconfig has no CA")
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pin := sha256.Sum256(ca.RawSubjectPublicKeyInfo); words[6] != "sha256:"+hex.EncodeToString(pin[:]) {
+		t.Errorf("join command's CA hash %s, want the cluster CA's public key pin %x", words[6], pin)
+	}
+	// kubeadm's flags: --ttl, and what it refuses.
+	out, errs, code := run(t, ccl, "sudo kubeadm token create --ttl 30m")
+	short := strings.TrimSpace(out)
+	if code != 0 || !regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`).MatchString(short) {
+		t.Fatalf("token create --ttl 30m: exit %d, %q, %s", code, out, errs)
+	}
+	sec, err = cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+short[:6], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := time.Parse(time.RFC3339, string(sec.Data["expiration"])); err != nil || time.Until(exp) < 29*time.Minute || time.Until(exp) > 30*time.Minute {
+		t.Errorf("token create --ttl 30m expires %s", sec.Data["expiration"])
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token create --ttl soon"); code != 1 || out != "" || !strings.Contains(errs, `invalid argument "soon" for "--ttl" flag`) {
+		t.Errorf("token create --ttl soon: exit %d, %q, %s", code, out, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || !regexp.MustCompile(`(?m)^TOKEN\s+TTL\s+EXPIRES\s+USAGES\s+DESCRIPTION\s+EXTRA GROUPS$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(short)+`\s+2[89]m\s+\S+\s+authentication,signing\s+<none>\s+system:bootstrappers:kubeadm:default-node-token$`).MatchString(out) {
+		t.Errorf("token list: exit %d, %q, %s", code, out, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token delete "+short); code != 0 || out != fmt.Sprintf("bootstrap token %q deleted\n", short[:6]) {
+		t.Errorf("token delete of a whole token: exit %d, %q, %s", code, out, errs)
 	}
 
 	wcl, err := dial(t, f, worker, op)
