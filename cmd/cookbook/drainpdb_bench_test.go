@@ -32,7 +32,7 @@ const (
 // real cookbook binary (`cookbook drain`) and an identical node with the lab's `kubectl
 // drain --ignore-daemonsets --delete-emptydir-data`, in the same lab and run, both nodes
 // cordoned first, spare nodes with room for both. It reports each one's wall time and
-// peak RSS (getrusage of the child), the evictions each had refused with 429 (from the
+// peak RSS (getrusage of the child; the cookbook's anonymous peak too), the evictions each had refused with 429 (from the
 // API server's audit log), and fails if either drain let a Deployment fall below its
 // budget (9 of 10 Running). Run it with `make bench`.
 func BenchmarkDrainPDB1000(b *testing.B) {
@@ -44,7 +44,7 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 	w := labWorld(b)
 	ctx := context.Background()
 	var ours, theirs time.Duration
-	var oursRSS, theirsRSS, ours429, theirs429 int64
+	var oursRSS, oursAnon, theirsRSS, ours429, theirs429 int64
 	for i := 0; i < b.N; i++ {
 		id := fmt.Sprintf("pdb1k-%d", i)
 		a, k := placePDBBound(b, id+"-cookbook"), placePDBBound(b, id+"-kubectl")
@@ -68,16 +68,21 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 				}
 			}
 		}
-		run := func(node, ua string, cmd *exec.Cmd) (wall time.Duration, rss, refused int64) {
+		run := func(node, ua string, cmd *exec.Cmd) (wall time.Duration, rss, anon, refused int64) {
 			check := watch(node)
 			since := time.Now()
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
 			b.ResetTimer()
-			if err := cmd.Run(); err != nil {
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			peakAnon := sampleAnon(cmd.Process.Pid)
+			if err := cmd.Wait(); err != nil {
 				b.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, tail(out.String(), 20))
 			}
 			wall = time.Since(since)
+			anon = peakAnon() / 1024
 			b.StopTimer()
 			check()
 			if left, err := cp.PodsOn(ctx, node, node); err != nil {
@@ -95,21 +100,22 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 				}
 			}
 			rss = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss / 1024
-			b.Logf("%s drain of %s: %s, peak RSS %d MB, %d evictions refused (429)", ua, node, wall.Round(time.Millisecond), rss, refused)
-			return wall, rss, refused
+			b.Logf("%s drain of %s: %s, peak RSS %d MB (anonymous %d MB), %d evictions refused (429)", ua, node, wall.Round(time.Millisecond), rss, anon, refused)
+			return wall, rss, anon, refused
 		}
-		o, orss, o429 := run(a, "cookbook", exec.Command(bin, "--config", w.config, "--state-dir", w.stateDir, "--yes",
+		o, orss, oanon, o429 := run(a, "cookbook", exec.Command(bin, "--config", w.config, "--state-dir", w.stateDir, "--yes",
 			"drain", "--cluster-name", "lab1", "--hostname-to-drain", a, "--delete-emptydir-data", "--drain-timeout", "15m"))
-		t, trss, t429 := run(k, "kubectl", exec.Command(filepath.Join(cp.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
+		t, trss, _, t429 := run(k, "kubectl", exec.Command(filepath.Join(cp.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
 			"drain", k, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=15m"))
 		ours, theirs = ours+o, theirs+t
-		oursRSS, theirsRSS = max(oursRSS, orss), max(theirsRSS, trss)
+		oursRSS, oursAnon, theirsRSS = max(oursRSS, orss), max(oursAnon, oanon), max(theirsRSS, trss)
 		ours429, theirs429 = ours429+o429, theirs429+t429
 	}
 	b.ReportMetric(ours.Seconds()/float64(b.N), "cookbook-s/drain")
 	b.ReportMetric(theirs.Seconds()/float64(b.N), "kubectl-s/drain")
 	b.ReportMetric(ours.Seconds()/theirs.Seconds(), "ratio")
 	b.ReportMetric(float64(oursRSS), "peak-RSS-MB")
+	b.ReportMetric(float64(oursAnon), "peak-anon-MB")
 	b.ReportMetric(float64(theirsRSS), "kubectl-peak-RSS-MB")
 	b.ReportMetric(float64(ours429)/float64(b.N), "cookbook-429s/drain")
 	b.ReportMetric(float64(theirs429)/float64(b.N), "kubectl-429s/drain")
