@@ -76,13 +76,20 @@ func lookupFlag(ctx context.Context, flag, ref string, lookup func(context.Conte
 }
 
 // check looks up the flavor, image and network given as flags before the run starts: a
-// name that matches nothing, or several things, is bad input.
+// name that matches nothing, or several things, is bad input. For a control role every
+// etcd member must be started and healthy (the run's check-etcd step would stop there),
+// else the run is refused before anything is recorded or locked.
 func (a *adder) check(ctx context.Context) error {
-	if a.flavor == "" && a.image == "" && a.network == "" {
+	if a.flavor == "" && a.image == "" && a.network == "" && !a.role.ControlPlane {
 		return nil
 	}
 	if err := a.clients(ctx); err != nil {
 		return err
+	}
+	if a.role.ControlPlane {
+		if err := etcdUnhealthyRefusal(ctx, a.c, "a control node is added"); err != nil {
+			return err
+		}
 	}
 	for _, f := range []struct {
 		flag, ref string

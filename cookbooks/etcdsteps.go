@@ -194,6 +194,19 @@ func removeEtcdMember(c *clients, node string) pipeline.Step {
 	}}
 }
 
+// etcdUnhealthyRefusal is bad input unless every etcd member is started and healthy
+// (asked on any control node): why says what is refused ("a control node is added").
+func etcdUnhealthyRefusal(ctx context.Context, c *clients, why string) error {
+	st, from, err := c.etcdStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if p := st.Problems(); len(p) > 0 {
+		return BadInputf("etcd (asked on %s): not every member is started and healthy: %s: refused (%s only while every etcd member is started and healthy)", from, strings.Join(p, "; "), why)
+	}
+	return nil
+}
+
 // etcdRefusal is bad input when taking a control node away would leave etcd without a
 // healthy quorum: remove says whether it is removed (else stopped, as in a reboot). The
 // refusal holds with --force-removal too.

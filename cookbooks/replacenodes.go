@@ -200,12 +200,8 @@ func (r *replacer) check(ctx context.Context) error {
 // etcdRefusal is bad input unless every etcd member is started and healthy and each
 // listed control node could be removed by remove-k8s-node's rule (etcdRefusal).
 func (r *replacer) etcdRefusal(ctx context.Context) error {
-	st, from, err := r.c.etcdStatus(ctx)
-	if err != nil {
+	if err := etcdUnhealthyRefusal(ctx, r.c, "a control node is replaced"); err != nil {
 		return err
-	}
-	if p := st.Problems(); len(p) > 0 {
-		return BadInputf("etcd (asked on %s): not every member is started and healthy: %s: refused (a control node is replaced only while etcd is healthy)", from, strings.Join(p, "; "))
 	}
 	for _, h := range r.hosts {
 		if err := etcdRefusal(ctx, r.c, h, true); err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -37,7 +39,7 @@ func RebootStuckWorkers() Cookbook {
 		Flags: append([]cli.Flag{
 			clusterFlag(),
 			&cli.DurationFlag{Name: "not-ready-for", Value: 10 * time.Minute, Usage: "a worker NotReady for longer than this is stuck"},
-			&cli.StringFlag{Name: "query", Usage: "PromQL `QUERY` asked of the cluster's Prometheus instead of its configured one: a worker (its instance label, hostname or hostname:port) with a value above zero is stuck"},
+			&cli.StringFlag{Name: "query", Usage: "PromQL `QUERY` asked of the cluster's Prometheus instead of its configured one: a worker (its instance label: hostname, FQDN or InternalIP, with or without :port) with a value above zero is stuck"},
 			&cli.IntFlag{Name: "max-unavailable", Value: 1, Usage: "nodes taken down at once (counting nodes an administrator cordoned)"},
 			&cli.DurationFlag{Name: "settle", Value: 0, Usage: "pause after each batch's health gate"},
 			&cli.DurationFlag{Name: "reboot-timeout", Value: 10 * time.Minute, Usage: "how long a node may take to come back"},
@@ -123,34 +125,37 @@ func (s *stuckRebooter) find(ctx context.Context) error {
 		}
 	}
 	now := time.Now()
-	why := map[string]string{}
-	workers := map[string]bool{}
+	var workers []*corev1.Node
 	for i := range nodes {
-		n := &nodes[i]
-		_, role, ok := s.cl.RoleOf(n.Name)
-		if !ok || role.ControlPlane {
-			continue
+		if _, role, ok := s.cl.RoleOf(nodes[i].Name); ok && !role.ControlPlane {
+			workers = append(workers, &nodes[i])
 		}
-		workers[n.Name] = true
+	}
+	byNode, foreign := matchInstances(reported, workers, s.cl.FQDN, nil)
+	if slices.ContainsFunc(foreign, isIP) {
+		// An address no Node reports as its InternalIP: maybe its server's.
+		servers, err := s.serverAddresses(ctx)
+		if err != nil {
+			return err
+		}
+		byNode, foreign = matchInstances(reported, workers, s.cl.FQDN, servers)
+	}
+	why := map[string]string{}
+	for _, n := range workers {
 		var reasons []string
 		if since, stuck := notReadySince(n); stuck && now.Sub(since) > s.notReadyFor {
 			reasons = append(reasons, "NotReady for "+ShortDuration(now.Sub(since).Round(time.Second)))
 		}
-		for _, inst := range []string{n.Name, s.cl.FQDN(n.Name)} {
-			if v, ok := reported[inst]; ok {
-				reasons = append(reasons, fmt.Sprintf("Prometheus query returned %g", v))
-				break
-			}
+		if v, ok := byNode[n.Name]; ok {
+			reasons = append(reasons, fmt.Sprintf("Prometheus query returned %g", v))
 		}
 		if len(reasons) > 0 {
 			why[n.Name] = strings.Join(reasons, ", ")
 			s.env.Log.Info("stuck worker", "node", n.Name, "why", why[n.Name])
 		}
 	}
-	for inst, v := range reported {
-		if !workers[inst] && !workers[strings.TrimSuffix(inst, "."+s.cl.Domain)] {
-			s.env.Log.Info("Prometheus reports an instance that is no worker of the cluster; left alone", "instance", inst, "value", v)
-		}
+	for _, inst := range foreign {
+		s.env.Log.Info("Prometheus reports an instance that is no worker of the cluster; left alone", "instance", inst, "value", reported[inst])
 	}
 	s.stuck = []string{}
 	for n := range why {
@@ -165,6 +170,90 @@ func (s *stuckRebooter) find(ctx context.Context) error {
 		return BadInputf("no worker of cluster %s has been NotReady for more than %s (--not-ready-for)", s.cl.Name, ShortDuration(s.notReadyFor))
 	}
 	return nil
+}
+
+// serverAddresses returns the name of each server of the cluster's worker roles by its
+// address, for instances that are addresses no Node reports.
+func (s *stuckRebooter) serverAddresses(ctx context.Context) (map[string]string, error) {
+	cloud, err := s.env.Cloud(ctx, s.cl)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.cl.Roles)) {
+		r := s.cl.Roles[name]
+		if r.ControlPlane {
+			continue
+		}
+		list, err := cloud.RoleServers(ctx, r.Prefix)
+		if err != nil {
+			return nil, fmt.Errorf("map Prometheus instances to servers: %w", err)
+		}
+		for _, srv := range list {
+			if srv.Address != "" {
+				out[srv.Address] = srv.Name
+			}
+		}
+	}
+	return out, nil
+}
+
+// isIP says whether an instance host is an IP address.
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
+}
+
+// matchInstances maps the hosts of the instances Prometheus reported (labels without
+// :port, see instanceHost) to worker nodes. An instance names a node by its name, its
+// FQDN (fqdn), one of its InternalIP addresses (status.addresses), or the address of the
+// server of its name (servers: server name by address; may be nil). It returns each
+// matched node's value (the highest of its instances) and the instances that match no
+// worker, sorted.
+func matchInstances(reported map[string]float64, workers []*corev1.Node, fqdn func(string) string, servers map[string]string) (map[string]float64, []string) {
+	owner := map[string]string{} // instance host -> node
+	for _, n := range workers {
+		owner[n.Name] = n.Name
+		owner[fqdn(n.Name)] = n.Name
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				owner[a.Address] = n.Name
+			}
+		}
+	}
+	isWorker := map[string]bool{}
+	for _, n := range workers {
+		isWorker[n.Name] = true
+	}
+	for addr, name := range servers {
+		if _, taken := owner[addr]; !taken && isWorker[name] {
+			owner[addr] = name
+		}
+	}
+	byNode := map[string]float64{}
+	var foreign []string
+	for inst, v := range reported {
+		n, ok := owner[inst]
+		if !ok {
+			foreign = append(foreign, inst)
+			continue
+		}
+		if old, seen := byNode[n]; !seen || v > old {
+			byNode[n] = v
+		}
+	}
+	sort.Strings(foreign)
+	return byNode, foreign
+}
+
+// instanceHost is the host of an instance label: without its :port ("10.0.0.5:9100",
+// "[fd00::5]:9100" and "node-1.example.org:9100" give "10.0.0.5", "fd00::5" and
+// "node-1.example.org"); a label without a port is its own host.
+func instanceHost(inst string) string {
+	if h, _, err := net.SplitHostPort(inst); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(inst, "["), "]")
 }
 
 // queryStuck asks the Prometheus at url for query (an instant query) and returns the
@@ -202,10 +291,7 @@ func queryStuck(ctx context.Context, log *slog.Logger, url, query string) (map[s
 		if !ok {
 			return nil, BadInputf("--query %q: the Prometheus at %s answers %s without an instance label (expected one per node, e.g. sum(...) by (instance))", query, url, smp.Metric)
 		}
-		host := string(inst)
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
+		host := instanceHost(string(inst))
 		out[host] = max(out[host], float64(smp.Value))
 	}
 	return out, nil

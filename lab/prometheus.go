@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
@@ -9,10 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,11 +20,14 @@ import (
 )
 
 // The lab's Prometheus is Debian's real prometheus, started on a free loopback port with
-// its storage in a temp dir of its own, scraping every second the lab's node-exporter
-// stand-in (NodeMetrics): one HTTP endpoint exposing, for each lab VM a test named,
-// prometheus_k8s_nfs_stuck_total_procs{instance="<hostname>:9100"} (the Toolforge metric
-// counting processes stuck on NFS). It dies with the process that started it; a dir a
-// killed owner left behind is swept by the next start, like the Alertmanager's.
+// its storage in a temp dir of its own, scraping every second one target per host, as
+// it scrapes node-exporter on every host of a real cluster: each lab VM serves its own
+// /metrics (a NodeExporter on its address, lab/vm's Fleet.MetricsPort) with
+// prometheus_k8s_nfs_stuck_total_procs (the Toolforge metric counting processes stuck on
+// NFS), so Prometheus labels its samples instance="<address>:<port>". The targets are a
+// file_sd file the test rewrites (SetTargets), as service discovery would. It dies with
+// the process that started it; a dir a killed owner left behind is swept by the next
+// start, like the Alertmanager's.
 
 // promPrefix names the Prometheus servers' temp dirs.
 const promPrefix = "cookbook-lab-prom-"
@@ -45,76 +46,50 @@ func PrometheusBinary() (string, bool) {
 	return "prometheus", false
 }
 
-// NodeMetrics serves the per-VM stuck-process counts in Prometheus' text format.
-type NodeMetrics struct {
-	// Addr is host:port of its endpoint (/metrics).
+// NodeExporter is one host's node-exporter stand-in: GET /metrics on the host's own
+// address answers, in Prometheus' text format, the number of processes stuck on NFS the
+// host reports (StuckProcsMetric, without an instance label: Prometheus adds the
+// target's).
+type NodeExporter struct {
+	// Addr is host:port of its endpoint.
 	Addr string
 
 	srv   *http.Server
-	ln    net.Listener
-	mu    sync.Mutex
-	stuck map[string]int // hostname -> count
+	stuck func() int
 }
 
-// StartNodeMetrics serves the metrics endpoint on a free loopback port.
-func StartNodeMetrics() (*NodeMetrics, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// StartNodeExporter serves /metrics on addr (host:port; port 0 picks a free one), the
+// count of stuck processes read from stuck at each scrape.
+func StartNodeExporter(addr string, stuck func() int) (*NodeExporter, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("start node metrics: %w", err)
+		return nil, fmt.Errorf("start node exporter: %w", err)
 	}
-	m := &NodeMetrics{Addr: ln.Addr().String(), ln: ln, stuck: map[string]int{}}
+	e := &NodeExporter{Addr: ln.Addr().String(), stuck: stuck}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", m.serve)
-	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go m.srv.Serve(ln)
-	return m, nil
+	mux.HandleFunc("/metrics", e.serve)
+	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go e.srv.Serve(ln)
+	return e, nil
 }
 
-// SetStuck makes VM hostname report n processes stuck on NFS (0 still reports it).
-func (m *NodeMetrics) SetStuck(hostname string, n int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.stuck[hostname] = n
-}
-
-// Forget stops reporting hostname.
-func (m *NodeMetrics) Forget(hostname string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.stuck, hostname)
-}
-
-func (m *NodeMetrics) serve(w http.ResponseWriter, _ *http.Request) {
-	m.mu.Lock()
-	hosts := make([]string, 0, len(m.stuck))
-	for h := range m.stuck {
-		hosts = append(hosts, h)
-	}
-	sort.Strings(hosts)
-	var b strings.Builder
-	fmt.Fprintf(&b, "# HELP %s Processes stuck on NFS.\n# TYPE %s gauge\n", StuckProcsMetric, StuckProcsMetric)
-	for _, h := range hosts {
-		fmt.Fprintf(&b, "%s{instance=%q} %d\n", StuckProcsMetric, h+":9100", m.stuck[h])
-	}
-	m.mu.Unlock()
+func (e *NodeExporter) serve(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	_, _ = w.Write([]byte(b.String()))
+	fmt.Fprintf(w, "# HELP %s Processes stuck on NFS.\n# TYPE %s gauge\n%s %d\n", StuckProcsMetric, StuckProcsMetric, StuckProcsMetric, e.stuck())
 }
 
-// Close stops serving.
-func (m *NodeMetrics) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return m.srv.Shutdown(ctx)
+// Close stops serving at once (a host going down drops its connections).
+func (e *NodeExporter) Close() error {
+	return e.srv.Close()
 }
 
 // Prometheus is a running Prometheus server.
 type Prometheus struct{ *daemon }
 
-// StartPrometheus starts a Prometheus on a free loopback port scraping target (host:port,
-// path /metrics) every second, keeping the target's instance labels, and returns once it
-// is ready. Stop kills it and removes its dir.
-func StartPrometheus(ctx context.Context, target string) (*Prometheus, error) {
+// StartPrometheus starts a Prometheus on a free loopback port scraping each target
+// (host:port, path /metrics; SetTargets changes them) every second, each sample labelled
+// instance="host:port", and returns once it is ready. Stop kills it and removes its dir.
+func StartPrometheus(ctx context.Context, targets ...string) (*Prometheus, error) {
 	bin, ok := PrometheusBinary()
 	if !ok {
 		return nil, fmt.Errorf("start prometheus: %s not found (apt-get install prometheus)", bin)
@@ -123,7 +98,7 @@ func StartPrometheus(ctx context.Context, target string) (*Prometheus, error) {
 	var lastErr error
 	// A port picked free may be taken before Prometheus binds it: a second try.
 	for try := 0; try < 3; try++ {
-		p, err := startPrometheus(ctx, bin, target)
+		p, err := startPrometheus(ctx, bin, targets)
 		if err == nil {
 			return p, nil
 		}
@@ -135,7 +110,10 @@ func StartPrometheus(ctx context.Context, target string) (*Prometheus, error) {
 	return nil, lastErr
 }
 
-func startPrometheus(ctx context.Context, bin, target string) (p *Prometheus, err error) {
+// targetsFile is the file_sd file of the lab Prometheus' node job, in its dir.
+const targetsFile = "targets.json"
+
+func startPrometheus(ctx context.Context, bin string, targets []string) (p *Prometheus, err error) {
 	dir, err := os.MkdirTemp("", promPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("start prometheus: %w", err)
@@ -148,16 +126,20 @@ func startPrometheus(ctx context.Context, bin, target string) (p *Prometheus, er
 	if err := writeOwner(dir); err != nil {
 		return nil, fmt.Errorf("start prometheus: %w", err)
 	}
+	if err := writeTargets(dir, targets); err != nil {
+		return nil, fmt.Errorf("start prometheus: %w", err)
+	}
 	cfg := filepath.Join(dir, "prometheus.yml")
 	conf := fmt.Sprintf(`global:
   scrape_interval: 1s
+  scrape_timeout: 1s
   evaluation_interval: 1s
 scrape_configs:
   - job_name: node
-    honor_labels: true
-    static_configs:
-      - targets: [%q]
-`, target)
+    file_sd_configs:
+      - files: [%q]
+        refresh_interval: 1s
+`, filepath.Join(dir, targetsFile))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("start prometheus: %w", err)
 	}
@@ -176,6 +158,32 @@ scrape_configs:
 		return nil, err
 	}
 	return &Prometheus{d}, nil
+}
+
+// SetTargets replaces the hosts Prometheus scrapes (host:port each); it reads the
+// file_sd file again within a second or two.
+func (p *Prometheus) SetTargets(targets ...string) error {
+	return writeTargets(p.Dir, targets)
+}
+
+// writeTargets writes the file_sd file in dir: a temp file renamed over it, so that
+// Prometheus never reads half of it.
+func writeTargets(dir string, targets []string) error {
+	if targets == nil {
+		targets = []string{}
+	}
+	b, err := json.Marshal([]map[string]any{{"targets": targets}})
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, targetsFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write prometheus targets: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, targetsFile)); err != nil {
+		return fmt.Errorf("write prometheus targets: %w", err)
+	}
+	return nil
 }
 
 // Query runs the instant query q and returns each sample's value by its instance label.
@@ -217,16 +225,11 @@ func (p *Prometheus) WaitQuery(ctx context.Context, q string, want map[string]fl
 	}
 }
 
-// LabPrometheus is a real Prometheus scraping the lab's node metrics.
-type LabPrometheus struct {
-	*Prometheus
-	Metrics *NodeMetrics
-}
-
-// NeedPrometheus starts the node metrics endpoint and a Prometheus scraping it for the
-// test, both stopped when it ends. Without the binary the test is skipped with a
-// message, or fails under CI=true.
-func NeedPrometheus(t testing.TB) *LabPrometheus {
+// NeedPrometheus starts a Prometheus scraping targets (host:port each: the lab VMs'
+// node exporters, Fleet.MetricsTargets; SetTargets changes them) for the test, stopped
+// when it ends. Without the binary the test is skipped with a message, or fails under
+// CI=true.
+func NeedPrometheus(t testing.TB, targets ...string) *Prometheus {
 	t.Helper()
 	if bin, ok := PrometheusBinary(); !ok {
 		msg := fmt.Sprintf("%s not found: apt-get install prometheus to run this test against a real Prometheus", bin)
@@ -235,14 +238,9 @@ func NeedPrometheus(t testing.TB) *LabPrometheus {
 		}
 		t.Skip(msg)
 	}
-	m, err := StartNodeMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := StartPrometheus(ctx, m.Addr)
+	p, err := StartPrometheus(ctx, targets...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,5 +249,5 @@ func NeedPrometheus(t testing.TB) *LabPrometheus {
 			t.Errorf("stop prometheus: %v", err)
 		}
 	})
-	return &LabPrometheus{Prometheus: p, Metrics: m}
+	return p
 }

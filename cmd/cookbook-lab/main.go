@@ -57,6 +57,7 @@ func newApp() *cli.App {
 				&cli.IntFlag{Name: "controls", Value: 3, Usage: "number of control nodes"},
 				&cli.Float64Flag{Name: "reboot-seconds", Value: 2, Usage: "how long a VM stays down when it reboots (a real one: 20 to 60)"},
 				&cli.IntFlag{Name: "ssh-port", Usage: "port of the VMs' SSH servers (default: a free one)"},
+				&cli.IntFlag{Name: "metrics-port", Usage: "port of the VMs' node exporters, GET http://VM-ADDRESS:PORT/metrics (default: a free one)"},
 				&cli.StringFlag{Name: "cloud-addr", Value: "127.0.0.1:0", Usage: "address of the OpenStack API"},
 				&cli.BoolFlag{Name: "detach", Usage: "run in the background; stop it with cookbook-lab down"},
 				&cli.BoolFlag{Name: "no-sample-workload", Usage: "do not apply the sample workload"},
@@ -131,7 +132,7 @@ func up(c *cli.Context) error {
 	s, err := stack.Up(ctx, stack.Options{
 		Dir: dir, Workers: orNone(c.Int("workers")), NFSWorkers: orNone(c.Int("nfs-workers")), Controls: orNone(c.Int("controls")),
 		RebootDownTime: time.Duration(c.Float64("reboot-seconds") * float64(time.Second)),
-		SSHPort:        c.Int("ssh-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), KubernetesVersion: c.String("kubernetes-version"), Log: slog.New(logger),
+		SSHPort:        c.Int("ssh-port"), MetricsPort: c.Int("metrics-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), KubernetesVersion: c.String("kubernetes-version"), Log: slog.New(logger),
 		Workload: workloadOf(c.Int("pods")),
 	})
 	if err != nil {
@@ -145,6 +146,7 @@ func up(c *cli.Context) error {
 	}
 	defer os.Remove(filepath.Join(dir, "lab.json"))
 	fmt.Printf("lab up in %s: cluster %s, OpenStack API %s, kubectl at %s/kubectl\n", time.Since(start).Round(time.Second), s.Cluster, s.Cloud.AuthURL(), s.CP.BinDir)
+	fmt.Printf("each VM serves its node exporter at http://VM-ADDRESS:%d/metrics\n", s.Fleet.MetricsPort)
 	fmt.Println(s.Env())
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "cookbook-lab: stopping")

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -258,19 +260,39 @@ func TestRebootStuckWorkers(t *testing.T) {
 }
 
 // TestRebootStuckWorkersPrometheus: with the cluster's prometheus set to the lab's real
-// Prometheus, a Ready worker whose node exporter reports processes stuck on NFS is
-// picked (the confirmation says why) and rebooted over SSH (new boot id, Ready,
-// uncordoned); a worker reporting 0 and one not reported are left alone, as is an
-// instance of no node of the cluster. --query without a prometheus, a bad --query and a
-// Prometheus that does not answer are refused before any write; a dry-run writes nothing.
+// Prometheus, scraping the node exporter of each lab VM (targets address:port, so the
+// instance labels are IP:port, mapped to nodes by their InternalIP), a Ready worker whose
+// VM reports processes stuck on NFS is picked (the confirmation says why) and rebooted
+// over SSH (new boot id, Ready, uncordoned; the reboot ends its stuck processes, as
+// Prometheus then sees); a worker reporting 0 and one not scraped are left alone, as is
+// a host that is no node of the cluster. --query without a prometheus, a bad --query and
+// a Prometheus that does not answer are refused before any write; a dry-run writes
+// nothing.
 func TestRebootStuckWorkersPrometheus(t *testing.T) {
 	p := lab.NeedPrometheus(t)
 	w, s := stackWorld(t, 3, -1)
 	ctx := context.Background()
 	stuck, zero, quiet := s.Prefix+"-worker-1", s.Prefix+"-worker-2", s.Prefix+"-worker-3"
-	p.Metrics.SetStuck(stuck, 4)
-	p.Metrics.SetStuck(zero, 0)
-	p.Metrics.SetStuck("elsewhere-1", 2)
+	if err := s.Fleet.SetStuckProcs(stuck, 4); err != nil {
+		t.Fatal(err)
+	}
+	// A host outside the cluster reporting stuck processes too.
+	elsewhere, err := lab.StartNodeExporter("127.0.0.1:0", func() int { return 2 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { elsewhere.Close() })
+	targets := []string{elsewhere.Addr}
+	quietTarget := net.JoinHostPort(serverOf(t, s, quiet).Address, strconv.Itoa(s.Fleet.MetricsPort))
+	for _, tg := range s.Fleet.MetricsTargets() {
+		if tg != quietTarget {
+			targets = append(targets, tg)
+		}
+	}
+	if err := p.SetTargets(targets...); err != nil {
+		t.Fatal(err)
+	}
+	stuckTarget := net.JoinHostPort(serverOf(t, s, stuck).Address, strconv.Itoa(s.Fleet.MetricsPort))
 	boot := map[string]string{}
 	for _, n := range []string{stuck, zero, quiet} {
 		boot[n] = nodeOf(t, s, n).Status.NodeInfo.BootID
@@ -312,7 +334,7 @@ func TestRebootStuckWorkersPrometheus(t *testing.T) {
 	}
 	setClusterKeys(t, w.config, down, "    prometheus:\n      url: "+p.URL+"\n")
 	if err := p.WaitQuery(ctx, "sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0",
-		map[string]float64{stuck + ":9100": 4, "elsewhere-1:9100": 2}); err != nil {
+		map[string]float64{stuckTarget: 4, elsewhere.Addr: 2}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -334,7 +356,7 @@ func TestRebootStuckWorkersPrometheus(t *testing.T) {
 	since = time.Now()
 	r = w.run(append([]string{"--dry-run", "--yes"}, args...)...)
 	wantCode(t, r, 0)
-	if !strings.Contains(r.stderr, "DRY-RUN: would") || !strings.Contains(r.stderr, "elsewhere-1") {
+	if !strings.Contains(r.stderr, "DRY-RUN: would") || !strings.Contains(r.stderr, "no worker of the cluster; left alone instance=127.0.0.1 value=2") {
 		t.Errorf("dry-run says no write or not the foreign instance it leaves alone:\n%s", r.stderr)
 	}
 	wantSkippedCounted(t, "dry-run reboot-stuck-workers", r)
@@ -355,5 +377,9 @@ func TestRebootStuckWorkersPrometheus(t *testing.T) {
 	}
 	if !soft {
 		t.Errorf("%s was not rebooted with systemctl reboot: %v", stuck, commandsOn(s, stuck))
+	}
+	// The reboot ended the stuck processes: Prometheus sees only the other host's.
+	if err := p.WaitQuery(ctx, "sum(prometheus_k8s_nfs_stuck_total_procs) by (instance) > 0", map[string]float64{elsewhere.Addr: 2}); err != nil {
+		t.Error(err)
 	}
 }

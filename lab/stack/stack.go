@@ -46,6 +46,9 @@ type Options struct {
 	Controls, Workers, NFSWorkers int
 	// SSHPort is the port every VM's SSH server listens on; a free one if zero.
 	SSHPort int
+	// MetricsPort is the port every VM's node exporter (GET /metrics, the processes
+	// stuck on NFS; Fleet.MetricsTargets) listens on; a free one if zero.
+	MetricsPort int
 	// CloudAddr is where the OpenStack API listens; "127.0.0.1:0" if empty.
 	CloudAddr string
 	// RebootDownTime is how long a VM stays down when it reboots; 2s if zero.
@@ -175,7 +178,13 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			return s, err
 		}
 	}
-	s.Fleet = &vm.Fleet{Port: port, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), KubeVersion: kubeVersion, Log: log}
+	metricsPort := opts.MetricsPort
+	if metricsPort == 0 {
+		if metricsPort, err = freePort(); err != nil {
+			return s, err
+		}
+	}
+	s.Fleet = &vm.Fleet{Port: port, MetricsPort: metricsPort, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), KubeVersion: kubeVersion, Log: log}
 	password := randomHex(12)
 	s.password = password
 	seed := cloud.Seed{

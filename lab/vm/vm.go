@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/cloud"
 )
 
@@ -70,6 +71,9 @@ type JoinRequest struct {
 type Fleet struct {
 	// Port is the SSH port of every VM (distinct loopback addresses share it).
 	Port int
+	// MetricsPort, if not zero, is the port of every VM's node exporter (GET /metrics on
+	// its address while it is up; see MetricsTargets and SetStuckProcs).
+	MetricsPort int
 	// Domain makes `hostname -f` print name.domain.
 	Domain string
 	// OperatorKeys are accepted on every VM besides the server's key pair.
@@ -138,6 +142,7 @@ type VM struct {
 	mu     sync.Mutex
 	bootID string
 	ln     net.Listener
+	exp    *lab.NodeExporter // its node exporter while up, if the fleet has a MetricsPort
 	conns  map[net.Conn]bool
 	up     bool
 	off    bool // powered off: only a hard reboot starts it
@@ -160,6 +165,7 @@ type VM struct {
 	pkgs         map[string]string // installed package versions that differ from the fleet's
 	held         map[string]bool   // packages apt-mark holds
 	noKubeRepo   bool              // the Kubernetes apt repository is missing from its sources
+	stuckProcs   int               // processes stuck on NFS, reported on /metrics until a reboot
 }
 
 func (f *Fleet) log() *slog.Logger {
@@ -414,8 +420,13 @@ func (v *VM) start(bootID string) error {
 	if err != nil {
 		return fmt.Errorf("vm %s: listen on %s: %w", v.Name, addr, err)
 	}
+	exp, err := v.startExporter()
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	v.mu.Lock()
-	v.ln, v.up, v.bootID = ln, true, bootID
+	v.ln, v.exp, v.up, v.bootID = ln, exp, true, bootID
 	v.running.Store(true)
 	v.down = make(chan struct{})
 	v.gen++
@@ -433,13 +444,16 @@ func (v *VM) stop() {
 	v.up = false
 	v.running.Store(false)
 	v.gen++
-	ln := v.ln
-	v.ln = nil
+	ln, exp := v.ln, v.exp
+	v.ln, v.exp = nil, nil
 	conns := v.conns
 	v.conns = map[net.Conn]bool{}
 	v.mu.Unlock()
 	if ln != nil {
 		ln.Close()
+	}
+	if exp != nil {
+		exp.Close()
 	}
 	for c := range conns {
 		c.Close()
@@ -485,6 +499,7 @@ func (v *VM) reboot(hard bool) {
 		id := newBootID()
 		v.mu.Lock()
 		v.mounts = nil
+		v.stuckProcs = 0   // the reboot ended them
 		_ = v.mountFstab() // what cannot be mounted is not, as with nofail
 		v.mu.Unlock()
 		if err := v.start(id); err != nil {
