@@ -335,6 +335,7 @@ type drainer struct {
 	waiting    map[string]string         // pod -> why it waits
 	remaining  map[types.UID]string      // pods not gone yet
 	deleted    map[types.UID]metav1.Time // their deletion times, as seen
+	pods       cache.Store               // the node's pods, as watched
 	gone       chan struct{}             // closed when remaining is empty
 }
 
@@ -347,7 +348,6 @@ type drainer struct {
 type budget struct {
 	watchedPDB
 	allowed int32
-	forced  time.Time     // when one of its pods was last asked for without a claim
 	changed chan struct{} // closed and replaced when the budget changes
 }
 
@@ -357,10 +357,9 @@ type selection struct {
 	keys []string
 }
 
-// budgetResync is how long a pod waits for its budget to change before it is asked for
-// without a claim, one pod of a budget at a time: for a status that does not come (an
-// eviction that timed out) or a refusal the status does not show. kubectl drain's delay
-// between tries.
+// budgetResync is how long a pod waits for its budget to change before the drain looks
+// again: at the pod (asked for without a claim if it is not Ready any more) and at the
+// budget's last status. kubectl drain's delay between tries.
 const budgetResync = 5 * time.Second
 
 func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
@@ -467,8 +466,7 @@ func (d *drainer) checkGone() {
 // remove evicts (or deletes) one pod, once the budgets selecting it allow a disruption
 // this drain has not claimed yet, and waits on them again while they refuse. A pod not
 // Ready is asked for at once, claim or not (the API server may evict an unhealthy pod
-// whatever its budget allows), and so is one whose budgets stayed unchanged for
-// budgetResync (one such try per budget at a time).
+// whatever its budget allows); see await for one that turns unready while it waits.
 func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	key := podKey(p)
 	force := !podReady(p)
@@ -576,43 +574,34 @@ func (d *drainer) unclaim(p *corev1.Pod) {
 	}
 }
 
-// await waits until one of wait is closed (the pod claims again then), and reports
-// whether the pod is to be asked for without a claim: when budgetResync passed without
-// that and no other pod of its budgets was asked for so in that time (a budget whose
-// status does not come, or that refuses for a reason the status does not show). It
-// returns alive false when ctx ends.
+// await waits until one of wait is closed (the pod claims again then). After budgetResync
+// without that it reports force if the pod is not Ready now (the API server may evict an
+// unhealthy pod whatever its budget allows), else it takes the last status seen of the
+// pod's budgets as it is (a claim taken for an eviction that timed out and never happened
+// is given back so). It returns alive false when ctx ends.
 func (d *drainer) await(ctx context.Context, p *corev1.Pod, wait []chan struct{}) (force, alive bool) {
 	t := time.NewTimer(budgetResync)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false, false
-		case <-wait[0]:
-			return false, true
-		case <-wait[1]:
-			return false, true
-		case <-t.C:
-		}
-		d.mu.Lock()
-		bs := d.budgetsOf(p)
-		take := true
-		for _, b := range bs {
-			if time.Since(b.forced) < budgetResync {
-				take = false
-			}
-		}
-		if take {
-			for _, b := range bs {
-				b.forced = time.Now()
-			}
-		}
-		d.mu.Unlock()
-		if take {
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-wait[0]:
+		return false, true
+	case <-wait[1]:
+		return false, true
+	case <-t.C:
+	}
+	if obj, ok, _ := d.pods.GetByKey(podKey(p)); ok {
+		if now, ok := obj.(*corev1.Pod); ok && now.UID == p.UID && !podReady(now) {
 			return true, true
 		}
-		t.Reset(budgetResync)
 	}
+	d.mu.Lock()
+	for _, b := range d.budgetsOf(p) {
+		b.allowed = b.Status.DisruptionsAllowed
+	}
+	d.mu.Unlock()
+	return false, true
 }
 
 // blockers names the budgets refusing p's eviction.
@@ -682,6 +671,7 @@ func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
 		o.FieldSelector = "spec.nodeName=" + d.node
 	}))
 	inf := f.Core().V1().Pods().Informer()
+	d.pods = inf.GetStore()
 	present := d.checkGone
 	seen := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && p.DeletionTimestamp != nil {
