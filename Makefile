@@ -65,7 +65,8 @@ bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identic
 	    a = ("peak-anon-MB" in v) ? sprintf("%7.0f MB", v["peak-anon-MB"]) : "-"; \
 	    kr = ("kubectl-peak-RSS-MB" in v) ? sprintf("%8.0f MB", v["kubectl-peak-RSS-MB"]) : "-"; \
 	    e = ("cookbook-429s/drain" in v) ? sprintf("%d/%d", v["cookbook-429s/drain"], v["kubectl-429s/drain"]) : "-"; \
-	    printf "%-52s %9.1fs %10s %7s %10s %10s %11s %13s\n", $$1, v["cookbook-s/drain"], k, r, m, a, kr, e }' bench.out
+	    printf "%-52s %9.1fs %10s %7s %10s %10s %11s %13s\n", $$1, v["cookbook-s/drain"], k, r, m, a, kr, e; \
+	    if ("cookbook-react-s" in v) printf "  from a PDB'"'"'s status update by the disruption controller to the next eviction: cookbook %.2fs, kubectl %.2fs on average\n", v["cookbook-react-s"], v["kubectl-react-s"] }' bench.out
 	@$(GO) test -run '^$$' -bench BenchmarkListNodes -benchtime 1x -timeout 40m ./lab/stack/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
 	@echo
 	@awk 'BEGIN {printf "%-36s %8s %10s %10s %10s %10s\n", "benchmark", "workers", "lab up", "cookbook", "peak RSS", "of it anon"} \

@@ -43,7 +43,7 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 	}
 	w := labWorld(b)
 	ctx := context.Background()
-	var ours, theirs time.Duration
+	var ours, theirs, oursReact, theirsReact time.Duration
 	var oursRSS, oursAnon, theirsRSS, ours429, theirs429 int64
 	for i := 0; i < b.N; i++ {
 		id := fmt.Sprintf("pdb1k-%d", i)
@@ -68,7 +68,7 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 				}
 			}
 		}
-		run := func(node, ua string, cmd *exec.Cmd) (wall time.Duration, rss, anon, refused int64) {
+		run := func(node, ua string, cmd *exec.Cmd) (wall time.Duration, rss, anon, refused int64, react time.Duration) {
 			check := watch(node)
 			since := time.Now()
 			var out strings.Builder
@@ -99,17 +99,20 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 					refused++
 				}
 			}
+			react = reaction(b, node, since, evs)
 			rss = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss / 1024
-			b.Logf("%s drain of %s: %s, peak RSS %d MB (anonymous %d MB), %d evictions refused (429)", ua, node, wall.Round(time.Millisecond), rss, anon, refused)
-			return wall, rss, anon, refused
+			b.Logf("%s drain of %s: %s, peak RSS %d MB (anonymous %d MB), %d evictions refused (429), %s on average from a PDB's status update to its next eviction",
+				ua, node, wall.Round(time.Millisecond), rss, anon, refused, react.Round(time.Millisecond))
+			return wall, rss, anon, refused, react
 		}
-		o, orss, oanon, o429 := run(a, "cookbook", exec.Command(bin, "--config", w.config, "--state-dir", w.stateDir, "--yes",
+		o, orss, oanon, o429, oreact := run(a, "cookbook", exec.Command(bin, "--config", w.config, "--state-dir", w.stateDir, "--yes",
 			"drain", "--cluster-name", "lab1", "--hostname-to-drain", a, "--delete-emptydir-data", "--drain-timeout", "15m"))
-		t, trss, _, t429 := run(k, "kubectl", exec.Command(filepath.Join(cp.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
+		t, trss, _, t429, treact := run(k, "kubectl", exec.Command(filepath.Join(cp.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
 			"drain", k, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=15m"))
 		ours, theirs = ours+o, theirs+t
 		oursRSS, oursAnon, theirsRSS = max(oursRSS, orss), max(oursAnon, oanon), max(theirsRSS, trss)
 		ours429, theirs429 = ours429+o429, theirs429+t429
+		oursReact, theirsReact = oursReact+oreact, theirsReact+treact
 	}
 	b.ReportMetric(ours.Seconds()/float64(b.N), "cookbook-s/drain")
 	b.ReportMetric(theirs.Seconds()/float64(b.N), "kubectl-s/drain")
@@ -119,7 +122,52 @@ func BenchmarkDrainPDB1000(b *testing.B) {
 	b.ReportMetric(float64(theirsRSS), "kubectl-peak-RSS-MB")
 	b.ReportMetric(float64(ours429)/float64(b.N), "cookbook-429s/drain")
 	b.ReportMetric(float64(theirs429)/float64(b.N), "kubectl-429s/drain")
+	b.ReportMetric(oursReact.Seconds()/float64(b.N), "cookbook-react-s")
+	b.ReportMetric(theirsReact.Seconds()/float64(b.N), "kubectl-react-s")
 	b.ReportMetric(0, "ns/op")
+}
+
+// reaction is how long, on average, a drain of node took to send a granted eviction after
+// the disruption controller's last status update of the pod's PDB (the update that let it
+// go), from the audit log: the drain's own share of each PDB-bound step; the rest is the
+// cluster's (replacement pod Ready, then the disruption controller's update). evs are the
+// drain's write requests since since; the first eviction of each PDB, which followed no
+// update, is left out.
+func reaction(b *testing.B, node string, since time.Time, evs []lab.AuditEvent) time.Duration {
+	all, err := cp.WriteRequests(context.Background(), since, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	updates := map[string][]time.Time{} // PDB -> status update times, in order
+	for _, ev := range all {
+		// The controller's updates only: an eviction writes the status too (the API
+		// server's own request).
+		if ev.Namespace == node && ev.Resource == "poddisruptionbudgets" && ev.Subresource == "status" && strings.Contains(ev.UserAgent, "kube-controller-manager") {
+			updates[ev.Name] = append(updates[ev.Name], ev.Time)
+		}
+	}
+	var sum time.Duration
+	n := 0
+	for _, ev := range evs {
+		if ev.Subresource != "eviction" || ev.Code/100 != 2 || len(ev.Name) < 7 {
+			continue
+		}
+		var last time.Time
+		for _, t := range updates[ev.Name[:7]] { // pods app-NNN-…, PDBs app-NNN
+			if t.After(ev.Time) {
+				break
+			}
+			last = t
+		}
+		if !last.IsZero() {
+			sum += ev.Time.Sub(last)
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / time.Duration(n)
 }
 
 // placePDBBound adds the node bench-ID (labelled bench=ID minus its last part, so the spares
