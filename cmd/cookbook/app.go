@@ -382,10 +382,10 @@ func (a *app) unrecorded(ctx context.Context, j *job) error {
 	logger, dry := j.env.Log, j.env.DryRun
 	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, Args: j.args, DryRun: true, Holder: holder(), StartedAt: time.Now()}
 	r := &pipeline.Runner{Log: logger}
-	steps, err := j.Plan(ctx, r.Values(run))
+	steps, err := r.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
-		return err
+		return planRefusal(err)
 	}
 	if dry {
 		for i, s := range steps {
@@ -497,8 +497,10 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		}
 	}
 
-	if err := store.Save(run); err != nil {
-		return err
+	// The run is saved (and copied to the cluster) once its plan is made and valid: a
+	// plan that cannot run leaves no run record.
+	if err := os.MkdirAll(filepath.Dir(store.LogPath(run.ID)), 0o700); err != nil {
+		return fmt.Errorf("open run log: %w", err)
 	}
 	logFile, err := os.OpenFile(store.LogPath(run.ID), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -515,19 +517,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			j.env.Audit.Suffix = " (" + run.TaskID + ")"
 		}
 	}
-	if sh != nil {
-		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
-		store.Copy(run)
-		defer sh.prune(logger)
-	}
-
 	runner := &pipeline.Runner{Store: store, Log: logger, Hold: hold}
 	if t := newTerminal(a.stdin, a.stderr); t != nil {
 		runner.Prompt = t
 	}
 	// The plan, the steps and the progress ticker share the runner's values: one lock
-	// guards them and every save of the run.
-	steps, err := j.Plan(ctx, runner.Values(run))
+	// guards them and every save of the run. Nothing is saved while the plan is made.
+	steps, err := runner.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
 		if isNew {
@@ -538,7 +534,10 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			if ctx.Err() != nil {
 				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 			}
-			return notStarted(ctx, j.Cluster, err)
+			return notStarted(ctx, j.Cluster, planRefusal(err))
+		}
+		if sh != nil {
+			store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
@@ -546,6 +545,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			logger.Error("cannot save the failed run", "err", serr)
 		}
 		return a.failed(run, fmt.Errorf("plan: %w", err))
+	}
+	if sh != nil {
+		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
+		defer sh.prune(logger)
+	}
+	if err := store.Save(run); err != nil {
+		return err
 	}
 
 	// The team's log gets a START and an END line per run, as the admin log expects.
@@ -593,6 +599,17 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	}
 	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return end(nil)
+}
+
+// planRefusal marks a plan that cannot run (a step name used twice: a cookbook's bug,
+// not a state of the cluster) as refused input: exit 2, and nothing was recorded, so
+// running it again gives the same refusal. Other errors are returned as they are.
+func planRefusal(err error) error {
+	var pe *pipeline.PlanError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	return cookbooks.BadInput(fmt.Errorf("plan: %w (the cookbook's plan cannot run; nothing was recorded)", err))
 }
 
 // notStarted explains why a new run failed before its first step: an input error as it
@@ -751,9 +768,13 @@ func (a *app) rehearse(ctx context.Context, j *job, cont *continuation) error {
 	}
 	log := j.env.Log
 	runner := &pipeline.Runner{Log: log} // no store: nothing is saved
-	steps, err := j.Plan(ctx, runner.Values(run))
+	steps, err := runner.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
+		var pe *pipeline.PlanError
+		if errors.As(err, &pe) {
+			return planRefusal(err)
+		}
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
 	}
 	if j.env.Output == "json" {
