@@ -128,10 +128,12 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		}
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	// From here on, the directory is ours and Stop cleans up.
+	// From here on, the directory is ours and Stop cleans up (cp itself is nil in an
+	// error return).
+	started := cp
 	defer func() {
 		if err != nil {
-			cp.Stop()
+			started.Stop()
 		}
 	}()
 	removeDir := ""
@@ -168,6 +170,11 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		"--kube-audit-policy", policy,
 		"--kubeconfig", cp.Kubeconfig,
 		"--disable-qps-limits",
+		// kwokctl 0.8 files the extra args of a component under the position of its
+		// first --extra-args among all of them: each component's first one must come
+		// in the order of first appearance (kube-controller-manager, kwok-controller),
+		// the others after them.
+		//
 		// The node lifecycle controller notices a Ready node (and lifts its not-ready
 		// taint) within a second rather than five.
 		"--extra-args", "kube-controller-manager=node-monitor-period=1s",
@@ -175,6 +182,9 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		// annotation is removed can be made NotReady (a simulated reboot).
 		"--extra-args", "kwok-controller=manage-all-nodes=false",
 		"--extra-args", "kwok-controller=manage-nodes-with-annotation-selector="+KwokAnnotation+"=fake",
+		// As kubeadm runs it: the token cleaner deletes expired bootstrap tokens (and
+		// the garbage collector then what they own, such as kubeadm-certs).
+		"--extra-args", "kube-controller-manager=controllers=*,bootstrapsigner,tokencleaner",
 		"--quiet-pull",
 		"--wait", "2m",
 	)

@@ -431,17 +431,39 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			StartedAt: time.Now(),
 			Status:    state.Running,
 		}
-		// Checked again under the lock below; refused here too, so that a refusal
-		// creates no lock file.
-		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
-			return err
-		}
 	}
 	// A lease cluster's lock and records are shared with the other operator hosts.
 	var sh *shared
 	if cl, err := j.env.Cluster(j.Cluster); err == nil {
 		if sh, err = sharedOf(cl); err != nil {
 			return err
+		}
+	}
+	if isNew {
+		// Checked again under the lock below; refused here too, so that a refusal
+		// creates no lock file.
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
+			return err
+		}
+		// The confirmation's question (its reads may refuse the run) and the answer come
+		// before the lock: a refusal or a "no" leaves no lock file and no Lease write. A
+		// lock held by another run is said first, not after a question it makes moot.
+		if j.Confirm != nil {
+			if h := locks.Holder(j.Cluster); h != nil {
+				return &lock.HeldError{Cluster: j.Cluster, Holder: *h}
+			}
+			if sh != nil {
+				if err := sh.leases.Held(ctx, j.Cluster); err != nil {
+					return err
+				}
+			}
+			q, err := j.Confirm(ctx)
+			if err != nil {
+				return notStarted(ctx, j.Cluster, err)
+			}
+			if err := a.confirm(j.env, q); err != nil {
+				return err
+			}
 		}
 	}
 	run.Holder = holder()
@@ -485,15 +507,6 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	if isNew {
 		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
 			return err
-		}
-		if j.Confirm != nil {
-			q, err := j.Confirm(ctx)
-			if err != nil {
-				return notStarted(ctx, j.Cluster, err)
-			}
-			if err := a.confirm(j.env, q); err != nil {
-				return err
-			}
 		}
 	}
 

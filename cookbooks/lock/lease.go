@@ -153,7 +153,7 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 			return nil, nil, fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
 		}
 		prev, renewed := LeaseHolder(l)
-		if prev != nil && !expired(l, renewed, now) && !(prev.Host == ls.Host && !ls.alive(prev.PID)) {
+		if ls.live(l, prev, renewed, now) {
 			return nil, nil, &HeldError{Cluster: cluster, Holder: *prev, Lease: ls.where(), Renewed: renewed}
 		}
 		ls.fill(l, id, string(holderJSON), now, true)
@@ -169,6 +169,29 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 		}
 		return ls.held(id), prev, nil
 	}
+}
+
+// live reports whether holder h of Lease l, last renewed at renewed, keeps Lock from
+// taking it at now: not expired, and not a process of this host that is gone.
+func (ls *Leases) live(l *coordinationv1.Lease, h *Holder, renewed, now time.Time) bool {
+	return h != nil && !expired(l, renewed, now) && !(h.Host == ls.Host && !ls.alive(h.PID))
+}
+
+// Held returns a *HeldError if Lock would be refused now, reading the Lease only: a run
+// checks it before asking its confirmation, so that a question is not asked for a run
+// that cannot start, and a refusal leaves no write behind.
+func (ls *Leases) Held(ctx context.Context, cluster string) error {
+	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+	}
+	if h, renewed := LeaseHolder(l); ls.live(l, h, renewed, ls.now()) {
+		return &HeldError{Cluster: cluster, Holder: *h, Lease: ls.where(), Renewed: renewed}
+	}
+	return nil
 }
 
 // fill records the holder in l.
