@@ -630,6 +630,9 @@ func (d *drainer) setWaiting(pod, why string) {
 	}
 }
 
+// reportBudgets is how many budgets a report names, one line each.
+const reportBudgets = 5
+
 // report logs which pods wait on which budget: at most once per report interval.
 func (d *drainer) report() {
 	d.mu.Lock()
@@ -639,9 +642,25 @@ func (d *drainer) report() {
 	}
 	left := len(d.remaining)
 	d.mu.Unlock()
-	for why, pods := range byWhy {
+	whys := make([]string, 0, len(byWhy))
+	for why := range byWhy {
+		whys = append(whys, why)
+	}
+	sort.Strings(whys)
+	// A node with many pods under many budgets would log a line per budget at every
+	// report: the first few are named, the rest counted in one line.
+	rest := 0
+	for i, why := range whys {
+		pods := byWhy[why]
+		if i >= reportBudgets {
+			rest += len(pods)
+			continue
+		}
 		sort.Strings(pods)
 		d.ops.log().Info("waiting on disruption budget", "node", d.node, "budget", why, "pods", strings.Join(pods, " "))
+	}
+	if rest > 0 {
+		d.ops.log().Info("waiting on more disruption budgets", "node", d.node, "budgets", len(whys)-reportBudgets, "pods", rest)
 	}
 	if len(byWhy) == 0 {
 		d.ops.log().Info("waiting for evicted pods to terminate", "node", d.node, "left", left)
