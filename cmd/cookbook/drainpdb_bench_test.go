@@ -37,10 +37,7 @@ const (
 // budget (9 of 10 Running). Run it with `make bench`.
 func BenchmarkDrainPDB1000(b *testing.B) {
 	lab.Need(b, cp)
-	bin := filepath.Join(b.TempDir(), "cookbook")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildCookbook(b)
 	w := labWorld(b)
 	ctx := context.Background()
 	var ours, theirs, oursReact, theirsReact time.Duration
