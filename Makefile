@@ -54,16 +54,20 @@ demo: build ## bring up the lab and run add-k8s-node, roll-reboot and remove-k8s
 # BENCH_ROLL_WORKERS, BENCH_PODS, BENCH_REBOOT_SECONDS: the roll-reboot benchmark's lab (500
 # workers, 20,000 pods, VMs down 20 s per reboot if unset; about 40 minutes on 2 cores).
 # BENCH_HEAPPROFILE=FILE: the roll's cookbook process writes its heap profile at its peak there.
-bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identical 100-pod nodes; peak RSS in a 10,000-pod lab; list-nodes in a lab of BENCH_WORKERS workers; roll-reboot of BENCH_ROLL_WORKERS workers 25 at a time vs its lower bound (prints tables)
+bench: lab-bins ## drain benchmarks against the lab: vs kubectl drain on identical 100-pod nodes; peak RSS in a 10,000-pod lab; the cookbook binary's drain vs kubectl drain on identical nodes of 1,000 PDB-bound pods; list-nodes in a lab of BENCH_WORKERS workers; roll-reboot of BENCH_ROLL_WORKERS workers 25 at a time vs its lower bound (prints tables)
 	@$(GO) test -run '^$$' -bench BenchmarkDrain -benchtime 1x -timeout 40m ./k8sops/ > bench.out 2>&1 || { cat bench.out; exit 1; }
 	@$(GO) test -run '^$$' -bench BenchmarkDrainMemory -benchtime 1x -timeout 40m ./cmd/cookbook/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
-	@awk 'BEGIN {printf "%-52s %10s %10s %7s %10s %10s\n", "benchmark", "cookbook", "kubectl", "ratio", "peak RSS", "of it anon"} \
+	@$(GO) test -run '^$$' -bench BenchmarkDrainPDB1000 -benchtime 1x -timeout 60m ./cmd/cookbook/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
+	@awk 'BEGIN {printf "%-52s %10s %10s %7s %10s %10s %11s %13s\n", "benchmark", "cookbook", "kubectl", "ratio", "peak RSS", "of it anon", "kubectl RSS", "429s cb/kctl"} \
 	  /^BenchmarkDrain/ { delete v; for (i = 2; i <= NF; i++) v[$$i] = $$(i-1); \
 	    k = ("kubectl-s/drain" in v) ? sprintf("%9.1fs", v["kubectl-s/drain"]) : "-"; \
 	    r = ("ratio" in v) ? sprintf("%.2f", v["ratio"]) : "-"; \
 	    m = ("peak-RSS-MB" in v) ? sprintf("%7.0f MB", v["peak-RSS-MB"]) : "-"; \
 	    a = ("peak-anon-MB" in v) ? sprintf("%7.0f MB", v["peak-anon-MB"]) : "-"; \
-	    printf "%-52s %9.1fs %10s %7s %10s %10s\n", $$1, v["cookbook-s/drain"], k, r, m, a }' bench.out
+	    kr = ("kubectl-peak-RSS-MB" in v) ? sprintf("%8.0f MB", v["kubectl-peak-RSS-MB"]) : "-"; \
+	    e = ("cookbook-429s/drain" in v) ? sprintf("%d/%d", v["cookbook-429s/drain"], v["kubectl-429s/drain"]) : "-"; \
+	    printf "%-52s %9.1fs %10s %7s %10s %10s %11s %13s\n", $$1, v["cookbook-s/drain"], k, r, m, a, kr, e; \
+	    if ("cookbook-react-s" in v) printf "  from a PDB'"'"'s status update by the disruption controller to the next eviction: cookbook %.2fs, kubectl %.2fs on average\n", v["cookbook-react-s"], v["kubectl-react-s"] }' bench.out
 	@$(GO) test -run '^$$' -bench BenchmarkListNodes -benchtime 1x -timeout 40m ./lab/stack/ >> bench.out 2>&1 || { cat bench.out; exit 1; }
 	@echo
 	@awk 'BEGIN {printf "%-36s %8s %10s %10s %10s %10s\n", "benchmark", "workers", "lab up", "cookbook", "peak RSS", "of it anon"} \

@@ -121,7 +121,7 @@ func addNode(c *clients, s pipeline.Scope, spec addSpec, timeout time.Duration) 
 		{Name: "pick-name", Desc: pipeline.Textf("pick the next name of role %s (%s-N)", spec.Role, spec.Prefix), Do: a.pickName},
 		{Name: "resolve-flavor-image-network", Desc: pipeline.Text("resolve flavor, image and network (flags, else config, else the newest node of the role)"), Do: a.resolve},
 		{Name: "ensure-server-group", Desc: pipeline.Textf("ensure server group %s (policy %s)", spec.ServerGroup.Name, spec.ServerGroup.Policy), Do: a.ensureGroup},
-		{Name: "create-server", Desc: desc("create server %s (or adopt it if it exists)"), Do: a.createServer},
+		{Name: "create-server", Desc: desc("create server %s (or adopt it if it exists)"), Do: a.createServer, Undo: a.leaveServer},
 		{Name: "wait-active", Desc: desc("wait for server %s to be ACTIVE"), Do: a.waitActive},
 		{Name: "pin-host-key", Desc: desc("pin the SSH host key %s printed on its console"), Do: a.pinHostKey},
 		{Name: "wait-ssh", Desc: desc("wait until %s answers SSH"), Do: a.waitSSH},
@@ -273,6 +273,34 @@ func (a *nodeAdder) createServer(ctx context.Context, v *pipeline.Values) error 
 		a.env.Log.Info("adopted the existing server of that name", "server", name, "id", srv.ID)
 	}
 	return a.k.serverID.Set(v, srv.ID)
+}
+
+// leaveServer is create-server's undo. An abandon does not delete the server the run
+// created (it may have joined the cluster and run pods): it names the server it leaves
+// and the command that removes it, node and all. It reads only: a server no longer there,
+// or one this run did not create and never recorded, is not named.
+func (a *nodeAdder) leaveServer(ctx context.Context, v *pipeline.Values) error {
+	name, ok, err := a.k.hostname.Lookup(v)
+	if err != nil || !ok {
+		return err
+	}
+	id, recorded, err := a.k.serverID.Lookup(v)
+	if err != nil {
+		return err
+	}
+	list, err := a.c.cloud.ServersNamed(ctx, "^"+regexp.QuoteMeta(name)+"$")
+	if err != nil {
+		return fmt.Errorf("look for server %s: %w", name, err)
+	}
+	for _, srv := range list {
+		// Unrecorded: the run was stopped between the create and recording its id.
+		if (recorded && srv.ID == id) || (!recorded && srv.Metadata["cookbook-run"] == v.RunID()) {
+			a.env.Log.Warn("abandon leaves the server this run created, and its node if it joined", "server", name, "id", srv.ID,
+				"remove_with", fmt.Sprintf("cookbook remove-k8s-node --cluster-name %s --role %s --hostname-to-remove %s", a.c.cl.Name, a.spec.Role, name))
+			return nil
+		}
+	}
+	return nil
 }
 
 // imaginary reports whether the server exists only in this dry-run's imagination: its id

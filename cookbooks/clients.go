@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync"
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/etcdctl"
@@ -80,6 +81,9 @@ type clients struct {
 	hooks    *hooks.Runner
 	// readEtcd, if set, takes the place of etcdStatus's etcdctl over SSH (unit tests).
 	readEtcd func(ctx context.Context, except ...string) (etcdctl.Status, string, error)
+
+	mu            sync.Mutex
+	controlWarned map[string]bool // the configured control nodes warned about (warnControl)
 }
 
 func newClients(ctx context.Context, env *Env, cl *config.Cluster) (*clients, error) {

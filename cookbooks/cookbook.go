@@ -13,6 +13,7 @@ import (
 
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/audit"
+	"example.com/cookbook/cookbooks/lock"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/dryrun"
 )
@@ -49,6 +50,12 @@ type Job struct {
 	// Close, if not nil, is called once the run's steps have ended, however they ended:
 	// it stops what Plan started for the run (the health gate's watches).
 	Close func()
+	// ClaimJob, when not empty, names what the run does for the cluster's lock (see
+	// lock.Claim): runs of the same ClaimJob on disjoint nodes share the lock. Claim
+	// returns the run's claim, with reads only: the nodes it will take, which its Plan
+	// then uses; given the claim a resumed run recorded, it keeps to those nodes.
+	ClaimJob string
+	Claim    func(ctx context.Context, recorded *lock.Claim) (*lock.Claim, error)
 }
 
 // Env is what cookbooks get from the command line and the configuration.
@@ -74,6 +81,10 @@ type Env struct {
 	// StateDir is --state-dir: run records, locks, and the host keys learned from new
 	// servers' consoles (known_hosts).
 	StateDir string
+	// Others, when not nil, returns the nodes that other live runs sharing the cluster's
+	// lock with this one hold (chunks of the same upgrade): they are theirs to take down,
+	// not this run's to count or wait for.
+	Others func(ctx context.Context) []string
 
 	cfg *config.Config
 }
@@ -130,3 +141,14 @@ func BadInput(err error) error {
 
 // BadInputf formats a bad-input error.
 func BadInputf(format string, args ...any) error { return BadInput(fmt.Errorf(format, args...)) }
+
+// others returns the nodes other live runs sharing the cluster's lock hold, as a set.
+func (e *Env) others(ctx context.Context) map[string]bool {
+	out := map[string]bool{}
+	if e.Others != nil {
+		for _, n := range e.Others(ctx) {
+			out[n] = true
+		}
+	}
+	return out
+}

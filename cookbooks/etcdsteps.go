@@ -8,27 +8,67 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/etcdctl"
 	"example.com/cookbook/k8sops"
 	"example.com/cookbook/ssh"
 )
 
-// controlNodes are the cluster's control nodes: the configuration's controlNodes when
-// set (an override), else the nodes labelled node-role.kubernetes.io/control-plane, so
-// that a control node added by an earlier run is used without editing the configuration.
+// controlNodes are the cluster's control nodes: the nodes labelled
+// node-role.kubernetes.io/control-plane, so that a control node added or replaced by an
+// earlier run is used without editing the configuration. The configuration's
+// controlNodes, when set, overrides them (in its order), checked against the cluster: a
+// name that is no Node of the cluster (a control node replaced since the configuration
+// was written) is skipped with a warning, once per run; when none is left the labelled
+// nodes are used.
 func (c *clients) controlNodes(ctx context.Context) ([]string, error) {
-	if len(c.cl.ControlNodes) > 0 {
-		return c.cl.ControlNodes, nil
-	}
-	names, err := c.kube.ControlPlaneNodes(ctx)
+	labelled, err := c.kube.ControlPlaneNodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(names) == 0 {
-		return nil, fmt.Errorf("cluster %s has no control node: no node is labelled %s and clusters.%s.controlNodes is empty", c.cl.Name, k8sops.ControlPlaneLabel, c.cl.Name)
+	var names []string
+	for _, n := range c.cl.ControlNodes {
+		if !slices.Contains(labelled, n) {
+			if _, err := c.kube.Node(ctx, n); apierrors.IsNotFound(err) {
+				c.warnControl(n, fmt.Sprintf("clusters.%s.controlNodes: %s is no node of the cluster (replaced since the configuration was written?): skipped", c.cl.Name, n))
+				continue
+			} else if err != nil {
+				return nil, err
+			}
+		}
+		names = append(names, n)
 	}
-	return names, nil
+	if len(names) > 0 {
+		return names, nil
+	}
+	if len(c.cl.ControlNodes) > 0 && len(labelled) > 0 {
+		c.warnControl("", fmt.Sprintf("no node of clusters.%s.controlNodes is in the cluster: using the nodes labelled %s (%s)", c.cl.Name, k8sops.ControlPlaneLabel, strings.Join(labelled, ", ")))
+	}
+	if len(labelled) == 0 {
+		what := "is empty"
+		if len(c.cl.ControlNodes) > 0 {
+			what = "names no node of the cluster"
+		}
+		return nil, fmt.Errorf("cluster %s has no control node: no node is labelled %s and clusters.%s.controlNodes %s", c.cl.Name, k8sops.ControlPlaneLabel, c.cl.Name, what)
+	}
+	return labelled, nil
+}
+
+// warnControl logs a warning about the configured control nodes once per run for each
+// key (a node's name, or "" for the fallback to the labelled nodes).
+func (c *clients) warnControl(key, msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.controlWarned == nil {
+		c.controlWarned = map[string]bool{}
+	}
+	if c.controlWarned[key] {
+		return
+	}
+	c.controlWarned[key] = true
+	c.env.Log.Warn(msg)
 }
 
 // etcdStatus reads the etcd membership and every member's health with etcdctl on the

@@ -2,6 +2,7 @@ package cookbooks
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,49 @@ func TestUnique(t *testing.T) {
 	err := unique("hostname-list", []string{"a", "b", "a"})
 	if err == nil || err.Error() != "--hostname-list: a is listed twice" {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestHostnameListOneSpellingPerNode: a node can be named in --hostname-list in one way
+// only, its short hostname, so the same node cannot land twice in a batch (two step sets
+// of one node in a group): the same name twice, with commas or spaces, is an error naming
+// it; another case or the FQDN is no valid hostname.
+func TestHostnameListOneSpellingPerNode(t *testing.T) {
+	for _, tt := range []struct {
+		list    string
+		want    []string
+		wantErr string
+	}{
+		{list: "w-1, w-2", want: []string{"w-1", "w-2"}},
+		{list: "w-1,w-1", wantErr: "--hostname-list: w-1 is listed twice"},
+		{list: "w-1 w-2 w-1", wantErr: "--hostname-list: w-1 is listed twice"},
+		{list: "w-1,W-1", wantErr: `--hostname-list: "W-1" is not a valid hostname`},
+		{list: "w-1,w-1.toolsbeta.example.org", wantErr: `--hostname-list: "w-1.toolsbeta.example.org" is not a valid hostname`},
+	} {
+		t.Run(tt.list, func(t *testing.T) {
+			var got []string
+			var err error
+			app := &cli.App{Flags: []cli.Flag{&cli.StringFlag{Name: "hostname-list"}}, Action: func(c *cli.Context) error {
+				got, err = hostnameList(c, "hostname-list")
+				return nil
+			}}
+			if rerr := app.Run([]string{"x", "--hostname-list", tt.list}); rerr != nil {
+				t.Fatal(rerr)
+			}
+			if tt.wantErr != "" {
+				var in *InputError
+				if !errors.As(err, &in) || !strings.HasPrefix(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want bad input starting %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("list (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

@@ -114,6 +114,8 @@ func rebootNode(ctx context.Context, c *clients, s pipeline.Scope, v *pipeline.V
 			}
 			if cur, err := c.ssh.BootID(ctx, host); err != nil || cur != old {
 				issued = true // down: a reboot is under way
+			} else {
+				c.env.Log.Info("reboot not sent before the run stopped (node up on its old boot id); sending it", "node", node, "grace", min(rebootGrace, timeout))
 			}
 		}
 	} else {

@@ -196,8 +196,10 @@ func (r *rolling) makePlan(ctx context.Context) ([][]rollNode, error) {
 		nodes = append(nodes, rollNode{Name: n, Role: role, Control: control, Cordoned: cordoned[n]})
 	}
 	var already []string
+	others := r.Env.others(ctx)
 	for _, n := range names {
-		if cordoned[n] && !in[n] {
+		// The nodes another chunk of the job holds are its own to count.
+		if cordoned[n] && !in[n] && !others[n] {
 			already = append(already, n)
 		}
 	}
@@ -359,6 +361,11 @@ func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error)
 	health := pipeline.Step{Name: "health-gate", Desc: pipeline.Textf("wait until the cluster is healthy for %s without a break", ShortDuration(window)), Do: func(ctx context.Context, v *pipeline.Values) error {
 		gate := r.Gate
 		gate.Handled, gate.Timeout = handled, r.Timeout
+		// The nodes another chunk of the job holds may be NotReady: that chunk's
+		// own gate waits for them.
+		for n := range r.Env.others(ctx) {
+			gate.Handling = append(gate.Handling, n)
+		}
 		if r.Env.DryRun {
 			bad, err := k.Health(ctx, gate)
 			if err == nil && len(bad) > 0 {
@@ -435,10 +442,14 @@ func (r *rolling) checkRoom(ctx context.Context, b []rollNode) error {
 	for _, n := range b {
 		in[n.Name] = true
 	}
+	others := r.Env.others(ctx)
 	count := func(list []*corev1.Node) []string {
 		var who []string
 		for _, n := range list {
-			if n.Spec.Unschedulable || in[n.Name] {
+			// The nodes another chunk of the job holds count against its own
+			// --max-unavailable, not this run's: side by side, the cluster's unavailability is
+			// the sum of the chunks'.
+			if (n.Spec.Unschedulable && !others[n.Name]) || in[n.Name] {
 				who = append(who, n.Name)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/lock"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/k8sops"
 	"example.com/cookbook/ssh"
@@ -141,7 +142,9 @@ type upgrader struct {
 	silence bool
 
 	selectNodes func(names []string) ([]string, error)
-	roll        *rolling
+	// pinned, when not nil, are the nodes the run claimed (a chunk): its plan takes them.
+	pinned map[string]bool
+	roll   *rolling
 }
 
 // close stops what the run's rolling skeleton started (the job's Close).
@@ -268,7 +271,15 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 				return nil, BadInputf("--hostname-list: no node %s in cluster %s", h, u.cl.Name)
 			}
 		}
-		if chunks > 0 {
+		if chunks > 0 && u.pinned != nil {
+			var mine []string
+			for _, n := range out {
+				if u.pinned[n] {
+					mine = append(mine, n)
+				}
+			}
+			out = mine
+		} else if chunks > 0 {
 			out = chunkOf(out, chunks, chunk)
 		}
 		if len(out) == 0 {
@@ -279,7 +290,57 @@ func prepareUpgradeCluster(c *cli.Context, env *Env) (*Job, error) {
 	if err := env.CheckAccess(u.cl); err != nil {
 		return nil, err
 	}
-	return &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}, nil
+	j := &Job{Cluster: u.cl.Name, Check: u.check, Plan: u.plan, Close: u.close}
+	if chunks > 0 {
+		// Chunks of one upgrade share the cluster's lock when their nodes are disjoint.
+		j.ClaimJob = fmt.Sprintf("upgrade-k8s-cluster of workers to v%s", u.dst)
+		j.Claim = func(ctx context.Context, recorded *lock.Claim) (*lock.Claim, error) {
+			if recorded != nil {
+				// A resume: the recorded plan, or, if the run stopped before it was
+				// recorded, a plan of the claimed nodes.
+				u.pin(recorded.Nodes)
+				return recorded, nil
+			}
+			nodes, err := u.chunkNodes(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return lock.NewClaim(j.ClaimJob, nodes), nil
+		}
+	}
+	return j, nil
+}
+
+// chunkNodes reads the cluster's nodes and returns the run's chunk, which its plan then
+// takes (pinned): the nodes it claims of the cluster's lock.
+func (u *upgrader) chunkNodes(ctx context.Context) ([]string, error) {
+	c, err := newClients(ctx, u.env, u.cl)
+	if err != nil {
+		return nil, err
+	}
+	list, err := c.kube.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range list {
+		names = append(names, n.Name)
+	}
+	sort.Strings(names)
+	nodes, err := u.selectNodes(names)
+	if err != nil {
+		return nil, err
+	}
+	u.pin(nodes)
+	return nodes, nil
+}
+
+// pin makes the run's plan take nodes (those of its chunk still in the cluster).
+func (u *upgrader) pin(nodes []string) {
+	u.pinned = map[string]bool{}
+	for _, n := range nodes {
+		u.pinned[n] = true
+	}
 }
 
 // chunkOf is the i-th (1-based) of k nearly equal chunks of names in natural order
@@ -382,10 +443,12 @@ func (u *upgrader) check(ctx context.Context) error {
 		problems = append(problems, skewProblems(cvs, u.dst, nodes)...)
 	}
 
-	// Every node Ready.
+	// Every node Ready, but those another chunk of this upgrade holds (restarting
+	// their kubelets now).
+	others := u.env.others(ctx)
 	for _, n := range names {
 		node := byName[n]
-		if !nodeReady(&node) {
+		if !nodeReady(&node) && !others[n] {
 			add("node %s is not Ready", n)
 		}
 	}
@@ -432,7 +495,12 @@ func (u *upgrader) check(ctx context.Context) error {
 			continue
 		}
 		for _, pdb := range p.PDBs {
-			if pdb.DisruptionsAllowed == 0 {
+			switch {
+			case pdb.DisruptionsAllowed == 0 && len(others) > 0:
+				// Another chunk drains now: its evictions use the budget for a
+				// while; this run's drain waits for it.
+				u.env.Log.Warn(fmt.Sprintf("node %s: PodDisruptionBudget %s allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it", n, pdb))
+			case pdb.DisruptionsAllowed == 0:
 				add("node %s: PodDisruptionBudget %s would block its drain", n, pdb)
 			}
 		}
@@ -745,6 +813,20 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		kubeadm = kubeadmControl(c, n, dst, timeout)
 	} else {
 		kubeadm = pipeline.One(pipeline.Step{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
+			// kubeadm upgrade node takes the node to the control plane's version,
+			// whatever it is (it refuses only a control plane older than the minor
+			// before kubeadm's): a worker before the control plane would get a
+			// kubelet newer than the API server. Refused here, to resume later (a
+			// dry-run's control nodes were not upgraded: not asked).
+			if !c.env.DryRun {
+				cvs, err := c.kube.ClusterVersion(ctx)
+				if err != nil {
+					return err
+				}
+				if cv, err := parseVersion(cvs); err == nil && cv.less(dst) {
+					return fmt.Errorf("the control plane of %s is at %s, older than %s: upgrade the control nodes first (upgrade-k8s-cluster --control-only), then resume this run", c.cl.Name, cvs, want)
+				}
+			}
 			return write(ctx, h, "kubeadm", "upgrade", "node")
 		})})
 	}

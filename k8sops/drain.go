@@ -352,18 +352,45 @@ type drainer struct {
 	opts   DrainOptions
 	shared cache.SharedIndexInformer // the run's budget watch, or nil: the drain's own
 
-	mu        sync.Mutex
-	changed   chan struct{}             // closed and replaced when a budget changes
-	pdbs      map[string]watchedPDB     // namespace/name -> latest
-	waiting   map[string]string         // pod -> why it waits
-	remaining map[types.UID]string      // pods not gone yet
-	deleted   map[types.UID]metav1.Time // their deletion times, as seen
-	gone      chan struct{}             // closed when remaining is empty
+	mu         sync.Mutex
+	budgets    map[string]*budget        // namespace/name -> latest
+	setChanged chan struct{}             // closed and replaced when a budget comes, goes or changes its selector
+	setGen     int                       // counts those changes
+	selecting  map[types.UID]selection   // pod -> the budgets selecting it, as of a setGen
+	waiting    map[string]string         // pod -> why it waits
+	remaining  map[types.UID]string      // pods not gone yet
+	deleted    map[types.UID]metav1.Time // their deletion times, as seen
+	pods       cache.Store               // the node's pods, as watched
+	gone       chan struct{}             // closed when remaining is empty
 }
 
+// budget is a disruption budget as a drain watches it, with the disruptions the drain may
+// still start by its latest status: each eviction sent claims one (the API server
+// decrements the status by one for each eviction it grants), and each status seen sets
+// it anew. Only that many of its pods are evicted at once, so a budget allowing one
+// disruption is asked once, not by each of its waiting pods (which all but one would see
+// refused with 429).
+type budget struct {
+	watchedPDB
+	allowed int32
+	changed chan struct{} // closed and replaced when the budget changes
+}
+
+// selection is the budgets selecting a pod, computed at a setGen.
+type selection struct {
+	gen  int
+	keys []string
+}
+
+// budgetResync is how long a pod waits for its budget to change before the drain looks
+// again: at the pod (asked for without a claim if it is not Ready any more) and at the
+// budget's last status. kubectl drain's delay between tries.
+const budgetResync = 5 * time.Second
+
 func (d *drainer) run(ctx context.Context, plan *DrainPlan) error {
-	d.changed = make(chan struct{})
-	d.pdbs = map[string]watchedPDB{}
+	d.setChanged = make(chan struct{})
+	d.budgets = map[string]*budget{}
+	d.selecting = map[types.UID]selection{}
 	d.gone = make(chan struct{})
 	for _, p := range plan.pods {
 		d.remaining[p.UID] = podKey(&p)
@@ -461,11 +488,28 @@ func (d *drainer) checkGone() {
 	}
 }
 
-// remove evicts (or deletes) one pod, waiting on its budgets while they refuse.
+// remove evicts (or deletes) one pod, once the budgets selecting it allow a disruption
+// this drain has not claimed yet, and waits on them again while they refuse. A pod not
+// Ready is asked for at once, claim or not (the API server may evict an unhealthy pod
+// whatever its budget allows); see await for one that turns unready while it waits.
 func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	key := podKey(p)
+	force := !podReady(p)
 	for {
-		ch := d.changedChan()
+		claimed := false
+		if !force {
+			ok, wait := d.claim(p)
+			if !ok {
+				d.setWaiting(key, d.blockers(p))
+				var alive bool
+				if force, alive = d.await(ctx, p, wait); !alive {
+					return ctx.Err()
+				}
+				continue
+			}
+			claimed = true
+		}
+		force = false
 		err := d.ops.removePod(ctx, d.node, p, d.opts)
 		switch {
 		case err == nil:
@@ -474,13 +518,15 @@ func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 			return nil
 		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
 			// Gone already, or replaced by another pod of the same name.
+			if claimed {
+				d.unclaim(p)
+			}
 			d.setWaiting(key, "")
 			return nil
 		case apierrors.IsTooManyRequests(err):
+			// The budget's status here was behind the API server's: the claim stays
+			// taken until the next status comes.
 			d.setWaiting(key, d.blockers(p))
-			if !d.waitBudget(ctx, p, ch) {
-				return ctx.Err()
-			}
 		case apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err):
 			// An API server too busy to answer in time (seen in a lab of 20,000 pods on 2
 			// cores): the eviction may or may not have happened; asking again is safe
@@ -497,34 +543,90 @@ func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	}
 }
 
-func (d *drainer) changedChan() chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.changed
-}
-
-// waitBudget waits until every budget selecting p allows a disruption. ch is the change
-// channel from before the refused eviction, so a change in between is not missed.
-func (d *drainer) waitBudget(ctx context.Context, p *corev1.Pod, ch chan struct{}) bool {
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-ch:
-		}
-		d.mu.Lock()
-		ch = d.changed
-		ok := true
-		for _, pdb := range d.pdbs {
-			if pdb.selects(p) && pdb.Status.DisruptionsAllowed < 1 {
-				ok = false
-			}
-		}
-		d.mu.Unlock()
-		if ok {
-			return true
+// podReady reports whether the pod's Ready condition is True.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
 		}
 	}
+	return false
+}
+
+// budgetsOf returns the budgets selecting p, computed again only when budgets came, went
+// or changed their selectors. d.mu is held.
+func (d *drainer) budgetsOf(p *corev1.Pod) []*budget {
+	sel, ok := d.selecting[p.UID]
+	if !ok || sel.gen != d.setGen {
+		sel = selection{gen: d.setGen}
+		for k, b := range d.budgets {
+			if b.selects(p) {
+				sel.keys = append(sel.keys, k)
+			}
+		}
+		d.selecting[p.UID] = sel
+	}
+	out := make([]*budget, 0, len(sel.keys))
+	for _, k := range sel.keys {
+		out = append(out, d.budgets[k])
+	}
+	return out
+}
+
+// claim takes one disruption of each budget selecting p, if each has one left; if not, it
+// returns what to wait on: the first budget without one changing, or the budgets changing.
+func (d *drainer) claim(p *corev1.Pod) (ok bool, wait []chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	bs := d.budgetsOf(p)
+	for _, b := range bs {
+		if b.allowed < 1 {
+			return false, []chan struct{}{b.changed, d.setChanged}
+		}
+	}
+	for _, b := range bs {
+		b.allowed--
+	}
+	return true, nil
+}
+
+// unclaim gives back the disruptions claimed for p's eviction, which did not happen.
+func (d *drainer) unclaim(p *corev1.Pod) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, b := range d.budgetsOf(p) {
+		b.allowed++
+	}
+}
+
+// await waits until one of wait is closed (the pod claims again then). After budgetResync
+// without that it reports force if the pod is not Ready now (the API server may evict an
+// unhealthy pod whatever its budget allows), else it takes the last status seen of the
+// pod's budgets as it is (a claim taken for an eviction that timed out and never happened
+// is given back so). It returns alive false when ctx ends.
+func (d *drainer) await(ctx context.Context, p *corev1.Pod, wait []chan struct{}) (force, alive bool) {
+	t := time.NewTimer(budgetResync)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-wait[0]:
+		return false, true
+	case <-wait[1]:
+		return false, true
+	case <-t.C:
+	}
+	if obj, ok, _ := d.pods.GetByKey(podKey(p)); ok {
+		if now, ok := obj.(*corev1.Pod); ok && now.UID == p.UID && !podReady(now) {
+			return true, true
+		}
+	}
+	d.mu.Lock()
+	for _, b := range d.budgetsOf(p) {
+		b.allowed = b.Status.DisruptionsAllowed
+	}
+	d.mu.Unlock()
+	return false, true
 }
 
 // blockers names the budgets refusing p's eviction.
@@ -532,11 +634,9 @@ func (d *drainer) blockers(p *corev1.Pod) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []string
-	for _, pdb := range d.pdbs {
-		if pdb.selects(p) {
-			out = append(out, fmt.Sprintf("PDB %s/%s allows %d disruption(s) (%d/%d healthy)", pdb.Namespace, pdb.Name,
-				pdb.Status.DisruptionsAllowed, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy))
-		}
+	for _, pdb := range d.budgetsOf(p) {
+		out = append(out, fmt.Sprintf("PDB %s/%s allows %d disruption(s) (%d/%d healthy)", pdb.Namespace, pdb.Name,
+			pdb.Status.DisruptionsAllowed, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy))
 	}
 	if len(out) == 0 {
 		return "eviction refused (429)"
@@ -555,6 +655,9 @@ func (d *drainer) setWaiting(pod, why string) {
 	}
 }
 
+// reportBudgets is how many budgets a report names, one line each.
+const reportBudgets = 5
+
 // report logs which pods wait on which budget: at most once per report interval.
 func (d *drainer) report() {
 	d.mu.Lock()
@@ -564,9 +667,25 @@ func (d *drainer) report() {
 	}
 	left := len(d.remaining)
 	d.mu.Unlock()
-	for why, pods := range byWhy {
+	whys := make([]string, 0, len(byWhy))
+	for why := range byWhy {
+		whys = append(whys, why)
+	}
+	sort.Strings(whys)
+	// A node with many pods under many budgets would log a line per budget at every
+	// report: the first few are named, the rest counted in one line.
+	rest := 0
+	for i, why := range whys {
+		pods := byWhy[why]
+		if i >= reportBudgets {
+			rest += len(pods)
+			continue
+		}
 		sort.Strings(pods)
 		d.ops.log().Info("waiting on disruption budget", "node", d.node, "budget", why, "pods", strings.Join(pods, " "))
+	}
+	if rest > 0 {
+		d.ops.log().Info("waiting on more disruption budgets", "node", d.node, "budgets", len(whys)-reportBudgets, "pods", rest)
 	}
 	if len(byWhy) == 0 {
 		d.ops.log().Info("waiting for evicted pods to terminate", "node", d.node, "left", left)
@@ -596,6 +715,7 @@ func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
 		o.FieldSelector = "spec.nodeName=" + d.node
 	}))
 	inf := f.Core().V1().Pods().Informer()
+	d.pods = inf.GetStore()
 	present := d.checkGone
 	seen := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && p.DeletionTimestamp != nil {
@@ -644,6 +764,13 @@ func (d *drainer) watchPods(ctx context.Context, stop chan struct{}) error {
 	return nil
 }
 
+// budgetsChanged says that budgets came, went or changed their selectors. d.mu is held.
+func (d *drainer) budgetsChanged() {
+	d.setGen++
+	close(d.setChanged)
+	d.setChanged = make(chan struct{})
+}
+
 // watchPDBs watches the budgets of the namespaces of the pods and signals every change.
 func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan struct{}) error {
 	if d.opts.DisableEviction {
@@ -664,10 +791,20 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 				return
 			}
 			d.mu.Lock()
-			d.pdbs[pdb.Namespace+"/"+pdb.Name] = newWatchedPDB(pdb)
-			close(d.changed)
-			d.changed = make(chan struct{})
-			d.mu.Unlock()
+			defer d.mu.Unlock()
+			k := pdb.Namespace + "/" + pdb.Name
+			b := d.budgets[k]
+			if b == nil || b.Generation != pdb.Generation {
+				d.budgetsChanged()
+			}
+			if b == nil {
+				b = &budget{changed: make(chan struct{})}
+				d.budgets[k] = b
+			}
+			b.watchedPDB = newWatchedPDB(pdb)
+			b.allowed = pdb.Status.DisruptionsAllowed
+			close(b.changed)
+			b.changed = make(chan struct{})
 		}
 		return cache.ResourceEventHandlerFuncs{
 			AddFunc:    update,
@@ -678,9 +815,8 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 				}
 				if pdb, ok := obj.(*policyv1.PodDisruptionBudget); ok && mine(pdb.Namespace) {
 					d.mu.Lock()
-					delete(d.pdbs, pdb.Namespace+"/"+pdb.Name)
-					close(d.changed)
-					d.changed = make(chan struct{})
+					delete(d.budgets, pdb.Namespace+"/"+pdb.Name)
+					d.budgetsChanged()
 					d.mu.Unlock()
 				}
 			},

@@ -43,7 +43,7 @@ func PinnedVersions() Versions {
 }
 
 // binaries are the programs `make lab-bins` builds.
-var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "kwokctl"}
+var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubeadm", "kwok", "kwokctl"}
 
 // BinDir returns the cache directory holding the lab binaries for the pinned versions
 // ($COOKBOOK_LAB_BIN if set, else $XDG_CACHE_HOME/cookbook/lab/<key>/bin, else

@@ -129,8 +129,8 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		}
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	// From here on, the directory is ours and Stop cleans up (of this cp: the result is
-	// nil by then).
+	// From here on, the directory is ours and Stop cleans up (cp itself is nil in an
+	// error return).
 	started := cp
 	defer func() {
 		if err != nil {
@@ -171,9 +171,10 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		"--kube-audit-policy", policy,
 		"--kubeconfig", cp.Kubeconfig,
 		"--disable-qps-limits",
-		// kwokctl v0.8.0 files a component's repeated --extra-args under the index of the
-		// argument rather than of the component's patch (it panics, or files it under
-		// another component): each component's first argument comes first, repeats after.
+		// kwokctl 0.8 files the extra args of a component under the position of its
+		// first --extra-args among all of them: each component's first one must come
+		// in the order of first appearance (kube-controller-manager, kube-scheduler,
+		// kwok-controller), the others after them.
 		//
 		// The node lifecycle controller notices a Ready node (and lifts its not-ready
 		// taint) within a second rather than five.
@@ -188,6 +189,9 @@ func StartControlPlane(ctx context.Context, opts Options) (cp *ControlPlane, err
 		"--extra-args", "kwok-controller=manage-all-nodes=false",
 		"--extra-args", "kube-controller-manager=leader-elect=false",
 		"--extra-args", "kwok-controller=manage-nodes-with-annotation-selector="+KwokAnnotation+"=fake",
+		// As kubeadm runs it: the token cleaner deletes expired bootstrap tokens (and
+		// the garbage collector then what they own, such as kubeadm-certs).
+		"--extra-args", "kube-controller-manager=controllers=*,bootstrapsigner,tokencleaner",
 		"--quiet-pull",
 		"--wait", "2m",
 	)

@@ -441,3 +441,129 @@ func TestWriteRequestsFromAuditLog(t *testing.T) {
 		t.Errorf("write requests after now = %v, %v; want none", later, err)
 	}
 }
+
+// TestPodsReadyAgainAfterReboot: a pod the node lifecycle controller marked not Ready
+// (as it does to the pods of a NotReady node, late when it lags) is Ready again soon after
+// its node is back, as a real kubelet's status sync makes it.
+func TestPodsReadyAgainAfterReboot(t *testing.T) {
+	Need(t, cp)
+	ctx := context.Background()
+	if err := cp.AddNode(ctx, NodeSpec{Name: "resync-1"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.RemoveNode(context.Background(), "resync-1") })
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "resync-pod", Namespace: "default"}, Spec: podTemplate("resync").Spec}
+	pod.Spec.NodeName = "resync-1"
+	if _, err := cp.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		zero := int64(0)
+		cp.Client.CoreV1().Pods("default").Delete(context.Background(), "resync-pod", metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
+	podReady := func() (bool, error) {
+		p, err := cp.Client.CoreV1().Pods("default").Get(ctx, "resync-pod", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				return c.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) { return podReady() }); err != nil {
+		t.Fatalf("pod never Ready on its node: %v", err)
+	}
+	if err := cp.RebootNode(ctx, "resync-1", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitNodeReady(ctx, "resync-1", true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// What a lagging node lifecycle controller does after the node is back.
+	p, err := cp.Client.CoreV1().Pods("default").Get(ctx, "resync-pod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			p.Status.Conditions[i].Status = corev1.ConditionFalse
+			p.Status.Conditions[i].LastTransitionTime = metav1.Now()
+		}
+	}
+	if _, err := cp.Client.CoreV1().Pods("default").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ready, err := podReady(); err != nil || ready {
+		t.Fatalf("pod ready=%v (%v) right after it was marked not Ready", ready, err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) { return podReady() }); err != nil {
+		t.Fatalf("pod still not Ready 30s after it was marked so on a Ready node: %v", err)
+	}
+}
+
+// TestBuildOnlyMissing: make lab-bins, given a cache holding every binary but kubeadm (a
+// binary added to the set later), builds kubeadm alone and leaves the others as they were;
+// run again, it has nothing to do. It builds kubeadm for real (about 20 s with a warm Go
+// build cache).
+func TestBuildOnlyMissing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds kubeadm (-short)")
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go toolchain")
+	}
+	cache := t.TempDir()
+	v := PinnedVersions()
+	bin := filepath.Join(cache, "cookbook", "lab", fmt.Sprintf("k8s-%s_etcd-%s_kwok-%s", v.Kubernetes, v.Etcd, v.Kwok), "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fake := "#!/bin/sh\necho 'a binary the cache had'\n"
+	for _, b := range binaries {
+		if b != "kubeadm" {
+			if err := os.WriteFile(filepath.Join(bin, b), []byte(fake), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// XDG_CACHE_HOME moves the Go build cache too unless GOCACHE says where it is.
+	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := func() string {
+		t.Helper()
+		cmd := exec.Command("bash", filepath.Join("bins", "build.sh"))
+		cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+cache, "GOCACHE="+strings.TrimSpace(string(gocache)))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("build.sh: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	out := build()
+	if !strings.Contains(out, "lab-bins: building kubeadm into "+bin) || strings.Contains(out, "kube-apiserver") || strings.Contains(out, "etcd v") {
+		t.Errorf("build.sh with only kubeadm missing:\n%s", out)
+	}
+	for _, b := range binaries {
+		got, err := os.ReadFile(filepath.Join(bin, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (b == "kubeadm") == (string(got) == fake) {
+			t.Errorf("%s after the build: %d bytes", b, len(got))
+		}
+	}
+	if ver, err := exec.Command(filepath.Join(bin, "kubeadm"), "version", "-o", "short").Output(); err != nil || strings.TrimSpace(string(ver)) != v.Kubernetes {
+		t.Errorf("kubeadm version -o short: %q, %v; want %s", ver, err, v.Kubernetes)
+	}
+	if out := build(); !strings.Contains(out, "lab-bins: up to date in "+bin) {
+		t.Errorf("build.sh with every binary there:\n%s", out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(bin), ".build-*")); len(left) != 0 {
+		t.Errorf("build.sh left %v", left)
+	}
+}

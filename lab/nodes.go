@@ -278,7 +278,68 @@ func (cp *ControlPlane) SetNodeReady(ctx context.Context, name, bootID string) e
 	if _, err := cp.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("node %s ready: %w", name, err)
 	}
+	cp.bg.Add(1)
+	go func() {
+		defer cp.bg.Done()
+		cp.resyncPodStatus(name, bootID)
+	}()
 	return nil
+}
+
+// resyncPodStatus does for a node back from a reboot what its kubelet's status manager
+// does: the node lifecycle controller marks the pods of a NotReady node not Ready
+// (MarkPodsNotReady), and a controller lagging behind may do it after the node is Ready
+// again; a real kubelet puts its own status back at its next sync (every 10 s), kwok,
+// which set the pods Ready once, does not. For resyncFor after the node is back, every
+// resyncEvery, while the node stays Ready on this boot, a running pod whose containers
+// are ready but which is marked not Ready gets its Ready condition back.
+func (cp *ControlPlane) resyncPodStatus(name, bootID string) {
+	ctx, cancel := context.WithTimeout(cp.bgCtx, resyncFor)
+	defer cancel()
+	for sleep(ctx, resyncEvery) == nil {
+		n, err := cp.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil || !IsReady(n) || (bootID != "" && n.Status.NodeInfo.BootID != bootID) {
+			return // gone, down again, or rebooted since: that boot's resync takes over
+		}
+		pods, err := cp.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + name})
+		if err != nil {
+			continue
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !markedNotReady(&p) {
+				continue
+			}
+			data, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.PodCondition{{
+				Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now(),
+			}}}})
+			if err != nil {
+				continue
+			}
+			// Best effort, as the kubelet's: the next round tries again.
+			_, _ = cp.Client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
+		}
+	}
+}
+
+// How long and how often resyncPodStatus looks after a node is back.
+const (
+	resyncFor   = 90 * time.Second
+	resyncEvery = 3 * time.Second
+)
+
+// markedNotReady reports whether the pod's containers are ready but the pod is not: what
+// the node lifecycle controller leaves on the pods of a node it saw NotReady.
+func markedNotReady(p *corev1.Pod) bool {
+	ready, containers := false, false
+	for _, c := range p.Status.Conditions {
+		switch c.Type {
+		case corev1.PodReady:
+			ready = c.Status == corev1.ConditionTrue
+		case corev1.ContainersReady:
+			containers = c.Status == corev1.ConditionTrue
+		}
+	}
+	return containers && !ready
 }
 
 func (cp *ControlPlane) patchReady(ctx context.Context, name string, status corev1.ConditionStatus, reason, msg, bootID string) error {

@@ -22,7 +22,13 @@ import (
 	"example.com/cookbook/lab/vm"
 )
 
-// bootstrapTokens returns the ids of the bootstrap token Secrets of the lab's cluster.
+// kubeadmCertsTokenDescription is the description of the bootstrap token kubeadm
+// upload-certs creates to own the kubeadm-certs Secret (two hours; it authenticates
+// nothing a join uses, and kubeadm leaves it to expire).
+const kubeadmCertsTokenDescription = "Proxy for managing TTL for the kubeadm-certs secret"
+
+// bootstrapTokens returns the ids of the bootstrap token Secrets of the lab's cluster that
+// can join a node (not kubeadm upload-certs' token owning kubeadm-certs).
 func bootstrapTokens(t *testing.T, s *stack.Stack) []string {
 	t.Helper()
 	list, err := s.CP.Client.CoreV1().Secrets("kube-system").List(context.Background(), metav1.ListOptions{FieldSelector: "type=bootstrap.kubernetes.io/token"})
@@ -31,6 +37,9 @@ func bootstrapTokens(t *testing.T, s *stack.Stack) []string {
 	}
 	var ids []string
 	for _, sec := range list.Items {
+		if string(sec.Data["description"]) == kubeadmCertsTokenDescription && string(sec.Data["usage-bootstrap-authentication"]) == "" {
+			continue
+		}
 		ids = append(ids, string(sec.Data["token-id"]))
 	}
 	return ids
@@ -238,14 +247,36 @@ func testStorageOfAnotherType(t *testing.T, w *world, s *stack.Stack) {
 // testStorageOfAnotherType: its failed run is abandoned and its server removed first.
 func testStorageReformat(t *testing.T, w *world, s *stack.Stack) {
 	name := s.Prefix + "-worker-3"
+	// The failed run's server stays: the abandon names it and the command that removes
+	// it (the rehearsal of the abandon says so too); the operator runs that command, and
+	// the next server gets the name.
+	id := serverOf(t, s, name).ID
+	remove := "cookbook remove-k8s-node --cluster-name toolsbeta --role worker --hostname-to-remove " + name
+	want := `abandon leaves the server this run created, and its node if it joined server=` + name + " id=" + id + ` remove_with="` + remove + `"`
+	abandoned := 0
 	for _, run := range w.runs() {
 		if run.Status != state.Done && run.Status != state.Abandoned {
-			wantCode(t, w.run("abandon", run.ID), 0)
+			rehearsal := w.run("--dry-run", "abandon", run.ID)
+			wantCode(t, rehearsal, 0)
+			r := w.run("abandon", run.ID)
+			wantCode(t, r, 0)
+			for what, out := range map[string]string{"abandon": r.stderr, "--dry-run abandon": rehearsal.stderr} {
+				if !strings.Contains(out, want) {
+					t.Errorf("%s does not name the server it leaves and how to remove it (want %q):\n%s", what, want, out)
+				}
+			}
+			abandoned++
 		}
 	}
-	// The failed run's server stays (create-server has no undo): the operator removes it,
-	// and the next server gets its name.
-	wantCode(t, w.run("--yes", "remove-k8s-node", "--cluster-name", "toolsbeta", "--role", "worker", "--hostname-to-remove", name), 0)
+	if abandoned != 1 || serverOf(t, s, name).ID != id {
+		t.Fatalf("%d runs abandoned; server %s not left as it was", abandoned, name)
+	}
+	wantCode(t, w.run(append([]string{"--yes"}, strings.Fields(remove)[1:]...)...), 0)
+	for _, srv := range s.Cloud.Servers() {
+		if srv.Name == name {
+			t.Fatalf("server %s still there after %s", name, remove)
+		}
+	}
 	cfg, err := os.ReadFile(s.ConfigPath)
 	if err != nil {
 		t.Fatal(err)

@@ -356,6 +356,13 @@ func (a *app) run(c *cli.Context, cb cookbooks.Cookbook) error {
 		return err
 	}
 	j := &job{Job: prepared, cb: cb, env: env, termLog: termLog, args: recordArgs(c, cb), out: c.App.Writer, task: task}
+	if j.ClaimJob != "" {
+		own := ""
+		if a.cont != nil {
+			own = a.cont.run.ID
+		}
+		env.Others = othersOf(env, j.Cluster, j.ClaimJob, own)
+	}
 	if j.Check != nil && a.cont == nil {
 		if err := j.Check(ctx); err != nil {
 			return notStarted(ctx, j.Cluster, err)
@@ -382,10 +389,10 @@ func (a *app) unrecorded(ctx context.Context, j *job) error {
 	logger, dry := j.env.Log, j.env.DryRun
 	run := &state.Run{ID: "dry-run", Cookbook: j.cb.Name, Cluster: j.Cluster, Args: j.args, DryRun: true, Holder: holder(), StartedAt: time.Now()}
 	r := &pipeline.Runner{Log: logger}
-	steps, err := j.Plan(ctx, r.Values(run))
+	steps, err := r.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
-		return err
+		return planRefusal(err)
 	}
 	if dry {
 		for i, s := range steps {
@@ -431,11 +438,15 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			StartedAt: time.Now(),
 			Status:    state.Running,
 		}
-		// Checked again under the lock below; refused here too, so that a refusal
-		// creates no lock file.
-		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
-			return err
-		}
+	}
+	// A chunk's claim of the cluster's lock: recorded by its first start, taken again
+	// by its resumes.
+	claim, err := claimOf(ctx, j, run, isNew)
+	if err != nil {
+		return notStarted(ctx, j.Cluster, err)
+	}
+	if j.ClaimJob != "" {
+		j.env.Others = othersOf(j.env, j.Cluster, j.ClaimJob, run.ID)
 	}
 	// A lease cluster's lock and records are shared with the other operator hosts.
 	var sh *shared
@@ -444,11 +455,39 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			return err
 		}
 	}
+	if isNew {
+		// Checked again under the lock below; refused here too, so that a refusal
+		// creates no lock file.
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster, claim); err != nil {
+			return err
+		}
+		// The confirmation's question (its reads may refuse the run) and the answer come
+		// before the lock: a refusal or a "no" leaves no lock file and no Lease write. A
+		// lock held by another run is said first, not after a question it makes moot.
+		if j.Confirm != nil {
+			me := lock.Holder{RunID: run.ID, Claim: claim}
+			if err := locks.Held(j.Cluster, me); err != nil {
+				return err
+			}
+			if sh != nil {
+				if err := sh.leases.Held(ctx, j.Cluster, me); err != nil {
+					return err
+				}
+			}
+			q, err := j.Confirm(ctx)
+			if err != nil {
+				return notStarted(ctx, j.Cluster, err)
+			}
+			if err := a.confirm(j.env, q); err != nil {
+				return err
+			}
+		}
+	}
 	run.Holder = holder()
 	if j.task != "" {
 		run.TaskID = j.task // a resume may name the task; else the recorded one stays
 	}
-	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now()}
+	lh := lock.Holder{RunID: run.ID, Cookbook: j.cb.Name, User: run.Holder.User, Host: run.Holder.Host, PID: run.Holder.PID, StartedAt: time.Now(), Claim: claim}
 	// The flock of this host's state dir is always taken: `runs` tells a live run of
 	// this host from a dead one by it.
 	l, prev, err := locks.Lock(ctx, j.Cluster, lh)
@@ -483,22 +522,15 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 		hold = ll.(*lock.LeaseLock).Err
 	}
 	if isNew {
-		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster); err != nil {
+		if err := a.refuseUnfinished(c, store, j.cb, j.Cluster, claim); err != nil {
 			return err
-		}
-		if j.Confirm != nil {
-			q, err := j.Confirm(ctx)
-			if err != nil {
-				return notStarted(ctx, j.Cluster, err)
-			}
-			if err := a.confirm(j.env, q); err != nil {
-				return err
-			}
 		}
 	}
 
-	if err := store.Save(run); err != nil {
-		return err
+	// The run is saved (and copied to the cluster) once its plan is made and valid: a
+	// plan that cannot run leaves no run record.
+	if err := os.MkdirAll(filepath.Dir(store.LogPath(run.ID)), 0o700); err != nil {
+		return fmt.Errorf("open run log: %w", err)
 	}
 	logFile, err := os.OpenFile(store.LogPath(run.ID), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -515,19 +547,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			j.env.Audit.Suffix = " (" + run.TaskID + ")"
 		}
 	}
-	if sh != nil {
-		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
-		store.Copy(run)
-		defer sh.prune(logger)
-	}
-
 	runner := &pipeline.Runner{Store: store, Log: logger, Hold: hold}
 	if t := newTerminal(a.stdin, a.stderr); t != nil {
 		runner.Prompt = t
 	}
 	// The plan, the steps and the progress ticker share the runner's values: one lock
-	// guards them and every save of the run.
-	steps, err := j.Plan(ctx, runner.Values(run))
+	// guards them and every save of the run. Nothing is saved while the plan is made.
+	steps, err := runner.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
 		if isNew {
@@ -538,7 +564,10 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			if ctx.Err() != nil {
 				return fmt.Errorf("stopped before the first step; nothing was recorded: %w", pipeline.ErrInterrupted)
 			}
-			return notStarted(ctx, j.Cluster, err)
+			return notStarted(ctx, j.Cluster, planRefusal(err))
+		}
+		if sh != nil {
+			store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
 		}
 		run.Status = state.Failed
 		run.Error = "plan: " + err.Error()
@@ -546,6 +575,13 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 			logger.Error("cannot save the failed run", "err", serr)
 		}
 		return a.failed(run, fmt.Errorf("plan: %w", err))
+	}
+	if sh != nil {
+		store.Copy = sh.copier(logger, hold, store.LogPath(run.ID))
+		defer sh.prune(logger)
+	}
+	if err := store.Save(run); err != nil {
+		return err
 	}
 
 	// The team's log gets a START and an END line per run, as the admin log expects.
@@ -593,6 +629,17 @@ func (a *app) recorded(ctx context.Context, c *cli.Context, j *job, recorded *st
 	}
 	logger.Info("finished", "run", run.ID, "cookbook", j.cb.Name, "cluster", j.Cluster, "took", time.Since(run.StartedAt).Round(time.Second))
 	return end(nil)
+}
+
+// planRefusal marks a plan that cannot run (a step name used twice: a cookbook's bug,
+// not a state of the cluster) as refused input: exit 2, and nothing was recorded, so
+// running it again gives the same refusal. Other errors are returned as they are.
+func planRefusal(err error) error {
+	var pe *pipeline.PlanError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	return cookbooks.BadInput(fmt.Errorf("plan: %w (the cookbook's plan cannot run; nothing was recorded)", err))
 }
 
 // notStarted explains why a new run failed before its first step: an input error as it
@@ -650,11 +697,98 @@ func (a *app) failed(run *state.Run, err error) error {
 	return &shownError{err: err}
 }
 
-func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string) error {
+// holds reports whether run is one of hs.
+func holds(hs []lock.Holder, run string) bool {
+	for _, h := range hs {
+		if h.RunID == run {
+			return true
+		}
+	}
+	return false
+}
+
+// keyClaim is where a run records its claim of the cluster's lock (a chunk's).
+const keyClaim = "lock/claim"
+
+// recordedClaim is the claim run recorded; nil if none.
+func recordedClaim(run *state.Run) *lock.Claim {
+	var cl lock.Claim
+	if data, ok := run.Values[keyClaim]; !ok || json.Unmarshal(data, &cl) != nil {
+		return nil
+	}
+	return &cl
+}
+
+// claimOf returns the run's claim of the cluster's lock, nil for a job that holds it
+// alone: a new run's is read from the cluster and recorded; a resumed run takes the
+// recorded one again (none recorded: it holds the lock alone).
+func claimOf(ctx context.Context, j *job, run *state.Run, isNew bool) (*lock.Claim, error) {
+	if j.Claim == nil {
+		return nil, nil
+	}
+	if !isNew {
+		if rc := recordedClaim(run); rc != nil {
+			return j.Claim(ctx, rc)
+		}
+		return nil, nil
+	}
+	cl, err := j.Claim(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(cl)
+	if err != nil {
+		return nil, err
+	}
+	if run.Values == nil {
+		run.Values = map[string]json.RawMessage{}
+	}
+	run.Values[keyClaim] = data
+	return cl, nil
+}
+
+// othersOf returns the Env.Others of a run of claimJob on cluster (own is its id on a
+// resume): the nodes of the other live holders of the cluster's lock with the same job,
+// on this host (flock) and, for a lease cluster, on every host.
+func othersOf(env *cookbooks.Env, cluster, claimJob, own string) func(ctx context.Context) []string {
+	return func(ctx context.Context) []string {
+		hs := (&lock.Files{Dir: filepath.Join(env.StateDir, "locks")}).Holders(cluster)
+		if cl, err := env.Cluster(cluster); err == nil {
+			if sh, err := sharedOf(cl); err == nil && sh != nil {
+				all, err := sh.leases.Holders(ctx)
+				if err != nil {
+					env.Log.Warn("could not read the cluster's lease for the other chunks' nodes", "err", err)
+				}
+				for _, e := range all {
+					if e.Live {
+						hs = append(hs, e.Holder)
+					}
+				}
+			}
+		}
+		var out []string
+		for _, h := range hs {
+			if h.RunID != own && h.Claim != nil && h.Claim.Job == claimJob {
+				out = append(out, h.Claim.Nodes...)
+			}
+		}
+		return out
+	}
+}
+
+func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.Cookbook, cluster string, claim *lock.Claim) error {
 	runs, _ := store.List()
 	for _, r := range runs {
 		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Resumable() {
 			continue
+		}
+		if other := recordedClaim(r); claim != nil && other != nil {
+			if claim.Shares(other) {
+				continue // another chunk of the same job, on other nodes
+			}
+			if holds((&lock.Files{Dir: filepath.Join(store.Dir, "locks")}).Holders(cluster), r.ID) {
+				continue // a live chunk: the cluster's lock says what it holds
+			}
 		}
 		if c.Bool("new") {
 			slog.Default().Debug("ignoring unfinished run", "run", r.ID)
@@ -751,9 +885,13 @@ func (a *app) rehearse(ctx context.Context, j *job, cont *continuation) error {
 	}
 	log := j.env.Log
 	runner := &pipeline.Runner{Log: log} // no store: nothing is saved
-	steps, err := j.Plan(ctx, runner.Values(run))
+	steps, err := runner.Plan(ctx, run, j.Plan)
 	defer j.close()
 	if err != nil {
+		var pe *pipeline.PlanError
+		if errors.As(err, &pe) {
+			return planRefusal(err)
+		}
 		return fmt.Errorf("dry-run of run %s: plan: %w", run.ID, err)
 	}
 	if j.env.Output == "json" {

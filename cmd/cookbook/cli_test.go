@@ -316,6 +316,38 @@ func TestBadInput(t *testing.T) {
 	wantCode(t, w.run(w.toy("--confirm", "--yes")...), 0)
 }
 
+// TestPlanClashRefused: a plan whose batch group has one step name twice (a step set
+// composed twice) is refused with exit 2 and a one-line error naming the step, before the
+// run is saved: no run file, no run log, nothing done, and the same command without the
+// clash then runs (no unfinished run blocks it). The dry-run refuses it the same way.
+func TestPlanClashRefused(t *testing.T) {
+	w := newWorld(t)
+	const want = `cookbook: error: plan: step name "batch-1/mark" is used twice (the cookbook's plan cannot run; nothing was recorded)`
+	for _, dry := range []bool{false, true} {
+		args := w.toy("--clash", "--items", "2")
+		if dry {
+			args = append([]string{"--dry-run"}, args...)
+		}
+		r := w.run(args...)
+		wantCode(t, r, 2)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if got := lines[len(lines)-1]; got != want {
+			t.Errorf("dry-run %v: last stderr line\n%s\nwant\n%s", dry, got, want)
+		}
+		if len(lines) != 1 && !dry {
+			t.Errorf("want a one-line error, got %d lines:\n%s", len(lines), r.stderr)
+		}
+		if strings.Contains(r.stderr, "resume") {
+			t.Errorf("a refused plan suggests a resume:\n%s", r.stderr)
+		}
+		files, _ := os.ReadDir(filepath.Join(w.stateDir, "runs"))
+		if len(files) != 0 || len(w.markers()) != 0 {
+			t.Errorf("dry-run %v: the refused plan left %d run file(s) and markers %v", dry, len(files), w.markers())
+		}
+	}
+	wantCode(t, w.run(w.toy()...), 0)
+}
+
 func TestCorruptStateFile(t *testing.T) {
 	w := newWorld(t)
 	os.WriteFile(filepath.Join(w.dir, "break-finish"), nil, 0o600)

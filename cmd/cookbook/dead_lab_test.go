@@ -4,15 +4,18 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"example.com/cookbook/config"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/stack"
 )
@@ -351,7 +354,14 @@ func TestRebootStuckWorkersPrometheus(t *testing.T) {
 		t.Errorf("confirmation does not name %s and why:\n%s", stuck, r.stderr)
 	}
 
-	noWrites("the refused runs", true)
+	// Refused before the lock: no write at all, no Lease, no lock file, no run.
+	noWrites("the refused runs", false)
+	if _, err := s.CP.Client.CoordinationV1().Leases(config.DefaultLockNamespace).Get(ctx, config.DefaultLockName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the refused runs left the cookbook-lock Lease (err %v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(w.stateDir, "locks", "toolsbeta.lock")); !os.IsNotExist(err) || len(w.runs()) != 0 {
+		t.Errorf("the refused runs left a lock file (stat: %v) or %d runs", err, len(w.runs()))
+	}
 
 	since = time.Now()
 	r = w.run(append([]string{"--dry-run", "--yes"}, args...)...)

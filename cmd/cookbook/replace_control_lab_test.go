@@ -156,6 +156,31 @@ func TestReplaceControlNodes(t *testing.T) {
 		t.Errorf("the audit log holds a bootstrap token: %s", m)
 	}
 
+	// A configuration written before the replacement names the old control nodes: each is
+	// skipped with one warning, and etcd is asked on the labelled (new) ones.
+	cfg, err := os.ReadFile(s.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := strings.Replace(string(cfg), "    roles:\n", "    controlNodes: ["+strings.Join(olds, ", ")+"]\n    roles:\n", 1)
+	if err := os.WriteFile(s.ConfigPath, []byte(stale), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = w.run("--dry-run", "replace-k8s-nodes", "--cluster-name", "toolsbeta", "--role", "control", "--image", "debian-12.0-bookworm")
+	if err := os.WriteFile(s.ConfigPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, r, 0)
+	for _, o := range olds {
+		if n := strings.Count(r.stderr, "clusters.toolsbeta.controlNodes: "+o+" is no node of the cluster (replaced since the configuration was written?): skipped"); n != 1 {
+			t.Errorf("stale controlNodes: %d warning(s) about %s, want 1:\n%s", n, o, r.stderr)
+		}
+	}
+	if !strings.Contains(r.stderr, "no node of clusters.toolsbeta.controlNodes is in the cluster: using the nodes labelled node-role.kubernetes.io/control-plane ("+strings.Join(news, ", ")+")") ||
+		!strings.Contains(r.stderr, "etcd healthy members=3 healthy=3") {
+		t.Errorf("stale controlNodes: etcd not read on the labelled control nodes:\n%s", r.stderr)
+	}
+
 	// A control node powered off: etcd is not healthy, a new replacement is refused before
 	// anything is recorded or written.
 	if err := s.Fleet.PowerOff(serverOf(t, s, news[2]).ID); err != nil {

@@ -30,8 +30,10 @@ func status(run *state.Run, locks *lock.Files, lease *lock.Leases) string {
 		return string(run.Status)
 	}
 	if run.Holder.Host == hostname() || lease == nil {
-		if h := locks.Holder(run.Cluster); h != nil && h.RunID == run.ID {
-			return "running"
+		for _, h := range locks.Holders(run.Cluster) {
+			if h.RunID == run.ID {
+				return "running"
+			}
 		}
 		if run.Holder.Host == hostname() {
 			return "stopped (process gone)"
@@ -40,14 +42,17 @@ func status(run *state.Run, locks *lock.Files, lease *lock.Leases) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, renewed, live, err := lease.Holder(ctx)
-	switch {
-	case err != nil:
+	all, err := lease.Holders(ctx)
+	if err != nil {
 		return "running on " + run.Holder.Host + "? (lease unreadable)"
-	case h != nil && h.RunID == run.ID && live:
-		return "running on " + run.Holder.Host
-	case h != nil && h.RunID == run.ID:
-		return "stopped (lease expired " + time.Since(renewed).Round(time.Second).String() + " ago)"
+	}
+	for _, e := range all {
+		switch {
+		case e.Holder.RunID == run.ID && e.Live:
+			return "running on " + run.Holder.Host
+		case e.Holder.RunID == run.ID:
+			return "stopped (lease expired " + time.Since(e.Renewed).Round(time.Second).String() + " ago)"
+		}
 	}
 	return "stopped (process gone)"
 }
@@ -245,6 +250,7 @@ func (a *app) followRecord(ctx context.Context, out io.Writer, store *state.Stor
 	next := -1 // the number of the next log line to print; -1 before the first tail
 	var final *state.Run
 	var finalSt string
+	var gone time.Time // when the record was first seen running with its Lease gone
 	err := sh.records.Follow(ctx, run.ID, followTick, followTick, func(cur *state.Run, tail *records.Tail) (bool, error) {
 		if tail != nil {
 			if next < 0 {
@@ -270,11 +276,22 @@ func (a *app) followRecord(ctx context.Context, out io.Writer, store *state.Stor
 				fmt.Fprintln(out, stepLine(s))
 			}
 		}
-		if st := statusOf(cur); !strings.HasPrefix(st, "running") {
-			final, finalSt = cur, st
-			return true, nil
+		st := statusOf(cur)
+		switch {
+		case strings.HasPrefix(st, "running"):
+			gone = time.Time{}
+			return false, nil
+		case cur.Status == state.Running && gone.IsZero():
+			// The record says running but its host holds no Lease: either it was killed,
+			// or it saved its end and released the Lease a moment ago and the watch has
+			// not brought that save yet. Decide at the next tick, not on this one read.
+			gone = time.Now()
+			return false, nil
+		case cur.Status == state.Running && time.Since(gone) < followTick:
+			return false, nil
 		}
-		return false, nil
+		final, finalSt = cur, st
+		return true, nil
 	})
 	if err != nil {
 		return fmt.Errorf("follow run %s: %w", run.ID, err)

@@ -33,6 +33,7 @@ func toy() cookbooks.Cookbook {
 			&cli.DurationFlag{Name: "stop-time"},
 			&cli.StringSliceFlag{Name: "tag"},
 			&cli.BoolFlag{Name: "confirm"},
+			&cli.BoolFlag{Name: "clash"},
 		},
 		Prepare: func(c *cli.Context, env *cookbooks.Env) (*cookbooks.Job, error) {
 			cl, err := env.Cluster(c.String("cluster-name"))
@@ -44,6 +45,9 @@ func toy() cookbooks.Cookbook {
 			}
 			t := &toyRun{dir: c.String("dir"), stepTime: c.Duration("step-time"), stopTime: c.Duration("stop-time"), tags: c.StringSlice("tag"), env: env}
 			job := &cookbooks.Job{Cluster: cl.Name, Plan: func(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
+				if c.Bool("clash") {
+					return t.clashingPlan(ctx, v, c.Int("items"))
+				}
 				return t.plan(c.Int("items")), nil
 			}}
 			if c.Bool("confirm") {
@@ -75,6 +79,28 @@ func (t *toyRun) plan(items int) []pipeline.Step {
 	}
 	parts = append(parts, pipeline.One(pipeline.Step{Name: "finish", Desc: pipeline.Text("write the result"), Do: t.finish}))
 	return pipeline.Steps(parts...)
+}
+
+// clashingPlan is the bug a batch group can have: it records its plan (as a rolling job
+// records its batches), then builds one batch of every item side by side whose item set
+// is composed twice, so the batch has each step name twice.
+func (t *toyRun) clashingPlan(ctx context.Context, v *pipeline.Values, items int) ([]pipeline.Step, error) {
+	var names []string
+	sets := make([]pipeline.Set, items)
+	for i := range sets {
+		name := fmt.Sprintf("item-%d", i+1)
+		names = append(names, name)
+		mark := pipeline.Step{Name: "mark", Desc: pipeline.Textf("create marker %s", name), Do: t.mark(name), Undo: t.unmark(name)}
+		sets[i] = pipeline.Set{Scope: pipeline.Scope(name), Title: "item " + name, Steps: []pipeline.Step{mark, mark}}
+	}
+	if err := pipeline.Key[[]string]("toy/plan").Set(v, names); err != nil {
+		return nil, err
+	}
+	batch, err := pipeline.Together("batch-1", sets...)
+	if err != nil {
+		return nil, err
+	}
+	return pipeline.Steps(pipeline.Group("batch-1", "batch 1/1", batch...), pipeline.One(pipeline.Step{Name: "finish", Do: t.finish})), nil
 }
 
 func (t *toyRun) wait(ctx context.Context, step string) error {

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"example.com/cookbook/config"
+	"example.com/cookbook/cookbooks/lock"
 	"example.com/cookbook/cookbooks/state"
 	"example.com/cookbook/lab"
 	"example.com/cookbook/lab/stack"
@@ -162,14 +164,104 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 
 	// The workers in Toolforge's two chunks (--batches 2 --batch-number I, natural
-	// order), one run after the other: the cluster lock admits one run at a time.
+	// order), side by side from two terminals of one host: chunks of one upgrade on
+	// disjoint nodes share the cluster's lock. Each drains one node at a time; the cluster
+	// has up to two down. A run taking every worker meanwhile is refused, naming a chunk
+	// and the nodes both would take. The second chunk is killed (kill -9) and resumed
+	// while the first runs: the resume takes the same claim back.
 	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
-	for i, chunk := range [][]string{workers, nfs} {
-		r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "2", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)...)
-		wantCode(t, r, 0)
-		if !strings.Contains(r.stderr, "plan: batch 1/1: "+strings.Join(chunk, ", ")) || strings.Contains(r.stderr, "plan: batch 2/") {
-			t.Errorf("chunk %d of 2 is not %v alone:\n%s", i+1, chunk, r.stderr)
+	chunks := [][]string{workers, nfs}
+	results := make([]result, 2)
+	done := make(chan int, 2)
+	chunkArgs := func(i int) []string {
+		return append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)
+	}
+	cw := watchCluster(t, s)
+	go func() {
+		results[0] = w.run(chunkArgs(0)...)
+		done <- 0
+	}()
+	// The second chunk is killed (kill -9) once both hold the lease, and resumed.
+	second := w.command(chunkArgs(1)...)
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	leases := &lock.Leases{Client: s.CP.Client, Namespace: config.DefaultLockNamespace, Name: config.DefaultLockName}
+	var both []lock.LiveEntry
+	for deadline := time.Now().Add(time.Minute); len(both) < 2 && len(done) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		both, _ = leases.Holders(ctx)
+	}
+	if len(both) != 2 {
+		t.Fatalf("the two chunks never held the cluster's lease together: %+v", both)
+	}
+	r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "1", "--batch-number", "1"}, common...)...)
+	wantCode(t, r, exitLocked)
+	msg := ""
+	for _, line := range strings.Split(r.stderr, "\n") {
+		if strings.HasPrefix(line, "cookbook: error: ") {
+			msg += line
 		}
+	}
+	named := false
+	for _, e := range both {
+		named = named || strings.Contains(msg, e.Holder.RunID) && strings.Contains(msg, strings.Join(e.Holder.Claim.Nodes, ", "))
+	}
+	if !strings.Contains(msg, "that this run would take too") || !named {
+		t.Errorf("a run overlapping the chunks is not refused in one error line naming a chunk and its nodes:\n%s", r.stderr)
+	}
+	killed := second.Process.Pid
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+	var id string
+	for _, e := range both {
+		if e.Holder.Claim.Nodes[0] == nfs[0] {
+			id = e.Holder.RunID
+		}
+	}
+	go func() {
+		results[1] = w.run("resume", id)
+		done <- 1
+	}()
+	// The resume takes the same claim back at once (its killed process was on this
+	// host), beside the first chunk, still running.
+	var retaken []lock.LiveEntry
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		all, _ := leases.Holders(ctx)
+		if len(all) == 2 && all[0].Live && all[1].Live && (all[0].Holder.RunID == id || all[1].Holder.RunID == id) {
+			if e := all[0]; e.Holder.RunID == id && e.Holder.PID != killed || all[1].Holder.RunID == id && all[1].Holder.PID != killed {
+				retaken = all
+				break
+			}
+		}
+	}
+	if retaken == nil {
+		t.Errorf("the resumed chunk %s never held the lease beside the first chunk", id)
+	}
+	for _, e := range retaken {
+		if e.Holder.RunID == id && strings.Join(e.Holder.Claim.Nodes, ",") != strings.Join(nfs, ",") {
+			t.Errorf("the resumed chunk claims %v, want %v", e.Holder.Claim.Nodes, nfs)
+		}
+	}
+	<-done
+	<-done
+	if most := cw.finish(); most > 2 {
+		t.Errorf("%d nodes unschedulable at once; two chunks of --max-unavailable 1 take at most 2", most)
+	}
+	for i, chunk := range chunks {
+		r := results[i]
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stderr, "plan: batch 1/2: "+chunk[0]) || !strings.Contains(r.stderr, "plan: batch 2/2: "+chunk[1]) {
+			t.Errorf("chunk %d of 2 is not %v one at a time:\n%s", i+1, chunk, r.stderr)
+		}
+	}
+	var ran []*state.Run
+	for _, run := range w.runs() {
+		if run.Cookbook == "upgrade-k8s-cluster" && run.Args["batches"] == "2" {
+			ran = append(ran, run)
+		}
+	}
+	if len(ran) != 2 || ran[0].EndedAt == nil || ran[1].EndedAt == nil || !ran[0].StartedAt.Before(*ran[1].EndedAt) || !ran[1].StartedAt.Before(*ran[0].EndedAt) {
+		t.Errorf("the two chunks did not run side by side: %+v", ran)
 	}
 	workers = append(workers, nfs...)
 	for _, n := range workers {
@@ -246,7 +338,9 @@ func vmOf(t *testing.T, s *stack.Stack, name string) *vm.VM {
 // NFS workers) at v1.36.5 is upgraded to v1.37.1 by upgrade-k8s-cluster
 // --max-unavailable 2: a dry-run first writes nothing; then the run is killed (SIGKILL)
 // at 20 or more seeded moments and resumed (with --yes) until done. The end state is an
-// uninterrupted run's: every node reports v1.37.1, kubeadm-config and every control
+// uninterrupted run's, run meanwhile in a second lab of the same shape and compared
+// (upgradeEndState: every node's version, readiness and cordon, kubeadm-config, static
+// pods, each node's packages, holds and installs): every node reports v1.37.1, kubeadm-config and every control
 // node's static pods say v1.37.1, the admin's cordon is kept and nothing else is left
 // cordoned, never more than 2 nodes unschedulable, no PodDisruptionBudget violated
 // (watched), each node's packages installed once, one kubeadm upgrade apply in the whole
@@ -267,8 +361,12 @@ func TestUpgradeK8sClusterCrashes(t *testing.T) {
 		t.Fatalf("lab nodes %v", nodes)
 	}
 	adminCordoned := s.Prefix + "-worker-nfs-2"
-	if _, err := s.CP.Client.CoreV1().Nodes().Patch(ctx, adminCordoned, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
+	// The uninterrupted run's lab, the same shape.
+	w2, s2 := stackWorldOf(t, stack.Options{Controls: 3, Workers: 4, NFSWorkers: 2, KubernetesVersion: from})
+	for _, lab := range []*stack.Stack{s, s2} {
+		if _, err := lab.CP.Client.CoreV1().Nodes().Patch(ctx, adminCordoned, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	args := []string{"--yes", "upgrade-k8s-cluster", "--cluster-name", "toolsbeta", "--dst-version", to, "--max-unavailable", "2", "--force", "--delete-emptydir-data", "--timeout", "90s"}
 
@@ -282,9 +380,17 @@ func TestUpgradeK8sClusterCrashes(t *testing.T) {
 
 	web := minRunningPods(t, s, "sample", "web", 4)
 	api := minRunningPods(t, s, "sample", "api", 3)
+	uninterrupted := make(chan result, 1)
+	go func() { uninterrupted <- w2.run(args...) }()
 	cw := watchCluster(t, s)
 	kills, id := crashResumingWith(t, w, rng, 24, 3*time.Second, []string{"--yes"}, args...)
 	maxUnsched := cw.finish()
+	if r := <-uninterrupted; r.code != 0 {
+		t.Fatalf("the uninterrupted run: exit %d\n%s", r.code, r.stderr)
+	}
+	if got, want := upgradeEndState(t, s, nodes, controls), upgradeEndState(t, s2, nodes, controls); got != want {
+		t.Errorf("the crashed and resumed run's end state differs from the uninterrupted run's:\n--- crashed+resumed\n%s--- uninterrupted\n%s", got, want)
+	}
 	t.Logf("run %s: %d kills", id, kills)
 	if kills < 20 {
 		t.Errorf("only %d kills", kills)
@@ -327,6 +433,37 @@ func TestUpgradeK8sClusterCrashes(t *testing.T) {
 			t.Errorf("static pods of %s: %v %v", n, pods, err)
 		}
 	}
+}
+
+// upgradeEndState is what an upgrade leaves, one line per fact: kubeadm-config's
+// version; per node its kubelet version, readiness and cordon, its kubeadm, kubelet and
+// kubectl versions and holds, how many times each was installed and kubeadm upgrade
+// apply run; per control node its static pods' versions.
+func upgradeEndState(t *testing.T, s *stack.Stack, nodes, controls []string) string {
+	t.Helper()
+	ctx := context.Background()
+	var b strings.Builder
+	cv, err := s.CP.ClusterVersion(ctx)
+	fmt.Fprintf(&b, "kubeadm-config: %s %v\n", cv, err)
+	for _, n := range nodes {
+		node := nodeOf(t, s, n)
+		if node == nil {
+			fmt.Fprintf(&b, "%s: no Node\n", n)
+			continue
+		}
+		fmt.Fprintf(&b, "%s: kubelet %s ready %v unschedulable %v\n", n, node.Status.NodeInfo.KubeletVersion, lab.IsReady(node), node.Spec.Unschedulable)
+		v := vmOf(t, s, n)
+		cmds := strings.Join(commandsOn(s, n), "\n")
+		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
+			fmt.Fprintf(&b, "%s: %s %s held %v installed %d time(s)\n", n, p, v.PackageVersion(p), v.Held(p), strings.Count(cmds, " "+p+"="))
+		}
+		fmt.Fprintf(&b, "%s: kubeadm upgrade apply %d time(s)\n", n, strings.Count(cmds, "kubeadm upgrade apply"))
+	}
+	for _, n := range controls {
+		pods, err := s.CP.StaticPodVersions(ctx, n)
+		fmt.Fprintf(&b, "%s: static pods %v %v\n", n, pods, err)
+	}
+	return b.String()
 }
 
 // TestUpgradeSilenceCluster: upgrade-k8s-cluster --silence-cluster with the real

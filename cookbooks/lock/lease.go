@@ -103,43 +103,92 @@ func expired(l *coordinationv1.Lease, renewed, now time.Time) bool {
 	return !now.Before(renewed.Add(d))
 }
 
-// Holder returns who holds the Lease now, when it was last renewed, and whether that
-// renewal is still in force; nil when nobody holds it.
-func (ls *Leases) Holder(ctx context.Context) (*Holder, time.Time, bool, error) {
-	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, time.Time{}, false, nil
-	}
-	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("lease %s: %w", ls.where(), err)
-	}
+// HoldersAnnotation is the Lease annotation that records every holder of a Lease shared
+// by runs with compatible Claims, as a JSON list of LeaseEntry; the first is also in
+// spec.holderIdentity and HolderAnnotation, and spec.renewTime is the latest renewal, so
+// that a reader that knows only one holder (kubectl, an older cookbook) still sees the
+// Lease held.
+const HoldersAnnotation = "cookbook.toolforge.org/holders"
+
+// LeaseEntry is one holder of a Lease and its last renewal.
+type LeaseEntry struct {
+	ID      string    `json:"id"`
+	Holder  Holder    `json:"holder"`
+	Renewed time.Time `json:"renewed"`
+}
+
+// LeaseEntries returns every holder of the Lease l, first the one spec.holderIdentity
+// names; none when nobody holds it. A holders annotation that does not agree with
+// spec.holderIdentity (the Lease changed by something that knows only one holder) is
+// ignored.
+func LeaseEntries(l *coordinationv1.Lease) []LeaseEntry {
 	h, renewed := LeaseHolder(l)
 	if h == nil {
-		return nil, time.Time{}, false, nil
+		return nil
 	}
-	return h, renewed, !expired(l, renewed, ls.now()), nil
+	id := *l.Spec.HolderIdentity
+	var all []LeaseEntry
+	if data, ok := l.Annotations[HoldersAnnotation]; ok && json.Unmarshal([]byte(data), &all) == nil && len(all) > 0 && all[0].ID == id {
+		return all
+	}
+	return []LeaseEntry{{ID: id, Holder: *h, Renewed: renewed}}
+}
+
+// Holder returns who holds the Lease now, when it was last renewed, and whether that
+// renewal is still in force; nil when nobody holds it. Of a shared Lease, the first
+// holder (see Holders).
+func (ls *Leases) Holder(ctx context.Context) (*Holder, time.Time, bool, error) {
+	all, err := ls.Holders(ctx)
+	if err != nil || len(all) == 0 {
+		return nil, time.Time{}, false, err
+	}
+	return &all[0].Holder, all[0].Renewed, all[0].Live, nil
+}
+
+// LiveEntry is a holder of the Lease and whether its renewal is still in force.
+type LiveEntry struct {
+	LeaseEntry
+	Live bool
+}
+
+// Holders returns every holder of the Lease (one unless runs with Claims share it).
+func (ls *Leases) Holders(ctx context.Context) ([]LiveEntry, error) {
+	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: %w", ls.where(), err)
+	}
+	now := ls.now()
+	var out []LiveEntry
+	for _, e := range LeaseEntries(l) {
+		out = append(out, LiveEntry{LeaseEntry: e, Live: !expired(l, e.Renewed, now)})
+	}
+	return out, nil
 }
 
 // Lock implements Locker: it takes the Lease, or returns a *HeldError naming its live
-// holder. previous, when not nil, is the holder whose Lease was taken over (expired, or
-// held by a process of this host that is gone). The returned lock renews the Lease
-// until Unlock; its Err says when it was lost.
+// holder. previous, when not nil, is a holder whose hold was taken over (expired, or
+// held by a process of this host that is gone). A holder with a Claim shares the Lease
+// with the live holders whose Claims it is compatible with (see Claim), each recorded
+// and renewed in its own entry. The returned lock renews its entry until Unlock; its
+// Err says when it was lost.
 func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Holder, error) {
 	api := ls.Client.CoordinationV1().Leases(ls.Namespace)
-	holderJSON, err := json.Marshal(h)
-	if err != nil {
-		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
-	}
 	id := identity(h)
 	for attempt := 0; ; attempt++ {
 		if attempt == 5 {
 			return nil, nil, fmt.Errorf("lock %s: lease %s: it kept changing while being taken", cluster, ls.where())
 		}
 		now := ls.now()
+		me := LeaseEntry{ID: id, Holder: h, Renewed: now}
 		l, err := api.Get(ctx, ls.Name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: ls.Name, Namespace: ls.Namespace}}
-			ls.fill(l, id, string(holderJSON), now, true)
+			if err := ls.fill(l, []LeaseEntry{me}, now); err != nil {
+				return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
+			}
 			_, err := api.Create(ctx, l, metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
 				continue
@@ -152,11 +201,27 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 		if err != nil {
 			return nil, nil, fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
 		}
-		prev, renewed := LeaseHolder(l)
-		if prev != nil && !expired(l, renewed, now) && !(prev.Host == ls.Host && !ls.alive(prev.PID)) {
-			return nil, nil, &HeldError{Cluster: cluster, Holder: *prev, Lease: ls.where(), Renewed: renewed}
+		var live []LeaseEntry
+		var prev *Holder
+		for _, e := range LeaseEntries(l) {
+			if !ls.live(l, &e.Holder, e.Renewed, now) {
+				if prev == nil {
+					prev = &e.Holder
+				}
+				continue
+			}
+			if held := refusal(cluster, e.Holder, h); held != nil {
+				held.Lease, held.Renewed = ls.where(), e.Renewed
+				return nil, nil, held
+			}
+			live = append(live, e)
 		}
-		ls.fill(l, id, string(holderJSON), now, true)
+		if len(live) == 0 {
+			l.Spec.AcquireTime = nil // taken anew
+		}
+		if err := ls.fill(l, append(live, me), now); err != nil {
+			return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
+		}
 		if prev != nil {
 			l.Spec.LeaseTransitions = ptr.To(ptr.Deref(l.Spec.LeaseTransitions, 0) + 1)
 		}
@@ -171,19 +236,80 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 	}
 }
 
-// fill records the holder in l.
-func (ls *Leases) fill(l *coordinationv1.Lease, id, holderJSON string, now time.Time, acquire bool) {
+// live reports whether holder h of Lease l, last renewed at renewed, keeps Lock from
+// taking its place at now: not expired, and not a process of this host that is gone.
+func (ls *Leases) live(l *coordinationv1.Lease, h *Holder, renewed, now time.Time) bool {
+	return h != nil && !expired(l, renewed, now) && !(h.Host == ls.Host && !ls.alive(h.PID))
+}
+
+// Held returns a *HeldError if Lock would be refused to h now, reading the Lease only: a
+// run checks it before asking its confirmation, so that a question is not asked for a
+// run that cannot start, and a refusal leaves no write behind.
+func (ls *Leases) Held(ctx context.Context, cluster string, h Holder) error {
+	l, err := ls.Client.CoordinationV1().Leases(ls.Namespace).Get(ctx, ls.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: lease %s: %w", cluster, ls.where(), err)
+	}
+	now := ls.now()
+	for _, e := range LeaseEntries(l) {
+		if !ls.live(l, &e.Holder, e.Renewed, now) {
+			continue
+		}
+		if held := refusal(cluster, e.Holder, h); held != nil {
+			held.Lease, held.Renewed = ls.where(), e.Renewed
+			return held
+		}
+	}
+	return nil
+}
+
+// fill records the holders all in l (none: released): the first in
+// spec.holderIdentity and HolderAnnotation, every one in HoldersAnnotation when they
+// are more than one, the latest renewal in spec.renewTime.
+func (ls *Leases) fill(l *coordinationv1.Lease, all []LeaseEntry, now time.Time) error {
 	if l.Annotations == nil {
 		l.Annotations = map[string]string{}
 	}
-	l.Annotations[HolderAnnotation] = holderJSON
-	t := metav1.NewMicroTime(now)
-	l.Spec.HolderIdentity = ptr.To(id)
+	if len(all) == 0 {
+		l.Spec.HolderIdentity = nil
+		l.Spec.RenewTime = nil
+		l.Spec.AcquireTime = nil
+		delete(l.Annotations, HolderAnnotation)
+		delete(l.Annotations, HoldersAnnotation)
+		return nil
+	}
+	first, err := json.Marshal(all[0].Holder)
+	if err != nil {
+		return err
+	}
+	l.Annotations[HolderAnnotation] = string(first)
+	if len(all) > 1 {
+		data, err := json.Marshal(all)
+		if err != nil {
+			return err
+		}
+		l.Annotations[HoldersAnnotation] = string(data)
+	} else {
+		delete(l.Annotations, HoldersAnnotation)
+	}
+	latest := all[0].Renewed
+	for _, e := range all {
+		if e.Renewed.After(latest) {
+			latest = e.Renewed
+		}
+	}
+	t := metav1.NewMicroTime(latest)
+	l.Spec.HolderIdentity = ptr.To(all[0].ID)
 	l.Spec.LeaseDurationSeconds = ptr.To(int32(ls.duration() / time.Second))
 	l.Spec.RenewTime = &t
-	if acquire {
-		l.Spec.AcquireTime = &t
+	if l.Spec.AcquireTime == nil {
+		a := metav1.NewMicroTime(now)
+		l.Spec.AcquireTime = &a
 	}
+	return nil
 }
 
 func (ls *Leases) held(id string) *LeaseLock {
@@ -248,36 +374,54 @@ func (l *LeaseLock) renew() bool {
 		}
 		return false
 	}
-	cur, err := api.Get(ctx, l.ls.Name, metav1.GetOptions{})
-	if err != nil {
-		return fail(err)
-	}
-	if ptr.Deref(cur.Spec.HolderIdentity, "") != l.id {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		what := "released by someone else"
-		if h, _ := LeaseHolder(cur); h != nil {
-			what = "taken by " + h.String()
+	// A conflict is a change behind our back, most often another holder of a shared
+	// Lease renewing its entry: read again, a few times.
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var cur *coordinationv1.Lease
+		cur, err = api.Get(ctx, l.ls.Name, metav1.GetOptions{})
+		if err != nil {
+			return fail(err)
 		}
-		l.lost = fmt.Errorf("%w: lease %s was %s", ErrLost, l.ls.where(), what)
-		return true
+		all := LeaseEntries(cur)
+		mine := -1
+		for i, e := range all {
+			if e.ID == l.id {
+				mine = i
+			}
+		}
+		if mine < 0 {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			what := "released by someone else"
+			if len(all) > 0 {
+				what = "taken by " + all[0].Holder.String()
+			}
+			l.lost = fmt.Errorf("%w: lease %s was %s", ErrLost, l.ls.where(), what)
+			return true
+		}
+		now := l.ls.now()
+		all[mine].Renewed = now
+		if err = l.ls.fill(cur, all, now); err != nil {
+			return fail(err)
+		}
+		_, err = api.Update(ctx, cur, metav1.UpdateOptions{})
+		if err == nil {
+			l.mu.Lock()
+			l.renewed = now
+			l.mu.Unlock()
+			return false
+		}
+		if !apierrors.IsConflict(err) {
+			break
+		}
 	}
-	now := l.ls.now()
-	t := metav1.NewMicroTime(now)
-	cur.Spec.RenewTime = &t
-	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
-		// A conflict is a change behind our back: the next Get says what it was.
-		return fail(err)
-	}
-	l.mu.Lock()
-	l.renewed = now
-	l.mu.Unlock()
-	return false
+	return fail(err)
 }
 
-// Unlock stops the renewal and releases the Lease if this run still holds it (its
-// holder is cleared, so the next run takes it at once). It uses a context of its own:
-// an interrupted run releases its lock too.
+// Unlock stops the renewal and releases the Lease if this run still holds it: its entry
+// is removed (the Lease's holder is cleared when it was the last, so the next run takes
+// it at once). It uses a context of its own: an interrupted run releases its lock too.
 func (l *LeaseLock) Unlock() error {
 	l.once.Do(func() { close(l.stop) })
 	<-l.done
@@ -287,18 +431,26 @@ func (l *LeaseLock) Unlock() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	api := l.ls.Client.CoordinationV1().Leases(l.ls.Namespace)
-	for attempt := 0; attempt < 3; attempt++ {
+	for attempt := 0; attempt < 5; attempt++ {
 		cur, err := api.Get(ctx, l.ls.Name, metav1.GetOptions{})
 		if err != nil {
 			return fmt.Errorf("release lease %s: %w", l.ls.where(), err)
 		}
-		if ptr.Deref(cur.Spec.HolderIdentity, "") != l.id {
+		var rest []LeaseEntry
+		found := false
+		for _, e := range LeaseEntries(cur) {
+			if e.ID == l.id {
+				found = true
+				continue
+			}
+			rest = append(rest, e)
+		}
+		if !found {
 			return nil
 		}
-		cur.Spec.HolderIdentity = nil
-		cur.Spec.RenewTime = nil
-		cur.Spec.AcquireTime = nil
-		delete(cur.Annotations, HolderAnnotation)
+		if err := l.ls.fill(cur, rest, l.ls.now()); err != nil {
+			return fmt.Errorf("release lease %s: %w", l.ls.where(), err)
+		}
 		_, err = api.Update(ctx, cur, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
 			continue

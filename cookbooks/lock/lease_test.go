@@ -43,6 +43,9 @@ func TestLeaseHeldReleasedAndExpired(t *testing.T) {
 	a := leases(t, "t-held", "host-a", 2*time.Second)
 	b := leases(t, "t-held", "host-b", 2*time.Second)
 	h1 := Holder{RunID: "run-1", Cookbook: "toy", User: "alice", Host: "host-a", PID: 4242}
+	if err := b.Held(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"}); err != nil {
+		t.Fatalf("Held before any Lease: %v", err)
+	}
 	l1, prev, err := a.Lock(ctx, "lab1", h1)
 	if err != nil || prev != nil {
 		t.Fatalf("first lock: %v %v", prev, err)
@@ -62,12 +65,19 @@ func TestLeaseHeldReleasedAndExpired(t *testing.T) {
 	if err := l1.(*LeaseLock).Err(); err != nil {
 		t.Fatalf("held lock reports %v", err)
 	}
+	// Held says the same, reading only.
+	if err := b.Held(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"}); !errors.As(err, &held) || held.Holder.RunID != "run-1" {
+		t.Fatalf("Held of a live lease: %v", err)
+	}
 	// Released: taken at once, with no previous holder.
 	if err := l1.Unlock(); err != nil {
 		t.Fatal(err)
 	}
 	if h, _, _, _ := a.Holder(ctx); h != nil {
 		t.Errorf("holder after unlock: %+v", h)
+	}
+	if err := b.Held(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"}); err != nil {
+		t.Errorf("Held of a released lease: %v", err)
 	}
 	l2, prev, err := b.Lock(ctx, "lab1", Holder{RunID: "run-2", Host: "host-b"})
 	if err != nil || prev != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"example.com/cookbook/cookbooks/state"
@@ -46,6 +47,9 @@ type Runner struct {
 	mu     sync.Mutex // guards run and values
 	run    *state.Run
 	values *Values
+	// planning holds saves back while Plan makes the steps: nothing is stored before
+	// the plan is known to be valid.
+	planning atomic.Bool
 }
 
 func (r *Runner) now() time.Time {
@@ -75,7 +79,7 @@ func (r *Runner) Values(run *state.Run) *Values {
 			run.Values = map[string]json.RawMessage{}
 		}
 		save := func() error {
-			if r.Store == nil {
+			if r.Store == nil || r.planning.Load() {
 				return nil
 			}
 			return r.Store.Save(run)
@@ -90,6 +94,33 @@ func (r *Runner) save(run *state.Run) error { return r.update(run, nil) }
 
 // update changes the run's records with f and saves the run, under its values' lock.
 func (r *Runner) update(run *state.Run, f func()) error { return r.Values(run).update(f) }
+
+// PlanError is a planned pipeline that cannot run: a step name used twice (two sets of
+// a group, or one set composed twice, giving the same names), not kebab-case, or a step
+// with nothing to do. It is found before anything of the run is saved.
+type PlanError struct{ Err error }
+
+func (e *PlanError) Error() string { return e.Err.Error() }
+func (e *PlanError) Unwrap() error { return e.Err }
+
+// Plan makes the run's steps with plan and checks the whole pipeline (every group as
+// expanded, e.g. a batch's steps side by side) with Validate before anything of the run
+// is saved: the values plan records stay in memory until the steps are valid, so an
+// invalid plan (a *PlanError) leaves no trace in the store. Saves resume once Plan
+// returns; the caller saves the run when it goes on (Run's first change saves it too).
+func (r *Runner) Plan(ctx context.Context, run *state.Run, plan func(context.Context, *Values) ([]Step, error)) ([]Step, error) {
+	v := r.Values(run)
+	r.planning.Store(true)
+	defer r.planning.Store(false)
+	steps, err := plan(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	if err := Validate(steps); err != nil {
+		return nil, &PlanError{Err: err}
+	}
+	return steps, nil
+}
 
 // Reconcile lines up the run's step records with steps: records of steps already there
 // are kept (a resumed run), new steps are added as pending. A recorded step that is no
@@ -122,7 +153,7 @@ func Reconcile(run *state.Run, steps []Step) error {
 // failed), or an error wrapping ErrInterrupted when ctx was cancelled.
 func (r *Runner) Run(ctx context.Context, run *state.Run, steps []Step) error {
 	if err := Validate(steps); err != nil {
-		return err
+		return &PlanError{Err: err}
 	}
 	v := r.Values(run)
 	v.mu.Lock()

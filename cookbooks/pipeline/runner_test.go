@@ -205,3 +205,87 @@ func TestPauseThenResume(t *testing.T) {
 		t.Errorf("after resume: a ran %d, b ran %d, status %s; want 1, 1, done", aCalls, bCalls, saved.Status)
 	}
 }
+
+// TestPlanRefusesClashBeforeSaving: a batch group whose sets each carry a step twice
+// (a step set composed twice) expands to one name used twice in the group; Plan finds it
+// after the expansion and before anything is saved, even though the plan recorded a
+// value, and a valid plan is saved only when the caller goes on.
+func TestPlanRefusesClashBeforeSaving(t *testing.T) {
+	nop := func(context.Context, *Values) error { return nil }
+	set := func(node string, steps ...string) Set {
+		s := Set{Scope: Scope(node), Title: "node " + node}
+		for _, n := range steps {
+			s.Steps = append(s.Steps, Step{Name: n, Do: nop})
+		}
+		return s
+	}
+	planKey := Key[[]string]("plan")
+	tests := []struct {
+		name    string
+		steps   []string // of each node's set
+		wantErr string
+	}{
+		{name: "set composed twice", steps: []string{"cordon", "drain", "cordon", "drain"}, wantErr: `step name "batch-1/cordon" is used twice`},
+		{name: "valid", steps: []string{"cordon", "drain"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &state.Store{Dir: t.TempDir()}
+			run := &state.Run{ID: state.NewID(time.Now()), Cookbook: "roll", Cluster: "c", StartedAt: time.Now(), Status: state.Running}
+			r := &Runner{Store: store}
+			steps, err := r.Plan(context.Background(), run, func(ctx context.Context, v *Values) ([]Step, error) {
+				if err := planKey.Set(v, []string{"w-1", "w-2"}); err != nil {
+					return nil, err
+				}
+				batch, err := Together("batch-1", set("w-1", tt.steps...), set("w-2", tt.steps...))
+				if err != nil {
+					return nil, err
+				}
+				return Steps(One(Step{Name: "audit-start", Do: nop}), Group("batch-1", "batch 1/1", batch...)), nil
+			})
+			runs, _ := store.List()
+			if len(runs) != 0 {
+				t.Fatalf("Plan saved %d run(s); want none before the caller goes on", len(runs))
+			}
+			if tt.wantErr != "" {
+				var pe *PlanError
+				if !errors.As(err, &pe) || err.Error() != tt.wantErr {
+					t.Fatalf("Plan: err = %v, want a *PlanError %q", err, tt.wantErr)
+				}
+				if steps != nil {
+					t.Errorf("Plan returned %d steps with its error", len(steps))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Saves resume after Plan: the run goes on and is stored with the plan's value.
+			if err := r.Run(context.Background(), run, steps); err != nil {
+				t.Fatal(err)
+			}
+			got, err := store.Load(run.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := planKey.Get(NewValues(got.ID, got.Values, nil)); len(v) != 2 || got.Status != state.Done {
+				t.Errorf("stored run: plan %v, status %s; want the plan's 2 nodes, done", v, got.Status)
+			}
+		})
+	}
+}
+
+// TestRunRefusesInvalidPlan: Run itself checks the steps before its first save.
+func TestRunRefusesInvalidPlan(t *testing.T) {
+	store := &state.Store{Dir: t.TempDir()}
+	run := &state.Run{ID: state.NewID(time.Now()), Cookbook: "c", Cluster: "c", StartedAt: time.Now(), Status: state.Running}
+	nop := func(context.Context, *Values) error { return nil }
+	err := (&Runner{Store: store}).Run(context.Background(), run, []Step{{Name: "a", Do: nop}, {Name: "a", Do: nop}})
+	var pe *PlanError
+	if !errors.As(err, &pe) || err.Error() != `step name "a" is used twice` {
+		t.Fatalf("Run: err = %v, want a *PlanError naming a", err)
+	}
+	if runs, _ := store.List(); len(runs) != 0 {
+		t.Errorf("Run saved %d run(s) of an invalid plan", len(runs))
+	}
+}

@@ -86,6 +86,7 @@ type Cloud struct {
 	mu       sync.Mutex
 	st       *store
 	faults   Faults
+	injected []InjectedFault
 	writes   map[string]int
 	requests int
 }

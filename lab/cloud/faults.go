@@ -20,9 +20,12 @@ type Faults struct {
 
 // FaultRule is a failure or delay on matching requests.
 type FaultRule struct {
-	// Method ("" for any) and PathPrefix ("/compute/v2.1/servers"; "" for any).
+	// Method ("" for any) and PathPrefix ("/compute/v2.1/servers"; "" for any). Path,
+	// if set, matches that path exactly instead ("/compute/v2.1/servers" without the
+	// servers' actions under it).
 	Method     string `json:"method,omitempty"`
 	PathPrefix string `json:"pathPrefix,omitempty"`
+	Path       string `json:"path,omitempty"`
 	// ErrorRate is the fraction of matching requests that fail (0..1).
 	ErrorRate float64 `json:"errorRate,omitempty"`
 	// Status of a failure; 503 if zero.
@@ -32,6 +35,19 @@ type FaultRule struct {
 	After bool `json:"after,omitempty"`
 	// LatencyMillis delays every matching request.
 	LatencyMillis int `json:"latencyMillis,omitempty"`
+	// Count, if above zero, is how many failures the rule injects; then it fails no
+	// more and later rules apply to the requests it matched (ErrorRate 1 and Count 1:
+	// exactly the next matching request fails).
+	Count int `json:"count,omitempty"`
+
+	spent bool // Count failures injected
+}
+
+// InjectedFault is a failure the cloud injected: the request it failed and how.
+type InjectedFault struct {
+	Method, Path string
+	// After: the request was handled and its response lost.
+	After bool
 }
 
 // SetFaults replaces the injected faults.
@@ -39,6 +55,14 @@ func (c *Cloud) SetFaults(f Faults) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.faults = f
+	c.faults.Rules = append([]FaultRule(nil), f.Rules...) // Count is spent on the copy
+}
+
+// Injected returns the failures injected so far, in order.
+func (c *Cloud) Injected() []InjectedFault {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]InjectedFault(nil), c.injected...)
 }
 
 // Faults returns the injected faults.
@@ -60,10 +84,20 @@ func (c *Cloud) postFaults(w http.ResponseWriter, r *http.Request) {
 
 // faultFor returns the rule matching the request and whether it fails now. Callers hold mu.
 func (c *Cloud) faultFor(method, path string) (FaultRule, bool) {
-	for _, r := range c.faults.Rules {
-		if (r.Method == "" || strings.EqualFold(r.Method, method)) && strings.HasPrefix(path, r.PathPrefix) {
-			return r, r.ErrorRate > 0 && rand.Float64() < r.ErrorRate
+	for i := range c.faults.Rules {
+		r := &c.faults.Rules[i]
+		if r.spent || (r.Method != "" && !strings.EqualFold(r.Method, method)) || !strings.HasPrefix(path, r.PathPrefix) || (r.Path != "" && path != r.Path) {
+			continue
 		}
+		fail := r.ErrorRate > 0 && rand.Float64() < r.ErrorRate
+		if fail && r.Count > 0 {
+			r.Count--
+			r.spent = r.Count == 0
+		}
+		if fail {
+			c.injected = append(c.injected, InjectedFault{Method: method, Path: path, After: r.After})
+		}
+		return *r, fail
 	}
 	return FaultRule{}, false
 }

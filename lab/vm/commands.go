@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -67,6 +68,12 @@ func (v *VM) exec(line string, stdout, stderr io.Writer) (code int, drop bool) {
 			args = args[1:]
 		}
 	}
+	f.mu.Lock()
+	before := f.before
+	f.mu.Unlock()
+	if before != nil && before(v.Name, args) {
+		return 0, true
+	}
 	code, drop = v.run(args, stdout, stderr)
 	f.record(v.Name, argv, code)
 	return code, drop
@@ -107,44 +114,13 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 			v.reboot(false)
 		}()
 		return 0, true
-	case cmd == "kubeadm token create --print-join-command":
-		if !v.canAdmin(stderr) {
-			return 1, false
-		}
-		join, err := f.Cluster.JoinCommand(ctx)
-		if err != nil {
-			fmt.Fprintf(stderr, "failed to create or upload the bootstrap token: %v\n", err)
-			return 1, false
-		}
-		fmt.Fprintln(stdout, join)
-	case cmd == "kubeadm token list":
-		if !v.canAdmin(stderr) {
-			return 1, false
-		}
-		tokens, err := f.Cluster.Tokens(ctx)
-		if err != nil {
-			fmt.Fprintf(stderr, "failed to list bootstrap tokens: %v\n", err)
-			return 1, false
-		}
-		if len(tokens) > 0 {
-			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", "TOKEN", "TTL", "EXPIRES", "USAGES", "EXTRA GROUPS")
-		}
-		for _, t := range tokens {
-			fmt.Fprintf(stdout, "%-24s %-8s %-21s %-40s %s\n", t.ID+"."+t.Secret, time.Until(t.Expires).Round(time.Hour).String(),
-				t.Expires.Format(time.RFC3339), "authentication,signing", "system:bootstrappers:kubeadm:default-node-token")
-		}
-	case len(args) >= 3 && args[0] == "kubeadm" && args[1] == "token" && args[2] == "delete":
-		return v.deleteTokens(ctx, args[3:], stdout, stderr), false
+	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "token",
+		len(args) >= 4 && args[0] == "kubeadm" && args[1] == "init" && args[2] == "phase" && args[3] == "upload-certs":
+		return v.kubeadm(ctx, args[1:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "join":
 		return v.join(ctx, args[2:], stdout, stderr), false
 	case args[0] == "etcdctl":
 		return v.etcdctl(args[1:], stdout, stderr), false
-	case cmd == "kubeadm init phase upload-certs --upload-certs":
-		if !v.canAdmin(stderr) {
-			return 1, false
-		}
-		key := f.uploadCerts()
-		fmt.Fprintf(stdout, "[upload-certs] Storing the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace\n[upload-certs] Using certificate key:\n%s\n", key)
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
 		// kubeadm's remove-etcd-member phase: a failure is a warning, the reset goes on.
 		if removed, err := f.leaveEtcd(v.Name); err != nil {
@@ -249,30 +225,31 @@ func (v *VM) canAdmin(stderr io.Writer) bool {
 	return true
 }
 
-var tokenRE = regexp.MustCompile(`^([a-z0-9]{6})(\.[a-z0-9]{16})?$`)
+// certificateKeyLine is the line kubeadm init phase upload-certs prints the key on.
+var certificateKeyLine = regexp.MustCompile(`(?m)^([0-9a-f]{64})$`)
 
-// deleteTokens is kubeadm token delete: each argument is a token id or a whole token.
-func (v *VM) deleteTokens(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// kubeadm runs the real kubeadm binary for the kubeadm commands that need no kubelet
+// (token ..., init phase upload-certs) on a control VM: its output and exit code are
+// kubeadm's. The certificate key upload-certs prints is remembered for tests
+// (CertificateKey).
+func (v *VM) kubeadm(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !v.canAdmin(stderr) {
 		return 1
 	}
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "missing argument; 'token delete' is missing token of form \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"")
+	var out bytes.Buffer
+	code, err := v.fleet.Cluster.Kubeadm(ctx, v.Name, v.Address, args, io.MultiWriter(stdout, &out), stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "kubeadm: %v\n", err)
 		return 1
 	}
-	for _, a := range args {
-		m := tokenRE.FindStringSubmatch(a)
-		if m == nil {
-			fmt.Fprintf(stderr, "given token didn't match pattern \"^([a-z0-9]{6})$\" or \"^([a-z0-9]{6})\\.([a-z0-9]{16})$\"\n")
-			return 1
+	if args[0] == "init" && code == 0 {
+		if m := certificateKeyLine.FindAllStringSubmatch(out.String(), -1); m != nil {
+			v.fleet.mu.Lock()
+			v.fleet.etcd.certKey = m[len(m)-1][1]
+			v.fleet.mu.Unlock()
 		}
-		if err := v.fleet.Cluster.DeleteToken(ctx, m[1]); err != nil {
-			fmt.Fprintf(stderr, "failed to delete bootstrap token %q: %v\n", m[1], err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "bootstrap token %q deleted\n", m[1])
 	}
-	return 0
+	return code
 }
 
 // join parses kubeadm join's arguments and registers the node.
@@ -326,7 +303,7 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	if control {
-		if err := f.checkCertificateKey(certKey); err != nil {
+		if err := f.checkCertificateKey(ctx, certKey); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}

@@ -21,10 +21,6 @@ import (
 // etcd's reconfiguration checks (strict-reconfig-check, on by default) refuse what would
 // leave too few started members.
 
-// certificateKeyTTL is how long kubeadm keeps the uploaded certificates (the
-// kubeadm-certs Secret is owned by a token of this TTL).
-const certificateKeyTTL = 2 * time.Hour
-
 // EtcdMember is a member of the lab's etcd cluster.
 type EtcdMember struct {
 	ID   uint64
@@ -42,21 +38,14 @@ type etcdState struct {
 	clusterID uint64
 	term      uint64
 	members   []EtcdMember
-	certKey   string
-	certUntil time.Time
+	// certKey is the key the last kubeadm upload-certs printed (for tests).
+	certKey string
 }
 
 func randomID() uint64 {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return binary.BigEndian.Uint64(b[:]) | 1<<60 // 16 hex digits, as etcd's usually are
-}
-
-func (f *Fleet) clock() time.Time {
-	if f.now != nil {
-		return f.now()
-	}
-	return time.Now()
 }
 
 // AddEtcdMember makes the VM an etcd member (a control node of the lab's initial cluster),
@@ -170,37 +159,24 @@ func (f *Fleet) removeMemberLocked(id uint64) error {
 	return nil
 }
 
-// uploadCerts is kubeadm init phase upload-certs --upload-certs: a new key, the
-// certificates stored under it (the previous key no longer decrypts them).
-func (f *Fleet) uploadCerts() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	key := hex.EncodeToString(b)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.etcd.certKey, f.etcd.certUntil = key, f.clock().Add(certificateKeyTTL)
-	return key
-}
-
-// checkCertificateKey is kubeadm join --control-plane's download-certs phase.
-func (f *Fleet) checkCertificateKey(key string) error {
+// checkCertificateKey is kubeadm join --control-plane's certificate key validation and
+// download-certs phase (against the kubeadm-certs Secret the real kubeadm uploaded). The
+// key is never part of the error.
+func (f *Fleet) checkCertificateKey(ctx context.Context, key string) error {
 	if key == "" {
 		return fmt.Errorf("error execution phase preflight: \nOne or more conditions for hosting a new control plane instance is not satisfied.\n\n" +
 			"[failure loading certificate for CA: couldn't load the certificate file /etc/kubernetes/pki/ca.crt: open /etc/kubernetes/pki/ca.crt: no such file or directory]\n\n" +
 			"Please ensure that:\n* The cluster has a stable controlPlaneEndpoint address.\n* The certificates that must be shared among control plane instances are provided.")
 	}
-	if _, err := hex.DecodeString(key); err != nil || len(key) != 64 {
-		return fmt.Errorf("error execution phase control-plane-prepare/download-certs: error downloading certs: error decoding certificate key: invalid certificate key: it must be 64 hexadecimal characters")
+	raw, err := hex.DecodeString(key)
+	if err != nil {
+		return fmt.Errorf("controlPlane.certificateKey: Invalid value: \"[hidden]\": certificate key decoding error: %v", err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.etcd.certKey == "" || !f.clock().Before(f.etcd.certUntil) {
-		return fmt.Errorf("error execution phase control-plane-prepare/download-certs: error downloading certs: error downloading the secret: " +
-			"Secret \"kubeadm-certs\" was not found in the \"kube-system\" Namespace. This Secret might have expired. " +
-			"Please, run `kubeadm init phase upload-certs --upload-certs` on a control plane to generate a new one")
+	if len(raw) != 32 {
+		return fmt.Errorf("controlPlane.certificateKey: Invalid value: \"[hidden]\": invalid certificate key size %d, the key must be an AES key of size 32", len(raw))
 	}
-	if key != f.etcd.certKey {
-		return fmt.Errorf("error execution phase control-plane-prepare/download-certs: error downloading certs: error decoding certs: error decrypting data: cipher: message authentication failed")
+	if err := f.Cluster.DownloadCerts(ctx, key); err != nil {
+		return fmt.Errorf("error execution phase control-plane-prepare/download-certs: error downloading certs: %w", err)
 	}
 	return nil
 }

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"example.com/cookbook/lab"
 )
 
@@ -56,8 +60,6 @@ func TestEtcdMembership(t *testing.T) {
 	op := newOperator(t)
 	f := newFleet(t, op)
 	f.Cluster = &KubeCluster{CP: cp}
-	now := time.Now()
-	f.now = func() time.Time { return now }
 	var cs []*VM
 	for i := 1; i <= 3; i++ {
 		v := boot(t, f, fmt.Sprintf("tb-etcd-control-%d", i), map[string]string{"cookbook-role": "control"})
@@ -105,7 +107,8 @@ func TestEtcdMembership(t *testing.T) {
 		t.Fatalf("endpoint health: exit %d, %q, %v, %s", code, out, err, errs)
 	}
 
-	// A control-plane join needs the certificate key of the last upload, for two hours.
+	// A control-plane join needs the certificate key of the last upload by the real
+	// kubeadm, while the token owning the kubeadm-certs Secret lives (two hours).
 	if _, errs, code := run(t, redial(t, f, c4, op), "kubeadm init phase upload-certs --upload-certs"); code != 1 || !strings.Contains(errs, "admin.conf") {
 		t.Errorf("upload-certs on a VM that is not a control node: exit %d, %s", code, errs)
 	}
@@ -114,12 +117,47 @@ func TestEtcdMembership(t *testing.T) {
 		out, errs, code := run(t, c1, "sudo kubeadm init phase upload-certs --upload-certs")
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		key := lines[len(lines)-1]
-		if code != 0 || !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(key) {
+		if code != 0 || !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(key) || !strings.HasPrefix(out, `[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace`) {
 			t.Fatalf("upload-certs: exit %d, %q, %s", code, out, errs)
+		}
+		if key != f.CertificateKey() {
+			t.Fatalf("the fleet remembers key %q, upload-certs printed %q", f.CertificateKey(), key)
 		}
 		return key
 	}
 	key := upload()
+	// The Secret is kubeadm's: every shared certificate and key sealed, owned by a
+	// bootstrap token of two hours kubeadm created for it.
+	owner := func() *corev1.Secret {
+		t.Helper()
+		sec, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "kubeadm-certs", metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("no kubeadm-certs Secret after upload-certs: %v", err)
+		}
+		var names []string
+		for n, v := range sec.Data {
+			if len(v) > 0 {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+		if got := strings.Join(names, ","); got != "ca.crt,ca.key,etcd-ca.crt,etcd-ca.key,front-proxy-ca.crt,front-proxy-ca.key,sa.key,sa.pub" {
+			t.Errorf("kubeadm-certs entries: %s", got)
+		}
+		if len(sec.OwnerReferences) != 1 || sec.OwnerReferences[0].Kind != "Secret" {
+			t.Fatalf("kubeadm-certs owners: %+v", sec.OwnerReferences)
+		}
+		tok, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, sec.OwnerReferences[0].Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the owner of kubeadm-certs: %v", err)
+		}
+		exp, err := time.Parse(time.RFC3339, string(tok.Data["expiration"]))
+		if err != nil || time.Until(exp) < 119*time.Minute || time.Until(exp) > 2*time.Hour || string(tok.Data["description"]) != "Proxy for managing TTL for the kubeadm-certs secret" {
+			t.Errorf("the owner of kubeadm-certs expires %s (%v), description %q", tok.Data["expiration"], err, tok.Data["description"])
+		}
+		return tok
+	}
+	tok := owner()
 	join, errs, code := run(t, c1, "kubeadm token create --print-join-command")
 	if code != 0 {
 		t.Fatalf("token create: %s", errs)
@@ -132,22 +170,38 @@ func TestEtcdMembership(t *testing.T) {
 	}
 	for _, c := range []struct{ name, extra, want string }{
 		{"no key", "", "certificates that must be shared among control plane instances are provided"},
-		{"malformed key", " --certificate-key abc", "64 hexadecimal"},
-		{"wrong key", " --certificate-key " + strings.Repeat("0", 64), "message authentication failed"},
+		{"malformed key", " --certificate-key abc", "certificate key decoding error"},
+		{"short key", " --certificate-key abcd", "invalid certificate key size 2, the key must be an AES key of size 32"},
+		{"wrong key", " --certificate-key " + strings.Repeat("0", 64), "error decoding secret data with provided key: cipher: message authentication failed"},
 	} {
-		if errs, code := joinWith(c.extra); code != 1 || !strings.Contains(errs, c.want) {
+		if errs, code := joinWith(c.extra); code != 1 || !strings.Contains(errs, c.want) || strings.Contains(errs, key) {
 			t.Errorf("join --control-plane, %s: exit %d, %s; want %q", c.name, code, errs, c.want)
 		}
 	}
-	now = now.Add(2*time.Hour + time.Minute)
+	// Two hours later the owning token has expired (its expiration moved to the past):
+	// the certificates are gone for kubeadm join.
+	tok.Data["expiration"] = []byte(time.Now().Add(-time.Minute).UTC().Format(time.RFC3339))
+	if _, err := cp.Client.CoreV1().Secrets("kube-system").Update(ctx, tok, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
 	if errs, code := joinWith(" --certificate-key " + key); code != 1 || !strings.Contains(errs, "This Secret might have expired") {
-		t.Errorf("join with a key uploaded 2h01m ago: exit %d, %s", code, errs)
+		t.Errorf("join with a key whose token expired: exit %d, %s", code, errs)
 	}
 	old := key
 	key = upload()
+	tok = owner()
 	if errs, code := joinWith(" --certificate-key " + old); code != 1 || !strings.Contains(errs, "message authentication failed") {
 		t.Errorf("join with the key of an earlier upload: exit %d, %s", code, errs)
 	}
+	// Deleting the owning token (kubeadm token delete) takes the certificates with it.
+	tokenID := string(tok.Data["token-id"])
+	if out, errs, code := run(t, c1, "sudo kubeadm token delete "+tokenID); code != 0 || out != fmt.Sprintf("bootstrap token %q deleted\n", tokenID) {
+		t.Fatalf("token delete of the owner of kubeadm-certs: exit %d, %q, %s", code, out, errs)
+	}
+	if errs, code := joinWith(" --certificate-key " + key); code != 1 || !strings.Contains(errs, "This Secret might have expired") {
+		t.Errorf("join with a key whose token was deleted: exit %d, %s", code, errs)
+	}
+	key = upload()
 	if c4.Joined() || len(f.EtcdMembers()) != 3 {
 		t.Fatalf("refused joins left joined=%v, %d members", c4.Joined(), len(f.EtcdMembers()))
 	}

@@ -2,11 +2,8 @@ package vm
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"net/url"
+	"io"
 	"strings"
 	"time"
 
@@ -17,8 +14,8 @@ import (
 	"example.com/cookbook/lab"
 )
 
-// KubeCluster is the Cluster of a lab control plane: real bootstrap token Secrets and
-// kwok-managed Nodes.
+// KubeCluster is the Cluster of a lab control plane: the real kubeadm binary for the
+// commands that need no kubelet (bootstrap tokens, upload-certs), kwok-managed Nodes.
 type KubeCluster struct {
 	CP *lab.ControlPlane
 	// KubeletVersion is what joined nodes report; the lab's version if empty.
@@ -45,63 +42,14 @@ func (k *KubeCluster) SetStaticPods(ctx context.Context, node, ver string) error
 	return k.CP.SetStaticPods(ctx, node, ver)
 }
 
-func randomString(n int) string {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
+// Kubeadm runs the lab's real kubeadm binary for a control VM.
+func (k *KubeCluster) Kubeadm(ctx context.Context, node, address string, args []string, stdout, stderr io.Writer) (int, error) {
+	return k.CP.Kubeadm(ctx, lab.KubeadmRun{Node: node, Address: address, Args: args, Stdout: stdout, Stderr: stderr})
 }
 
-// JoinCommand creates a bootstrap token Secret, as `kubeadm token create` does, and
-// returns the join command.
-func (k *KubeCluster) JoinCommand(ctx context.Context) (string, error) {
-	id, secret := randomString(6), randomString(16)
-	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-" + id, Namespace: "kube-system"},
-		Type:       "bootstrap.kubernetes.io/token",
-		StringData: map[string]string{
-			"token-id": id, "token-secret": secret,
-			"expiration":                     time.Now().Add(24 * time.Hour).UTC().Format(time.RFC3339),
-			"usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
-			"auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
-		},
-	}
-	if _, err := k.CP.Client.CoreV1().Secrets("kube-system").Create(ctx, s, metav1.CreateOptions{}); err != nil {
-		return "", fmt.Errorf("create bootstrap token: %w", err)
-	}
-	host := "127.0.0.1:6443"
-	if u, err := url.Parse(k.CP.RESTConfig.Host); err == nil {
-		host = u.Host
-	}
-	sum := sha256.Sum256(k.CP.RESTConfig.CAData)
-	return fmt.Sprintf("kubeadm join %s --token %s.%s --discovery-token-ca-cert-hash sha256:%s", host, id, secret, hex.EncodeToString(sum[:])), nil
-}
-
-// Tokens lists the bootstrap token Secrets.
-func (k *KubeCluster) Tokens(ctx context.Context) ([]Token, error) {
-	list, err := k.CP.Client.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "type=bootstrap.kubernetes.io/token"})
-	if err != nil {
-		return nil, fmt.Errorf("list bootstrap tokens: %w", err)
-	}
-	var out []Token
-	for _, s := range list.Items {
-		t := Token{ID: string(s.Data["token-id"]), Secret: string(s.Data["token-secret"])}
-		t.Expires, _ = time.Parse(time.RFC3339, string(s.Data["expiration"]))
-		out = append(out, t)
-	}
-	return out, nil
-}
-
-// DeleteToken deletes the bootstrap token Secret of an id.
-func (k *KubeCluster) DeleteToken(ctx context.Context, id string) error {
-	err := k.CP.Client.CoreV1().Secrets("kube-system").Delete(ctx, "bootstrap-token-"+id, metav1.DeleteOptions{})
-	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("%w: %v", ErrNoToken, err)
-	}
-	return err
+// DownloadCerts checks the certificate key against the kubeadm-certs Secret.
+func (k *KubeCluster) DownloadCerts(ctx context.Context, key string) error {
+	return k.CP.DownloadCerts(ctx, key, time.Now())
 }
 
 // Join checks the token against the bootstrap token Secrets and registers the Node.
@@ -111,12 +59,17 @@ func (k *KubeCluster) Join(ctx context.Context, j JoinRequest) error {
 	if !ok {
 		return fmt.Errorf("token %q is not of the form [a-z0-9]{6}.[a-z0-9]{16}", "******")
 	}
+	// What the API server's bootstrap token authenticator checks, on the Secret kubeadm
+	// token create wrote.
 	s, err := k.CP.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+id, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("bootstrap token %s: %w", id, err)
 	}
-	if string(s.Data["token-secret"]) != secret {
+	if s.Type != "bootstrap.kubernetes.io/token" || string(s.Data["token-id"]) != id || string(s.Data["token-secret"]) != secret {
 		return fmt.Errorf("bootstrap token %s: wrong secret", id)
+	}
+	if string(s.Data["usage-bootstrap-authentication"]) != "true" {
+		return fmt.Errorf("bootstrap token %s is not usable for authentication", id)
 	}
 	if exp, err := time.Parse(time.RFC3339, string(s.Data["expiration"])); err == nil && time.Now().After(exp) {
 		return fmt.Errorf("bootstrap token %s expired at %s", id, exp)

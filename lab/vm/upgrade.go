@@ -48,6 +48,16 @@ func (v *VM) installedVersion(pkg string) *utilversion.Version {
 	return ver
 }
 
+// minimumControlPlane is kubeadm's MinimumControlPlaneVersion for a kubeadm at version
+// k: v<major>.<minor-1>.0 (constants.getSkewedKubernetesVersion(-1)).
+func minimumControlPlane(k *utilversion.Version) *utilversion.Version {
+	minor := k.Minor()
+	if minor > 0 {
+		minor--
+	}
+	return utilversion.MajorMinor(k.Major(), minor).WithPatch(0)
+}
+
 // kubeletSkew is kubeadm's KubeletVersion preflight check: a kubelet of a newer minor
 // (or major) than the control plane is an error ("" when it is not); a newer patch is
 // allowed, as the skew policy allows it.
@@ -173,41 +183,38 @@ func (v *VM) upgradePlanApply(ctx context.Context, sub, target string, yes bool,
 }
 
 // upgradeNode is kubeadm upgrade node: this node (its static pods on a control node,
-// its kubelet configuration) to the cluster's version. It refuses a kubeadm that is not
-// at the cluster's version (older: upgrade kubeadm; newer: the control plane has not
-// been upgraded with kubeadm upgrade apply yet) and a kubelet newer than the control
-// plane (kubeadm's KubeletVersion preflight check).
+// its kubelet configuration) to the cluster's version, whatever that is. As kubeadm
+// v1.37's (cmd/kubeadm/app/cmd/upgrade/node.go: the kubeadm-config ClusterConfiguration
+// fetched and defaulted, util/config NormalizeKubernetesVersion), it refuses only a
+// cluster older than the minor before kubeadm's own (MinimumControlPlaneVersion,
+// v<minor-1>.0): a kubeadm a patch or a minor newer than the control plane, or older, is
+// accepted, and before `upgrade apply` has run the node is "upgraded" to the version it
+// has. Its preflight (RunUpgradeChecks) has no KubeletVersion check: a kubelet newer
+// than the control plane is refused when it starts, not here.
 func (v *VM) upgradeNode(ctx context.Context, stdout, stderr io.Writer) int {
 	if v.fleet.Cluster == nil {
 		fmt.Fprintln(stderr, "[upgrade] FATAL: cannot reach the API server")
 		return 1
 	}
-	fmt.Fprintln(stdout, "[upgrade] Reading configuration from the \"kubeadm-config\" ConfigMap in namespace \"kube-system\"...")
+	kubeadm := v.installedVersion("kubeadm")
+	if kubeadm == nil {
+		fmt.Fprintln(stderr, "bash: kubeadm: command not found")
+		return 127
+	}
 	cv, cluster, err := v.clusterVersion(ctx)
 	if err != nil {
-		fmt.Fprintf(stderr, "[upgrade] FATAL: %v\n", err)
+		fmt.Fprintf(stderr, "unable to fetch the kubeadm-config ConfigMap: %v\n", err)
 		return 1
 	}
 	if cv == nil { // a lab cluster without versions
 		fmt.Fprintln(stdout, "[upgrade] The upgrade for this node was successfully completed!")
 		return 0
 	}
-	kubeadm := v.installedVersion("kubeadm")
-	switch {
-	case kubeadm == nil:
-		fmt.Fprintln(stderr, "bash: kubeadm: command not found")
-		return 127
-	case kubeadm.LessThan(cluster):
-		fmt.Fprintf(stderr, "[upgrade] FATAL: this kubeadm (v%s) is older than the control plane version \"v%s\" of the kubeadm-config ConfigMap: upgrade kubeadm first\n", kubeadm, cluster)
-		return 1
-	case cluster.LessThan(kubeadm):
-		fmt.Fprintf(stderr, "[upgrade] FATAL: the control plane version of the kubeadm-config ConfigMap is \"v%s\", older than this kubeadm (v%s): run \"kubeadm upgrade apply v%s\" on a control plane node first\n", cluster, kubeadm, kubeadm)
+	if minimum := minimumControlPlane(kubeadm); cluster.LessThan(minimum) {
+		fmt.Fprintf(stderr, "unable to fetch the kubeadm-config ConfigMap: this version of kubeadm only supports deploying clusters with the control plane version >= %s. Current version: v%s\n", minimum, cluster)
 		return 1
 	}
-	if skew := kubeletSkew(v.installedVersion("kubelet"), cluster); skew != "" {
-		fmt.Fprintf(stderr, "error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR KubeletVersion]: %s\n", skew)
-		return 1
-	}
+	fmt.Fprintln(stdout, "[upgrade/preflight] Running pre-flight checks")
 	v.mu.Lock()
 	control := v.control
 	v.mu.Unlock()

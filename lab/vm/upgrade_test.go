@@ -48,6 +48,9 @@ func TestKubeadmUpgradeVersions(t *testing.T) {
 	}{
 		{"wrk", "kubeadm upgrade plan v1.38.0", "", "/etc/kubernetes/admin.conf: no such file", 1},
 		{"ctl", "kubeadm upgrade plan v1.38.0", "Cluster version: v1.37.2", `Specified version to upgrade to "v1.38.0" is higher than the kubeadm version "v1.37.2". Upgrade kubeadm first`, 1},
+		// kubeadm upgrade node accepts a kubeadm a patch newer than the cluster.
+		{"wrk", "apt-get install -y kubeadm=1.37.3-1.1", "Setting up kubeadm (1.37.3-1.1)", "", 0},
+		{"wrk", "kubeadm upgrade node", "Not a control plane node", "", 0},
 		{"ctl", "apt-get install -y kubeadm=1.38.0-1.1", "Setting up kubeadm (1.38.0-1.1)", "", 0},
 		{"ctl", "kubeadm version -o short", "v1.38.0", "", 0},
 		{"ctl", "kubeadm upgrade apply v1.37.1 -y", "", `is lower than the cluster version "v1.37.2". Downgrades are not supported yet`, 1},
@@ -55,9 +58,11 @@ func TestKubeadmUpgradeVersions(t *testing.T) {
 		{"ctl", "kubeadm upgrade apply v1.38 -y", "", `unable to parse version "v1.38"`, 1},
 		{"ctl", "kubeadm upgrade apply v1.38.0 -y --force", "", "unknown flag: --force", 1},
 		{"ctl", "kubeadm upgrade apply v1.38.0", "Are you sure you want to proceed", "won't proceed", 1},
-		{"ctl", "kubeadm upgrade node", "", `run "kubeadm upgrade apply v1.38.0" on a control plane node first`, 1},
+		// ... and a minor newer: the node is "upgraded" to the cluster's version.
+		{"ctl", "kubeadm upgrade node", `control plane instance to version "v1.37.2"`, "", 0},
 		{"wrk", "apt-get install -y kubeadm=1.38.0-1.1 kubelet=1.38.0-1.1", "Setting up kubelet (1.38.0-1.1)", "", 0},
-		{"wrk", "kubeadm upgrade node", "", `older than this kubeadm (v1.38.0): run "kubeadm upgrade apply v1.38.0"`, 1},
+		// No KubeletVersion check in upgrade node's preflight: the kubelet refuses to start.
+		{"wrk", "kubeadm upgrade node", "Not a control plane node", "", 0},
 		{"wrk", "systemctl restart kubelet", "", "kubelet: the kubelet version is higher than the control plane version", 1},
 		{"wrk", "apt-get install -y kubelet=1.37.2-1.1", "", "E: Packages were downgraded and -y was used without --allow-downgrades.", 100},
 		{"wrk", "apt-get install -y --allow-downgrades kubelet=1.37.2-1.1", "Setting up kubelet (1.37.2-1.1)", "", 0},
@@ -108,6 +113,14 @@ func TestKubeadmUpgradeVersions(t *testing.T) {
 	if got, _ := cp.ClusterVersion(ctx); got != "v1.36.5" {
 		t.Errorf("a refused apply changed kubeadm-config to %s", got)
 	}
+	// kubeadm upgrade node refuses a cluster older than the minor before its own.
+	_, errs, code = run(t, cl, "kubeadm upgrade node")
+	if code != 1 || !strings.Contains(errs, "this version of kubeadm only supports deploying clusters with the control plane version >= 1.37.0. Current version: v1.36.5") {
+		t.Errorf("upgrade node of a cluster two minors older than kubeadm: exit %d, stderr %q", code, errs)
+	}
+	if pods, _ := cp.StaticPodVersions(ctx, ctl.Name); pods["kube-apiserver"] != "v1.38.0" {
+		t.Errorf("a refused upgrade node changed the static pods: %v", pods)
+	}
 	// The worker's kubelet at the control plane's version restarts and registers.
 	if err := cp.SetClusterVersion(ctx, "v1.38.0"); err != nil {
 		t.Fatal(err)
@@ -125,5 +138,12 @@ func TestKubeadmUpgradeVersions(t *testing.T) {
 	}
 	if err := cp.WaitNodeReady(ctx, wrk.Name, true, 30*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	// A kubeadm older than the cluster (down to the minor before it) is accepted too.
+	if _, errs, code := run(t, wl, "apt-get install -y --allow-downgrades kubeadm=1.37.2-1.1"); code != 0 {
+		t.Fatalf("downgrade kubeadm: %d %s", code, errs)
+	}
+	if out, errs, code := run(t, wl, "kubeadm upgrade node"); code != 0 || !strings.Contains(out, "successfully completed") {
+		t.Errorf("upgrade node with kubeadm v1.37.2 in a v1.38.0 cluster: exit %d, %q %q", code, out, errs)
 	}
 }

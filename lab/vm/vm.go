@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sort"
@@ -27,13 +28,15 @@ import (
 
 // Cluster is the Kubernetes side of the simulated VMs.
 type Cluster interface {
-	// JoinCommand creates a bootstrap token and returns the kubeadm join command line.
-	JoinCommand(ctx context.Context) (string, error)
-	// Tokens returns the bootstrap tokens there are (`kubeadm token list`).
-	Tokens(ctx context.Context) ([]Token, error)
-	// DeleteToken deletes the bootstrap token of an id (`kubeadm token delete`); an
-	// error wrapping ErrNoToken if there is none.
-	DeleteToken(ctx context.Context, id string) error
+	// Kubeadm runs the real kubeadm binary for a control VM (node, address) with args
+	// (what follows "kubeadm": token create|list|delete, init phase upload-certs),
+	// against the cluster's API server and PKI; its output goes to stdout and stderr.
+	// It returns kubeadm's exit code, and an error only if kubeadm could not be run.
+	Kubeadm(ctx context.Context, node, address string, args []string, stdout, stderr io.Writer) (int, error)
+	// DownloadCerts is the download-certs phase of a control-plane join: nil if the
+	// certificate key opens the certificates kubeadm uploaded and their owning token is
+	// not expired, else kubeadm's error (never carrying the key).
+	DownloadCerts(ctx context.Context, key string) error
 	// Join checks the token and registers the VM's Node (Ready).
 	Join(ctx context.Context, j JoinRequest) error
 	// KubeletDown makes the node NotReady (reboot, kubeadm reset).
@@ -41,15 +44,6 @@ type Cluster interface {
 	// KubeletUp makes a registered node Ready again with the boot id.
 	KubeletUp(ctx context.Context, node, bootID string) error
 }
-
-// Token is a bootstrap token as `kubeadm token list` shows it.
-type Token struct {
-	ID, Secret string
-	Expires    time.Time
-}
-
-// ErrNoToken is the error of deleting a bootstrap token that does not exist.
-var ErrNoToken = errors.New("no such bootstrap token")
 
 // JoinRequest is what a `kubeadm join` on a VM asks of the cluster.
 type JoinRequest struct {
@@ -111,10 +105,22 @@ type Fleet struct {
 	failJoin map[string]bool
 	preset   map[string]map[string]Filesystem
 	etcd     etcdState
-	now      func() time.Time // the clock of certificate keys; time.Now if nil
+	// before is the test hook set with BeforeCommand.
+	before func(vm string, args []string) (drop bool)
 }
 
 var _ cloud.Machines = (*Fleet)(nil)
+
+// BeforeCommand sets a hook called with each command line a VM is about to run (its argv
+// without sudo), from the SSH session that asked for it; nil removes it. It lets a test act
+// at an exact moment, e.g. kill the cookbook process just as `systemctl reboot` arrives.
+// If the hook returns true the command is not run (nor recorded) and the session drops
+// without an exit status, as when the connection is lost before the command starts.
+func (f *Fleet) BeforeCommand(hook func(vm string, args []string) (drop bool)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.before = hook
+}
 
 // Record is a command a VM ran.
 type Record struct {

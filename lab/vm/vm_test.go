@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -482,8 +486,60 @@ func TestKubeadmJoin(t *testing.T) {
 		t.Fatalf("join command %q", join)
 	}
 	tokenID, _, _ := strings.Cut(words[4], ".")
-	if _, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tokenID, metav1.GetOptions{}); err != nil {
+	// The real kubeadm wrote the token's Secret (its fields, 24 hours by default) and
+	// pinned the cluster CA's public key in the join command.
+	sec, err := cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tokenID, metav1.GetOptions{})
+	if err != nil {
 		t.Fatalf("no bootstrap token Secret: %v", err)
+	}
+	exp, err := time.Parse(time.RFC3339, string(sec.Data["expiration"]))
+	if sec.Type != "bootstrap.kubernetes.io/token" || string(sec.Data["token-id"]) != tokenID || "bootstrap-token-"+tokenID+"."+string(sec.Data["token-secret"]) != "bootstrap-token-"+words[4] ||
+		string(sec.Data["usage-bootstrap-authentication"]) != "true" || string(sec.Data["usage-bootstrap-signing"]) != "true" ||
+		string(sec.Data["auth-extra-groups"]) != "system:bootstrappers:kubeadm:default-node-token" || err != nil || time.Until(exp) < 23*time.Hour || time.Until(exp) > 24*time.Hour {
+		t.Errorf("bootstrap token Secret: type %s, data %q", sec.Type, sec.Data)
+	}
+	if words[2] != strings.TrimPrefix(cp.RESTConfig.Host, "https://") {
+		t.Errorf("join command's API server %s, want %s", words[2], cp.RESTConfig.Host)
+	}
+	caPEM := cp.RESTConfig.CAData
+	if len(caPEM) == 0 {
+		if caPEM, err = os.ReadFile(cp.RESTConfig.CAFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	block, _ := pem.Decode(caPEM)
+	if block == nil {
+		t.Fatal("the lab's kubeconfig has no CA")
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pin := sha256.Sum256(ca.RawSubjectPublicKeyInfo); words[6] != "sha256:"+hex.EncodeToString(pin[:]) {
+		t.Errorf("join command's CA hash %s, want the cluster CA's public key pin %x", words[6], pin)
+	}
+	// kubeadm's flags: --ttl, and what it refuses.
+	out, errs, code := run(t, ccl, "sudo kubeadm token create --ttl 30m")
+	short := strings.TrimSpace(out)
+	if code != 0 || !regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`).MatchString(short) {
+		t.Fatalf("token create --ttl 30m: exit %d, %q, %s", code, out, errs)
+	}
+	sec, err = cp.Client.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+short[:6], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := time.Parse(time.RFC3339, string(sec.Data["expiration"])); err != nil || time.Until(exp) < 29*time.Minute || time.Until(exp) > 30*time.Minute {
+		t.Errorf("token create --ttl 30m expires %s", sec.Data["expiration"])
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token create --ttl soon"); code != 1 || out != "" || !strings.Contains(errs, `invalid argument "soon" for "--ttl" flag`) {
+		t.Errorf("token create --ttl soon: exit %d, %q, %s", code, out, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token list"); code != 0 || !regexp.MustCompile(`(?m)^TOKEN\s+TTL\s+EXPIRES\s+USAGES\s+DESCRIPTION\s+EXTRA GROUPS$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(short)+`\s+2[89]m\s+\S+\s+authentication,signing\s+<none>\s+system:bootstrappers:kubeadm:default-node-token$`).MatchString(out) {
+		t.Errorf("token list: exit %d, %q, %s", code, out, errs)
+	}
+	if out, errs, code := run(t, ccl, "sudo kubeadm token delete "+short); code != 0 || out != fmt.Sprintf("bootstrap token %q deleted\n", short[:6]) {
+		t.Errorf("token delete of a whole token: exit %d, %q, %s", code, out, errs)
 	}
 
 	wcl, err := dial(t, f, worker, op)
@@ -670,4 +726,55 @@ func TestFstabMountsAfterReboot(t *testing.T) {
 	if dev, ok := v.Mounted("/srv/b"); ok {
 		t.Errorf("/srv/b after the reboot: %q; want nothing (not in fstab)", dev)
 	}
+}
+
+// TestBeforeCommand: the hook sees each command as it arrives; one it drops is not run,
+// not recorded, and its session ends without an exit status; without the hook it runs.
+func TestBeforeCommand(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	v := boot(t, f, "tb-hook-1", nil)
+	old := v.BootID()
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var seen []string
+	f.BeforeCommand(func(vm string, args []string) bool {
+		seen = append(seen, vm+": "+strings.Join(args, " "))
+		return args[0] == "systemctl"
+	})
+	sess, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sess.Run("sudo systemctl reboot")
+	var missing *ssh.ExitMissingError
+	if !errors.As(err, &missing) {
+		t.Errorf("dropped reboot: %v, want the session to end without an exit status", err)
+	}
+	if out, _, _ := run(t, cl, "hostname"); strings.TrimSpace(out) != "tb-hook-1" {
+		t.Errorf("hostname after the dropped reboot: %q", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if v.BootID() != old {
+		t.Error("a dropped reboot rebooted the VM")
+	}
+	want := []string{"tb-hook-1: systemctl reboot", "tb-hook-1: hostname"}
+	if strings.Join(seen, "|") != strings.Join(want, "|") {
+		t.Errorf("hook saw %q, want %q", seen, want)
+	}
+	for _, r := range f.History() {
+		if r.Argv[len(r.Argv)-1] == "reboot" {
+			t.Errorf("the dropped reboot was recorded: %v", r)
+		}
+	}
+	f.BeforeCommand(nil)
+	sess, err = cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Run("systemctl reboot")
+	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
 }
