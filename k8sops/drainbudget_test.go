@@ -30,7 +30,11 @@ func TestDrainPDBBoundAsksEachBudgetOnce(t *testing.T) {
 	if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cp.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		if err := cp.DeleteNamespace(context.Background(), ns, 2*time.Minute); err != nil {
+			t.Error(err)
+		}
+	})
 	one := intstr.FromInt32(1)
 	for d := 0; d < apps; d++ {
 		name := fmt.Sprintf("app-%03d", d)
@@ -53,6 +57,13 @@ func TestDrainPDBBoundAsksEachBudgetOnce(t *testing.T) {
 		}
 		t.Cleanup(func() { cp.RemoveNode(context.Background(), n) })
 	}
+	// Cleanups run last first: the namespace goes while the spares still run its pods (pods
+	// on a removed node wait for the pod garbage collector, about a minute).
+	t.Cleanup(func() {
+		if err := cp.DeleteNamespace(context.Background(), ns, 2*time.Minute); err != nil {
+			t.Error(err)
+		}
+	})
 	o, logs := newOps(t, "cookbook-test-budget-drain", false)
 	if _, err := o.Cordon(ctx, node); err != nil {
 		t.Fatal(err)

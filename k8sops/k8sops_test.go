@@ -492,7 +492,11 @@ func TestHealthGatePDB(t *testing.T) {
 	if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cp.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		if err := cp.DeleteNamespace(context.Background(), ns, 2*time.Minute); err != nil {
+			t.Error(err)
+		}
+	})
 	for _, n := range []string{"pdbgate-1", "pdbgate-2"} {
 		label(t, n, "gate-pdb", "yes")
 	}

@@ -260,3 +260,24 @@ func (cp *ControlPlane) WaitWorkload(ctx context.Context, w Workload, timeout ti
 	}
 	return nil
 }
+
+// DeleteNamespace deletes a namespace and waits until it is gone (the namespace controller
+// has deleted what it held): a test's workload left half-deleted (Deployments whose pods
+// cannot be placed, PDBs at zero) would fail a later test's cluster-wide health gate.
+func (cp *ControlPlane) DeleteNamespace(ctx context.Context, name string, timeout time.Duration) error {
+	err := cp.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete namespace %s: %w", name, err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		_, err := cp.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete namespace %s: still there after %s: %w", name, timeout, err)
+	}
+	return nil
+}
