@@ -182,16 +182,7 @@ func TestDrainBlockedByPDBTimesOutNamingIt(t *testing.T) {
 	ctx := context.Background()
 	addNodes(t, "stuck-1")
 	ns := "drain-stuck"
-	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	removeDeployment(t, ns, "singleton")
-	one := intstr.FromInt32(1)
-	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	running(t, ns, 1)
+	singletonBehindPDB(t, ns)
 	o, logs := newOps(t, "cookbook-test-stuck", false)
 	// Wait until the disruption controller has computed the budget.
 	wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
@@ -264,16 +255,7 @@ func TestDrainSharedBudgetWatch(t *testing.T) {
 	ctx := context.Background()
 	addNodes(t, "shared-1")
 	ns := "drain-shared"
-	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	removeDeployment(t, ns, "singleton")
-	one := intstr.FromInt32(1)
-	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	running(t, ns, 1)
+	singletonBehindPDB(t, ns)
 	wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		p, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "singleton", metav1.GetOptions{})
 		return err == nil && p.Status.ObservedGeneration > 0 && p.Status.CurrentHealthy == 1, nil
@@ -762,3 +744,20 @@ func TestNodesListedInPages(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// singletonBehindPDB runs in namespace ns one pod (Deployment singleton) whose PDB
+// (minAvailable 1) allows no disruption, and waits until it runs.
+func singletonBehindPDB(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if _, err := cp.Client.AppsV1().Deployments(ns).Create(ctx, lab.Deployment(ns, "singleton", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	removeDeployment(t, ns, "singleton")
+	one := intstr.FromInt32(1)
+	if _, err := cp.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, lab.PDB(ns, "singleton", nil, &one), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running(t, ns, 1)
+}
