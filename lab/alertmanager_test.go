@@ -18,24 +18,7 @@ func TestAlertmanagerLeavesNothing(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "" {
 		t.Fatalf("amtool silence query = %q, %v; want no silences", out, err)
 	}
-	pid, dir := am.Pid(), am.Dir
-	addr := strings.TrimPrefix(am.URL, "http://")
-	if !ours(pid, dir) {
-		t.Fatalf("pid %d does not run with %s on its command line", pid, dir)
-	}
-	if err := am.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if ours(pid, dir) {
-		t.Errorf("pid %d still runs after Stop", pid)
-	}
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s still there after Stop: %v", dir, err)
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Errorf("%s still accepts connections after Stop", addr)
-	}
+	stopLeavesNothing(t, am.Pid(), am.Dir, am.URL, am.Stop)
 	if err := am.Stop(); err != nil {
 		t.Errorf("second Stop = %v", err)
 	}
@@ -60,5 +43,28 @@ func TestAlertmanagerSweep(t *testing.T) {
 	_ = am
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s of a dead owner was not swept: %v", dir, err)
+	}
+}
+
+// stopLeavesNothing checks that the daemon (its pid, its dir, its URL) runs, that stop
+// stops it, and that neither its process, its dir nor its port is left.
+func stopLeavesNothing(t *testing.T, pid int, dir, url string, stop func() error) {
+	t.Helper()
+	addr := strings.TrimPrefix(url, "http://")
+	if !ours(pid, dir) {
+		t.Fatalf("pid %d does not run with %s on its command line", pid, dir)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if ours(pid, dir) {
+		t.Errorf("pid %d still runs after Stop", pid)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there after Stop: %v", dir, err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after Stop", addr)
 	}
 }

@@ -3,9 +3,6 @@ package lab
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -70,22 +67,5 @@ func TestPrometheusScrapesStuckProcs(t *testing.T) {
 		t.Errorf("bad query error = %#v, want a bad_data error", err)
 	}
 
-	pid, dir := p.Pid(), p.Dir
-	addr := strings.TrimPrefix(p.URL, "http://")
-	if !ours(pid, dir) {
-		t.Fatalf("pid %d does not run with %s on its command line", pid, dir)
-	}
-	if err := p.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if ours(pid, dir) {
-		t.Errorf("pid %d still runs after Stop", pid)
-	}
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s still there after Stop: %v", dir, err)
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Errorf("%s still accepts connections after Stop", addr)
-	}
+	stopLeavesNothing(t, p.Pid(), p.Dir, p.URL, p.Stop)
 }
