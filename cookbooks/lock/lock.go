@@ -135,19 +135,14 @@ func (fl *Files) Lock(_ context.Context, cluster string, h Holder) (Lock, *Holde
 	if err != nil {
 		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		prev := readHolder(f)
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			held := &HeldError{Cluster: cluster}
-			if prev != nil {
-				held.Holder = *prev
-			} else if all := fl.Holders(cluster); len(all) > 0 {
+	if err := flockNB(f, cluster, unix.LOCK_EX); err != nil {
+		var held *HeldError
+		if errors.As(err, &held) && held.Holder.RunID == "" {
+			if all := fl.Holders(cluster); len(all) > 0 {
 				held.Holder = all[0] // shared holders
 			}
-			return nil, nil, held
 		}
-		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
+		return nil, nil, err
 	}
 	// We hold the lock. A holder still recorded in the file belongs to a process that
 	// died without unlocking: taken over. So do the records of shared holders.
@@ -217,17 +212,8 @@ func (fl *Files) lockShared(cluster string, h Holder) (Lock, *Holder, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		prev := readHolder(f)
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			held := &HeldError{Cluster: cluster}
-			if prev != nil {
-				held.Holder = *prev
-			}
-			return nil, nil, held
-		}
-		return fail(err)
+	if err := flockNB(f, cluster, unix.LOCK_SH); err != nil {
+		return nil, nil, err
 	}
 	// An exclusive holder still recorded died without unlocking.
 	prev := readHolder(f)
@@ -314,6 +300,26 @@ func (fl *Files) Holders(cluster string) []Holder {
 		}
 	})
 	return out
+}
+
+// flockNB takes f's flock (how: unix.LOCK_EX or unix.LOCK_SH) without waiting. If
+// another process holds it, f is closed and the error is a *HeldError naming the holder
+// recorded in f (none if the holders are shared ones, recorded elsewhere).
+func flockNB(f *os.File, cluster string, how int) error {
+	err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+	if err == nil {
+		return nil
+	}
+	prev := readHolder(f)
+	f.Close()
+	if !errors.Is(err, syscall.EWOULDBLOCK) {
+		return fmt.Errorf("lock %s: %w", cluster, err)
+	}
+	held := &HeldError{Cluster: cluster}
+	if prev != nil {
+		held.Holder = *prev
+	}
+	return held
 }
 
 func readHolder(f *os.File) *Holder {
