@@ -803,7 +803,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 			c.env.Log.Info(fmt.Sprintf("node %s: Kubernetes %s is package version %s", name, want, pv))
 			return pkgKey.Set(v, pv)
 		}},
-		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %s"), Do: setHold(false)},
+		{Name: "unhold", Desc: desc("apt-mark unhold kubeadm kubelet kubectl on %[1]s"), Do: setHold(false)},
 		{Name: "install-kubeadm", Desc: desc("install kubeadm=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubeadm")
 		}},
@@ -812,7 +812,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 	if control {
 		kubeadm = kubeadmControl(c, n, dst, timeout)
 	} else {
-		kubeadm = pipeline.One(pipeline.Step{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
+		kubeadm = pipeline.One(pipeline.Step{Name: "kubeadm-upgrade-node", Desc: desc("kubeadm upgrade node on %[1]s"), Do: unlessAtTarget("kubeadm upgrade node", func(ctx context.Context, _, h string) error {
 			// kubeadm upgrade node takes the node to the control plane's version,
 			// whatever it is (it refuses only a control plane older than the minor
 			// before kubeadm's): a worker before the control plane would get a
@@ -834,14 +834,14 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		{Name: "install-kubelet", Desc: desc("install kubelet=%[2]s kubectl=%[2]s on %[1]s"), Do: func(ctx context.Context, v *pipeline.Values) error {
 			return install(ctx, v, "kubelet", "kubectl")
 		}},
-		{Name: "hold", Desc: desc("apt-mark hold kubeadm kubelet kubectl on %s"), Do: setHold(true)},
-		{Name: "daemon-reload", Desc: desc("systemctl daemon-reload on %s"), Do: unlessAtTarget("daemon-reload", func(ctx context.Context, _, h string) error {
+		{Name: "hold", Desc: desc("apt-mark hold kubeadm kubelet kubectl on %[1]s"), Do: setHold(true)},
+		{Name: "daemon-reload", Desc: desc("systemctl daemon-reload on %[1]s"), Do: unlessAtTarget("daemon-reload", func(ctx context.Context, _, h string) error {
 			return write(ctx, h, "systemctl", "daemon-reload")
 		})},
-		{Name: "restart-kubelet", Desc: desc("systemctl restart kubelet on %s"), Do: unlessAtTarget("kubelet restart", func(ctx context.Context, _, h string) error {
+		{Name: "restart-kubelet", Desc: desc("systemctl restart kubelet on %[1]s"), Do: unlessAtTarget("kubelet restart", func(ctx context.Context, _, h string) error {
 			return write(ctx, h, "systemctl", "restart", "kubelet")
 		})},
-		{Name: "wait-version", Desc: desc("wait until %s reports kubelet " + want), Do: func(ctx context.Context, v *pipeline.Values) error {
+		{Name: "wait-version", Desc: desc("wait until %[1]s reports kubelet " + want), Do: func(ctx context.Context, v *pipeline.Values) error {
 			name, err := n.Name(v)
 			if err != nil {
 				return err

@@ -89,6 +89,13 @@ func (w *world) run(args ...string) result {
 	} else if err != nil {
 		w.t.Fatal(err)
 	}
+	// A format verb without its value, or a value without its verb, is a bug
+	// whatever the command (fmt prints "%!s(MISSING)", "%!(EXTRA ...)").
+	for _, o := range []string{out.String(), errb.String()} {
+		if i := strings.Index(o, "%!"); i >= 0 {
+			w.t.Errorf("cookbook %s printed a formatting error: %q", strings.Join(args, " "), o[max(0, i-80):min(len(o), i+80)])
+		}
+	}
 	return result{code: code, stdout: out.String(), stderr: errb.String()}
 }
 
