@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/kubectl/pkg/drain"
+	"k8s.io/kubectl/pkg/util/podutils"
 )
 
 // DrainOptions say which pods a drain may remove and how.
@@ -494,7 +495,7 @@ func (d *drainer) checkGone() {
 // whatever its budget allows); see await for one that turns unready while it waits.
 func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	key := podKey(p)
-	force := !podReady(p)
+	force := !podutils.IsPodReady(p)
 	for {
 		claimed := false
 		if !force {
@@ -541,16 +542,6 @@ func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 			return fmt.Errorf("evict %s: %w", key, err)
 		}
 	}
-}
-
-// podReady reports whether the pod's Ready condition is True.
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // budgetsOf returns the budgets selecting p, computed again only when budgets came, went
@@ -617,7 +608,7 @@ func (d *drainer) await(ctx context.Context, p *corev1.Pod, wait []chan struct{}
 	case <-t.C:
 	}
 	if obj, ok, _ := d.pods.GetByKey(podKey(p)); ok {
-		if now, ok := obj.(*corev1.Pod); ok && now.UID == p.UID && !podReady(now) {
+		if now, ok := obj.(*corev1.Pod); ok && now.UID == p.UID && !podutils.IsPodReady(now) {
 			return true, true
 		}
 	}
