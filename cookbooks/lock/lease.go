@@ -146,7 +146,8 @@ func (ls *Leases) Holder(ctx context.Context) (*Holder, time.Time, bool, error) 
 	return &all[0].Holder, all[0].Renewed, all[0].Live, nil
 }
 
-// LiveEntry is a holder of the Lease and whether its renewal is still in force.
+// LiveEntry is a holder of the Lease and whether it still holds it: its renewal is in
+// force and, for a holder of this host (Leases.Host), its process is there.
 type LiveEntry struct {
 	LeaseEntry
 	Live bool
@@ -164,7 +165,7 @@ func (ls *Leases) Holders(ctx context.Context) ([]LiveEntry, error) {
 	now := ls.now()
 	var out []LiveEntry
 	for _, e := range LeaseEntries(l) {
-		out = append(out, LiveEntry{LeaseEntry: e, Live: !expired(l, e.Renewed, now)})
+		out = append(out, LiveEntry{LeaseEntry: e, Live: ls.live(l, &e.Holder, e.Renewed, now)})
 	}
 	return out, nil
 }

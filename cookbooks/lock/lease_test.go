@@ -207,3 +207,30 @@ func TestLeaseChunksStartAndEndTogether(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseHoldersProcessGone: a holder whose process is gone from this host is not a live
+// holder to this host's reader (its Lease entry has not expired yet); another host, which
+// cannot see the process, still counts it until the entry expires.
+func TestLeaseHoldersProcessGone(t *testing.T) {
+	ctx := context.Background()
+	a := leases(t, "t-gone", "host-a", time.Minute)
+	l, _, err := a.Lock(ctx, "lab1", Holder{RunID: "run-dead", Host: "host-a", PID: 4243, Claim: &Claim{Job: "j", Nodes: []string{"n1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(l)
+	t.Cleanup(func() { l.Unlock() })
+	here := leases(t, "t-gone", "host-a", time.Minute)
+	here.Alive = func(pid int) bool { return pid != 4243 }
+	there := leases(t, "t-gone", "host-b", time.Minute)
+	for _, c := range []struct {
+		who  string
+		ls   *Leases
+		live bool
+	}{{"this host", here, false}, {"another host", there, true}} {
+		all, err := c.ls.Holders(ctx)
+		if err != nil || len(all) != 1 || all[0].Holder.RunID != "run-dead" || all[0].Live != c.live {
+			t.Errorf("%s reads the holders %+v (%v), want run-dead live %v", c.who, all, err, c.live)
+		}
+	}
+}
