@@ -63,6 +63,9 @@ type Cluster struct {
 	Records Records `json:"records,omitempty"`
 	// Drain are the cluster's defaults for the drain flags of every cookbook that drains.
 	Drain Drain `json:"drain,omitempty"`
+	// Etcd says where the cluster's etcd runs: stacked on the control nodes (the
+	// default) or external.
+	Etcd Etcd `json:"etcd,omitempty"`
 
 	// Name is the cluster's key in Config.Clusters.
 	Name string `json:"-"`
@@ -528,6 +531,7 @@ func (cl *Cluster) validate(p string) []error {
 	}
 	errs = append(errs, cl.validateLock(p)...)
 	errs = append(errs, cl.Drain.validate(p+".drain")...)
+	errs = append(errs, cl.Etcd.validate(p+".etcd")...)
 	for name, r := range cl.Roles {
 		rp := join(p+".roles", name)
 		if r == nil {
