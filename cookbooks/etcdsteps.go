@@ -73,28 +73,62 @@ func (c *clients) warnControl(key, msg string) {
 
 // etcdStatus reads the etcd membership and every member's health with etcdctl on the
 // first control node that answers, the nodes in except left out (the node being acted
-// on). It returns the status and the SSH target that answered.
+// on); with an external etcd, on the first of its configured hosts that answers, with
+// its configured certificates. It returns the status and the SSH target that answered.
 func (c *clients) etcdStatus(ctx context.Context, except ...string) (etcdctl.Status, string, error) {
 	if c.readEtcd != nil {
 		return c.readEtcd(ctx, except...)
+	}
+	if x := c.cl.ExternalEtcd(); x != nil {
+		st, from, errs := c.askEtcd(ctx, x.Hosts, true)
+		if errs != nil {
+			return etcdctl.Status{}, "", fmt.Errorf("etcd status from no host of clusters.%s.etcd.external.hosts: %w", c.cl.Name, errs)
+		}
+		return st, from, nil
 	}
 	nodes, err := c.controlNodes(ctx)
 	if err != nil {
 		return etcdctl.Status{}, "", err
 	}
-	var errs []error
 	others := slices.DeleteFunc(slices.Clone(nodes), func(n string) bool { return slices.Contains(except, n) })
 	if len(others) == 0 {
 		// A cluster with one control node: it is the only one to ask.
 		others = nodes
 	}
-	for _, n := range others {
+	st, from, errs := c.askEtcd(ctx, others, false)
+	if errs != nil {
+		return etcdctl.Status{}, "", fmt.Errorf("etcd status from no control node: %w", errs)
+	}
+	return st, from, nil
+}
+
+// externalEtcd reports whether the cluster's etcd is external (no member on a control
+// node).
+func (c *clients) externalEtcd() bool { return c.cl.ExternalEtcd() != nil }
+
+// etcdTLS is how etcdctl on a host (its name, and target, what SSH connects to) reaches
+// etcd: kubeadm's local member, or the external host's own with its configured paths.
+func (c *clients) etcdTLS(host, target string, external bool) etcdctl.TLS {
+	if !external {
+		return etcdctl.Stacked
+	}
+	ca, cert, key := c.cl.EtcdTLSPaths(host)
+	return etcdctl.External(target, ca, cert, key)
+}
+
+// askEtcd asks etcd on the hosts in order (member list, then endpoint health --cluster)
+// and returns what the first that answers said, with its SSH target; else every host's
+// error.
+func (c *clients) askEtcd(ctx context.Context, hosts []string, external bool) (etcdctl.Status, string, error) {
+	var errs []error
+	for _, n := range hosts {
 		target, err := c.target(ctx, n)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		res, err := c.ssh.Run(ctx, target, ssh.Command{Argv: etcdctl.MemberListArgv(), ReadOnly: true, Timeout: time.Minute})
+		tls := c.etcdTLS(n, target, external)
+		res, err := c.ssh.Run(ctx, target, ssh.Command{Argv: tls.MemberListArgv(), ReadOnly: true, Timeout: time.Minute})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
 			continue
@@ -105,7 +139,7 @@ func (c *clients) etcdStatus(ctx context.Context, except ...string) (etcdctl.Sta
 			continue
 		}
 		// endpoint health exits 1 when an endpoint is unhealthy; its JSON says which.
-		res, err = c.ssh.Run(ctx, target, ssh.Command{Argv: etcdctl.HealthArgv(), ReadOnly: true, Timeout: time.Minute})
+		res, err = c.ssh.Run(ctx, target, ssh.Command{Argv: tls.HealthArgv(), ReadOnly: true, Timeout: time.Minute})
 		var exit *ssh.ExitError
 		if err != nil && !(errors.As(err, &exit) && exit.Status == 1 && strings.HasPrefix(strings.TrimSpace(res.Stdout), "[")) {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
@@ -119,9 +153,9 @@ func (c *clients) etcdStatus(ctx context.Context, except ...string) (etcdctl.Sta
 		return etcdctl.Status{Members: members, Health: health}, target, nil
 	}
 	if len(errs) == 0 {
-		return etcdctl.Status{}, "", fmt.Errorf("no control node other than %s to ask etcd", strings.Join(except, ", "))
+		return etcdctl.Status{}, "", errors.New("no host to ask")
 	}
-	return etcdctl.Status{}, "", fmt.Errorf("etcd status from no control node: %w", errors.Join(errs...))
+	return etcdctl.Status{}, "", errors.Join(errs...)
 }
 
 // etcdCheck is what checkEtcd expects of the etcd cluster.
@@ -144,6 +178,10 @@ type etcdCheck struct {
 func checkEtcd(c *clients, name string, chk etcdCheck) pipeline.Step {
 	desc := "check that every etcd member is started and healthy"
 	switch {
+	case c.externalEtcd():
+		// A control node is no member of an external etcd: only its health is checked.
+		chk.Member, chk.Gone, chk.Unhealthy = false, false, false
+		desc = "check that every member of the external etcd is started and healthy"
 	case chk.Member:
 		desc += " and the node is a member"
 	case chk.Gone:
@@ -212,9 +250,17 @@ func etcdVerdict(ctx context.Context, c *clients, node string, chk etcdCheck) er
 
 // removeEtcdMember is the step that removes a removed control node's etcd member with
 // etcdctl member remove on another control node, when kubeadm reset did not (a dead
-// host); nothing to do when it is no member.
+// host); nothing to do when it is no member, nor with an external etcd (a control node
+// is none of its members, and its membership is not the cookbooks' to change).
 func removeEtcdMember(c *clients, node string) pipeline.Step {
-	return pipeline.Step{Name: "remove-etcd-member", Desc: pipeline.Textf("remove the etcd member of %s if it is still one", node), Do: func(ctx context.Context, v *pipeline.Values) error {
+	desc := pipeline.Textf("remove the etcd member of %s if it is still one", node)
+	if c.externalEtcd() {
+		desc = pipeline.Textf("remove no etcd member: etcd is external, %s has no member", node)
+	}
+	return pipeline.Step{Name: "remove-etcd-member", Desc: desc, Do: func(ctx context.Context, v *pipeline.Values) error {
+		if c.externalEtcd() {
+			return pipeline.Skip("etcd is external: %s has no member", node)
+		}
 		st, from, err := c.etcdStatus(ctx, node)
 		if err != nil {
 			return err
@@ -249,8 +295,16 @@ func etcdUnhealthyRefusal(ctx context.Context, c *clients, why string) error {
 
 // etcdRefusal is bad input when taking a control node away would leave etcd without a
 // healthy quorum: remove says whether it is removed (else stopped, as in a reboot). The
-// refusal holds with --force-removal too.
+// refusal holds with --force-removal too. With an external etcd a control node is no
+// member: no quorum is at stake, but a removal is still refused unless every member is
+// started and healthy.
 func etcdRefusal(ctx context.Context, c *clients, node string, remove bool) error {
+	if c.externalEtcd() {
+		if remove {
+			return etcdUnhealthyRefusal(ctx, c, "a control node is removed")
+		}
+		return nil
+	}
 	st, _, err := c.etcdStatus(ctx, node)
 	if err != nil {
 		return err

@@ -203,6 +203,9 @@ func (r *replacer) etcdRefusal(ctx context.Context) error {
 	if err := etcdUnhealthyRefusal(ctx, r.c, "a control node is replaced"); err != nil {
 		return err
 	}
+	if r.c.externalEtcd() {
+		return nil // a control node is no member of an external etcd: no quorum at stake
+	}
 	for _, h := range r.hosts {
 		if err := etcdRefusal(ctx, r.c, h, true); err != nil {
 			return err

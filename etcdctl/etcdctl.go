@@ -1,5 +1,5 @@
 // Package etcdctl builds the etcdctl (API v3) command lines that read and change the
-// stacked etcd of a kubeadm control node, and reads their JSON output: the member list,
+// stacked etcd of a kubeadm control node (or an external etcd, on its own hosts), and reads their JSON output: the member list,
 // the health of every member's endpoint, and the quorum rules etcd applies to them.
 package etcdctl
 
@@ -7,33 +7,57 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 )
 
-// TLS flags of kubeadm's etcd: its local endpoint and the health-check client certificate
-// kubeadm creates on every control node.
-var tlsFlags = []string{
-	"--endpoints", "https://127.0.0.1:2379",
-	"--cacert", "/etc/kubernetes/pki/etcd/ca.crt",
-	"--cert", "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
-	"--key", "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+// TLS says how etcdctl reaches etcd: the endpoint and the client certificate.
+type TLS struct {
+	Endpoint, CACert, Cert, Key string
 }
 
-// Argv is an etcdctl command line run on a control node, with kubeadm's TLS flags.
-func Argv(args ...string) []string {
-	return append(append([]string{"etcdctl"}, tlsFlags...), args...)
+// Stacked is kubeadm's stacked etcd: its local endpoint and the health-check client
+// certificate kubeadm creates on every control node.
+var Stacked = TLS{
+	Endpoint: "https://127.0.0.1:2379",
+	CACert:   "/etc/kubernetes/pki/etcd/ca.crt",
+	Cert:     "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+	Key:      "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+}
+
+// External is an etcd host's own member (its client URL https://host:2379, host being
+// what SSH connects to) with the certificate paths configured for that host.
+func External(host, cacert, cert, key string) TLS {
+	return TLS{Endpoint: "https://" + net.JoinHostPort(host, "2379"), CACert: cacert, Cert: cert, Key: key}
+}
+
+// Argv is an etcdctl command line with the TLS flags.
+func (t TLS) Argv(args ...string) []string {
+	return append([]string{"etcdctl", "--endpoints", t.Endpoint, "--cacert", t.CACert, "--cert", t.Cert, "--key", t.Key}, args...)
 }
 
 // MemberListArgv is `etcdctl member list -w json`.
-func MemberListArgv() []string { return Argv("member", "list", "-w", "json") }
+func (t TLS) MemberListArgv() []string { return t.Argv("member", "list", "-w", "json") }
 
 // HealthArgv is `etcdctl endpoint health --cluster -w json` (exit status 1, and the JSON
 // still printed, when an endpoint is unhealthy).
-func HealthArgv() []string { return Argv("endpoint", "health", "--cluster", "-w", "json") }
+func (t TLS) HealthArgv() []string { return t.Argv("endpoint", "health", "--cluster", "-w", "json") }
 
 // RemoveArgv is `etcdctl member remove ID` (ID in hex).
-func RemoveArgv(id uint64) []string { return Argv("member", "remove", HexID(id)) }
+func (t TLS) RemoveArgv(id uint64) []string { return t.Argv("member", "remove", HexID(id)) }
+
+// Argv is an etcdctl command line run on a control node, with kubeadm's TLS flags.
+func Argv(args ...string) []string { return Stacked.Argv(args...) }
+
+// MemberListArgv is Stacked.MemberListArgv.
+func MemberListArgv() []string { return Stacked.MemberListArgv() }
+
+// HealthArgv is Stacked.HealthArgv.
+func HealthArgv() []string { return Stacked.HealthArgv() }
+
+// RemoveArgv is Stacked.RemoveArgv.
+func RemoveArgv(id uint64) []string { return Stacked.RemoveArgv(id) }
 
 // HexID is a member id as etcdctl takes and prints it.
 func HexID(id uint64) string { return fmt.Sprintf("%x", id) }

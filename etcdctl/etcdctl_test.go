@@ -80,3 +80,18 @@ func TestQuorumRules(t *testing.T) {
 		})
 	}
 }
+
+// TestArgv: the stacked command lines carry kubeadm's local endpoint and certificates;
+// an external host's carry its own client URL and the configured certificates.
+func TestArgv(t *testing.T) {
+	if got, want := strings.Join(MemberListArgv(), " "), "etcdctl --endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key member list -w json"; got != want {
+		t.Errorf("stacked member list = %q, want %q", got, want)
+	}
+	x := External("etcd-1.example.org", "/etc/etcd/ssl/ca.pem", "/etc/etcd/ssl/client.pem", "/etc/etcd/ssl/client.key")
+	if got, want := strings.Join(x.HealthArgv(), " "), "etcdctl --endpoints https://etcd-1.example.org:2379 --cacert /etc/etcd/ssl/ca.pem --cert /etc/etcd/ssl/client.pem --key /etc/etcd/ssl/client.key endpoint health --cluster -w json"; got != want {
+		t.Errorf("external endpoint health = %q, want %q", got, want)
+	}
+	if got, want := strings.Join(x.RemoveArgv(0x8e9e05c52164694d), " "), "etcdctl --endpoints https://etcd-1.example.org:2379 --cacert /etc/etcd/ssl/ca.pem --cert /etc/etcd/ssl/client.pem --key /etc/etcd/ssl/client.key member remove 8e9e05c52164694d"; got != want {
+		t.Errorf("external member remove = %q, want %q", got, want)
+	}
+}
