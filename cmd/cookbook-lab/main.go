@@ -55,6 +55,7 @@ func newApp() *cli.App {
 				&cli.IntFlag{Name: "workers", Value: 4, Usage: "number of workers"},
 				&cli.IntFlag{Name: "nfs-workers", Value: 2, Usage: "number of NFS workers"},
 				&cli.IntFlag{Name: "controls", Value: 3, Usage: "number of control nodes"},
+				&cli.IntFlag{Name: "external-etcd", Usage: "run an external etcd of this many VMs (<prefix>-etcd-N, named in the configuration's etcd.external) instead of kubeadm's stacked etcd on the control nodes (default: stacked)"},
 				&cli.Float64Flag{Name: "reboot-seconds", Value: 2, Usage: "how long a VM stays down when it reboots (a real one: 20 to 60)"},
 				&cli.IntFlag{Name: "ssh-port", Usage: "port of the VMs' SSH servers (default: a free one)"},
 				&cli.IntFlag{Name: "metrics-port", Usage: "port of the VMs' node exporters, GET http://VM-ADDRESS:PORT/metrics (default: a free one)"},
@@ -115,6 +116,9 @@ func up(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if n := c.Int("external-etcd"); n < 0 {
+		return fmt.Errorf("--external-etcd: %d is negative (expected a number of etcd VMs, or 0 for kubeadm's stacked etcd)", n)
+	}
 	if err := ensureBins(); err != nil {
 		return err
 	}
@@ -131,6 +135,7 @@ func up(c *cli.Context) error {
 	start := time.Now()
 	s, err := stack.Up(ctx, stack.Options{
 		Dir: dir, Workers: orNone(c.Int("workers")), NFSWorkers: orNone(c.Int("nfs-workers")), Controls: orNone(c.Int("controls")),
+		ExternalEtcd:   c.Int("external-etcd"),
 		RebootDownTime: time.Duration(c.Float64("reboot-seconds") * float64(time.Second)),
 		SSHPort:        c.Int("ssh-port"), MetricsPort: c.Int("metrics-port"), CloudAddr: c.String("cloud-addr"), SampleWorkload: !c.Bool("no-sample-workload"), KubernetesVersion: c.String("kubernetes-version"), Log: slog.New(logger),
 		Workload: workloadOf(c.Int("pods")),

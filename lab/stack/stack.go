@@ -44,6 +44,11 @@ type Options struct {
 	// Controls, Workers and NFSWorkers are the numbers of nodes; 3, 4 and 2 if zero
 	// (use -1 for none).
 	Controls, Workers, NFSWorkers int
+	// ExternalEtcd, if positive, is the number of etcd VMs of an external etcd
+	// (<prefix>-etcd-N, no Kubernetes nodes) that hold the etcd membership instead of the
+	// control VMs; the configuration then has an etcd.external section naming them
+	// (EtcdCerts). Zero: kubeadm's stacked etcd on the control VMs.
+	ExternalEtcd int
 	// SSHPort is the port every VM's SSH server listens on; a free one if zero.
 	SSHPort int
 	// MetricsPort is the port every VM's node exporter (GET /metrics, the processes
@@ -88,9 +93,15 @@ type Stack struct {
 	ConfigPath, CloudsPath, KeyPath, KnownHostsPath, AuditPath string
 	// Prefix is the name prefix of the cluster's servers ("toolsbeta-test-k8s").
 	Prefix string
+	// EtcdHosts are the external etcd's VMs (none with stacked etcd).
+	EtcdHosts []string
 
 	password string // of the cloud's user, in clouds.yaml
 }
+
+// EtcdCerts are the certificate paths of the lab's external etcd hosts, as the
+// configuration names them.
+var EtcdCerts = vm.EtcdCerts{CACert: "/etc/etcd/ssl/ca.pem", Cert: "/etc/etcd/ssl/client.pem", Key: "/etc/etcd/ssl/client.key"}
 
 // Roles of the lab cluster: name -> (prefix suffix, labels, taints, control plane).
 var roles = []struct {
@@ -185,6 +196,10 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 		}
 	}
 	s.Fleet = &vm.Fleet{Port: port, MetricsPort: metricsPort, OperatorKeys: []string{pubLine}, Cluster: &vm.KubeCluster{CP: s.CP}, DownTime: opts.RebootDownTime, CloudInitTime: max(opts.CloudInitTime, 0), KubeVersion: kubeVersion, Log: log}
+	if opts.ExternalEtcd > 0 {
+		certs := EtcdCerts
+		s.Fleet.ExternalEtcd = &certs
+	}
 	password := randomHex(12)
 	s.password = password
 	seed := cloud.Seed{
@@ -221,6 +236,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 		name    string
 		role    int
 		control bool
+		etcd    bool // an external etcd host, no node
 		known   string
 	}
 	var members []*member
@@ -230,7 +246,27 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			members = append(members, &member{name: fmt.Sprintf("%s-%s-%d", s.Prefix, r.suffix, i), role: ri, control: r.control})
 		}
 	}
+	for i := 1; i <= opts.ExternalEtcd; i++ {
+		m := &member{name: fmt.Sprintf("%s-etcd-%d", s.Prefix, i), etcd: true}
+		s.EtcdHosts = append(s.EtcdHosts, m.name)
+		members = append(members, m)
+	}
 	create := func(m *member) error {
+		if m.etcd {
+			log.Info("creating external etcd VM", "name", m.name)
+			srv, err := s.Cloud.AddServer(ctx, cloud.Server{
+				Name: m.name, FlavorID: "g4.cores2.ram4.disk20", ImageID: seed.Images[0].ID, Network: seed.Networks[0].Name,
+				KeyName: "toolsbeta-cookbook", SecurityGroups: []string{seed.SecurityGroups[0].Name},
+				Metadata: map[string]string{"cookbook-cluster": opts.Cluster, "cookbook-role": "etcd"},
+			})
+			if err != nil {
+				return err
+			}
+			v := s.Fleet.VM(srv.ID)
+			s.Fleet.AddEtcdMember(v)
+			m.known = fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
+			return nil
+		}
 		r := roles[m.role]
 		log.Info("creating VM and node", "name", m.name)
 		flavor := "g4.cores4.ram8.disk20"
@@ -260,7 +296,7 @@ func Up(ctx context.Context, opts Options) (s *Stack, err error) {
 			}
 		}
 		v.MarkJoined()
-		if r.control {
+		if r.control && opts.ExternalEtcd <= 0 {
 			s.Fleet.AddEtcdMember(v) // kubeadm's stacked etcd: a member per control node
 		}
 		m.known = fmt.Sprintf("[%s]:%d %s", srv.Address, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(v.PublicKey()))))
@@ -414,8 +450,17 @@ clusters:
       identityFiles: [%[6]s]
       knownHosts: [%[7]s]
       connectTo: address
-    roles:
 `, s.Cluster, s.AuditPath, s.CloudsPath, s.CP.Kubeconfig, port, s.KeyPath, s.KnownHostsPath)
+	if len(s.EtcdHosts) > 0 {
+		cfg += fmt.Sprintf(`    etcd:
+      external:
+        hosts: [%s]
+        cacert: %s
+        cert: %s
+        key: %s
+`, strings.Join(s.EtcdHosts, ", "), EtcdCerts.CACert, EtcdCerts.Cert, EtcdCerts.Key)
+	}
+	cfg += "    roles:\n"
 	cfg += role("control", "control", "g4.cores2.ram4.disk20", "anti-affinity", "        controlPlane: true\n"+provision)
 	cfg += role("worker", "worker", "g4.cores4.ram8.disk20", "soft-anti-affinity", "        extraStorage: {device: /dev/sdb, mountPoint: /var/lib/containerd}\n"+provision+"        rebootAfterProvision: true\n")
 	cfg += role("worker-nfs", "worker-nfs", "g4.cores4.ram8.disk20", "soft-anti-affinity", `        labels:

@@ -123,7 +123,10 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		return v.etcdctl(args[1:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
 		// kubeadm's remove-etcd-member phase: a failure is a warning, the reset goes on.
-		if removed, err := f.leaveEtcd(v.Name); err != nil {
+		// With an external etcd it finds no local etcd and leaves the membership alone.
+		if f.ExternalEtcd != nil {
+			fmt.Fprintln(stdout, "[reset] No etcd config found. Assuming external etcd\n[reset] Please, manually reset etcd to prevent further issues")
+		} else if removed, err := f.leaveEtcd(v.Name); err != nil {
 			fmt.Fprintf(stderr, "W1125 [reset] Failed to remove etcd member: %v, please manually remove this etcd member using etcdctl\n", err)
 		} else if removed {
 			fmt.Fprintln(stdout, "[reset] Removing this node's etcd member from the cluster")
@@ -312,7 +315,7 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
 		return 1
 	}
-	if control {
+	if control && f.ExternalEtcd == nil { // an external etcd gains no member
 		if err := f.joinEtcd(v); err != nil {
 			fmt.Fprintf(stderr, "error execution phase control-plane-join/etcd: error creating local etcd static pod manifest file: %v\n", err)
 			return 1

@@ -21,6 +21,30 @@ import (
 // etcd's reconfiguration checks (strict-reconfig-check, on by default) refuse what would
 // leave too few started members.
 
+// With Fleet.ExternalEtcd the lab's etcd is external instead, as the Toolforge one: its
+// members are etcd VMs of their own (added with AddEtcdMember), whose etcdctl answers only
+// with the configured certificate paths and the VM's own client URL (its server
+// certificate is not valid for 127.0.0.1); a control VM has no local etcd (etcdctl there
+// gets connection refused, kubeadm's etcd certificates are not there) and its kubeadm
+// join --control-plane and kubeadm reset leave the membership alone.
+
+// EtcdCerts are the paths of the CA, client certificate and key etcdctl must be given on
+// the hosts of an external etcd.
+type EtcdCerts struct{ CACert, Cert, Key string }
+
+// path is the path of a flag (cacert, cert, key).
+func (c *EtcdCerts) path(flag string) string {
+	switch flag {
+	case "cacert":
+		return c.CACert
+	case "cert":
+		return c.Cert
+	case "key":
+		return c.Key
+	}
+	return ""
+}
+
 // EtcdMember is a member of the lab's etcd cluster.
 type EtcdMember struct {
 	ID   uint64
@@ -236,6 +260,7 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 	if out != "" && out != "json" && out != "simple" {
 		return fail(exitBadArgs, fmt.Sprintf("unsupported output format %q in the lab (json, simple)", out))
 	}
+	ext := v.fleet.ExternalEtcd
 	for _, f := range []string{"cacert", "cert", "key"} {
 		p := flags[f]
 		if p == "" {
@@ -244,6 +269,11 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 		ok := p == "/etc/kubernetes/pki/etcd/ca.crt" && f == "cacert" ||
 			f == "cert" && etcdPKI[strings.TrimSuffix(p, ".crt")] && strings.HasSuffix(p, ".crt") ||
 			f == "key" && etcdPKI[strings.TrimSuffix(p, ".key")] && strings.HasSuffix(p, ".key")
+		if ext != nil {
+			// No kubeadm etcd PKI with an external etcd; the configured certificates
+			// are on its hosts and on the control VMs (the API server's).
+			ok = p == ext.path(f)
+		}
 		if !ok {
 			return fail(exitBadArgs, fmt.Sprintf("open %s: no such file or directory", p))
 		}
@@ -255,9 +285,26 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 		local = local || m.Name == v.Name
 	}
 	fl.mu.Unlock()
+	ep := flags["endpoints"]
+	certs := flags["cacert"] != "" && flags["cert"] != "" && flags["key"] != ""
+	if ext != nil && certs {
+		switch {
+		case !local && (ep == "" || ep == "https://127.0.0.1:2379" || ep == "https://"+v.Address+":2379"):
+			// No etcd on this host.
+			host := strings.TrimSuffix(strings.TrimPrefix(ep, "https://"), ":2379")
+			if host == "" {
+				host = "127.0.0.1"
+			}
+			fmt.Fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"retrying of unary invoker failed\",\"target\":\"etcd-endpoints://%s\",\"error\":\"rpc error: code = DeadlineExceeded desc = latest balancer error: last connection error: connection error: desc = \\\"transport: Error while dialing: dial tcp %s:2379: connect: connection refused\\\"\"}\n", ep, host)
+			return fail(exitError, "context deadline exceeded")
+		case local && (ep == "" || ep == "https://127.0.0.1:2379"):
+			// The member's server certificate names the host, not the loopback.
+			fmt.Fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"retrying of unary invoker failed\",\"target\":\"etcd-endpoints://%s\",\"error\":\"rpc error: code = DeadlineExceeded desc = latest balancer error: last connection error: connection error: desc = \\\"transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate is valid for %s, %s, not 127.0.0.1\\\"\"}\n", ep, v.Name, v.Address)
+			return fail(exitError, "context deadline exceeded")
+		}
+	}
 	// kubeadm's etcd serves TLS only, on 127.0.0.1 and the host's address, and wants a
 	// client certificate: anything else never gets an answer.
-	ep := flags["endpoints"]
 	if !local || flags["cacert"] == "" || flags["cert"] == "" || flags["key"] == "" ||
 		(ep != "https://127.0.0.1:2379" && ep != "https://"+v.Address+":2379") {
 		fmt.Fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"retrying of unary invoker failed\",\"target\":\"etcd-endpoints://%s\",\"error\":\"rpc error: code = DeadlineExceeded desc = context deadline exceeded\"}\n", ep)

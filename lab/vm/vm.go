@@ -92,6 +92,9 @@ type Fleet struct {
 	// `kubeadm token create`). Nil means Metadata["cookbook-role"] == "control". A VM
 	// that joins with --control-plane, or is marked with MarkControlPlane, is one too.
 	IsControlPlane func(m cloud.Machine) bool
+	// ExternalEtcd, if set, makes the lab's etcd external (see etcd.go): its members are
+	// the VMs added with AddEtcdMember, asked with these certificate paths.
+	ExternalEtcd *EtcdCerts
 	// KubeVersion is the Kubernetes version (X.Y.Z) the VMs' kubeadm, kubelet and
 	// kubectl packages are installed at; the lab's if empty. The lab's apt repository
 	// offers it and its next patch.
