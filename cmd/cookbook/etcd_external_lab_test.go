@@ -11,10 +11,10 @@ import (
 
 // TestExternalEtcdControlNodes: in a lab whose etcd is external (three etcd VMs, as
 // Toolforge's; the configuration's etcd.external names them and their certificates) a
-// control node is added, an original one removed and another rebooted, all with etcd
-// asked on the first etcd host with the configured certificates, no etcd member added
-// or removed (the etcd VMs' membership is the same at the end) and no etcdctl member
-// remove anywhere; with the first etcd VM powered off the next one answers, and adding a
+// control node is added, an original one removed, another rebooted and a third replaced,
+// all with etcd asked on the first etcd host with the configured certificates, no etcd
+// member added or removed (the etcd VMs' membership is the same at the end) and no
+// etcdctl member remove anywhere; with the first etcd VM powered off the next one answers, and adding a
 // control node is refused (exit 2, naming the dead member) with nothing changed.
 func TestExternalEtcdControlNodes(t *testing.T) {
 	w, s := stackWorldOf(t, stack.Options{Controls: 3, Workers: 1, NFSWorkers: -1, ExternalEtcd: 3})
@@ -64,6 +64,16 @@ func TestExternalEtcdControlNodes(t *testing.T) {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("the control node's reboot has no %q:\n%s", want, r.stderr)
 		}
+	}
+
+	// Replace a control node (a new one added, then the old one removed): no member
+	// added or removed either.
+	r = w.run("--yes", "replace-k8s-nodes", "--cluster-name", "toolsbeta", "--role", "control", "--image", "debian-13.0-trixie", "--hostname-list", p+"3")
+	wantCode(t, r, 0)
+	controlGone(t, s, p+"3")
+	controlReady(t, s, p+"5")
+	if !strings.Contains(r.stderr, "etcd is external: "+p+"3 has no member") {
+		t.Errorf("the replacement's remove-etcd-member was not skipped as external:\n%s", r.stderr)
 	}
 
 	// etcdctl ran on the first etcd host only, with the configured certificates; never
