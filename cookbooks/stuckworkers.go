@@ -22,7 +22,6 @@ import (
 	"example.com/cookbook/config"
 	"example.com/cookbook/cookbooks/pipeline"
 	"example.com/cookbook/k8sops"
-	"example.com/cookbook/openstack"
 )
 
 // keyNodeBootIDBefore is the boot id a node's Node reported before the run hard-rebooted
@@ -32,7 +31,7 @@ const keyNodeBootIDBefore = pipeline.Key[string]("node-boot-id-before")
 // keyNodeHardRebootIssued records that the run sent the node's hard reboot through
 // OpenStack, in the same scope ("<node>/node-hard-reboot-issued"), set before the request
 // goes out: a run killed once Nova has it waits for the node on resume instead of
-// rebooting it again (false again when Nova refused the request).
+// rebooting it again.
 const keyNodeHardRebootIssued = pipeline.Key[bool]("node-hard-reboot-issued")
 
 // RebootStuckWorkers reboots the workers that have been NotReady for too long, on the
@@ -452,13 +451,9 @@ func hardReboot(ctx context.Context, c *clients, sc pipeline.Scope, v *pipeline.
 			return err
 		}
 	}
+	// Recorded also when the request fails: a failure does not prove Nova did not act on
+	// it (a lost response, or a refusal of the client's retry of a request Nova handled).
 	if err := c.cloud.Reboot(ctx, srv.ID, node, true); err != nil {
-		if openstack.Refused(err) {
-			// Nova did not act on it: a resume must send it, not wait for it.
-			if serr := issued.Set(v, false); serr != nil {
-				return fmt.Errorf("%w (and: %v)", err, serr)
-			}
-		}
 		return err
 	}
 	if c.env.DryRun {

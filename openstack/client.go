@@ -194,14 +194,6 @@ func transient(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
-// Refused reports whether err is the API's refusal of a request (a 4xx answer, 409 for a
-// server in a state that does not allow the action): the request was not acted on, unlike
-// a 5xx or a lost response, after which it may have been.
-func Refused(err error) bool {
-	var code gophercloud.ErrUnexpectedResponseCode
-	return errors.As(err, &code) && code.Actual >= 400 && code.Actual < 500
-}
-
 // redact keeps tokens and passwords out of error text.
 func redact(err error) error {
 	if err == nil {

@@ -97,7 +97,9 @@ func killAtHardReboot(t *testing.T, w *world, s *stack.Stack, args ...string) st
 // it, and resumes it while the VM is still down (it stays down 12 s): a rehearsal of the
 // resume sends nothing and says it would wait; the resume waits for the node instead of
 // rebooting it again: exit 0, one reboot action in the cloud, the Node's boot id changed
-// once, nothing left cordoned. Then a hard reboot that never reached Nova (the run killed
+// once, nothing left cordoned. A run killed as a reachable worker's soft reboot arrives,
+// resumed while the VM is down, waits for it: no hard reboot through the cloud, one
+// systemctl reboot. Then a hard reboot that never reached Nova (the run killed
 // while the request was held by the cloud; the server stays SHUTOFF) is sent again by the
 // resume once the node has not come back within --reboot-timeout, and said so.
 func TestRebootStuckWorkersResumeHardReboot(t *testing.T) {
@@ -196,6 +198,82 @@ func TestRebootStuckWorkersResumeHardReboot(t *testing.T) {
 			t.Errorf("%s, not stuck, was rebooted", fine)
 		}
 		wantEnd(id)
+	})
+
+	t.Run("killed during a soft reboot", func(t *testing.T) {
+		// The other worker: kubelet down, SSH answering: rebooted over SSH. The run is
+		// killed as systemctl reboot arrives (the reboot runs) and resumed while the VM
+		// is down: SSH not answering a booting node is no reason for a hard reboot.
+		if err := s.CP.SetNodeNotReady(ctx, fine); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		seen := bootIDs(t, s, fine)
+		softBefore := 0
+		for _, c := range commandsOn(s, fine) {
+			if strings.HasSuffix(c, "systemctl reboot") {
+				softBefore++
+			}
+		}
+		actions := s.Cloud.Writes()[serverActions]
+		cmd := w.command("--yes", "reboot-stuck-workers", "--cluster-name", "toolsbeta", "--not-ready-for", "1s",
+			"--force", "--delete-emptydir-data", "--skip-wait-for-delete-timeout", "1s", "--reboot-timeout", "1m")
+		var out strings.Builder
+		cmd.Stderr = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		killed := make(chan struct{})
+		s.Fleet.BeforeCommand(func(v string, a []string) bool {
+			if v != fine || !strings.HasSuffix(strings.Join(a, " "), "systemctl reboot") {
+				return false
+			}
+			s.Fleet.BeforeCommand(nil)
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-killed // the process is gone before the VM reboots
+			return false
+		})
+		t.Cleanup(func() { s.Fleet.BeforeCommand(nil) })
+		select {
+		case <-done:
+			close(killed)
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Kill()
+			<-done
+			close(killed)
+			t.Fatalf("the run neither rebooted nor ended:\n%s", out.String())
+		}
+		id := ""
+		for _, r := range w.runs() {
+			if r.Status != "done" && r.Status != "abandoned" {
+				id = r.ID
+			}
+		}
+		if id == "" {
+			t.Fatalf("no unfinished run after the kill:\n%s", out.String())
+		}
+		r := w.run("--yes", "resume", id)
+		wantCode(t, r, 0)
+		if got := s.Cloud.Writes()[serverActions] - actions; got != 0 {
+			t.Errorf("%d cloud reboot actions for %s, rebooted over SSH already:\n%s", got, fine, r.stderr)
+		}
+		soft := -softBefore
+		for _, c := range commandsOn(s, fine) {
+			if strings.HasSuffix(c, "systemctl reboot") {
+				soft++
+			}
+		}
+		if soft != 1 {
+			t.Errorf("%s ran systemctl reboot %d times, want 1", fine, soft)
+		}
+		if ids := seen(); len(ids) != 2 {
+			t.Errorf("boot ids of %s: %v, want the old one and one new", fine, ids)
+		}
+		if n := nodeOf(t, s, fine); n == nil || !lab.IsReady(n) || n.Spec.Unschedulable {
+			t.Errorf("%s not Ready or still cordoned after the resume", fine)
+		}
 	})
 
 	t.Run("killed before the hard reboot reached Nova", func(t *testing.T) {
