@@ -193,3 +193,32 @@ func TestDrainUnknownBudgetWaits(t *testing.T) {
 		t.Errorf("the drain's log does not give the API server's reason for the refusal:\n%s", logs)
 	}
 }
+
+// TestPDBSelects: a budget's selector as policy/v1 reads it: {} selects every pod of the
+// budget's namespace, nil none, and a pod of another namespace is never selected.
+func TestPDBSelects(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", Labels: map[string]string{"app": "web"}}}
+	for _, tc := range []struct {
+		name string
+		ns   string
+		sel  *metav1.LabelSelector
+		want bool
+	}{
+		{"empty selector", "a", &metav1.LabelSelector{}, true},
+		{"nil selector", "a", nil, false},
+		{"matching labels", "a", &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}, true},
+		{"other labels", "a", &metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}}, false},
+		{"empty selector, other namespace", "b", &metav1.LabelSelector{}, false},
+		{"invalid selector", "a", &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Bogus"}}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Namespace: tc.ns, Name: "b"}, Spec: policyv1.PodDisruptionBudgetSpec{Selector: tc.sel}}
+			if got := selects(pdb, pod); got != tc.want {
+				t.Errorf("selects = %v, want %v", got, tc.want)
+			}
+			if got := newWatchedPDB(pdb).selects(pod); got != tc.want {
+				t.Errorf("watched selects = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
