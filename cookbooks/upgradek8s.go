@@ -495,13 +495,12 @@ func (u *upgrader) check(ctx context.Context) error {
 			continue
 		}
 		for _, pdb := range p.PDBs {
-			switch {
-			case pdb.DisruptionsAllowed == 0 && len(others) > 0:
-				// Another chunk drains now: its evictions use the budget for a
-				// while; this run's drain waits for it.
-				u.env.Log.Warn(fmt.Sprintf("node %s: PodDisruptionBudget %s allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it", n, pdb))
-			case pdb.DisruptionsAllowed == 0:
-				add("node %s: PodDisruptionBudget %s would block its drain", n, pdb)
+			problem, warning := pdbPreflight(n, pdb, len(others) > 0)
+			if problem != "" {
+				add("%s", problem)
+			}
+			if warning != "" {
+				u.env.Log.Warn(warning)
 			}
 		}
 		for _, b := range p.Blocking {
@@ -520,6 +519,25 @@ func (u *upgrader) check(ctx context.Context) error {
 	}
 	u.env.Log.Info(fmt.Sprintf("preflight of the upgrade of %s to %s: no problem; control plane at %s, %d node(s) to upgrade: %s", u.cl.Name, want, cvs, len(todo), strings.Join(todo, ", ")))
 	return nil
+}
+
+// pdbPreflight is what the preflight makes of a disruption budget that covers pods of
+// node, a node to upgrade: a problem (the run is refused), a warning (it goes on), or
+// neither. othersRun says whether another chunk of this upgrade runs now.
+func pdbPreflight(node string, pdb k8sops.PDBState, othersRun bool) (problem, warning string) {
+	switch {
+	case pdb.DisruptionsAllowed > 0:
+		return "", ""
+	case pdb.ExpectedPods > 0 && pdb.ExpectedPods <= pdb.DesiredHealthy:
+		// minAvailable of all its pods, maxUnavailable 0: no eviction ever passes.
+		return fmt.Sprintf("node %s: PodDisruptionBudget %s can never allow a disruption: it expects %d pod(s) and wants %d healthy; its drain would wait until --timeout",
+			node, pdb, pdb.ExpectedPods, pdb.DesiredHealthy), ""
+	case othersRun && pdb.CurrentHealthy < pdb.ExpectedPods:
+		// Another chunk drains now: its evictions use the budget for a
+		// while (a pod of it is down); this run's drain waits for it.
+		return "", fmt.Sprintf("node %s: PodDisruptionBudget %s allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it", node, pdb)
+	}
+	return fmt.Sprintf("node %s: PodDisruptionBudget %s would block its drain", node, pdb), ""
 }
 
 // skewNode is what the skew policy looks at of a node.

@@ -9,6 +9,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/k8sops"
 )
 
 // TestUpgradeSkip: a node at the target is skipped, one older is upgraded, one newer or
@@ -132,6 +134,47 @@ func TestSkewProblems(t *testing.T) {
 				if !strings.Contains(got[i], w) {
 					t.Errorf("problem %d = %q, want ~%q", i, got[i], w)
 				}
+			}
+		})
+	}
+}
+
+// TestPDBPreflight: a budget at 0 allowed disruptions blocks the upgrade's preflight,
+// but while another chunk of the upgrade runs only if the 0 is not a disruption in
+// progress: a budget that can never allow one (a singleton with minAvailable 1) is still
+// refused, named, rather than left to hold the drain until its timeout.
+func TestPDBPreflight(t *testing.T) {
+	pdb := func(allowed, expected, desired, current int32) k8sops.PDBState {
+		return k8sops.PDBState{Namespace: "tools", Name: "web", DisruptionsAllowed: allowed,
+			ExpectedPods: expected, DesiredHealthy: desired, CurrentHealthy: current, Pods: []string{"web-1"}}
+	}
+	const (
+		blocks  = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) would block its drain"
+		never   = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) can never allow a disruption: it expects 1 pod(s) and wants 1 healthy; its drain would wait until --timeout"
+		waiting = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it"
+	)
+	for _, tc := range []struct {
+		name                  string
+		pdb                   k8sops.PDBState
+		othersRun             bool
+		wantProblem, wantWarn string
+	}{
+		{"room", pdb(1, 3, 2, 3), false, "", ""},
+		{"room, another chunk runs", pdb(1, 3, 2, 3), true, "", ""},
+		{"maxUnavailable 0 alone", pdb(0, 3, 3, 3), false, strings.Replace(never, "expects 1 pod(s) and wants 1", "expects 3 pod(s) and wants 3", 1), ""},
+		{"disruption in progress, alone", pdb(0, 3, 2, 2), false, blocks, ""},
+		{"disruption in progress, another chunk runs", pdb(0, 3, 2, 2), true, "", waiting},
+		{"singleton minAvailable 1, another chunk runs", pdb(0, 1, 1, 1), true, never, ""},
+		{"singleton minAvailable 1 with its pod down, another chunk runs", pdb(0, 1, 1, 0), true, never, ""},
+		{"singleton minAvailable 1 alone", pdb(0, 1, 1, 1), false, never, ""},
+		{"at 0 with every pod healthy and room in its spec (stale), another chunk runs", pdb(0, 3, 2, 3), true, blocks, ""},
+		{"status not computed yet, another chunk runs", pdb(0, 0, 0, 0), true, blocks, ""},
+		{"at 0 with every pod healthy, another chunk runs", pdb(0, 3, 3, 3), true, strings.Replace(never, "expects 1 pod(s) and wants 1", "expects 3 pod(s) and wants 3", 1), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			problem, warn := pdbPreflight("w-1", tc.pdb, tc.othersRun)
+			if problem != tc.wantProblem || warn != tc.wantWarn {
+				t.Errorf("pdbPreflight = (%q, %q), want (%q, %q)", problem, warn, tc.wantProblem, tc.wantWarn)
 			}
 		})
 	}

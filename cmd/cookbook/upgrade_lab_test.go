@@ -97,6 +97,17 @@ func TestUpgradeK8s(t *testing.T) {
 	if _, err := pdbs.Create(ctx, frozen, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The disruption controller's status first: the preflight tells a budget that can
+	// never allow a disruption (maxUnavailable 0) by it.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		p, err := pdbs.Get(ctx, "cache-frozen", metav1.GetOptions{})
+		if err == nil && p.Status.ObservedGeneration == p.Generation && p.Status.ExpectedPods > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sample/cache-frozen has no status: %v %+v", err, p)
+		}
+	}
 	m = markWrites(s)
 	for _, tc := range []struct {
 		args []string
@@ -104,6 +115,7 @@ func TestUpgradeK8s(t *testing.T) {
 	}{
 		{append([]string{"upgrade-k8s-cluster"}, common...), []string{
 			"PodDisruptionBudget sample/cache-frozen (allows 0 disruption(s)",
+			") can never allow a disruption: it expects ",
 			"node " + workers[0] + ": no package kubeadm=" + dst + "-* in its apt sources",
 			"node " + workers[1] + " is not Ready",
 		}},
