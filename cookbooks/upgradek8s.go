@@ -642,6 +642,31 @@ func madisonVersion(out string, dst version) (string, error) {
 	return found["kubeadm"], nil
 }
 
+// parseDpkgStatus reads `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`:
+// the versions of the packages installed and configured (status i, whatever the
+// selection: "ii " or held "hi "), and the packages in any other state (half-configured
+// "iF ", unpacked "iU ", half-installed "iH ", or with dpkg's reinstall-required flag),
+// whose version is not installed yet.
+func parseDpkgStatus(out string) (map[string]string, []string, error) {
+	ok := map[string]string{}
+	var broken []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "" {
+			continue
+		}
+		f := strings.Split(l, "\t")
+		if len(f) != 3 || len(f[2]) != 3 {
+			return nil, nil, fmt.Errorf("dpkg-query: unexpected line %q (want package, version, status)", l)
+		}
+		if f[2][1] == 'i' && f[2][2] == ' ' {
+			ok[f[0]] = f[1]
+		} else {
+			broken = append(broken, fmt.Sprintf("%s %s (%s)", f[0], f[1], strings.TrimSpace(f[2])))
+		}
+	}
+	return ok, broken, nil
+}
+
 // plan is the rolling skeleton with the package upgrade as its action, and with
 // --silence-cluster inside a whole-cluster silence (withClusterSilence).
 func (u *upgrader) plan(ctx context.Context, v *pipeline.Values) ([]pipeline.Step, error) {
@@ -693,18 +718,15 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		}
 		return node.Status.NodeInfo.KubeletVersion == want, nil
 	}
-	installed := func(ctx context.Context, h string, pkgs ...string) (map[string]string, error) {
-		out, err := read(ctx, h, append([]string{"dpkg-query", "-W"}, pkgs...)...)
+	// installed are the versions of the packages dpkg has installed and configured, and
+	// those it has unpacked but not configured (an apt-get install killed midway: its
+	// dpkg dies of SIGPIPE once the session is gone, leaving them half-configured).
+	installed := func(ctx context.Context, h string, pkgs ...string) (ok map[string]string, broken []string, err error) {
+		out, err := read(ctx, h, append([]string{"dpkg-query", "-W", "-f", `${Package}\t${Version}\t${db:Status-Abbrev}\n`}, pkgs...)...)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		m := map[string]string{}
-		for _, l := range strings.Split(out, "\n") {
-			if p, ver, ok := strings.Cut(strings.TrimSpace(l), "\t"); ok {
-				m[p] = ver
-			}
-		}
-		return m, nil
+		return parseDpkgStatus(out)
 	}
 	held := func(ctx context.Context, h string) (map[string]bool, error) {
 		out, err := read(ctx, h, "apt-mark", "showhold")
@@ -742,7 +764,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		}
 	}
 	install := func(ctx context.Context, v *pipeline.Values, pkgs ...string) error {
-		_, h, err := host(ctx, v)
+		name, h, err := host(ctx, v)
 		if err != nil {
 			return err
 		}
@@ -750,9 +772,16 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		if err != nil {
 			return err
 		}
-		have, err := installed(ctx, h, pkgs...)
+		have, broken, err := installed(ctx, h, pkgs...)
 		if err != nil {
 			return err
+		}
+		if len(broken) > 0 {
+			// apt refuses anything until dpkg has finished what it was doing.
+			c.env.Log.Warn(fmt.Sprintf("node %s: dpkg was interrupted: %s not configured; running dpkg --configure -a", name, strings.Join(broken, ", ")))
+			if err := write(ctx, h, "dpkg", "--configure", "-a"); err != nil {
+				return err
+			}
 		}
 		argv := []string{"apt-get", "install", "-y"}
 		for _, p := range pkgs {

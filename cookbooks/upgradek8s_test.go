@@ -179,3 +179,41 @@ func TestPDBPreflight(t *testing.T) {
 		})
 	}
 }
+
+// TestParseDpkgStatus: only a package dpkg has configured counts as installed at its
+// version (held or not); one an interrupted install left unpacked or half-configured,
+// though dpkg-query prints its new version, is not.
+func TestParseDpkgStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		out        string
+		wantOK     map[string]string
+		wantBroken []string
+		wantErr    string
+	}{
+		{"installed and held", "kubeadm\t1.37.3-1.1\tii \nkubelet\t1.37.2-1.1\thi \n", map[string]string{"kubeadm": "1.37.3-1.1", "kubelet": "1.37.2-1.1"}, nil, ""},
+		{"half-configured", "kubeadm\t1.37.3-1.1\tiF \n", map[string]string{}, []string{"kubeadm 1.37.3-1.1 (iF)"}, ""},
+		{"unpacked, half-installed, reinstall required", "kubelet\t1.37.3-1.1\tiU \nkubectl\t1.37.3-1.1\thH \nkubeadm\t1.37.3-1.1\tiiR\n", map[string]string{},
+			[]string{"kubelet 1.37.3-1.1 (iU)", "kubectl 1.37.3-1.1 (hH)", "kubeadm 1.37.3-1.1 (iiR)"}, ""},
+		{"the old -W format", "kubeadm\t1.37.3-1.1\n", nil, nil, `dpkg-query: unexpected line "kubeadm\t1.37.3-1.1"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, broken, err := parseDpkgStatus(tc.out)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.wantOK, ok); diff != "" {
+				t.Errorf("installed (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantBroken, broken); diff != "" {
+				t.Errorf("not configured (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -184,6 +184,10 @@ func TestUpgradeK8s(t *testing.T) {
 	// while the first runs: the resume takes the same claim back.
 	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
 	chunks := [][]string{workers, nfs}
+	// An earlier install of kubeadm on the first worker was killed midway: dpkg left it
+	// unpacked at the target and half-configured (dpkg-query -W prints the new version;
+	// apt refuses anything until dpkg --configure -a).
+	vmOf(t, s, workers[0]).InterruptInstall("kubeadm", dst+"-1.1")
 	results := make([]result, 2)
 	done := make(chan int, 2)
 	chunkArgs := func(i int) []string {
@@ -267,6 +271,9 @@ func TestUpgradeK8s(t *testing.T) {
 			t.Errorf("chunk %d of 2 is not %v one at a time:\n%s", i+1, chunk, r.stderr)
 		}
 	}
+	if want := "node " + workers[0] + ": dpkg was interrupted: kubeadm " + dst + "-1.1 (iF) not configured; running dpkg --configure -a"; !strings.Contains(results[0].stderr, want) {
+		t.Errorf("the first chunk does not say %q:\n%s", want, results[0].stderr)
+	}
 	var ran []*state.Run
 	for _, run := range w.runs() {
 		if run.Cookbook == "upgrade-k8s-cluster" && run.Args["batches"] == "2" {
@@ -284,11 +291,14 @@ func TestUpgradeK8s(t *testing.T) {
 		}
 		vm := vmOf(t, s, n)
 		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
-			if vm.PackageVersion(p) != dst+"-1.1" || !vm.Held(p) {
-				t.Errorf("%s: %s at %s held %v; want %s-1.1 held", n, p, vm.PackageVersion(p), vm.Held(p), dst)
+			if vm.PackageVersion(p) != dst+"-1.1" || !vm.Held(p) || vm.PackageStatus(p) != "installed" {
+				t.Errorf("%s: %s at %s held %v, %s; want %s-1.1 held, installed", n, p, vm.PackageVersion(p), vm.Held(p), vm.PackageStatus(p), dst)
 			}
 		}
 		cmds := strings.Join(commandsOn(s, n), "\n")
+		if want := map[bool]int{true: 1, false: 0}[n == workers[0]]; strings.Count(cmds, "dpkg --configure -a") != want {
+			t.Errorf("%s ran dpkg --configure -a %d times, want %d:\n%s", n, strings.Count(cmds, "dpkg --configure -a"), want, cmds)
+		}
 		// Packages are installed once, whatever the kill interrupted (the install step
 		// reads dpkg first). A step the kill interrupted after its command ran and
 		// before the run recorded it done runs again on resume: kubeadm upgrade node,
