@@ -919,6 +919,23 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 	return pipeline.Steps(first, kubeadm, last)
 }
 
+// confirmApply asks the operator question q before kubeadm upgrade apply want on node:
+// nil when confirmed, else the error the step fails with, saying why.
+func confirmApply(env *Env, q, want, node string) error {
+	ok, err := false, fmt.Errorf("no one to ask")
+	if env.Ask != nil {
+		ok, err = env.Ask(q)
+	}
+	why := "answered no"
+	switch {
+	case err != nil:
+		why = err.Error()
+	case ok:
+		return nil
+	}
+	return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%s): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, node, why)
+}
+
 // kubeadmControl is what a control node does between install-kubeadm and
 // install-kubelet. kubeadm-upgrade: while the control plane (kubeadm-config) is older
 // than dst, the first control node of the run to get here runs `kubeadm upgrade plan
@@ -992,12 +1009,8 @@ func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) [
 				}
 				if !c.env.DryRun && !c.env.Yes {
 					q := fmt.Sprintf("Upgrade the control plane of %s from %s to %s (kubeadm upgrade apply %s -y on %s)?", c.cl.Name, cvs, want, want, name)
-					ok, err := false, fmt.Errorf("no one to ask")
-					if c.env.Ask != nil {
-						ok, err = c.env.Ask(q)
-					}
-					if err != nil || !ok {
-						return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%v): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, name, err)
+					if err := confirmApply(c.env, q, want, name); err != nil {
+						return err
 					}
 				}
 				_, err = run(ctx, h, "kubeadm", "upgrade", "apply", want, "-y")

@@ -217,3 +217,40 @@ func TestParseDpkgStatus(t *testing.T) {
 		})
 	}
 }
+
+// TestConfirmApply: the error of an unconfirmed kubeadm upgrade apply says why: the
+// operator's no, the terminal's error, or no one to ask.
+func TestConfirmApply(t *testing.T) {
+	const rest = ": the node stays drained; `cookbook resume` asks again, or resume with --yes"
+	for _, tc := range []struct {
+		name string
+		ask  func(string) (bool, error)
+		want string
+	}{
+		{"yes", func(string) (bool, error) { return true, nil }, ""},
+		{"no", func(string) (bool, error) { return false, nil }, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (answered no)" + rest},
+		{"terminal gone", func(string) (bool, error) { return false, errors.New("EOF") }, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (EOF)" + rest},
+		{"no one to ask", nil, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (no one to ask)" + rest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked []string
+			env := &Env{}
+			if tc.ask != nil {
+				env.Ask = func(q string) (bool, error) {
+					asked = append(asked, q)
+					return tc.ask(q)
+				}
+			}
+			got := ""
+			if err := confirmApply(env, "Upgrade?", "v1.37.3", "c-1"); err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("confirmApply = %q, want %q", got, tc.want)
+			}
+			if tc.ask != nil && (len(asked) != 1 || asked[0] != "Upgrade?") {
+				t.Errorf("asked %q, want the question once", asked)
+			}
+		})
+	}
+}
