@@ -3,6 +3,7 @@ package cookbooks
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -617,9 +618,11 @@ func nodeReady(n *corev1.Node) bool {
 }
 
 // madisonVersion finds in `apt-cache madison kubeadm kubelet kubectl` output the package
-// version of dst that all three packages offer ("1.37.3-1.1").
+// version of dst that all three packages offer ("1.37.3-1.1"), the newest in madison's
+// order (newest first) when they share several revisions. None is an error naming the
+// package without dst, or, when each has dst, the revisions each has.
 func madisonVersion(out string, dst version) (string, error) {
-	found := map[string]string{}
+	found := map[string][]string{}
 	var offered []string
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Split(l, "|")
@@ -630,16 +633,29 @@ func madisonVersion(out string, dst version) (string, error) {
 		if p == "kubeadm" {
 			offered = append(offered, ver)
 		}
-		if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
-			found[p] = ver
+		if strings.HasPrefix(ver, dst.String()+"-") && !slices.Contains(found[p], ver) {
+			found[p] = append(found[p], ver)
 		}
 	}
 	for _, p := range kubePkgs {
-		if found[p] == "" || found[p] != found["kubeadm"] {
+		if len(found[p]) == 0 {
 			return "", fmt.Errorf("no package %s=%s-* in its apt sources (kubeadm offered: %s)", p, dst, strings.Join(offered, ", "))
 		}
 	}
-	return found["kubeadm"], nil
+	for _, ver := range found["kubeadm"] {
+		all := true
+		for _, p := range kubePkgs {
+			all = all && slices.Contains(found[p], ver)
+		}
+		if all {
+			return ver, nil
+		}
+	}
+	var each []string
+	for _, p := range kubePkgs {
+		each = append(each, p+" "+strings.Join(found[p], ", "))
+	}
+	return "", fmt.Errorf("kubeadm, kubelet and kubectl have no package version of %s in common in its apt sources: %s", dst, strings.Join(each, "; "))
 }
 
 // parseDpkgStatus reads `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`:

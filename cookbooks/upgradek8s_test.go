@@ -2,6 +2,7 @@ package cookbooks
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -250,6 +251,48 @@ func TestConfirmApply(t *testing.T) {
 			}
 			if tc.ask != nil && (len(asked) != 1 || asked[0] != "Upgrade?") {
 				t.Errorf("asked %q, want the question once", asked)
+			}
+		})
+	}
+}
+
+// TestMadisonVersion: the package version of the target that kubeadm, kubelet and
+// kubectl all offer; none is an error naming what is missing, or what revisions each has.
+func TestMadisonVersion(t *testing.T) {
+	line := func(p, v string) string {
+		return fmt.Sprintf("%10s | %s | https://pkgs.k8s.io/core:/stable:/v1.37/deb  Packages\n", p, v)
+	}
+	offer := func(vs map[string][]string) string {
+		var b strings.Builder
+		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
+			for _, v := range vs[p] {
+				b.WriteString(line(p, v))
+			}
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name    string
+		out     string
+		want    string
+		wantErr string
+	}{
+		{"all three", offer(map[string][]string{"kubeadm": {"1.37.4-1.1", "1.37.3-1.1"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "1.37.3-1.1", ""},
+		{"a newer revision of kubeadm only", offer(map[string][]string{"kubeadm": {"1.37.3-1.2", "1.37.3-1.1"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "1.37.3-1.1", ""},
+		{"no kubelet", offer(map[string][]string{"kubeadm": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "", "no package kubelet=1.37.3-* in its apt sources (kubeadm offered: 1.37.3-1.1)"},
+		{"different revisions", offer(map[string][]string{"kubeadm": {"1.37.3-1.2"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.2", "1.37.3-1.1"}}), "",
+			"kubeadm, kubelet and kubectl have no package version of 1.37.3 in common in its apt sources: kubeadm 1.37.3-1.2; kubelet 1.37.3-1.1; kubectl 1.37.3-1.2, 1.37.3-1.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := madisonVersion(tc.out, version{1, 37, 3})
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("madisonVersion = %q, %v; want %q", got, err, tc.want)
 			}
 		})
 	}
