@@ -319,6 +319,7 @@ func (u *upgrader) chunkNodes(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.ssh.Shutdown() // its agent connection: the run makes its own clients
 	list, err := c.kube.Nodes(ctx)
 	if err != nil {
 		return nil, err
@@ -391,6 +392,9 @@ func (u *upgrader) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Its connections to every node to upgrade (apt-cache madison) and its agent
+	// connection: the run makes its own clients.
+	defer c.ssh.Shutdown()
 	k := c.kube
 	list, err := k.Nodes(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -194,6 +195,18 @@ func TestUpgradeK8s(t *testing.T) {
 		return append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)
 	}
 	cw := watchCluster(t, s)
+	// While the first chunk upgrades its first worker, its second has no SSH connection
+	// open: the preflight's (apt-cache madison on both) is closed once it is done.
+	second1 := vmOf(t, s, workers[1])
+	var leaked atomic.Int32
+	leaked.Store(-1)
+	s.Fleet.BeforeCommand(func(vm string, args []string) bool {
+		if vm == workers[0] && strings.Join(args, " ") == "kubeadm upgrade node" {
+			leaked.Store(int32(second1.OpenConns()))
+		}
+		return false
+	})
+	t.Cleanup(func() { s.Fleet.BeforeCommand(nil) })
 	go func() {
 		results[0] = w.run(chunkArgs(0)...)
 		done <- 0
@@ -261,6 +274,12 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 	<-done
 	<-done
+	s.Fleet.BeforeCommand(nil)
+	if n := leaked.Load(); n == -1 {
+		t.Errorf("%s never ran kubeadm upgrade node", workers[0])
+	} else if n != 0 {
+		t.Errorf("%d SSH connection(s) open to %s while the first chunk upgraded %s: the preflight's are left open", n, workers[1], workers[0])
+	}
 	if most := cw.finish(); most > 2 {
 		t.Errorf("%d nodes unschedulable at once; two chunks of --max-unavailable 1 take at most 2", most)
 	}

@@ -659,3 +659,11 @@ func (f *Fleet) Names() []string {
 	sort.Strings(out)
 	return out
 }
+
+// OpenConns is the number of SSH connections open to the VM now: a client that keeps
+// its connections holds one each until it closes them (or its process ends).
+func (v *VM) OpenConns() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.conns)
+}
