@@ -3,11 +3,14 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -152,6 +155,56 @@ func TestLeaseStolen(t *testing.T) {
 	l.Unlock()
 	if h, _, _, _ := a.Holder(ctx); h == nil || h.RunID != "run-thief" {
 		t.Errorf("holder after the loser's unlock: %+v", h)
+	}
+}
+
+// TestLeaseChunksStartAndEndTogether: chunks starting at once while the others renew fast
+// all take the shared Lease (a conflict is another holder's progress, not a refusal), and
+// all release it at once, leaving no entry behind; three times.
+func TestLeaseChunksStartAndEndTogether(t *testing.T) {
+	ctx := context.Background()
+	const n = 8
+	ls := leases(t, "t-together", "host-a", 10*time.Second)
+	ls.RenewEvery = 100 * time.Millisecond
+	if err := ls.Client.CoordinationV1().Leases("kube-system").Delete(ctx, "t-together", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 3; round++ {
+		locks := make([]Lock, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, _, err := ls.Lock(ctx, "c1", chunk(fmt.Sprintf("run-%d-%d", round, i), fmt.Sprintf("worker-%d", i)))
+				if err != nil {
+					t.Errorf("round %d, chunk %d: %v", round, i, err)
+					return
+				}
+				locks[i] = l
+			}()
+		}
+		wg.Wait()
+		if all, err := ls.Holders(ctx); err != nil || len(all) != n && !t.Failed() {
+			t.Errorf("round %d: %d holders %v, want %d", round, len(all), err, n)
+		}
+		time.Sleep(300 * time.Millisecond) // each renews
+		for i, l := range locks {
+			if l == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := l.Unlock(); err != nil {
+					t.Errorf("round %d, unlock of chunk %d: %v", round, i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if all, err := ls.Holders(ctx); err != nil || len(all) != 0 {
+			t.Fatalf("round %d: holders after every unlock = %+v %v", round, all, err)
+		}
 	}
 }
 
