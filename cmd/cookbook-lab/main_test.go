@@ -82,3 +82,15 @@ tb-worker-4  debian-13.0-trixie    (no node; server BUILD)  -            -      
 		t.Errorf("status:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
+
+// TestUpExternalEtcdNegative: a negative --external-etcd is refused before anything starts.
+func TestUpExternalEtcdNegative(t *testing.T) {
+	dir := t.TempDir()
+	err := newApp().Run([]string{"cookbook-lab", "up", "--dir", dir, "--external-etcd", "-1"})
+	if want := "--external-etcd: -1 is negative (expected a number of etcd VMs, or 0 for kubeadm's stacked etcd)"; err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("the refused up wrote %d file(s) in %s", len(entries), dir)
+	}
+}
