@@ -262,6 +262,9 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 		switch name {
 		case "cluster", "hex":
 			flags[name] = "true"
+			if hasVal {
+				flags[name] = val
+			}
 			continue
 		case "endpoints", "cacert", "cert", "key", "write-out", "command-timeout", "dial-timeout":
 		default:
@@ -316,9 +319,18 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 			self = m.ID
 		}
 	}
-	header := map[string]any{"cluster_id": fl.etcd.clusterID, "member_id": self, "raft_term": fl.etcd.term}
+	// --hex prints the IDs of JSON output as hex strings (etcdctl 3.6's member list and
+	// remove printer; raft_term stays a number).
+	hexIDs := flags["hex"] == "true"
+	idOut := func(n uint64) any {
+		if hexIDs {
+			return fmt.Sprintf("%x", n)
+		}
+		return n
+	}
+	header := map[string]any{"cluster_id": idOut(fl.etcd.clusterID), "member_id": idOut(self), "raft_term": fl.etcd.term}
 	type member struct {
-		ID         uint64   `json:"ID,omitempty"`
+		ID         any      `json:"ID,omitempty"`
 		Name       string   `json:"name,omitempty"`
 		PeerURLs   []string `json:"peerURLs,omitempty"`
 		ClientURLs []string `json:"clientURLs,omitempty"`
@@ -326,7 +338,7 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 	members := func() []member {
 		var ms []member
 		for _, m := range fl.etcd.members {
-			ms = append(ms, member{ID: m.ID, Name: m.Name, PeerURLs: []string{m.peerURL()}, ClientURLs: []string{m.clientURL()}})
+			ms = append(ms, member{ID: idOut(m.ID), Name: m.Name, PeerURLs: []string{m.peerURL()}, ClientURLs: []string{m.clientURL()}})
 		}
 		return ms
 	}

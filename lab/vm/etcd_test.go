@@ -89,6 +89,28 @@ func TestEtcdMembership(t *testing.T) {
 	if m := l.Members[0]; len(m.PeerURLs) != 1 || !strings.HasSuffix(m.PeerURLs[0], ":2380") || len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], "https://") {
 		t.Errorf("member URLs %+v", m)
 	}
+	// --hex: the IDs as hex strings (raft_term a number), as etcdctl 3.6 prints them.
+	out, errs, code := run(t, c1, etcdctlTLS+"member list -w json --hex")
+	var hexList struct {
+		Header struct {
+			ClusterID string `json:"cluster_id"`
+			MemberID  string `json:"member_id"`
+			RaftTerm  uint64 `json:"raft_term"`
+		} `json:"header"`
+		Members []struct {
+			ID   string `json:"ID"`
+			Name string `json:"name"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(out), &hexList); code != 0 || err != nil || len(hexList.Members) != 3 ||
+		hexList.Header.ClusterID != fmt.Sprintf("%x", l.Header.ClusterID) || hexList.Header.MemberID != fmt.Sprintf("%x", l.Header.MemberID) || hexList.Header.RaftTerm == 0 {
+		t.Fatalf("member list -w json --hex: exit %d, %q, %v, %s", code, out, err, errs)
+	}
+	for _, m := range hexList.Members {
+		if m.ID != l.id(m.Name) {
+			t.Errorf("member list --hex: %s has ID %q, want %q", m.Name, m.ID, l.id(m.Name))
+		}
+	}
 	// Without kubeadm's etcd client certificate etcdctl gets no answer.
 	if _, errs, code := run(t, c1, "etcdctl member list -w json"); code != 1 || !strings.Contains(errs, "Error: context deadline exceeded") {
 		t.Errorf("etcdctl without TLS: exit %d, %s", code, errs)
@@ -96,7 +118,7 @@ func TestEtcdMembership(t *testing.T) {
 	if _, errs, code := run(t, redial(t, f, c4, op), etcdctlTLS+"member list"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
 		t.Errorf("etcdctl on a VM without etcd: exit %d, %s", code, errs)
 	}
-	out, errs, code := run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
+	out, errs, code = run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
 	var hs []struct {
 		Endpoint string `json:"endpoint"`
 		Health   bool   `json:"health"`
