@@ -342,12 +342,6 @@ func (v *VM) reset(ctx context.Context, args []string, stdout, stderr io.Writer)
 			force = true
 		}
 	}
-	if !force {
-		klogWarning(stderr, "preflight.go:55", "[reset] WARNING: Changes made to this host by 'kubeadm init' or 'kubeadm join' will be reverted.")
-		fmt.Fprint(stdout, "[reset] Are you sure you want to proceed? [y/N]: ")
-		fmt.Fprintln(stderr, "error execution phase preflight: won't proceed; the user didn't answer (Y|y) in order to continue\nTo see the stack trace of this error execute with --v=5 or higher")
-		return 1
-	}
 	v.mu.Lock()
 	control := v.control
 	v.mu.Unlock()
@@ -362,6 +356,13 @@ func (v *VM) reset(ctx context.Context, args []string, stdout, stderr io.Writer)
 		default:
 			haveConfig = true
 		}
+	}
+	// The preflight phase, after the configuration was read.
+	if !force {
+		klogWarning(stderr, "preflight.go:55", "[reset] WARNING: Changes made to this host by 'kubeadm init' or 'kubeadm join' will be reverted.")
+		fmt.Fprint(stdout, "[reset] Are you sure you want to proceed? [y/N]: ")
+		fmt.Fprintln(stderr, "error execution phase preflight: won't proceed; the user didn't answer (Y|y) in order to continue\nTo see the stack trace of this error execute with --v=5 or higher")
+		return 1
 	}
 	fmt.Fprintln(stdout, "[preflight] Running pre-flight checks")
 	if f.localEtcd(v.Name) {
