@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -228,32 +229,30 @@ func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod, shared cache.Share
 // waiting pod looks at every budget of its namespace at each change of any of them).
 type watchedPDB struct {
 	*policyv1.PodDisruptionBudget
-	sel labels.Selector // nil: selects nothing
+	sel labels.Selector
 }
 
 func newWatchedPDB(pdb *policyv1.PodDisruptionBudget) watchedPDB {
-	w := watchedPDB{PodDisruptionBudget: pdb}
-	if pdb.Spec.Selector != nil {
-		if sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector); err == nil && !sel.Empty() {
-			w.sel = sel
-		}
-	}
-	return w
+	return watchedPDB{PodDisruptionBudget: pdb, sel: pdbSelector(pdb)}
 }
 
 func (w watchedPDB) selects(p *corev1.Pod) bool {
-	return w.sel != nil && w.Namespace == p.Namespace && w.sel.Matches(labels.Set(p.Labels))
+	return w.Namespace == p.Namespace && w.sel.Matches(labels.Set(p.Labels))
+}
+
+// pdbSelector is the budget's selector as policy/v1, the API server's eviction and the
+// disruption controller read it: an empty selector ({}) selects every pod of the budget's
+// namespace, a missing one (nil) or one that does not parse selects none.
+func pdbSelector(pdb *policyv1.PodDisruptionBudget) labels.Selector {
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil {
+		return labels.Nothing()
+	}
+	return sel
 }
 
 func selects(pdb *policyv1.PodDisruptionBudget, p *corev1.Pod) bool {
-	if pdb.Namespace != p.Namespace || pdb.Spec.Selector == nil {
-		return false
-	}
-	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
-	if err != nil || sel.Empty() {
-		return false
-	}
-	return sel.Matches(labels.Set(p.Labels))
+	return pdb.Namespace == p.Namespace && pdbSelector(pdb).Matches(labels.Set(p.Labels))
 }
 
 // Log writes the plan to the log: what goes, what stays and why, what would block.
@@ -492,16 +491,24 @@ func (d *drainer) checkGone() {
 // remove evicts (or deletes) one pod, once the budgets selecting it allow a disruption
 // this drain has not claimed yet, and waits on them again while they refuse. A pod not
 // Ready is asked for at once, claim or not (the API server may evict an unhealthy pod
-// whatever its budget allows); see await for one that turns unready while it waits.
+// whatever its budget allows); see await for one that turns unready while it waits. An
+// eviction refused (429) is never asked for again at once: the pod waits for a change of
+// its budgets or of the set of budgets since the eviction went out, or budgetResync.
 func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 	key := podKey(p)
 	force := !podutils.IsPodReady(p)
 	for {
-		claimed := false
-		if !force {
-			ok, wait := d.claim(p)
+		// wait is what a refusal waits on, taken before the eviction goes out so that a
+		// change in between is not missed.
+		var claimed bool
+		var wait []chan struct{}
+		if force {
+			wait = d.changes(p)
+		} else {
+			var ok bool
+			ok, wait = d.claim(p)
 			if !ok {
-				d.setWaiting(key, d.blockers(p))
+				d.setWaiting(key, d.blockers(p, nil))
 				var alive bool
 				if force, alive = d.await(ctx, p, wait); !alive {
 					return ctx.Err()
@@ -525,9 +532,15 @@ func (d *drainer) remove(ctx context.Context, p *corev1.Pod) error {
 			d.setWaiting(key, "")
 			return nil
 		case apierrors.IsTooManyRequests(err):
-			// The budget's status here was behind the API server's: the claim stays
-			// taken until the next status comes.
-			d.setWaiting(key, d.blockers(p))
+			// The status of a budget here was behind the API server's (the claim stays
+			// taken until the next status comes), or the API server applies a budget this
+			// drain has not seen (yet), or the pod was asked for as not Ready: the next
+			// try waits for a budget to change, or budgetResync.
+			d.setWaiting(key, d.blockers(p, err))
+			var alive bool
+			if force, alive = d.await(ctx, p, wait); !alive {
+				return ctx.Err()
+			}
 		case apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err):
 			// An API server too busy to answer in time (seen in a lab of 20,000 pods on 2
 			// cores): the eviction may or may not have happened; asking again is safe
@@ -564,21 +577,40 @@ func (d *drainer) budgetsOf(p *corev1.Pod) []*budget {
 	return out
 }
 
-// claim takes one disruption of each budget selecting p, if each has one left; if not, it
-// returns what to wait on: the first budget without one changing, or the budgets changing.
+// changesOf returns the channels closed when one of bs changes or budgets come, go or
+// change their selectors. d.mu is held.
+func (d *drainer) changesOf(bs []*budget) []chan struct{} {
+	out := make([]chan struct{}, 0, len(bs)+1)
+	for _, b := range bs {
+		out = append(out, b.changed)
+	}
+	return append(out, d.setChanged)
+}
+
+// changes is changesOf the budgets selecting p now.
+func (d *drainer) changes(p *corev1.Pod) []chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.changesOf(d.budgetsOf(p))
+}
+
+// claim takes one disruption of each budget selecting p, if each has one left, and returns
+// what a refusal of the eviction waits on: a change of any of them or of the set of
+// budgets. If one has none left, it returns what to wait on: that budget changing, or the
+// budgets changing.
 func (d *drainer) claim(p *corev1.Pod) (ok bool, wait []chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	bs := d.budgetsOf(p)
 	for _, b := range bs {
 		if b.allowed < 1 {
-			return false, []chan struct{}{b.changed, d.setChanged}
+			return false, d.changesOf([]*budget{b})
 		}
 	}
 	for _, b := range bs {
 		b.allowed--
 	}
-	return true, nil
+	return true, d.changesOf(bs)
 }
 
 // unclaim gives back the disruptions claimed for p's eviction, which did not happen.
@@ -598,14 +630,19 @@ func (d *drainer) unclaim(p *corev1.Pod) {
 func (d *drainer) await(ctx context.Context, p *corev1.Pod, wait []chan struct{}) (force, alive bool) {
 	t := time.NewTimer(budgetResync)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
+	cases := make([]reflect.SelectCase, 0, len(wait)+2)
+	cases = append(cases,
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.C)})
+	for _, c := range wait {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c)})
+	}
+	switch i, _, _ := reflect.Select(cases); i {
+	case 0:
 		return false, false
-	case <-wait[0]:
+	case 1:
+	default:
 		return false, true
-	case <-wait[1]:
-		return false, true
-	case <-t.C:
 	}
 	if obj, ok, _ := d.pods.GetByKey(podKey(p)); ok {
 		if now, ok := obj.(*corev1.Pod); ok && now.UID == p.UID && !podutils.IsPodReady(now) {
@@ -614,26 +651,60 @@ func (d *drainer) await(ctx context.Context, p *corev1.Pod, wait []chan struct{}
 	}
 	d.mu.Lock()
 	for _, b := range d.budgetsOf(p) {
-		b.allowed = b.Status.DisruptionsAllowed
+		b.allowed = statusAllows(b.PodDisruptionBudget)
 	}
 	d.mu.Unlock()
 	return false, true
 }
 
-// blockers names the budgets refusing p's eviction.
-func (d *drainer) blockers(p *corev1.Pod) string {
+// statusAllows is the disruptions the budget's status allows: none while the status is
+// not of the budget's latest spec (the API server refuses evictions then, with 429 and a
+// Retry-After of 10 s, which client-go would sit out).
+func statusAllows(pdb *policyv1.PodDisruptionBudget) int32 {
+	if pdb.Status.ObservedGeneration < pdb.Generation {
+		return 0
+	}
+	return pdb.Status.DisruptionsAllowed
+}
+
+// blockers names the budgets refusing p's eviction and, when the API server refused it
+// (refused not nil), why it says it did: the budget it names may be one this drain does
+// not know of.
+func (d *drainer) blockers(p *corev1.Pod, refused error) string {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	var out []string
 	for _, pdb := range d.budgetsOf(p) {
 		out = append(out, fmt.Sprintf("PDB %s/%s allows %d disruption(s) (%d/%d healthy)", pdb.Namespace, pdb.Name,
 			pdb.Status.DisruptionsAllowed, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy))
 	}
-	if len(out) == 0 {
-		return "eviction refused (429)"
-	}
+	d.mu.Unlock()
 	sort.Strings(out)
+	if refused != nil {
+		out = append(out, "eviction refused (429): "+budgetRefusal(refused))
+	}
 	return strings.Join(out, ", ")
+}
+
+// budgetRefusal is what the API server says of a refused eviction: the disruption budget
+// causes it gives ("The disruption budget web needs 3 healthy pods and has 3 currently"),
+// else its whole reason.
+func budgetRefusal(err error) string {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return err.Error()
+	}
+	var causes []string
+	if det := st.Status().Details; det != nil {
+		for _, c := range det.Causes {
+			if c.Type == policyv1.DisruptionBudgetCause && c.Message != "" {
+				causes = append(causes, c.Message)
+			}
+		}
+	}
+	if len(causes) == 0 {
+		return refusal(st)
+	}
+	return strings.Join(causes, "; ")
 }
 
 func (d *drainer) setWaiting(pod, why string) {
@@ -793,7 +864,7 @@ func (d *drainer) watchPDBs(ctx context.Context, pods []corev1.Pod, stop chan st
 				d.budgets[k] = b
 			}
 			b.watchedPDB = newWatchedPDB(pdb)
-			b.allowed = pdb.Status.DisruptionsAllowed
+			b.allowed = statusAllows(pdb)
 			close(b.changed)
 			b.changed = make(chan struct{})
 		}

@@ -782,13 +782,13 @@ func (a *app) refuseUnfinished(c *cli.Context, store *state.Store, cb cookbooks.
 		if r.Cookbook != cb.Name || r.Cluster != cluster || !r.Resumable() {
 			continue
 		}
-		if other := recordedClaim(r); claim != nil && other != nil {
-			if claim.Shares(other) {
-				continue // another chunk of the same job, on other nodes
-			}
-			if holds((&lock.Files{Dir: filepath.Join(store.Dir, "locks")}).Holders(cluster), r.ID) {
-				continue // a live chunk: the cluster's lock says what it holds
-			}
+		if other := recordedClaim(r); claim != nil && other != nil && claim.Shares(other) {
+			continue // another chunk of the same job, on other nodes
+		}
+		if holds((&lock.Files{Dir: filepath.Join(store.Dir, "locks")}).Holders(cluster), r.ID) {
+			// A live run: not to be resumed or passed by --new; the cluster's lock
+			// refuses this one naming it (exit 3).
+			continue
 		}
 		if c.Bool("new") {
 			slog.Default().Debug("ignoring unfinished run", "run", r.ID)

@@ -419,6 +419,13 @@ func TestLockAcrossProcessesAndSignal(t *testing.T) {
 			t.Errorf("lock message %q lacks %q", r.stderr, want)
 		}
 	}
+	// Without --new the same: a live run is not an unfinished one to resume (exit 2),
+	// the lock names it (exit 3).
+	r = w.run(w.toy()...)
+	wantCode(t, r, 3)
+	if !strings.Contains(r.stderr, "cluster lab1 is locked") || !strings.Contains(r.stderr, run.ID) || strings.Contains(r.stderr, "cookbook resume") {
+		t.Errorf("a new run beside a live one of the same cookbook is not refused by the lock:\n%s", r.stderr)
+	}
 	if r := w.run("runs"); !strings.Contains(r.stdout, "running") {
 		t.Errorf("runs does not show the live run as running:\n%s", r.stdout)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -145,7 +146,8 @@ func (ls *Leases) Holder(ctx context.Context) (*Holder, time.Time, bool, error) 
 	return &all[0].Holder, all[0].Renewed, all[0].Live, nil
 }
 
-// LiveEntry is a holder of the Lease and whether its renewal is still in force.
+// LiveEntry is a holder of the Lease and whether it still holds it: its renewal is in
+// force and, for a holder of this host (Leases.Host), its process is there.
 type LiveEntry struct {
 	LeaseEntry
 	Live bool
@@ -163,7 +165,7 @@ func (ls *Leases) Holders(ctx context.Context) ([]LiveEntry, error) {
 	now := ls.now()
 	var out []LiveEntry
 	for _, e := range LeaseEntries(l) {
-		out = append(out, LiveEntry{LeaseEntry: e, Live: !expired(l, e.Renewed, now)})
+		out = append(out, LiveEntry{LeaseEntry: e, Live: ls.live(l, &e.Holder, e.Renewed, now)})
 	}
 	return out, nil
 }
@@ -177,9 +179,12 @@ func (ls *Leases) Holders(ctx context.Context) ([]LiveEntry, error) {
 func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Holder, error) {
 	api := ls.Client.CoordinationV1().Leases(ls.Namespace)
 	id := identity(h)
-	for attempt := 0; ; attempt++ {
-		if attempt == 5 {
-			return nil, nil, fmt.Errorf("lock %s: lease %s: it kept changing while being taken", cluster, ls.where())
+	until := time.Now().Add(conflictsFor)
+	for try := 1; ; try++ {
+		if try > 1 {
+			if err := again(ctx, until); err != nil {
+				return nil, nil, fmt.Errorf("lock %s: lease %s: it kept changing while being taken (%d tries): %w", cluster, ls.where(), try-1, err)
+			}
 		}
 		now := ls.now()
 		me := LeaseEntry{ID: id, Holder: h, Renewed: now}
@@ -234,6 +239,27 @@ func (ls *Leases) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Ho
 		}
 		return ls.held(id), prev, nil
 	}
+}
+
+// A take or release of a Lease that meets a conflict (another holder's progress: a
+// renewal, a take, a release) reads it again after a random wait of up to conflictWait,
+// so that the holders that met do not meet again at once, for up to conflictsFor (or
+// less, as its context says).
+const (
+	conflictWait = 20 * time.Millisecond
+	conflictsFor = 10 * time.Second
+)
+
+// errKeptChanging ends the tries of a take or release after conflictsFor.
+var errKeptChanging = errors.New("conflicts for " + conflictsFor.String())
+
+// again waits before another try after a conflict; an error once until has passed or
+// ctx is done.
+func again(ctx context.Context, until time.Time) error {
+	if !time.Now().Before(until) {
+		return errKeptChanging
+	}
+	return wait(ctx, time.Millisecond+rand.N(conflictWait))
 }
 
 // live reports whether holder h of Lease l, last renewed at renewed, keeps Lock from
@@ -375,7 +401,7 @@ func (l *LeaseLock) renew() bool {
 		return false
 	}
 	// A conflict is a change behind our back, most often another holder of a shared
-	// Lease renewing its entry: read again, a few times.
+	// Lease renewing its entry: read again, a few times (waits as again does).
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var cur *coordinationv1.Lease
@@ -412,7 +438,7 @@ func (l *LeaseLock) renew() bool {
 			l.mu.Unlock()
 			return false
 		}
-		if !apierrors.IsConflict(err) {
+		if !apierrors.IsConflict(err) || wait(ctx, time.Millisecond+rand.N(conflictWait)) != nil {
 			break
 		}
 	}
@@ -428,10 +454,16 @@ func (l *LeaseLock) Unlock() error {
 	if l.Err() != nil {
 		return nil // not ours any more
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	until := time.Now().Add(conflictsFor)
+	ctx, cancel := context.WithTimeout(context.Background(), conflictsFor+5*time.Second)
 	defer cancel()
 	api := l.ls.Client.CoordinationV1().Leases(l.ls.Namespace)
-	for attempt := 0; attempt < 5; attempt++ {
+	for try := 1; ; try++ {
+		if try > 1 {
+			if err := again(ctx, until); err != nil {
+				return fmt.Errorf("release lease %s: it kept changing (%d tries): %w", l.ls.where(), try-1, err)
+			}
+		}
 		cur, err := api.Get(ctx, l.ls.Name, metav1.GetOptions{})
 		if err != nil {
 			return fmt.Errorf("release lease %s: %w", l.ls.where(), err)
@@ -460,7 +492,6 @@ func (l *LeaseLock) Unlock() error {
 		}
 		return nil
 	}
-	return fmt.Errorf("release lease %s: it kept changing", l.ls.where())
 }
 
 // Renewed returns when the Lease was last renewed.

@@ -3,11 +3,14 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -152,5 +155,82 @@ func TestLeaseStolen(t *testing.T) {
 	l.Unlock()
 	if h, _, _, _ := a.Holder(ctx); h == nil || h.RunID != "run-thief" {
 		t.Errorf("holder after the loser's unlock: %+v", h)
+	}
+}
+
+// TestLeaseChunksStartAndEndTogether: chunks starting at once while the others renew fast
+// all take the shared Lease (a conflict is another holder's progress, not a refusal), and
+// all release it at once, leaving no entry behind; three times.
+func TestLeaseChunksStartAndEndTogether(t *testing.T) {
+	ctx := context.Background()
+	const n = 8
+	ls := leases(t, "t-together", "host-a", 10*time.Second)
+	ls.RenewEvery = 100 * time.Millisecond
+	if err := ls.Client.CoordinationV1().Leases("kube-system").Delete(ctx, "t-together", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 3; round++ {
+		locks := make([]Lock, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, _, err := ls.Lock(ctx, "c1", chunk(fmt.Sprintf("run-%d-%d", round, i), fmt.Sprintf("worker-%d", i)))
+				if err != nil {
+					t.Errorf("round %d, chunk %d: %v", round, i, err)
+					return
+				}
+				locks[i] = l
+			}()
+		}
+		wg.Wait()
+		if all, err := ls.Holders(ctx); err != nil || len(all) != n && !t.Failed() {
+			t.Errorf("round %d: %d holders %v, want %d", round, len(all), err, n)
+		}
+		time.Sleep(300 * time.Millisecond) // each renews
+		for i, l := range locks {
+			if l == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := l.Unlock(); err != nil {
+					t.Errorf("round %d, unlock of chunk %d: %v", round, i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if all, err := ls.Holders(ctx); err != nil || len(all) != 0 {
+			t.Fatalf("round %d: holders after every unlock = %+v %v", round, all, err)
+		}
+	}
+}
+
+// TestLeaseHoldersProcessGone: a holder whose process is gone from this host is not a live
+// holder to this host's reader (its Lease entry has not expired yet); another host, which
+// cannot see the process, still counts it until the entry expires.
+func TestLeaseHoldersProcessGone(t *testing.T) {
+	ctx := context.Background()
+	a := leases(t, "t-gone", "host-a", time.Minute)
+	l, _, err := a.Lock(ctx, "lab1", Holder{RunID: "run-dead", Host: "host-a", PID: 4243, Claim: &Claim{Job: "j", Nodes: []string{"n1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(l)
+	t.Cleanup(func() { l.Unlock() })
+	here := leases(t, "t-gone", "host-a", time.Minute)
+	here.Alive = func(pid int) bool { return pid != 4243 }
+	there := leases(t, "t-gone", "host-b", time.Minute)
+	for _, c := range []struct {
+		who  string
+		ls   *Leases
+		live bool
+	}{{"this host", here, false}, {"another host", there, true}} {
+		all, err := c.ls.Holders(ctx)
+		if err != nil || len(all) != 1 || all[0].Holder.RunID != "run-dead" || all[0].Live != c.live {
+			t.Errorf("%s reads the holders %+v (%v), want run-dead live %v", c.who, all, err, c.live)
+		}
 	}
 }

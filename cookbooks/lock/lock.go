@@ -59,6 +59,10 @@ type HeldError struct {
 }
 
 func (e *HeldError) Error() string {
+	if e.Holder.RunID == "" {
+		// A file lock busy for longer than a Holders probe, with no live holder recorded.
+		return fmt.Sprintf("cluster %s is locked by a process that records no holder in its lock file", e.Cluster)
+	}
 	msg := fmt.Sprintf("cluster %s is locked by %s", e.Cluster, e.Holder)
 	if e.Why != "" {
 		msg += ": " + e.Why
@@ -123,25 +127,19 @@ func (fl *Files) claims(cluster string) string {
 }
 
 // Lock implements Locker.
-func (fl *Files) Lock(_ context.Context, cluster string, h Holder) (Lock, *Holder, error) {
+func (fl *Files) Lock(ctx context.Context, cluster string, h Holder) (Lock, *Holder, error) {
 	if err := os.MkdirAll(fl.Dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
 	}
 	if h.Claim != nil {
-		return fl.lockShared(cluster, h)
+		return fl.lockShared(ctx, cluster, h)
 	}
 	path := fl.path(cluster)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, nil, fmt.Errorf("lock %s: %w", cluster, err)
 	}
-	if err := flockNB(f, cluster, unix.LOCK_EX); err != nil {
-		var held *HeldError
-		if errors.As(err, &held) && held.Holder.RunID == "" {
-			if all := fl.Holders(cluster); len(all) > 0 {
-				held.Holder = all[0] // shared holders
-			}
-		}
+	if err := fl.take(ctx, f, cluster, unix.LOCK_EX, h); err != nil {
 		return nil, nil, err
 	}
 	// We hold the lock. A holder still recorded in the file belongs to a process that
@@ -200,7 +198,7 @@ func (fl *Files) eachClaim(cluster string, f func(path string, h *Holder, live b
 
 // lockShared takes the cluster's lock shared for h, whose Claim must be compatible with
 // every live shared holder's.
-func (fl *Files) lockShared(cluster string, h Holder) (Lock, *Holder, error) {
+func (fl *Files) lockShared(ctx context.Context, cluster string, h Holder) (Lock, *Holder, error) {
 	fail := func(err error) (Lock, *Holder, error) { return nil, nil, fmt.Errorf("lock %s: %w", cluster, err) }
 	admit := filepath.Join(fl.Dir, cluster+".admit")
 	a, err := lockAdmit(admit)
@@ -212,11 +210,13 @@ func (fl *Files) lockShared(cluster string, h Holder) (Lock, *Holder, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := flockNB(f, cluster, unix.LOCK_SH); err != nil {
+	if err := fl.take(ctx, f, cluster, unix.LOCK_SH, h); err != nil {
 		return nil, nil, err
 	}
-	// An exclusive holder still recorded died without unlocking.
+	// An exclusive holder still recorded died without unlocking: reported by this run,
+	// and cleared below once it is admitted, so that the next chunks do not report it too.
 	prev := readHolder(f)
+	stale := prev != nil
 	var held *HeldError
 	fl.eachClaim(cluster, func(path string, o *Holder, live bool) {
 		switch {
@@ -239,7 +239,17 @@ func (fl *Files) lockShared(cluster string, h Holder) (Lock, *Holder, error) {
 	}
 	cf, err := os.OpenFile(filepath.Join(fl.claims(cluster), claimFile(h)), os.O_RDWR|os.O_CREATE, 0o600)
 	if err == nil {
-		if err = unix.Flock(int(cf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		// A Holders probe of the fresh record holds its flock for an instant: tried again.
+		for try := 1; ; try++ {
+			err = unix.Flock(int(cf.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if !errors.Is(err, syscall.EWOULDBLOCK) || try == busyTries {
+				break
+			}
+			if err = wait(ctx, busyWait); err != nil {
+				break
+			}
+		}
+		if err == nil {
 			err = writeHolder(cf, h)
 		}
 		if err != nil {
@@ -249,6 +259,10 @@ func (fl *Files) lockShared(cluster string, h Holder) (Lock, *Holder, error) {
 	if err != nil {
 		f.Close()
 		return fail(err)
+	}
+	if stale {
+		// Shared by chunks only: no live exclusive holder can have written it.
+		_ = f.Truncate(0)
 	}
 	return &fileLock{f: f, claim: cf, admit: admit}, prev, nil
 }
@@ -270,6 +284,13 @@ func (fl *Files) Holder(cluster string) *Holder {
 // Held returns a *HeldError if Lock would be refused to h now (a live holder that does
 // not share the lock with it), without taking anything.
 func (fl *Files) Held(cluster string, h Holder) error {
+	if held := fl.held(cluster, h); held != nil {
+		return held
+	}
+	return nil
+}
+
+func (fl *Files) held(cluster string, h Holder) *HeldError {
 	for _, o := range fl.Holders(cluster) {
 		if held := refusal(cluster, o, h); held != nil {
 			return held
@@ -302,24 +323,53 @@ func (fl *Files) Holders(cluster string) []Holder {
 	return out
 }
 
-// flockNB takes f's flock (how: unix.LOCK_EX or unix.LOCK_SH) without waiting. If
-// another process holds it, f is closed and the error is a *HeldError naming the holder
-// recorded in f (none if the holders are shared ones, recorded elsewhere).
-func flockNB(f *os.File, cluster string, how int) error {
-	err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-	if err == nil {
-		return nil
-	}
-	prev := readHolder(f)
-	f.Close()
-	if !errors.Is(err, syscall.EWOULDBLOCK) {
+// A lock found busy is tried again busyTries times, busyWait apart, while no live holder
+// that refuses the run can be named: a Holders probe holds a flock for an instant, a
+// holder is between its flock and its record for one; a real holder keeps it.
+const (
+	busyTries = 5
+	busyWait  = 10 * time.Millisecond
+)
+
+// take takes f's flock (how: unix.LOCK_EX or unix.LOCK_SH) for h without waiting for a
+// holder. A busy lock gives a *HeldError naming a live holder that refuses h, as Held
+// does (the exclusive holder recorded in f, or a shared holder; never a stale record),
+// or, when none can be named after busyTries tries, saying that no holder is recorded.
+// f is closed on failure.
+func (fl *Files) take(ctx context.Context, f *os.File, cluster string, how int, h Holder) error {
+	for try := 1; ; try++ {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			if held := fl.held(cluster, h); held != nil {
+				err = held
+			} else if try == busyTries {
+				err = &HeldError{Cluster: cluster}
+			} else if err = wait(ctx, busyWait); err == nil {
+				continue
+			}
+		}
+		f.Close()
+		var held *HeldError
+		if errors.As(err, &held) {
+			return held
+		}
 		return fmt.Errorf("lock %s: %w", cluster, err)
 	}
-	held := &HeldError{Cluster: cluster}
-	if prev != nil {
-		held.Holder = *prev
+}
+
+// wait waits for d, or until ctx is done.
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
-	return held
 }
 
 func readHolder(f *os.File) *Holder {
