@@ -211,8 +211,9 @@ func etcdVerdict(ctx context.Context, c *clients, node string, chk etcdCheck) er
 }
 
 // removeEtcdMember is the step that removes a removed control node's etcd member with
-// etcdctl member remove on another control node, when kubeadm reset did not (a dead
-// host); nothing to do when it is no member.
+// etcdctl member remove on another control node: kubeadm reset, run after the Node is
+// deleted, cannot read the node's configuration and leaves the member in (its etcd
+// stopped), and a dead host runs no reset at all; nothing to do when it is no member.
 func removeEtcdMember(c *clients, node string) pipeline.Step {
 	return pipeline.Step{Name: "remove-etcd-member", Desc: pipeline.Textf("remove the etcd member of %s if it is still one", node), Do: func(ctx context.Context, v *pipeline.Values) error {
 		st, from, err := c.etcdStatus(ctx, node)
