@@ -254,8 +254,8 @@ func logDrainPlan(ctx context.Context, env *Env, k *k8sops.Ops, node string, opt
 // nodeSteps is what a batch does to one of its nodes: cordon, the beforeDrain hooks,
 // silence (with an alertmanager), drain, the action, wait Ready, uncordon, each announced
 // as a transition when it is done; the drain, the action and wait-ready with the time the
-// node itself took (what the batch would take without any overhead). room checks, once
-// for the whole batch, that taking it down keeps within --max-unavailable.
+// node itself took (what the batch would take without any overhead). room checks, until
+// it once passes for the whole batch, that taking it down keeps within --max-unavailable.
 func (r *rolling) nodeSteps(room func(context.Context) error, n rollNode) []pipeline.Step {
 	k, s := r.c.kube, pipeline.Scope(n.Name)
 	action := r.Action(r.c, s, n)
@@ -311,17 +311,21 @@ func (r *rolling) nodeSteps(room func(context.Context) error, n rollNode) []pipe
 	return steps
 }
 
-// once returns f run at most once: the first caller runs it, the others get its result.
-func once(f func(context.Context) error) func(context.Context) error {
+// onceOK returns f run until it first succeeds: callers one at a time, each running f
+// again until one gets nil, the later ones then nil without running it. A failure is not
+// remembered: after a refusal (or a failed read), the operator's fix and [r]etry at the
+// prompt check again.
+func onceOK(f func(context.Context) error) func(context.Context) error {
 	var mu sync.Mutex
-	done := false
-	var err error
+	ok := false
 	return func(ctx context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if !done {
-			err, done = f(ctx), true
+		if ok {
+			return nil
 		}
+		err := f(ctx)
+		ok = err == nil
 		return err
 	}
 }
@@ -341,7 +345,7 @@ func logSkip(env *Env, do pipeline.Func) pipeline.Func {
 
 func (r *rolling) batchSteps(name string, b []rollNode) ([]pipeline.Step, error) {
 	sets := make([]pipeline.Set, len(b))
-	room := once(func(ctx context.Context) error { return r.checkRoom(ctx, b) })
+	room := onceOK(func(ctx context.Context) error { return r.checkRoom(ctx, b) })
 	for i, n := range b {
 		sets[i] = pipeline.Set{Scope: pipeline.Scope(n.Name), Title: "node " + n.Name, Steps: r.nodeSteps(room, n)}
 	}

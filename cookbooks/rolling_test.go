@@ -143,3 +143,74 @@ func TestRollingWithToyAction(t *testing.T) {
 }
 
 func namesOf(bs [][]rollNode) [][]string { return names(bs) }
+
+// promptFunc answers a failed step with what its function says.
+type promptFunc func(step string, err error) pipeline.Choice
+
+func (f promptFunc) AfterFailure(_ context.Context, step string, err error) pipeline.Choice {
+	return f(step, err)
+}
+
+// TestRollingRoomRecheckedOnRetry: a batch refused because another node was cordoned
+// after the plan is checked again when the operator fixes the cluster and answers
+// [r]etry, and then goes on (the refusal is not remembered for the whole process).
+func TestRollingRoomRecheckedOnRetry(t *testing.T) {
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
+	var objs []runtime.Object
+	for _, n := range []string{"w-1", "w-2", "w-9"} {
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}})
+	}
+	client := fake.NewSimpleClientset(objs...)
+	cl := &config.Cluster{Name: "toy", Roles: map[string]*config.Role{"worker": {Prefix: "w"}}}
+	env := &Env{Log: slog.New(slog.DiscardHandler)}
+	kube := &k8sops.Ops{Client: client, Log: env.Log}
+	var mu sync.Mutex
+	poked := map[string]int{}
+	toy := func(c *clients, s pipeline.Scope, n rollNode) []pipeline.Step {
+		return []pipeline.Step{{Name: "poke", Desc: pipeline.Textf("poke %s", n.Name), Do: func(ctx context.Context, v *pipeline.Values) error {
+			mu.Lock()
+			defer mu.Unlock()
+			poked[n.Name]++
+			return nil
+		}}}
+	}
+	roll := &rolling{Env: env, Cluster: cl, Job: "roll-toy", Did: "poked", Max: 1, Timeout: 10 * time.Second,
+		Select: func([]string) ([]string, error) { return []string{"w-1", "w-2"}, nil },
+		Action: toy, Gate: k8sops.GateOptions{Window: time.Millisecond},
+		Clients: func(context.Context) (*clients, error) { return &clients{env: env, cl: cl, kube: kube}, nil }}
+	defer roll.Close()
+	store := &state.Store{Dir: t.TempDir()}
+	run := &state.Run{ID: "r-room", Cookbook: "roll-toy", StartedAt: time.Now()}
+	ctx := context.Background()
+	var prompts []string
+	runner := &pipeline.Runner{Store: store, Prompt: promptFunc(func(step string, err error) pipeline.Choice {
+		prompts = append(prompts, step+": "+err.Error())
+		if len(prompts) > 1 {
+			return pipeline.Abort
+		}
+		// The operator uncordons the node that took the room, and retries.
+		if err := kube.Uncordon(ctx, "w-9"); err != nil {
+			t.Error(err)
+		}
+		return pipeline.Retry
+	})}
+	steps, err := roll.Plan(ctx, runner.Values(run))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After the plan, someone cordons w-9: batch 1 has no room.
+	if _, err := kube.Cordon(ctx, "w-9"); err != nil {
+		t.Fatal(err)
+	}
+	if err := runner.Run(ctx, run, steps); err != nil {
+		t.Fatalf("run: %v (prompts: %q)", err, prompts)
+	}
+	want := "batch-1/cordon: step batch-1/cordon: node w-1: taking down w-1 would make 2 nodes unschedulable (w-1, w-9), more than --max-unavailable 1"
+	if len(prompts) != 1 || prompts[0] != want {
+		t.Errorf("prompts = %q, want one: %q", prompts, want)
+	}
+	if diff := cmp.Diff(map[string]int{"w-1": 1, "w-2": 1}, poked); diff != "" {
+		t.Errorf("toy actions per node (-want +got):\n%s", diff)
+	}
+}

@@ -28,6 +28,12 @@ import (
 // it (a node SSH cannot reach has no other): "<node>/node-boot-id-before".
 const keyNodeBootIDBefore = pipeline.Key[string]("node-boot-id-before")
 
+// keyNodeHardRebootIssued records that the run sent the node's hard reboot through
+// OpenStack, in the same scope ("<node>/node-hard-reboot-issued"), set before the request
+// goes out: a run killed once Nova has it waits for the node on resume instead of
+// rebooting it again.
+const keyNodeHardRebootIssued = pipeline.Key[bool]("node-hard-reboot-issued")
+
 // RebootStuckWorkers reboots the workers that have been NotReady for too long, on the
 // rolling skeleton: a hard reboot through OpenStack for those SSH cannot reach, a soft
 // reboot proven by a new boot id for the others.
@@ -345,6 +351,9 @@ func (s *stuckRebooter) selectStuck(names []string) ([]string, error) {
 // rebootStep reboots a stuck node: over SSH, proven by a new boot id (falling back to a
 // hard reboot), when SSH reaches it; else hard through OpenStack, proven by the Node
 // reporting a new boot id and Ready. The Node's boot id before is recorded in scope sc.
+// Resumed, a node back on a new boot id and Ready is done; a hard reboot recorded as sent
+// and a soft reboot under way are waited for, never sent again because SSH does not answer
+// a node that is booting (see hardReboot).
 func (s *stuckRebooter) rebootStep(c *clients, sc pipeline.Scope, node string, timeout time.Duration) pipeline.Step {
 	key := pipeline.In(sc, keyNodeBootIDBefore)
 	return pipeline.Step{
@@ -367,27 +376,88 @@ func (s *stuckRebooter) rebootStep(c *clients, sc pipeline.Scope, node string, t
 			} else if n.Status.NodeInfo.BootID != old && k8sops.IsReady(n) {
 				return nil // rebooted before the run stopped
 			}
+			hardSent, _, err := pipeline.In(sc, keyNodeHardRebootIssued).Lookup(v)
+			if err != nil {
+				return err
+			}
+			if hardSent {
+				return hardReboot(ctx, c, sc, v, node, old, timeout)
+			}
 			host, err := c.target(ctx, node)
 			if err != nil {
 				return err
+			}
+			_, softStarted, err := pipeline.In(sc, keyBootIDBefore).Lookup(v)
+			if err != nil {
+				return err
+			}
+			if softStarted {
+				// The run stopped during the soft reboot: SSH may not answer a node that
+				// is booting; rebootNode waits for it (and falls back as it does).
+				return rebootNode(ctx, c, sc, v, node, host, rebootOpts{Timeout: timeout, HardFallback: true})
 			}
 			if _, err = c.ssh.BootID(ctx, host); err == nil {
 				return rebootNode(ctx, c, sc, v, node, host, rebootOpts{Timeout: timeout, HardFallback: true})
 			}
 			c.env.Log.Warn("SSH cannot reach the node; hard rebooting it through OpenStack", "node", node, "err", err)
-			srv, err := c.cloud.ServerByName(ctx, node)
-			if err != nil {
-				return fmt.Errorf("hard reboot %s: %w", node, err)
-			}
-			if err := c.cloud.Reboot(ctx, srv.ID, node, true); err != nil {
-				return err
-			}
-			if c.env.DryRun {
-				return nil
-			}
-			return c.kube.WaitNode(ctx, node, "back with a new boot id", timeout, func(n *corev1.Node) bool {
-				return n != nil && n.Status.NodeInfo.BootID != old && k8sops.IsReady(n)
-			})
+			return hardReboot(ctx, c, sc, v, node, old, timeout)
 		},
 	}
+}
+
+// hardReboot hard-reboots the node's server through OpenStack and waits until its Node
+// reports a boot id other than old and Ready. The reboot is recorded as sent (in scope sc)
+// before the request goes out. When it was recorded already (a run stopped during the
+// reboot), the node is only waited for; it is sent again only when the node has not come
+// back within timeout and the server is ACTIVE or SHUTOFF (no reboot under way: the one
+// recorded never reached Nova, or did not bring the node back), which is logged. A dry-run
+// sends nothing and waits for nothing.
+func hardReboot(ctx context.Context, c *clients, sc pipeline.Scope, v *pipeline.Values, node, old string, timeout time.Duration) error {
+	issued := pipeline.In(sc, keyNodeHardRebootIssued)
+	sent, _, err := issued.Lookup(v)
+	if err != nil {
+		return err
+	}
+	back := func(ctx context.Context) error {
+		return c.kube.WaitNode(ctx, node, "back with a new boot id", timeout, func(n *corev1.Node) bool {
+			return n != nil && n.Status.NodeInfo.BootID != old && k8sops.IsReady(n)
+		})
+	}
+	if sent {
+		if c.env.DryRun {
+			c.env.Log.Info("hard reboot sent before the run stopped; the resume would wait for the node, not send it again", "node", node, "timeout", timeout)
+			return nil
+		}
+		c.env.Log.Info("hard reboot sent before the run stopped; waiting for the node", "node", node, "timeout", timeout)
+		err := back(ctx)
+		if !errors.Is(err, k8sops.ErrTimeout) {
+			return err
+		}
+		srv, serr := c.cloud.ServerByName(ctx, node)
+		if serr != nil {
+			return fmt.Errorf("hard reboot %s: %w (after: %v)", node, serr, err)
+		}
+		if srv.Status != "ACTIVE" && srv.Status != "SHUTOFF" {
+			return fmt.Errorf("hard reboot %s (server %s): %w", node, srv.Status, err)
+		}
+		c.env.Log.Warn("node not back within the reboot timeout after the hard reboot sent before the run stopped; hard rebooting it again", "node", node, "server_status", srv.Status, "timeout", timeout)
+	}
+	srv, err := c.cloud.ServerByName(ctx, node)
+	if err != nil {
+		return fmt.Errorf("hard reboot %s: %w", node, err)
+	}
+	if !sent {
+		if err := issued.Set(v, true); err != nil {
+			return err
+		}
+	}
+	// Recorded also when the request fails: a failure does not prove Nova did not act on
+	// it (a lost response, or a refusal of the client's retry of a request Nova handled).
+	if err := c.cloud.Reboot(ctx, srv.ID, node, true); err != nil {
+		return err
+	}
+	if c.env.DryRun {
+		return nil
+	}
+	return back(ctx)
 }

@@ -3,6 +3,7 @@ package cookbooks
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -318,6 +319,7 @@ func (u *upgrader) chunkNodes(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.ssh.Shutdown() // its agent connection: the run makes its own clients
 	list, err := c.kube.Nodes(ctx)
 	if err != nil {
 		return nil, err
@@ -390,6 +392,9 @@ func (u *upgrader) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Its connections to every node to upgrade (apt-cache madison) and its agent
+	// connection: the run makes its own clients.
+	defer c.ssh.Shutdown()
 	k := c.kube
 	list, err := k.Nodes(ctx)
 	if err != nil {
@@ -495,13 +500,12 @@ func (u *upgrader) check(ctx context.Context) error {
 			continue
 		}
 		for _, pdb := range p.PDBs {
-			switch {
-			case pdb.DisruptionsAllowed == 0 && len(others) > 0:
-				// Another chunk drains now: its evictions use the budget for a
-				// while; this run's drain waits for it.
-				u.env.Log.Warn(fmt.Sprintf("node %s: PodDisruptionBudget %s allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it", n, pdb))
-			case pdb.DisruptionsAllowed == 0:
-				add("node %s: PodDisruptionBudget %s would block its drain", n, pdb)
+			problem, warning := pdbPreflight(n, pdb, len(others) > 0)
+			if problem != "" {
+				add("%s", problem)
+			}
+			if warning != "" {
+				u.env.Log.Warn(warning)
 			}
 		}
 		for _, b := range p.Blocking {
@@ -520,6 +524,25 @@ func (u *upgrader) check(ctx context.Context) error {
 	}
 	u.env.Log.Info(fmt.Sprintf("preflight of the upgrade of %s to %s: no problem; control plane at %s, %d node(s) to upgrade: %s", u.cl.Name, want, cvs, len(todo), strings.Join(todo, ", ")))
 	return nil
+}
+
+// pdbPreflight is what the preflight makes of a disruption budget that covers pods of
+// node, a node to upgrade: a problem (the run is refused), a warning (it goes on), or
+// neither. othersRun says whether another chunk of this upgrade runs now.
+func pdbPreflight(node string, pdb k8sops.PDBState, othersRun bool) (problem, warning string) {
+	switch {
+	case pdb.DisruptionsAllowed > 0:
+		return "", ""
+	case pdb.ExpectedPods > 0 && pdb.ExpectedPods <= pdb.DesiredHealthy:
+		// minAvailable of all its pods, maxUnavailable 0: no eviction ever passes.
+		return fmt.Sprintf("node %s: PodDisruptionBudget %s can never allow a disruption: it expects %d pod(s) and wants %d healthy; its drain would wait until --timeout",
+			node, pdb, pdb.ExpectedPods, pdb.DesiredHealthy), ""
+	case othersRun && pdb.CurrentHealthy < pdb.ExpectedPods:
+		// Another chunk drains now: its evictions use the budget for a
+		// while (a pod of it is down); this run's drain waits for it.
+		return "", fmt.Sprintf("node %s: PodDisruptionBudget %s allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it", node, pdb)
+	}
+	return fmt.Sprintf("node %s: PodDisruptionBudget %s would block its drain", node, pdb), ""
 }
 
 // skewNode is what the skew policy looks at of a node.
@@ -599,9 +622,11 @@ func nodeReady(n *corev1.Node) bool {
 }
 
 // madisonVersion finds in `apt-cache madison kubeadm kubelet kubectl` output the package
-// version of dst that all three packages offer ("1.37.3-1.1").
+// version of dst that all three packages offer ("1.37.3-1.1"), the newest in madison's
+// order (newest first) when they share several revisions. None is an error naming the
+// package without dst, or, when each has dst, the revisions each has.
 func madisonVersion(out string, dst version) (string, error) {
-	found := map[string]string{}
+	found := map[string][]string{}
 	var offered []string
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Split(l, "|")
@@ -612,16 +637,54 @@ func madisonVersion(out string, dst version) (string, error) {
 		if p == "kubeadm" {
 			offered = append(offered, ver)
 		}
-		if strings.HasPrefix(ver, dst.String()+"-") && found[p] == "" {
-			found[p] = ver
+		if strings.HasPrefix(ver, dst.String()+"-") && !slices.Contains(found[p], ver) {
+			found[p] = append(found[p], ver)
 		}
 	}
 	for _, p := range kubePkgs {
-		if found[p] == "" || found[p] != found["kubeadm"] {
+		if len(found[p]) == 0 {
 			return "", fmt.Errorf("no package %s=%s-* in its apt sources (kubeadm offered: %s)", p, dst, strings.Join(offered, ", "))
 		}
 	}
-	return found["kubeadm"], nil
+	for _, ver := range found["kubeadm"] {
+		all := true
+		for _, p := range kubePkgs {
+			all = all && slices.Contains(found[p], ver)
+		}
+		if all {
+			return ver, nil
+		}
+	}
+	var each []string
+	for _, p := range kubePkgs {
+		each = append(each, p+" "+strings.Join(found[p], ", "))
+	}
+	return "", fmt.Errorf("kubeadm, kubelet and kubectl have no package version of %s in common in its apt sources: %s", dst, strings.Join(each, "; "))
+}
+
+// parseDpkgStatus reads `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`:
+// the versions of the packages installed and configured (status i, whatever the
+// selection: "ii " or held "hi "), and the packages in any other state (half-configured
+// "iF ", unpacked "iU ", half-installed "iH ", or with dpkg's reinstall-required flag),
+// whose version is not installed yet.
+func parseDpkgStatus(out string) (map[string]string, []string, error) {
+	ok := map[string]string{}
+	var broken []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "" {
+			continue
+		}
+		f := strings.Split(l, "\t")
+		if len(f) != 3 || len(f[2]) != 3 {
+			return nil, nil, fmt.Errorf("dpkg-query: unexpected line %q (want package, version, status)", l)
+		}
+		if f[2][1] == 'i' && f[2][2] == ' ' {
+			ok[f[0]] = f[1]
+		} else {
+			broken = append(broken, fmt.Sprintf("%s %s (%s)", f[0], f[1], strings.TrimSpace(f[2])))
+		}
+	}
+	return ok, broken, nil
 }
 
 // plan is the rolling skeleton with the package upgrade as its action, and with
@@ -675,18 +738,15 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		}
 		return node.Status.NodeInfo.KubeletVersion == want, nil
 	}
-	installed := func(ctx context.Context, h string, pkgs ...string) (map[string]string, error) {
-		out, err := read(ctx, h, append([]string{"dpkg-query", "-W"}, pkgs...)...)
+	// installed are the versions of the packages dpkg has installed and configured, and
+	// those it has unpacked but not configured (an apt-get install killed midway: its
+	// dpkg dies of SIGPIPE once the session is gone, leaving them half-configured).
+	installed := func(ctx context.Context, h string, pkgs ...string) (ok map[string]string, broken []string, err error) {
+		out, err := read(ctx, h, append([]string{"dpkg-query", "-W", "-f", `${Package}\t${Version}\t${db:Status-Abbrev}\n`}, pkgs...)...)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		m := map[string]string{}
-		for _, l := range strings.Split(out, "\n") {
-			if p, ver, ok := strings.Cut(strings.TrimSpace(l), "\t"); ok {
-				m[p] = ver
-			}
-		}
-		return m, nil
+		return parseDpkgStatus(out)
 	}
 	held := func(ctx context.Context, h string) (map[string]bool, error) {
 		out, err := read(ctx, h, "apt-mark", "showhold")
@@ -724,7 +784,7 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		}
 	}
 	install := func(ctx context.Context, v *pipeline.Values, pkgs ...string) error {
-		_, h, err := host(ctx, v)
+		name, h, err := host(ctx, v)
 		if err != nil {
 			return err
 		}
@@ -732,9 +792,16 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 		if err != nil {
 			return err
 		}
-		have, err := installed(ctx, h, pkgs...)
+		have, broken, err := installed(ctx, h, pkgs...)
 		if err != nil {
 			return err
+		}
+		if len(broken) > 0 {
+			// apt refuses anything until dpkg has finished what it was doing.
+			c.env.Log.Warn(fmt.Sprintf("node %s: dpkg was interrupted: %s not configured; running dpkg --configure -a", name, strings.Join(broken, ", ")))
+			if err := write(ctx, h, "dpkg", "--configure", "-a"); err != nil {
+				return err
+			}
 		}
 		argv := []string{"apt-get", "install", "-y"}
 		for _, p := range pkgs {
@@ -872,6 +939,23 @@ func upgradePackages(c *clients, s pipeline.Scope, n nodeRef, control bool, dst 
 	return pipeline.Steps(first, kubeadm, last)
 }
 
+// confirmApply asks the operator question q before kubeadm upgrade apply want on node:
+// nil when confirmed, else the error the step fails with, saying why.
+func confirmApply(env *Env, q, want, node string) error {
+	ok, err := false, fmt.Errorf("no one to ask")
+	if env.Ask != nil {
+		ok, err = env.Ask(q)
+	}
+	why := "answered no"
+	switch {
+	case err != nil:
+		why = err.Error()
+	case ok:
+		return nil
+	}
+	return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%s): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, node, why)
+}
+
 // kubeadmControl is what a control node does between install-kubeadm and
 // install-kubelet. kubeadm-upgrade: while the control plane (kubeadm-config) is older
 // than dst, the first control node of the run to get here runs `kubeadm upgrade plan
@@ -945,12 +1029,8 @@ func kubeadmControl(c *clients, n nodeRef, dst version, timeout time.Duration) [
 				}
 				if !c.env.DryRun && !c.env.Yes {
 					q := fmt.Sprintf("Upgrade the control plane of %s from %s to %s (kubeadm upgrade apply %s -y on %s)?", c.cl.Name, cvs, want, want, name)
-					ok, err := false, fmt.Errorf("no one to ask")
-					if c.env.Ask != nil {
-						ok, err = c.env.Ask(q)
-					}
-					if err != nil || !ok {
-						return fmt.Errorf("kubeadm upgrade apply %s on %s not confirmed (%v): the node stays drained; `cookbook resume` asks again, or resume with --yes", want, name, err)
+					if err := confirmApply(c.env, q, want, name); err != nil {
+						return err
 					}
 				}
 				_, err = run(ctx, h, "kubeadm", "upgrade", "apply", want, "-y")

@@ -2,6 +2,7 @@ package cookbooks
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -9,6 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"example.com/cookbook/k8sops"
 )
 
 // TestUpgradeSkip: a node at the target is skipped, one older is upgraded, one newer or
@@ -132,6 +135,164 @@ func TestSkewProblems(t *testing.T) {
 				if !strings.Contains(got[i], w) {
 					t.Errorf("problem %d = %q, want ~%q", i, got[i], w)
 				}
+			}
+		})
+	}
+}
+
+// TestPDBPreflight: a budget at 0 allowed disruptions blocks the upgrade's preflight,
+// but while another chunk of the upgrade runs only if the 0 is not a disruption in
+// progress: a budget that can never allow one (a singleton with minAvailable 1) is still
+// refused, named, rather than left to hold the drain until its timeout.
+func TestPDBPreflight(t *testing.T) {
+	pdb := func(allowed, expected, desired, current int32) k8sops.PDBState {
+		return k8sops.PDBState{Namespace: "tools", Name: "web", DisruptionsAllowed: allowed,
+			ExpectedPods: expected, DesiredHealthy: desired, CurrentHealthy: current, Pods: []string{"web-1"}}
+	}
+	const (
+		blocks  = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) would block its drain"
+		never   = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) can never allow a disruption: it expects 1 pod(s) and wants 1 healthy; its drain would wait until --timeout"
+		waiting = "node w-1: PodDisruptionBudget tools/web (allows 0 disruption(s), selects web-1) allows no disruption now, while another chunk of this upgrade runs; its drain will wait for it"
+	)
+	for _, tc := range []struct {
+		name                  string
+		pdb                   k8sops.PDBState
+		othersRun             bool
+		wantProblem, wantWarn string
+	}{
+		{"room", pdb(1, 3, 2, 3), false, "", ""},
+		{"room, another chunk runs", pdb(1, 3, 2, 3), true, "", ""},
+		{"maxUnavailable 0 alone", pdb(0, 3, 3, 3), false, strings.Replace(never, "expects 1 pod(s) and wants 1", "expects 3 pod(s) and wants 3", 1), ""},
+		{"disruption in progress, alone", pdb(0, 3, 2, 2), false, blocks, ""},
+		{"disruption in progress, another chunk runs", pdb(0, 3, 2, 2), true, "", waiting},
+		{"singleton minAvailable 1, another chunk runs", pdb(0, 1, 1, 1), true, never, ""},
+		{"singleton minAvailable 1 with its pod down, another chunk runs", pdb(0, 1, 1, 0), true, never, ""},
+		{"singleton minAvailable 1 alone", pdb(0, 1, 1, 1), false, never, ""},
+		{"at 0 with every pod healthy and room in its spec (stale), another chunk runs", pdb(0, 3, 2, 3), true, blocks, ""},
+		{"status not computed yet, another chunk runs", pdb(0, 0, 0, 0), true, blocks, ""},
+		{"at 0 with every pod healthy, another chunk runs", pdb(0, 3, 3, 3), true, strings.Replace(never, "expects 1 pod(s) and wants 1", "expects 3 pod(s) and wants 3", 1), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			problem, warn := pdbPreflight("w-1", tc.pdb, tc.othersRun)
+			if problem != tc.wantProblem || warn != tc.wantWarn {
+				t.Errorf("pdbPreflight = (%q, %q), want (%q, %q)", problem, warn, tc.wantProblem, tc.wantWarn)
+			}
+		})
+	}
+}
+
+// TestParseDpkgStatus: only a package dpkg has configured counts as installed at its
+// version (held or not); one an interrupted install left unpacked or half-configured,
+// though dpkg-query prints its new version, is not.
+func TestParseDpkgStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		out        string
+		wantOK     map[string]string
+		wantBroken []string
+		wantErr    string
+	}{
+		{"installed and held", "kubeadm\t1.37.3-1.1\tii \nkubelet\t1.37.2-1.1\thi \n", map[string]string{"kubeadm": "1.37.3-1.1", "kubelet": "1.37.2-1.1"}, nil, ""},
+		{"half-configured", "kubeadm\t1.37.3-1.1\tiF \n", map[string]string{}, []string{"kubeadm 1.37.3-1.1 (iF)"}, ""},
+		{"unpacked, half-installed, reinstall required", "kubelet\t1.37.3-1.1\tiU \nkubectl\t1.37.3-1.1\thH \nkubeadm\t1.37.3-1.1\tiiR\n", map[string]string{},
+			[]string{"kubelet 1.37.3-1.1 (iU)", "kubectl 1.37.3-1.1 (hH)", "kubeadm 1.37.3-1.1 (iiR)"}, ""},
+		{"the old -W format", "kubeadm\t1.37.3-1.1\n", nil, nil, `dpkg-query: unexpected line "kubeadm\t1.37.3-1.1"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, broken, err := parseDpkgStatus(tc.out)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.wantOK, ok); diff != "" {
+				t.Errorf("installed (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantBroken, broken); diff != "" {
+				t.Errorf("not configured (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestConfirmApply: the error of an unconfirmed kubeadm upgrade apply says why: the
+// operator's no, the terminal's error, or no one to ask.
+func TestConfirmApply(t *testing.T) {
+	const rest = ": the node stays drained; `cookbook resume` asks again, or resume with --yes"
+	for _, tc := range []struct {
+		name string
+		ask  func(string) (bool, error)
+		want string
+	}{
+		{"yes", func(string) (bool, error) { return true, nil }, ""},
+		{"no", func(string) (bool, error) { return false, nil }, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (answered no)" + rest},
+		{"terminal gone", func(string) (bool, error) { return false, errors.New("EOF") }, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (EOF)" + rest},
+		{"no one to ask", nil, "kubeadm upgrade apply v1.37.3 on c-1 not confirmed (no one to ask)" + rest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked []string
+			env := &Env{}
+			if tc.ask != nil {
+				env.Ask = func(q string) (bool, error) {
+					asked = append(asked, q)
+					return tc.ask(q)
+				}
+			}
+			got := ""
+			if err := confirmApply(env, "Upgrade?", "v1.37.3", "c-1"); err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("confirmApply = %q, want %q", got, tc.want)
+			}
+			if tc.ask != nil && (len(asked) != 1 || asked[0] != "Upgrade?") {
+				t.Errorf("asked %q, want the question once", asked)
+			}
+		})
+	}
+}
+
+// TestMadisonVersion: the package version of the target that kubeadm, kubelet and
+// kubectl all offer; none is an error naming what is missing, or what revisions each has.
+func TestMadisonVersion(t *testing.T) {
+	line := func(p, v string) string {
+		return fmt.Sprintf("%10s | %s | https://pkgs.k8s.io/core:/stable:/v1.37/deb  Packages\n", p, v)
+	}
+	offer := func(vs map[string][]string) string {
+		var b strings.Builder
+		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
+			for _, v := range vs[p] {
+				b.WriteString(line(p, v))
+			}
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name    string
+		out     string
+		want    string
+		wantErr string
+	}{
+		{"all three", offer(map[string][]string{"kubeadm": {"1.37.4-1.1", "1.37.3-1.1"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "1.37.3-1.1", ""},
+		{"a newer revision of kubeadm only", offer(map[string][]string{"kubeadm": {"1.37.3-1.2", "1.37.3-1.1"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "1.37.3-1.1", ""},
+		{"no kubelet", offer(map[string][]string{"kubeadm": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.1"}}), "", "no package kubelet=1.37.3-* in its apt sources (kubeadm offered: 1.37.3-1.1)"},
+		{"different revisions", offer(map[string][]string{"kubeadm": {"1.37.3-1.2"}, "kubelet": {"1.37.3-1.1"}, "kubectl": {"1.37.3-1.2", "1.37.3-1.1"}}), "",
+			"kubeadm, kubelet and kubectl have no package version of 1.37.3 in common in its apt sources: kubeadm 1.37.3-1.2; kubelet 1.37.3-1.1; kubectl 1.37.3-1.2, 1.37.3-1.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := madisonVersion(tc.out, version{1, 37, 3})
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("madisonVersion = %q, %v; want %q", got, err, tc.want)
 			}
 		})
 	}

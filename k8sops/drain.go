@@ -74,6 +74,11 @@ type PDBState struct {
 	Namespace, Name string
 	// DisruptionsAllowed is the budget's status now.
 	DisruptionsAllowed int32
+	// ExpectedPods, DesiredHealthy and CurrentHealthy are the rest of its status: a
+	// budget whose ExpectedPods - DesiredHealthy is 0 never allows a disruption; one
+	// with CurrentHealthy < ExpectedPods is at 0 while a pod is down (being evicted,
+	// restarting).
+	ExpectedPods, DesiredHealthy, CurrentHealthy int32
 	// Pods are the pods to evict that it selects.
 	Pods []string
 }
@@ -210,7 +215,8 @@ func (o *Ops) pdbsFor(ctx context.Context, pods []corev1.Pod, shared cache.Share
 		}
 		for i := range list {
 			pdb := &list[i]
-			st := PDBState{Namespace: ns, Name: pdb.Name, DisruptionsAllowed: pdb.Status.DisruptionsAllowed}
+			st := PDBState{Namespace: ns, Name: pdb.Name, DisruptionsAllowed: pdb.Status.DisruptionsAllowed,
+				ExpectedPods: pdb.Status.ExpectedPods, DesiredHealthy: pdb.Status.DesiredHealthy, CurrentHealthy: pdb.Status.CurrentHealthy}
 			for j := range nsPods {
 				if selects(pdb, &nsPods[j]) {
 					st.Pods = append(st.Pods, nsPods[j].Name)

@@ -34,14 +34,17 @@ func stackWorld(t *testing.T, workers, nfs int) (*world, *stack.Stack) {
 }
 
 // stackWorldOf is stackWorld with the lab shaped by opts (its directory and times are
-// the tests').
+// the tests', but a RebootDownTime opts sets).
 func stackWorldOf(t *testing.T, opts stack.Options) (*world, *stack.Stack) {
 	t.Helper()
 	if _, ok := lab.BinDir(); !ok {
 		lab.Need(t, nil)
 	}
 	opts.Dir, opts.SampleWorkload = t.TempDir(), true
-	opts.RebootDownTime, opts.BuildTime, opts.CloudInitTime = 500*time.Millisecond, 300*time.Millisecond, 700*time.Millisecond
+	if opts.RebootDownTime == 0 {
+		opts.RebootDownTime = 500 * time.Millisecond
+	}
+	opts.BuildTime, opts.CloudInitTime = 300*time.Millisecond, 700*time.Millisecond
 	s, err := stack.Up(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -97,6 +99,17 @@ func TestUpgradeK8s(t *testing.T) {
 	if _, err := pdbs.Create(ctx, frozen, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The disruption controller's status first: the preflight tells a budget that can
+	// never allow a disruption (maxUnavailable 0) by it.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		p, err := pdbs.Get(ctx, "cache-frozen", metav1.GetOptions{})
+		if err == nil && p.Status.ObservedGeneration == p.Generation && p.Status.ExpectedPods > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sample/cache-frozen has no status: %v %+v", err, p)
+		}
+	}
 	m = markWrites(s)
 	for _, tc := range []struct {
 		args []string
@@ -104,6 +117,7 @@ func TestUpgradeK8s(t *testing.T) {
 	}{
 		{append([]string{"upgrade-k8s-cluster"}, common...), []string{
 			"PodDisruptionBudget sample/cache-frozen (allows 0 disruption(s)",
+			") can never allow a disruption: it expects ",
 			"node " + workers[0] + ": no package kubeadm=" + dst + "-* in its apt sources",
 			"node " + workers[1] + " is not Ready",
 		}},
@@ -172,12 +186,43 @@ func TestUpgradeK8s(t *testing.T) {
 	// while the first runs: the resume takes the same claim back.
 	nfs := []string{s.Prefix + "-worker-nfs-1", s.Prefix + "-worker-nfs-2"}
 	chunks := [][]string{workers, nfs}
+	// An earlier install of kubeadm on the first worker was killed midway: dpkg left it
+	// unpacked at the target and half-configured (dpkg-query -W prints the new version;
+	// apt refuses anything until dpkg --configure -a).
+	vmOf(t, s, workers[0]).InterruptInstall("kubeadm", dst+"-1.1")
 	results := make([]result, 2)
 	done := make(chan int, 2)
 	chunkArgs := func(i int) []string {
 		return append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "2", "--batch-number", strconv.Itoa(i + 1)}, common...)
 	}
 	cw := watchCluster(t, s)
+	// While the first chunk upgrades its first worker, its second has no SSH connection
+	// open: the preflight's (apt-cache madison on both) is closed once it is done. Seen
+	// at each command on the first worker until the second's batch starts (a command on
+	// it other than a preflight's), the fewest,
+	// leaving out the moments the overlapping run below (whose preflight reads every
+	// worker) is live.
+	second1 := vmOf(t, s, workers[1])
+	var overlapping atomic.Bool
+	var connsMu sync.Mutex
+	fewest, batch2 := -1, false
+	s.Fleet.BeforeCommand(func(vm string, args []string) bool {
+		if overlapping.Load() {
+			return false
+		}
+		connsMu.Lock()
+		defer connsMu.Unlock()
+		switch {
+		case vm == workers[1] && args[0] != "apt-cache": // not a preflight's madison
+			batch2 = true
+		case vm == workers[0] && !batch2:
+			if n := second1.OpenConns(); fewest == -1 || n < fewest {
+				fewest = n
+			}
+		}
+		return false
+	})
+	t.Cleanup(func() { s.Fleet.BeforeCommand(nil) })
 	go func() {
 		results[0] = w.run(chunkArgs(0)...)
 		done <- 0
@@ -195,7 +240,10 @@ func TestUpgradeK8s(t *testing.T) {
 	if len(both) != 2 {
 		t.Fatalf("the two chunks never held the cluster's lease together: %+v", both)
 	}
+	overlapping.Store(true)
 	r = w.run(append([]string{"upgrade-k8s-cluster", "--max-unavailable", "1", "--batches", "1", "--batch-number", "1"}, common...)...)
+	time.Sleep(300 * time.Millisecond) // the VMs see its connections end
+	overlapping.Store(false)
 	wantCode(t, r, exitLocked)
 	msg := ""
 	for _, line := range strings.Split(r.stderr, "\n") {
@@ -245,6 +293,15 @@ func TestUpgradeK8s(t *testing.T) {
 	}
 	<-done
 	<-done
+	s.Fleet.BeforeCommand(nil)
+	connsMu.Lock()
+	switch {
+	case fewest == -1:
+		t.Logf("no command on %s while the overlapping run was not live: the preflight's connections not checked", workers[0])
+	case fewest != 0:
+		t.Errorf("%d SSH connection(s) open to %s all the while the first chunk upgraded %s: the preflight's are left open", fewest, workers[1], workers[0])
+	}
+	connsMu.Unlock()
 	if most := cw.finish(); most > 2 {
 		t.Errorf("%d nodes unschedulable at once; two chunks of --max-unavailable 1 take at most 2", most)
 	}
@@ -254,6 +311,9 @@ func TestUpgradeK8s(t *testing.T) {
 		if !strings.Contains(r.stderr, "plan: batch 1/2: "+chunk[0]) || !strings.Contains(r.stderr, "plan: batch 2/2: "+chunk[1]) {
 			t.Errorf("chunk %d of 2 is not %v one at a time:\n%s", i+1, chunk, r.stderr)
 		}
+	}
+	if want := "node " + workers[0] + ": dpkg was interrupted: kubeadm " + dst + "-1.1 (iF) not configured; running dpkg --configure -a"; !strings.Contains(results[0].stderr, want) {
+		t.Errorf("the first chunk does not say %q:\n%s", want, results[0].stderr)
 	}
 	var ran []*state.Run
 	for _, run := range w.runs() {
@@ -272,11 +332,14 @@ func TestUpgradeK8s(t *testing.T) {
 		}
 		vm := vmOf(t, s, n)
 		for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
-			if vm.PackageVersion(p) != dst+"-1.1" || !vm.Held(p) {
-				t.Errorf("%s: %s at %s held %v; want %s-1.1 held", n, p, vm.PackageVersion(p), vm.Held(p), dst)
+			if vm.PackageVersion(p) != dst+"-1.1" || !vm.Held(p) || vm.PackageStatus(p) != "installed" {
+				t.Errorf("%s: %s at %s held %v, %s; want %s-1.1 held, installed", n, p, vm.PackageVersion(p), vm.Held(p), vm.PackageStatus(p), dst)
 			}
 		}
 		cmds := strings.Join(commandsOn(s, n), "\n")
+		if want := map[bool]int{true: 1, false: 0}[n == workers[0]]; strings.Count(cmds, "dpkg --configure -a") != want {
+			t.Errorf("%s ran dpkg --configure -a %d times, want %d:\n%s", n, strings.Count(cmds, "dpkg --configure -a"), want, cmds)
+		}
 		// Packages are installed once, whatever the kill interrupted (the install step
 		// reads dpkg first). A step the kill interrupted after its command ran and
 		// before the run recorded it done runs again on resume: kubeadm upgrade node,

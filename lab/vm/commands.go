@@ -158,6 +158,8 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 		return v.aptMark(args, stdout, stderr), false
 	case args[0] == "dpkg-query":
 		return v.dpkgQuery(args, stdout, stderr), false
+	case args[0] == "dpkg":
+		return v.dpkg(args, stdout, stderr), false
 	case len(args) >= 2 && args[0] == "apt-get" && args[1] == "install" && v.CloudInitDone():
 		return v.aptGetInstall(args, stdout, stderr), false
 	case (args[0] == "test" || args[0] == "[") && len(args) >= 3 && (args[1] == "-e" || args[1] == "-f"):

@@ -85,6 +85,42 @@ func (v *VM) pkgVersionLocked(pkg string) string {
 	return ""
 }
 
+// InterruptInstall leaves pkg as a kill of `apt-get install pkg=version` in the middle
+// of dpkg's work leaves it (the remote dpkg dies of SIGPIPE once the SSH session is
+// gone): unpacked at version and not configured. dpkg-query -W shows the new version,
+// with the status half-configured; apt-get install refuses, as dpkg was interrupted,
+// until dpkg --configure -a.
+func (v *VM) InterruptInstall(pkg, version string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.pkgs == nil {
+		v.pkgs = map[string]string{}
+	}
+	if v.unconfigured == nil {
+		v.unconfigured = map[string]bool{}
+	}
+	v.pkgs[pkg] = version
+	v.unconfigured[pkg] = true
+}
+
+// PackageStatus is the package's dpkg status ("installed", "half-configured"), ""
+// for a package that is not installed.
+func (v *VM) PackageStatus(pkg string) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pkgStatusLocked(pkg)
+}
+
+func (v *VM) pkgStatusLocked(pkg string) string {
+	switch {
+	case v.pkgVersionLocked(pkg) == "":
+		return ""
+	case v.unconfigured[pkg]:
+		return "half-configured"
+	}
+	return "installed"
+}
+
 // Held reports whether apt-mark holds the package.
 func (v *VM) Held(pkg string) bool {
 	v.mu.Lock()
@@ -183,6 +219,14 @@ func (v *VM) aptMark(args []string, stdout, stderr io.Writer) int {
 // It refuses as apt does: an unknown package or version (exit 100), a held package
 // changed without --allow-change-held-packages.
 func (v *VM) aptGetInstall(args []string, stdout, stderr io.Writer) int {
+	v.mu.Lock()
+	interrupted := len(v.unconfigured) > 0
+	v.mu.Unlock()
+	if interrupted {
+		// apt takes dpkg's lock first, and finds dpkg's journal not empty.
+		fmt.Fprintln(stderr, "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem. ")
+		return 100
+	}
 	fmt.Fprint(stdout, "Reading package lists... Done\n")
 	allowHeld, allowDown := false, false
 	want := map[string]string{}
@@ -272,23 +316,116 @@ func older(a, b string) bool {
 	return err1 == nil && err2 == nil && va.LessThan(vb)
 }
 
-// dpkgQuery runs dpkg-query -W PKG...: "pkg\tversion" lines.
+// dpkgQuery runs dpkg-query -W [-f FORMAT|--showformat=FORMAT] PKG...: a line per package
+// in FORMAT (default "${binary:Package}\t${Version}\n"), with the fields ${Package},
+// ${binary:Package}, ${Version}, ${Status} ("hold ok installed"), ${db:Status-Abbrev}
+// ("hi "), ${db:Status-Want}, ${db:Status-Status} and ${db:Status-Eflag}, and dpkg's
+// backslash escapes. A package that is not installed is an error (exit 1).
 func (v *VM) dpkgQuery(args []string, stdout, stderr io.Writer) int {
-	if len(args) < 3 || args[1] != "-W" {
+	format, show := "${binary:Package}\t${Version}\n", false
+	var pkgs []string
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-W" || a == "--show":
+			show = true
+		case a == "-f" || a == "--showformat":
+			if i+1 == len(args) {
+				fmt.Fprintf(stderr, "dpkg-query: error: --showformat needs a value\n")
+				return 2
+			}
+			i++
+			format = args[i]
+		case strings.HasPrefix(a, "--showformat="):
+			format = strings.TrimPrefix(a, "--showformat=")
+		case strings.HasPrefix(a, "-f"):
+			format = strings.TrimPrefix(a, "-f")
+		case strings.HasPrefix(a, "-"):
+			fmt.Fprintf(stderr, "dpkg-query: error: unknown option %s\n", a)
+			return 2
+		default:
+			pkgs = append(pkgs, a)
+		}
+	}
+	if !show {
 		fmt.Fprintln(stderr, "dpkg-query: error: need an action option")
 		return 2
 	}
 	code := 0
-	for _, p := range args[2:] {
-		ver := v.PackageVersion(p)
+	for _, p := range pkgs {
+		v.mu.Lock()
+		ver, status, held := v.pkgVersionLocked(p), v.pkgStatusLocked(p), v.held[p]
+		v.mu.Unlock()
 		if ver == "" {
 			fmt.Fprintf(stderr, "dpkg-query: no packages found matching %s\n", p)
 			code = 1
 			continue
 		}
-		fmt.Fprintf(stdout, "%s\t%s\n", p, ver)
+		want, abbrev := "install", map[string]string{"installed": "i", "half-configured": "F"}[status]
+		if held {
+			want = "hold"
+		}
+		fields := map[string]string{
+			"Package": p, "binary:Package": p, "Version": ver,
+			"Status":           want + " ok " + status,
+			"db:Status-Abbrev": want[:1] + abbrev + " ",
+			"db:Status-Want":   want, "db:Status-Status": status, "db:Status-Eflag": "ok",
+		}
+		fmt.Fprint(stdout, expandFormat(format, fields))
 	}
 	return code
+}
+
+// expandFormat is dpkg-query's --showformat: ${Field} replaced by the field (unknown
+// fields are empty), and the escapes \n, \t, \r and \\.
+func expandFormat(format string, fields map[string]string) string {
+	var b strings.Builder
+	for i := 0; i < len(format); i++ {
+		switch c := format[i]; {
+		case c == '\\' && i+1 < len(format):
+			i++
+			switch format[i] {
+			case 'n':
+				b.WriteByte('\n')
+			case 't':
+				b.WriteByte('\t')
+			case 'r':
+				b.WriteByte('\r')
+			default:
+				b.WriteByte(format[i])
+			}
+		case c == '$' && i+1 < len(format) && format[i+1] == '{':
+			end := strings.IndexByte(format[i:], '}')
+			if end < 0 {
+				b.WriteString(format[i:])
+				return b.String()
+			}
+			name, _, _ := strings.Cut(format[i+2:i+end], ";") // ${Field;width}: no padding here
+			b.WriteString(fields[name])
+			i += end
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// dpkg runs dpkg --configure -a (or --pending): the packages an interrupted dpkg left
+// unconfigured are set up. Other dpkg actions are not simulated.
+func (v *VM) dpkg(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 3 || args[1] != "--configure" || (args[2] != "-a" && args[2] != "--pending") {
+		fmt.Fprintf(stderr, "dpkg: error: the lab's dpkg knows only --configure -a, not %s\n", strings.Join(args[1:], " "))
+		return 2
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, p := range kubePackages {
+		if v.unconfigured[p] {
+			fmt.Fprintf(stdout, "Setting up %s (%s) ...\n", p, v.pkgVersionLocked(p))
+		}
+	}
+	v.unconfigured = nil
+	return 0
 }
 
 // restartKubelet restarts the kubelet: its Node goes NotReady for a moment and comes

@@ -65,6 +65,54 @@ func TestKubePackages(t *testing.T) {
 	}
 }
 
+// TestInterruptedInstall: a package an interrupted dpkg left half-configured shows its
+// new version in dpkg-query -W, and its status in the --showformat fields as real
+// dpkg-query prints them; apt-get install refuses with dpkg's message until
+// dpkg --configure -a.
+func TestInterruptedInstall(t *testing.T) {
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.KubeVersion = "1.37.2"
+	v := boot(t, f, "tb-worker-1", nil)
+	cl, err := dial(t, f, v, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const format = `'${Package}\t${Version}\t${db:Status-Abbrev}\n'`
+	if out, _, code := run(t, cl, "dpkg-query -W -f "+format+" kubeadm kubelet"); code != 0 || out != "kubeadm\t1.37.2-1.1\tii \nkubelet\t1.37.2-1.1\tii \n" {
+		t.Errorf("installed: exit %d, stdout %q", code, out)
+	}
+	run(t, cl, "sudo apt-mark hold kubelet")
+	v.InterruptInstall("kubeadm", "1.37.3-1.1")
+	steps := []struct {
+		line     string
+		wantOut  string
+		wantErr  string
+		wantCode int
+	}{
+		{"dpkg-query -W kubeadm", "kubeadm\t1.37.3-1.1\n", "", 0},
+		{"dpkg-query -W -f " + format + " kubeadm kubelet", "kubeadm\t1.37.3-1.1\tiF \nkubelet\t1.37.2-1.1\thi \n", "", 0},
+		{"dpkg-query -W --showformat='${Package} ${Status}\n' kubeadm kubelet", "kubeadm install ok half-configured\nkubelet hold ok installed\n", "", 0},
+		{"dpkg-query -W -f='${db:Status-Status}' nosuch", "", "dpkg-query: no packages found matching nosuch", 1},
+		{"sudo apt-get install -y kubeadm=1.37.3-1.1", "", "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem.", 100},
+		{"sudo apt-get install -y kubelet=1.37.3-1.1 --allow-change-held-packages", "", "E: dpkg was interrupted", 100},
+		{"sudo dpkg --configure", "", "dpkg: error", 2},
+		{"sudo dpkg --configure -a", "Setting up kubeadm (1.37.3-1.1) ...\n", "", 0},
+		{"dpkg-query -W -f " + format + " kubeadm", "kubeadm\t1.37.3-1.1\tii \n", "", 0},
+		{"sudo apt-get install -y kubeadm=1.37.3-1.1", "kubeadm is already the newest version (1.37.3-1.1).", "", 0},
+	}
+	for _, s := range steps {
+		out, errs, code := run(t, cl, s.line)
+		if code != s.wantCode || !strings.Contains(out, s.wantOut) || !strings.Contains(errs, s.wantErr) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q", s.line, code, out, errs, s.wantCode, s.wantOut, s.wantErr)
+		}
+	}
+	if v.PackageStatus("kubeadm") != "installed" {
+		t.Errorf("kubeadm's status after dpkg --configure -a: %q", v.PackageStatus("kubeadm"))
+	}
+}
+
 // TestRestartKubeletReportsVersion: after an upgrade of the kubelet package, the Node
 // reports the new version once the kubelet is restarted, and not before.
 func TestRestartKubeletReportsVersion(t *testing.T) {

@@ -185,6 +185,10 @@ type VM struct {
 	held         map[string]bool   // packages apt-mark holds
 	noKubeRepo   bool              // the Kubernetes apt repository is missing from its sources
 	stuckProcs   int               // processes stuck on NFS, reported on /metrics until a reboot
+
+	// unconfigured are the packages an interrupted dpkg left unpacked and not configured
+	// (their dpkg status: half-configured), until dpkg --configure -a.
+	unconfigured map[string]bool
 }
 
 func (f *Fleet) log() *slog.Logger {
@@ -667,4 +671,12 @@ func (f *Fleet) Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// OpenConns is the number of SSH connections open to the VM now: a client that keeps
+// its connections holds one each until it closes them (or its process ends).
+func (v *VM) OpenConns() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.conns)
 }
