@@ -249,9 +249,11 @@ func etcdVerdict(ctx context.Context, c *clients, node string, chk etcdCheck) er
 }
 
 // removeEtcdMember is the step that removes a removed control node's etcd member with
-// etcdctl member remove on another control node, when kubeadm reset did not (a dead
-// host); nothing to do when it is no member, nor with an external etcd (a control node
-// is none of its members, and its membership is not the cookbooks' to change).
+// etcdctl member remove on another control node: kubeadm reset, run after the Node is
+// deleted, cannot read the node's configuration and leaves the member in (its etcd
+// stopped), and a dead host runs no reset at all; nothing to do when it is no member,
+// nor with an external etcd (a control node is none of its members, and its membership
+// is not the cookbooks' to change).
 func removeEtcdMember(c *clients, node string) pipeline.Step {
 	desc := pipeline.Textf("remove the etcd member of %s if it is still one", node)
 	if c.externalEtcd() {

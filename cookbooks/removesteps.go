@@ -34,8 +34,8 @@ func removeNode(c *clients, s pipeline.Scope, srv openstack.Server, opts removeO
 	role, rc, _ := c.cl.RoleOf(node)
 	control := rc != nil && rc.ControlPlane
 	// A control node leaves etcd: the other members must be healthy before (its own may
-	// be dead), its member is removed if kubeadm reset could not, and etcd is healthy
-	// without it after.
+	// be dead), its member is removed from another control node (kubeadm reset, after
+	// delete-node, leaves it in), and etcd is healthy without it after.
 	nodeName := func(*pipeline.Values) (string, error) { return node, nil }
 	var etcdBefore, etcdMember, etcdAfter []pipeline.Step
 	if control {

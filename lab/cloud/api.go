@@ -287,17 +287,10 @@ func (c *Cloud) serverJSON(s *Server, detail bool) map[string]any {
 	if md == nil {
 		md = map[string]string{}
 	}
-	vm, task := vmState(s.Status), any(nil)
-	switch s.Status {
-	case "BUILD":
-		vm, task = "building", "spawning"
-	case "REBOOT":
-		vm, task = "active", "rebooting"
-	case "HARD_REBOOT":
-		vm, task = "active", "rebooting_hard"
-	}
-	if s.Deleting {
-		task = "deleting"
+	vm, t := novaState(s)
+	task := any(nil)
+	if t != "" {
+		task = t
 	}
 	out["status"] = s.Status
 	out["tenant_id"] = c.st.Project
@@ -605,7 +598,8 @@ func (c *Cloud) deleteServer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.Deleting {
-		s.Deleting, s.Until, s.Stuck = true, time.Now().Add(c.opts.DeleteTime), false
+		// The deletion has its own deadline: a reboot in progress keeps its own in Until.
+		s.Deleting, s.DeleteAt, s.Stuck = true, time.Now().Add(c.opts.DeleteTime), false
 		c.persist()
 	}
 	w.WriteHeader(204)
@@ -617,6 +611,37 @@ func vmState(status string) string {
 		return "stopped"
 	}
 	return strings.ToLower(status)
+}
+
+// novaState is the server's Nova vm_state and task_state ("" for none).
+func novaState(s *Server) (vm, task string) {
+	vm = vmState(s.Status)
+	switch s.Status {
+	case "BUILD":
+		vm, task = "building", "spawning"
+	case "REBOOT":
+		vm, task = "active", "rebooting"
+	case "HARD_REBOOT":
+		vm, task = "active", "rebooting_hard"
+	}
+	if s.Deleting {
+		task = "deleting"
+	}
+	return vm, task
+}
+
+// checkState is Nova's check_instance_state (nova/compute/api.py): the action is
+// refused (409, the message Nova's API gives) unless the vm_state is one of vms and the
+// task_state one of tasks ("" is no task).
+func checkState(s *Server, action string, vms, tasks []string) error {
+	vm, task := novaState(s)
+	if !slices.Contains(vms, vm) {
+		return fmt.Errorf("Cannot '%s' instance %s while it is in vm_state %s", action, s.ID, vm)
+	}
+	if !slices.Contains(tasks, task) {
+		return fmt.Errorf("Cannot '%s' instance %s while it is in task_state %s", action, s.ID, task)
+	}
+	return nil
 }
 
 func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
@@ -650,10 +675,18 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case req.Reboot != nil:
 		hard := strings.EqualFold(req.Reboot.Type, "HARD")
-		// Nova reboots hard from active, stopped and error; soft from active only.
-		if s.Status != "ACTIVE" && !(hard && (s.Status == "REBOOT" || s.Status == "ERROR" || s.Status == "SHUTOFF")) {
+		// Nova's _soft_reboot: vm_state ALLOW_SOFT_REBOOT (active), no task;
+		// _hard_reboot: ALLOW_HARD_REBOOT (also stopped, paused, suspended, error) and
+		// task_state in ALLOW_REBOOT (a reboot, soft or hard, may be under way; a
+		// deletion may not).
+		err := checkState(s, "reboot", []string{"active"}, []string{""})
+		if hard {
+			err = checkState(s, "reboot", []string{"active", "stopped", "paused", "suspended", "error"},
+				[]string{"", "rebooting", "reboot_pending", "reboot_started", "resuming", "rebooting_hard", "unpausing", "pausing", "suspending"})
+		}
+		if err != nil {
 			c.mu.Unlock()
-			novaError(w, 409, fmt.Sprintf("Cannot 'reboot' instance %s while it is in vm_state %s", s.ID, vmState(s.Status)))
+			novaError(w, 409, err.Error())
 			return
 		}
 		s.Status = "REBOOT"
@@ -674,9 +707,10 @@ func (c *Cloud) serverAction(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(202)
 	case stop:
-		if s.Status != "ACTIVE" && s.Status != "ERROR" {
+		// Nova's stop: vm_state active or error, no task.
+		if err := checkState(s, "stop", []string{"active", "error"}, []string{""}); err != nil {
 			c.mu.Unlock()
-			novaError(w, 409, fmt.Sprintf("Cannot 'stop' instance %s while it is in vm_state %s", s.ID, vmState(s.Status)))
+			novaError(w, 409, err.Error())
 			return
 		}
 		s.Status, s.Until, s.Updated = "SHUTOFF", time.Time{}, time.Now()

@@ -80,9 +80,11 @@ type Server struct {
 	HostKeyLines   []string          `json:"hostKeyLines,omitempty"`
 	Created        time.Time         `json:"created"`
 	Updated        time.Time         `json:"updated"`
-	// Until is when the current transitional state (BUILD, REBOOT, deleting) ends.
+	// Until is when the current transitional state (BUILD, REBOOT, HARD_REBOOT) ends;
+	// DeleteAt when a server being deleted (Deleting) is gone.
 	Until    time.Time `json:"until"`
 	Deleting bool      `json:"deleting,omitempty"`
+	DeleteAt time.Time `json:"deleteAt,omitzero"`
 	Stuck    bool      `json:"stuck,omitempty"`
 }
 
@@ -293,16 +295,28 @@ func (c *Cloud) advance(now time.Time) {
 	c.mu.Lock()
 	changed := false
 	for id, s := range c.st.Servers {
-		if s.Until.IsZero() || now.Before(s.Until) || s.Stuck {
-			continue
-		}
-		switch {
-		case s.Deleting:
+		if s.Deleting {
+			// A server being deleted changes no more until it is gone (a state file
+			// written before DeleteAt existed kept the deadline in Until).
+			at := s.DeleteAt
+			if at.IsZero() {
+				at = s.Until
+			}
+			if now.Before(at) {
+				continue
+			}
 			delete(c.st.Servers, id)
 			for _, g := range c.st.Groups {
 				g.Members = remove(g.Members, id)
 			}
 			jobs = append(jobs, job{s: s, kind: "delete"})
+			changed = true
+			continue
+		}
+		if s.Until.IsZero() || now.Before(s.Until) || s.Stuck {
+			continue
+		}
+		switch {
 		case s.Status == "BUILD":
 			s.Status, s.Until, s.Updated = "ACTIVE", time.Time{}, now
 			jobs = append(jobs, job{s: s, m: c.machine(s), kind: "boot"})

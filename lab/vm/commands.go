@@ -122,31 +122,7 @@ func (v *VM) run(args []string, stdout, stderr io.Writer) (int, bool) {
 	case args[0] == "etcdctl":
 		return v.etcdctl(args[1:], stdout, stderr), false
 	case len(args) >= 2 && args[0] == "kubeadm" && args[1] == "reset":
-		// kubeadm's remove-etcd-member phase: a failure is a warning, the reset goes on.
-		// With an external etcd it finds no local etcd and leaves the membership alone.
-		if f.ExternalEtcd != nil {
-			fmt.Fprintln(stdout, "[reset] No etcd config found. Assuming external etcd\n[reset] Please, manually reset etcd to prevent further issues")
-		} else if removed, err := f.leaveEtcd(v.Name); err != nil {
-			fmt.Fprintf(stderr, "W1125 [reset] Failed to remove etcd member: %v, please manually remove this etcd member using etcdctl\n", err)
-		} else if removed {
-			fmt.Fprintln(stdout, "[reset] Removing this node's etcd member from the cluster")
-		}
-		v.kubelet.Lock()
-		v.mu.Lock()
-		joined := v.joined
-		v.joined = false
-		v.control = false // /etc/kubernetes/admin.conf is gone with the rest
-		v.mu.Unlock()
-		var err error
-		if joined && f.Cluster != nil {
-			err = f.Cluster.KubeletDown(ctx, v.Name)
-		}
-		v.kubelet.Unlock()
-		if err != nil {
-			fmt.Fprintf(stderr, "[reset] Stopping the kubelet service failed: %v\n", err)
-			return 1, false
-		}
-		fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
+		return v.reset(ctx, args[2:], stdout, stderr), false
 	case args[0] == "blkid":
 		return v.blkid(args[1:], stdout), false
 	case strings.HasPrefix(args[0], "mkfs.") && len(args) >= 2:
@@ -314,6 +290,11 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	if err := f.Cluster.Join(ctx, JoinRequest{Node: v.Name, Token: token, ControlPlane: control, Address: v.Address, BootID: v.BootID(), KubeletVersion: upstream(v.PackageVersion("kubelet"))}); err != nil {
+		var ready *NodeReadyError
+		if errors.As(err, &ready) {
+			fmt.Fprintf(stderr, "error execution phase kubelet-start: %v\nTo see the stack trace of this error execute with --v=5 or higher\n", err)
+			return 1
+		}
 		fmt.Fprintf(stderr, "error execution phase preflight: couldn't validate the identity of the API Server: %v\n", err)
 		return 1
 	}
@@ -338,6 +319,84 @@ func (v *VM) join(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	v.control = v.control || control
 	v.mu.Unlock()
 	fmt.Fprintln(stdout, "This node has joined the cluster:\n* Certificate signing request was sent to apiserver and a response was received.\n* The Kubelet was informed of the new secure connection details.")
+	return 0
+}
+
+// klogWarning writes a warning line as kubeadm's klog does ("W1125 10:00:00.000000
+// 4242 reset.go:140] msg").
+func klogWarning(w io.Writer, where, msg string) {
+	fmt.Fprintf(w, "W%s    4242 %s] %s\n", time.Now().UTC().Format("0102 15:04:05.000000"), where, msg)
+}
+
+// reset is kubeadm reset (v1.37, cmd/reset.go and phases/reset): without -f/--force it
+// asks for confirmation and, with no terminal to answer, fails (exit 1). It reads this
+// node's configuration from the cluster with admin.conf (control VMs only), which needs
+// its Node: with the Node deleted it warns and goes on without it. Its
+// remove-etcd-member phase removes the VM's etcd member only with that configuration (a
+// refusal is a warning; the only member left is kept); either way the local etcd data
+// is wiped and the cleanup stops the kubelet and the static pods, local etcd included,
+// for good.
+func (v *VM) reset(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f := v.fleet
+	force := false
+	for _, a := range args {
+		if a == "-f" || a == "--force" || a == "--force=true" {
+			force = true
+		}
+	}
+	v.mu.Lock()
+	control := v.control
+	v.mu.Unlock()
+	haveConfig := false
+	if control && f.Cluster != nil {
+		exists, _, err := f.Cluster.Node(ctx, v.Name)
+		switch {
+		case err != nil:
+			klogWarning(stderr, "reset.go:140", fmt.Sprintf("[reset] Unable to fetch the kubeadm-config ConfigMap from cluster: failed to get corresponding node: %v", err))
+		case !exists:
+			klogWarning(stderr, "reset.go:140", fmt.Sprintf("[reset] Unable to fetch the kubeadm-config ConfigMap from cluster: failed to get corresponding node: nodes %q not found", v.Name))
+		default:
+			haveConfig = true
+		}
+	}
+	// The preflight phase, after the configuration was read.
+	if !force {
+		klogWarning(stderr, "preflight.go:55", "[reset] WARNING: Changes made to this host by 'kubeadm init' or 'kubeadm join' will be reverted.")
+		fmt.Fprint(stdout, "[reset] Are you sure you want to proceed? [y/N]: ")
+		fmt.Fprintln(stderr, "error execution phase preflight: won't proceed; the user didn't answer (Y|y) in order to continue\nTo see the stack trace of this error execute with --v=5 or higher")
+		return 1
+	}
+	fmt.Fprintln(stdout, "[preflight] Running pre-flight checks")
+	if f.ExternalEtcd != nil {
+		// No local etcd: the remove-etcd-member phase leaves the membership alone.
+		fmt.Fprintln(stdout, "[reset] No etcd config found. Assuming external etcd\n[reset] Please, manually reset etcd to prevent further issues")
+	} else if f.localEtcd(v.Name) {
+		if haveConfig {
+			if err := f.leaveEtcd(v.Name); err != nil {
+				klogWarning(stderr, "removeetcdmember.go:66", fmt.Sprintf("[reset] Failed to remove etcd member: %v, please manually remove this etcd member using etcdctl", err))
+			}
+		} else {
+			klogWarning(stderr, "removeetcdmember.go:104", "[reset] No kubeadm config, using etcd pod spec to get data directory")
+		}
+		f.stopEtcd(v.Name)
+		fmt.Fprintln(stdout, "[reset] Deleted contents of the etcd data directory: /var/lib/etcd")
+	}
+	v.kubelet.Lock()
+	v.mu.Lock()
+	joined := v.joined
+	v.joined = false
+	v.control = false // /etc/kubernetes/admin.conf is gone with the rest
+	v.mu.Unlock()
+	var err error
+	if joined && f.Cluster != nil {
+		err = f.Cluster.KubeletDown(ctx, v.Name)
+	}
+	v.kubelet.Unlock()
+	if err != nil {
+		fmt.Fprintf(stderr, "[reset] Stopping the kubelet service failed: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "[reset] Stopping the kubelet service\n[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]")
 	return 0
 }
 

@@ -15,8 +15,11 @@ import (
 )
 
 // The lab's stacked etcd, as kubeadm sets it up: a member per control VM (the initial
-// ones, and each that joins with --control-plane), removed by kubeadm reset on its VM.
-// A member is started and healthy while its VM runs. etcdctl on a control VM answers
+// ones, and each that joins with --control-plane), removed by kubeadm reset on its VM
+// when kubeadm can read this node's configuration from the cluster (its Node exists).
+// A member is started and healthy while its VM runs and its local etcd does (kubeadm
+// reset stops it for good: its static pod manifests are gone; a control-plane join
+// starts it again). etcdctl on a control VM answers
 // member list, endpoint health --cluster and member remove with etcdctl's own output, and
 // etcd's reconfiguration checks (strict-reconfig-check, on by default) refuse what would
 // leave too few started members.
@@ -52,6 +55,10 @@ type EtcdMember struct {
 	// Address is the member's VM address: its peer URL is https://Address:2380, its
 	// client URL https://Address:2379.
 	Address string
+	// Stopped: the member's local etcd does not run (kubeadm reset on its VM removed the
+	// static pod manifests without removing the member): it is not started, and
+	// unhealthy in endpoint health, whether its VM runs or not.
+	Stopped bool
 }
 
 func (m EtcdMember) peerURL() string   { return "https://" + m.Address + ":2380" }
@@ -99,8 +106,12 @@ func (f *Fleet) EtcdMembers() []EtcdMember {
 	return append([]EtcdMember(nil), f.etcd.members...)
 }
 
-// memberUp reports whether a member's VM runs (f.mu held).
+// memberUpLocked reports whether a member is started: its VM runs and its local etcd
+// does (f.mu held).
 func (f *Fleet) memberUpLocked(m EtcdMember) bool {
+	if m.Stopped {
+		return false
+	}
 	for _, v := range f.vms {
 		if v.Name == m.Name {
 			return v.running.Load()
@@ -132,12 +143,15 @@ func (f *Fleet) quorateLocked() bool {
 var errNotEnoughStarted = "etcdserver: re-configuration failed due to not enough started members"
 
 // joinEtcd adds the VM as a member, as kubeadm join --control-plane does (etcd's
-// member add refuses it when the cluster would not have a quorum of started members).
+// member add refuses it when the cluster would not have a quorum of started members),
+// and starts its local etcd. A member of its peer URL left by an earlier kubeadm reset
+// is kept (kubeadm skips the member add) and started again.
 func (f *Fleet) joinEtcd(v *VM) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, m := range f.etcd.members {
+	for i, m := range f.etcd.members {
 		if m.Name == v.Name {
+			f.etcd.members[i].Stopped = false
 			return nil
 		}
 	}
@@ -149,16 +163,46 @@ func (f *Fleet) joinEtcd(v *VM) error {
 	return nil
 }
 
-// leaveEtcd removes the VM's member, as kubeadm reset's remove-etcd-member phase does.
-func (f *Fleet) leaveEtcd(name string) (removed bool, err error) {
+// localEtcd reports whether the VM runs a local etcd (it is a member not stopped by
+// kubeadm reset).
+func (f *Fleet) localEtcd(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, m := range f.etcd.members {
+		if m.Name == name && !m.Stopped {
+			return true
+		}
+	}
+	return false
+}
+
+// leaveEtcd removes the VM's member, as kubeadm reset's remove-etcd-member phase does
+// (RemoveStackedEtcdMemberFromCluster): the only member left is not removed (kubeadm
+// skips it silently), nor one already gone.
+func (f *Fleet) leaveEtcd(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, m := range f.etcd.members {
 		if m.Name == name {
-			return true, f.removeMemberLocked(m.ID)
+			if len(f.etcd.members) == 1 {
+				return nil
+			}
+			return f.removeMemberLocked(m.ID)
 		}
 	}
-	return false, nil
+	return nil
+}
+
+// stopEtcd stops the VM's local etcd (kubeadm reset's cleanup removed its static pod):
+// its member, if it is still one, is no longer started.
+func (f *Fleet) stopEtcd(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, m := range f.etcd.members {
+		if m.Name == name {
+			f.etcd.members[i].Stopped = true
+		}
+	}
 }
 
 // removeMemberLocked is etcd's member remove with its strict reconfiguration check.
@@ -242,6 +286,9 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 		switch name {
 		case "cluster", "hex":
 			flags[name] = "true"
+			if hasVal {
+				flags[name] = val
+			}
 			continue
 		case "endpoints", "cacert", "cert", "key", "write-out", "command-timeout", "dial-timeout":
 		default:
@@ -282,7 +329,7 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 	fl.mu.Lock()
 	local := false
 	for _, m := range fl.etcd.members {
-		local = local || m.Name == v.Name
+		local = local || m.Name == v.Name && !m.Stopped
 	}
 	fl.mu.Unlock()
 	ep := flags["endpoints"]
@@ -319,9 +366,18 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 			self = m.ID
 		}
 	}
-	header := map[string]any{"cluster_id": fl.etcd.clusterID, "member_id": self, "raft_term": fl.etcd.term}
+	// --hex prints the IDs of JSON output as hex strings (etcdctl 3.6's member list and
+	// remove printer; raft_term stays a number).
+	hexIDs := flags["hex"] == "true"
+	idOut := func(n uint64) any {
+		if hexIDs {
+			return fmt.Sprintf("%x", n)
+		}
+		return n
+	}
+	header := map[string]any{"cluster_id": idOut(fl.etcd.clusterID), "member_id": idOut(self), "raft_term": fl.etcd.term}
 	type member struct {
-		ID         uint64   `json:"ID,omitempty"`
+		ID         any      `json:"ID,omitempty"`
 		Name       string   `json:"name,omitempty"`
 		PeerURLs   []string `json:"peerURLs,omitempty"`
 		ClientURLs []string `json:"clientURLs,omitempty"`
@@ -329,7 +385,7 @@ func (v *VM) etcdctl(args []string, stdout, stderr io.Writer) int {
 	members := func() []member {
 		var ms []member
 		for _, m := range fl.etcd.members {
-			ms = append(ms, member{ID: m.ID, Name: m.Name, PeerURLs: []string{m.peerURL()}, ClientURLs: []string{m.clientURL()}})
+			ms = append(ms, member{ID: idOut(m.ID), Name: m.Name, PeerURLs: []string{m.peerURL()}, ClientURLs: []string{m.clientURL()}})
 		}
 		return ms
 	}

@@ -89,6 +89,28 @@ func TestEtcdMembership(t *testing.T) {
 	if m := l.Members[0]; len(m.PeerURLs) != 1 || !strings.HasSuffix(m.PeerURLs[0], ":2380") || len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], "https://") {
 		t.Errorf("member URLs %+v", m)
 	}
+	// --hex: the IDs as hex strings (raft_term a number), as etcdctl 3.6 prints them.
+	out, errs, code := run(t, c1, etcdctlTLS+"member list -w json --hex")
+	var hexList struct {
+		Header struct {
+			ClusterID string `json:"cluster_id"`
+			MemberID  string `json:"member_id"`
+			RaftTerm  uint64 `json:"raft_term"`
+		} `json:"header"`
+		Members []struct {
+			ID   string `json:"ID"`
+			Name string `json:"name"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(out), &hexList); code != 0 || err != nil || len(hexList.Members) != 3 ||
+		hexList.Header.ClusterID != fmt.Sprintf("%x", l.Header.ClusterID) || hexList.Header.MemberID != fmt.Sprintf("%x", l.Header.MemberID) || hexList.Header.RaftTerm == 0 {
+		t.Fatalf("member list -w json --hex: exit %d, %q, %v, %s", code, out, err, errs)
+	}
+	for _, m := range hexList.Members {
+		if m.ID != l.id(m.Name) {
+			t.Errorf("member list --hex: %s has ID %q, want %q", m.Name, m.ID, l.id(m.Name))
+		}
+	}
 	// Without kubeadm's etcd client certificate etcdctl gets no answer.
 	if _, errs, code := run(t, c1, "etcdctl member list -w json"); code != 1 || !strings.Contains(errs, "Error: context deadline exceeded") {
 		t.Errorf("etcdctl without TLS: exit %d, %s", code, errs)
@@ -96,7 +118,7 @@ func TestEtcdMembership(t *testing.T) {
 	if _, errs, code := run(t, redial(t, f, c4, op), etcdctlTLS+"member list"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
 		t.Errorf("etcdctl on a VM without etcd: exit %d, %s", code, errs)
 	}
-	out, errs, code := run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
+	out, errs, code = run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
 	var hs []struct {
 		Endpoint string `json:"endpoint"`
 		Health   bool   `json:"health"`
@@ -268,5 +290,155 @@ func TestEtcdMembership(t *testing.T) {
 	}
 	if _, errs, code := run(t, c1, etcdctlTLS+"member list -w json"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
 		t.Errorf("member list without quorum: exit %d, %s", code, errs)
+	}
+}
+
+// TestKubeadmResetEtcd: kubeadm reset as kubeadm v1.37 does it on a stacked-etcd control
+// node: without -f it asks and, with no terminal, fails with nothing changed; with the
+// Node deleted it cannot read this node's configuration, warns and leaves the member in
+// (its local etcd stopped: unhealthy, not started, so a member add that would lack a
+// started quorum is refused); with the Node it removes the member; the only member left
+// is kept, silently.
+func TestKubeadmResetEtcd(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.Cluster = &KubeCluster{CP: cp}
+	var cs []*VM
+	for i := 1; i <= 4; i++ {
+		v := boot(t, f, fmt.Sprintf("tb-reset-control-%d", i), map[string]string{"cookbook-role": "control"})
+		f.AddEtcdMember(v)
+		cs = append(cs, v)
+		if err := cp.AddNode(ctx, lab.NodeSpec{Name: v.Name, Address: v.Address}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), v.Name) })
+	}
+	c1 := redial(t, f, cs[0], op)
+	members := func() string {
+		t.Helper()
+		out, errs, code := run(t, c1, etcdctlTLS+"member list -w json")
+		if code != 0 {
+			t.Fatalf("member list: exit %d: %s", code, errs)
+		}
+		var l memberList
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			t.Fatalf("member list output %q: %v", out, err)
+		}
+		return strings.Join(l.names(), ",")
+	}
+	// unhealthy is the endpoints endpoint health --cluster reports unhealthy, by name.
+	unhealthy := func() string {
+		t.Helper()
+		out, errs, code := run(t, c1, etcdctlTLS+"endpoint health --cluster -w json")
+		var hs []struct {
+			Endpoint string `json:"endpoint"`
+			Health   bool   `json:"health"`
+		}
+		if err := json.Unmarshal([]byte(out), &hs); err != nil {
+			t.Fatalf("endpoint health: exit %d, %q: %v, %s", code, out, err, errs)
+		}
+		var bad []string
+		for _, h := range hs {
+			for _, v := range cs {
+				if !h.Health && strings.Contains(h.Endpoint, "//"+v.Address+":") {
+					bad = append(bad, v.Name)
+				}
+			}
+		}
+		if (len(bad) > 0) != (code == 1 && strings.Contains(errs, "Error: unhealthy cluster")) {
+			t.Errorf("endpoint health: exit %d, %s with unhealthy %v", code, errs, bad)
+		}
+		sort.Strings(bad)
+		return strings.Join(bad, ",")
+	}
+	all := "tb-reset-control-1,tb-reset-control-2,tb-reset-control-3,tb-reset-control-4"
+
+	// No -f: kubeadm asks, nobody answers, nothing is reset.
+	c4 := redial(t, f, cs[3], op)
+	out, errs, code := run(t, c4, "sudo kubeadm reset")
+	if code != 1 || !strings.Contains(out, "[reset] Are you sure you want to proceed? [y/N]: ") ||
+		!strings.Contains(errs, "won't proceed; the user didn't answer (Y|y) in order to continue") {
+		t.Errorf("kubeadm reset without -f: exit %d, %q, %s", code, out, errs)
+	}
+	if got, bad := members(), unhealthy(); got != all || bad != "" {
+		t.Fatalf("after a refused reset: members %s, unhealthy %q", got, bad)
+	}
+
+	// The Node deleted first: the member stays, its etcd stopped.
+	if err := cp.RemoveNode(ctx, cs[3].Name); err != nil {
+		t.Fatal(err)
+	}
+	out, errs, code = run(t, c4, "sudo kubeadm reset -f")
+	if code != 0 || !strings.Contains(errs, "[reset] Unable to fetch the kubeadm-config ConfigMap from cluster") ||
+		strings.Contains(errs, "Failed to remove etcd member") || !strings.Contains(out, "[reset] Deleted contents of the etcd data directory: /var/lib/etcd") {
+		t.Errorf("kubeadm reset -f with the Node deleted: exit %d, %q, %s", code, out, errs)
+	}
+	if got, bad := members(), unhealthy(); got != all || bad != "tb-reset-control-4" {
+		t.Errorf("after a reset with the Node deleted: members %s, unhealthy %q; want all four, control-4 unhealthy", got, bad)
+	}
+	if _, errs, code := run(t, c4, etcdctlTLS+"member list"); code != 1 || !strings.Contains(errs, "context deadline exceeded") {
+		t.Errorf("etcdctl on the reset VM: exit %d, %s", code, errs)
+	}
+	// It stays stopped over a reboot (its manifests are gone).
+	if err := f.Reboot(ctx, cs[3].ID, false); err != nil {
+		t.Fatal(err)
+	}
+	waitUp(t, f, cs[3], op)
+	if bad := unhealthy(); bad != "tb-reset-control-4" {
+		t.Errorf("after the reset VM's reboot: unhealthy %q, want tb-reset-control-4", bad)
+	}
+
+	// With its Node, control-3's reset removes its member: 3 members, 2 started. A
+	// fourth member would need 3 started: etcd refuses the add.
+	out, errs, code = run(t, redial(t, f, cs[2], op), "sudo kubeadm reset -f")
+	if code != 0 || errs != "" || !strings.Contains(out, "[reset] Deleted contents of the etcd data directory") {
+		t.Errorf("kubeadm reset -f with the Node: exit %d, %q, %s", code, out, errs)
+	}
+	if got := members(); got != "tb-reset-control-1,tb-reset-control-2,tb-reset-control-4" {
+		t.Errorf("after a reset with the Node: members %s", got)
+	}
+	c5 := boot(t, f, "tb-reset-control-5", map[string]string{"cookbook-role": "control"})
+	if err := f.joinEtcd(c5); err == nil || err.Error() != "etcdserver: unhealthy cluster" {
+		t.Errorf("member add with 2 of 3 started: %v, want etcdserver: unhealthy cluster", err)
+	}
+	// The stale member removed from another node, then control-2 by its reset: control-1
+	// is the only member, and its own reset keeps it without a word.
+	var l memberList
+	out, _, _ = run(t, c1, etcdctlTLS+"member list -w json")
+	_ = json.Unmarshal([]byte(out), &l)
+	if _, errs, code := run(t, c1, etcdctlTLS+"member remove "+l.id(cs[3].Name)); code != 0 {
+		t.Fatalf("member remove of the reset node's member: exit %d, %s", code, errs)
+	}
+	if _, errs, code := run(t, redial(t, f, cs[1], op), "sudo kubeadm reset -f"); code != 0 || errs != "" {
+		t.Errorf("reset of control-2: exit %d, %s", code, errs)
+	}
+	if got := members(); got != "tb-reset-control-1" {
+		t.Fatalf("members %s, want control-1 alone", got)
+	}
+	out, errs, code = run(t, c1, "sudo kubeadm reset -f")
+	if code != 0 || errs != "" {
+		t.Errorf("reset of the last member: exit %d, %q, %s", code, out, errs)
+	}
+	if ms := f.EtcdMembers(); len(ms) != 1 || ms[0].Name != cs[0].Name || !ms[0].Stopped {
+		t.Errorf("after the last member's reset: %+v, want control-1 kept, stopped", ms)
+	}
+}
+
+// waitUp waits until the VM answers SSH again.
+func waitUp(t *testing.T, f *Fleet, v *VM, op operator) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cl, err := dial(t, f, v, op)
+		if err == nil {
+			cl.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not back: %v", v.Name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -83,6 +83,13 @@ func (k *KubeCluster) Join(ctx context.Context, j JoinRequest) error {
 		spec.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
 		spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
 	}
+	// kubeadm's kubelet-start phase refuses to join over a Ready Node of the name (one
+	// NotReady is taken over by the new kubelet).
+	if _, ready, err := k.Node(ctx, node); err != nil {
+		return fmt.Errorf("cannot get Node %q: %w", node, err)
+	} else if ready {
+		return &NodeReadyError{Node: node}
+	}
 	n := lab.NewNode(spec)
 	if _, err := k.CP.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("register node %s: %w", node, err)
@@ -116,4 +123,34 @@ func (k *KubeCluster) SetKubeletVersion(ctx context.Context, node, ver string) e
 		return fmt.Errorf("node %s kubelet version: %w", node, err)
 	}
 	return nil
+}
+
+// Node reports whether the Node exists and is Ready.
+func (k *KubeCluster) Node(ctx context.Context, name string) (exists, ready bool, err error) {
+	n, err := k.CP.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("get node %s: %w", name, err)
+	}
+	return true, lab.IsReady(n), nil
+}
+
+// NotReadyControlPlanes lists the control-plane Nodes whose Ready condition is not True,
+// as kubeadm's upgrade health check (controlPlaneNodesReady) does.
+func (k *KubeCluster) NotReadyControlPlanes(ctx context.Context) ([]string, error) {
+	nodes, err := k.CP.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "node-role.kubernetes.io/control-plane="})
+	if err != nil {
+		return nil, fmt.Errorf("could not list nodes labeled with %q: %w", "node-role.kubernetes.io/control-plane", err)
+	}
+	var out []string
+	for _, n := range nodes.Items {
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+				out = append(out, n.Name)
+			}
+		}
+	}
+	return out, nil
 }

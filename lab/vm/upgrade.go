@@ -129,6 +129,19 @@ func (v *VM) upgradePlanApply(ctx context.Context, sub, target string, yes bool,
 		fmt.Fprintln(stderr, "bash: kubeadm: command not found")
 		return 127
 	}
+	// kubeadm's cluster health checks (phases/upgrade/health.go), before the version
+	// checks: every control-plane Node Ready (the test Job it also runs is not modelled).
+	fmt.Fprintln(stdout, "[upgrade] Running cluster health checks")
+	notReady, err := v.fleet.Cluster.NotReadyControlPlanes(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "[preflight] Some fatal errors occurred:\n\t[ERROR ControlPlaneNodesReady]: %v\n", err)
+	} else if len(notReady) > 0 {
+		fmt.Fprintf(stderr, "[preflight] Some fatal errors occurred:\n\t[ERROR ControlPlaneNodesReady]: there are NotReady control-planes in the cluster: %v\n", notReady)
+	}
+	if err != nil || len(notReady) > 0 {
+		fmt.Fprintln(stderr, "[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`\n[upgrade/health] FATAL: preflight checks failed\nTo see the stack trace of this error execute with --v=5 or higher")
+		return 1
+	}
 	if target == "" { // plan without a version: the newest the installed kubeadm can do
 		target = "v" + kubeadm.String()
 	}

@@ -147,3 +147,62 @@ func TestKubeadmUpgradeVersions(t *testing.T) {
 		t.Errorf("upgrade node with kubeadm v1.37.2 in a v1.38.0 cluster: exit %d, %q %q", code, out, errs)
 	}
 }
+
+// TestKubeadmUpgradeHealth: kubeadm upgrade plan and apply run kubeadm's cluster health
+// checks first: a NotReady control-plane Node fails both (exit 1, kubeadm's message
+// naming it) and nothing is upgraded.
+func TestKubeadmUpgradeHealth(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	if err := cp.SetClusterVersion(ctx, "v1.37.2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cp.Client.CoreV1().ConfigMaps("kube-system").Delete(context.Background(), "kubeadm-config", metav1.DeleteOptions{})
+	})
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.KubeVersion = "1.37.2"
+	f.Cluster = &KubeCluster{CP: cp}
+	ctl := boot(t, f, "tb-vmtest-hctl-1", map[string]string{"cookbook-role": "control"})
+	control := map[string]string{"node-role.kubernetes.io/control-plane": ""}
+	for _, n := range []string{ctl.Name, "tb-vmtest-hctl-2", "tb-vmtest-hctl-3"} {
+		if err := cp.AddNode(ctx, lab.NodeSpec{Name: n, KubeletVersion: "v1.37.2", Labels: control}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), n) })
+	}
+	ctl.MarkJoined()
+	if err := cp.SetStaticPods(ctx, ctl.Name, "v1.37.2"); err != nil {
+		t.Fatal(err)
+	}
+	cl := redial(t, f, ctl, op)
+	if _, errs, code := run(t, cl, "apt-get install -y kubeadm=1.37.3-1.1"); code != 0 {
+		t.Fatalf("install kubeadm: %d %s", code, errs)
+	}
+	for _, n := range []string{"tb-vmtest-hctl-2", "tb-vmtest-hctl-3"} {
+		if err := cp.SetNodeNotReady(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "[ERROR ControlPlaneNodesReady]: there are NotReady control-planes in the cluster: [tb-vmtest-hctl-2 tb-vmtest-hctl-3]"
+	for _, line := range []string{"kubeadm upgrade plan", "kubeadm upgrade apply v1.37.3 -y"} {
+		out, errs, code := run(t, cl, line)
+		if code != 1 || !strings.Contains(out, "[upgrade] Running cluster health checks") || !strings.Contains(errs, want) ||
+			!strings.Contains(errs, "[upgrade/health] FATAL: preflight checks failed") || strings.Contains(out, "[upgrade/versions]") {
+			t.Errorf("%s with two control planes NotReady: exit %d, %q, %q; want exit 1 and %q", line, code, out, errs, want)
+		}
+	}
+	if got, _ := cp.ClusterVersion(ctx); got != "v1.37.2" {
+		t.Errorf("a refused apply changed kubeadm-config to %s", got)
+	}
+	// Ready again: the apply goes through.
+	for _, n := range []string{"tb-vmtest-hctl-2", "tb-vmtest-hctl-3"} {
+		if err := cp.SetNodeReady(ctx, n, lab.NewBootID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, errs, code := run(t, cl, "kubeadm upgrade apply v1.37.3 -y"); code != 0 || !strings.Contains(out, `SUCCESS! Your cluster was upgraded to "v1.37.3"`) {
+		t.Errorf("apply with every control plane Ready: exit %d, %q, %q", code, out, errs)
+	}
+}

@@ -43,6 +43,19 @@ type Cluster interface {
 	KubeletDown(ctx context.Context, node string) error
 	// KubeletUp makes a registered node Ready again with the boot id.
 	KubeletUp(ctx context.Context, node, bootID string) error
+	// Node reports whether the Node of that name exists, and whether it is Ready.
+	Node(ctx context.Context, name string) (exists, ready bool, err error)
+	// NotReadyControlPlanes lists the Nodes labelled node-role.kubernetes.io/control-plane
+	// whose Ready condition is not True (kubeadm upgrade's health check).
+	NotReadyControlPlanes(ctx context.Context) ([]string, error)
+}
+
+// NodeReadyError is kubeadm join's refusal (kubelet-start phase) to join over a Node of
+// the same name that is Ready.
+type NodeReadyError struct{ Node string }
+
+func (e *NodeReadyError) Error() string {
+	return fmt.Sprintf("a Node with name %q and status \"Ready\" already exists in the cluster. You must delete the existing Node or change the name of this new joining Node", e.Node)
 }
 
 // JoinRequest is what a `kubeadm join` on a VM asks of the cluster.

@@ -778,3 +778,40 @@ func TestBeforeCommand(t *testing.T) {
 	sess.Run("systemctl reboot")
 	waitBootID(t, old, 10*time.Second, func() (string, error) { return v.BootID(), nil })
 }
+
+// TestKubeadmJoinOverReadyNode: kubeadm join refuses (kubelet-start phase) to join a
+// host whose name is a Node that is Ready; a NotReady one is taken over.
+func TestKubeadmJoinOverReadyNode(t *testing.T) {
+	lab.Need(t, cp)
+	ctx := context.Background()
+	op := newOperator(t)
+	f := newFleet(t, op)
+	f.Cluster = &KubeCluster{CP: cp}
+	control := boot(t, f, "tb-vmtest-jcontrol-1", map[string]string{"cookbook-role": "control"})
+	worker := boot(t, f, "tb-vmtest-jworker-1", nil)
+	if err := cp.AddNode(ctx, lab.NodeSpec{Name: worker.Name}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), worker.Name) })
+	join, errs, code := run(t, redial(t, f, control, op), "sudo kubeadm token create --print-join-command")
+	if code != 0 {
+		t.Fatalf("token create: exit %d: %s", code, errs)
+	}
+	wcl := redial(t, f, worker, op)
+	want := `error execution phase kubelet-start: a Node with name "tb-vmtest-jworker-1" and status "Ready" already exists in the cluster. You must delete the existing Node or change the name of this new joining Node`
+	if _, errs, code := run(t, wcl, "sudo "+strings.TrimSpace(join)); code != 1 || !strings.Contains(errs, want) {
+		t.Errorf("join over a Ready Node: exit %d, %s; want exit 1, %q", code, errs, want)
+	}
+	if worker.Joined() {
+		t.Error("the refused join left the VM joined")
+	}
+	if err := cp.SetNodeNotReady(ctx, worker.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, code := run(t, wcl, "sudo "+strings.TrimSpace(join)); code != 0 {
+		t.Fatalf("join over a NotReady Node: exit %d, %s", code, errs)
+	}
+	if err := cp.WaitNodeReady(ctx, worker.Name, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
