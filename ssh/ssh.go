@@ -267,6 +267,13 @@ func (c *Client) conn(ctx context.Context, host string) (*ssh.Client, error) {
 		return nil, fmt.Errorf("ssh %s: %w", host, err)
 	}
 	c.mu.Lock()
+	if other, ok := c.conns[host]; ok {
+		// Another caller dialed host meanwhile: one connection per host, or the
+		// other would be left open, out of Close's reach.
+		c.mu.Unlock()
+		cl.Close()
+		return other, nil
+	}
 	c.conns[host] = cl
 	c.mu.Unlock()
 	go c.keepAlive(host, cl)

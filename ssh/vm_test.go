@@ -288,3 +288,37 @@ func TestSilentHostTimesOut(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentRunsOneConnection: commands run at once on one host share one
+// connection, and Close leaves none open on the VM (two callers dialing at once used to
+// both keep theirs, the first out of Close's reach).
+func TestConcurrentRunsOneConnection(t *testing.T) {
+	_, v, c, _ := newVM(t, "tb-conc-1", nil)
+	ctx := context.Background()
+	for round := 0; round < 20; round++ {
+		errs := make(chan error, 8)
+		for i := 0; i < 8; i++ {
+			go func() {
+				_, err := c.Run(ctx, v.Address, Command{Argv: []string{"true"}, ReadOnly: true})
+				errs <- err
+			}()
+		}
+		for i := 0; i < 8; i++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if n = v.OpenConns(); n == 0 {
+				break
+			}
+		}
+		if n != 0 {
+			t.Fatalf("round %d: %d SSH connection(s) left open on the VM after Close", round, n)
+		}
+	}
+}
