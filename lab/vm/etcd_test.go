@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,6 +33,20 @@ type memberList struct {
 		PeerURLs   []string `json:"peerURLs"`
 		ClientURLs []string `json:"clientURLs"`
 	} `json:"members"`
+}
+
+// listMembers is `etcdctl member list -w json` on cl (kubeadm's certificates), read.
+func listMembers(t *testing.T, cl *ssh.Client) memberList {
+	t.Helper()
+	out, errs, code := run(t, cl, etcdctlTLS+"member list -w json")
+	if code != 0 {
+		t.Fatalf("member list: exit %d: %s", code, errs)
+	}
+	var l memberList
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("member list output %q: %v", out, err)
+	}
+	return l
 }
 
 func (l memberList) names() []string {
@@ -70,18 +86,7 @@ func TestEtcdMembership(t *testing.T) {
 	t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), c4.Name) })
 	c1 := redial(t, f, cs[0], op)
 
-	list := func() memberList {
-		t.Helper()
-		out, errs, code := run(t, c1, etcdctlTLS+"member list -w json")
-		if code != 0 {
-			t.Fatalf("member list: exit %d: %s", code, errs)
-		}
-		var l memberList
-		if err := json.Unmarshal([]byte(out), &l); err != nil {
-			t.Fatalf("member list output %q: %v", out, err)
-		}
-		return l
-	}
+	list := func() memberList { t.Helper(); return listMembers(t, c1) }
 	l := list()
 	if got := l.names(); strings.Join(got, ",") != "tb-etcd-control-1,tb-etcd-control-2,tb-etcd-control-3" || l.Header.ClusterID == 0 || l.Header.MemberID == 0 {
 		t.Fatalf("members %v, header %+v", got, l.Header)
@@ -316,18 +321,7 @@ func TestKubeadmResetEtcd(t *testing.T) {
 		t.Cleanup(func() { _ = cp.RemoveNode(context.Background(), v.Name) })
 	}
 	c1 := redial(t, f, cs[0], op)
-	members := func() string {
-		t.Helper()
-		out, errs, code := run(t, c1, etcdctlTLS+"member list -w json")
-		if code != 0 {
-			t.Fatalf("member list: exit %d: %s", code, errs)
-		}
-		var l memberList
-		if err := json.Unmarshal([]byte(out), &l); err != nil {
-			t.Fatalf("member list output %q: %v", out, err)
-		}
-		return strings.Join(l.names(), ",")
-	}
+	members := func() string { t.Helper(); return strings.Join(listMembers(t, c1).names(), ",") }
 	// unhealthy is the endpoints endpoint health --cluster reports unhealthy, by name.
 	unhealthy := func() string {
 		t.Helper()
